@@ -1,0 +1,130 @@
+"""Small compile-time helpers shared by the generated Numba drivers.
+
+``load``/``store`` make an absent (``None``) state array cost nothing: Numba
+types ``None`` as NoneType, so the overloads below resolve to "return 0" /
+"do nothing" at compile time and the loop carries no extra memory traffic.
+``pick`` selects the k-th array of a tuple, or ``None`` for an absent state.
+
+``normal`` is the counter-based Gaussian used for perturbed SGD and SGLD:
+the draw for element ``i`` at a step is a pure function of (key, i), so every
+backend (serial, parallel in any order, CUDA, Cython, NumPy) draws the same
+numbers and a seed makes a run reproducible.  ``kernels/reference.py`` has the
+vectorised NumPy twin and ``kernels/cython/generate.py`` the C twin.
+"""
+
+import math
+
+import numpy as np
+from numba import types
+from numba.extending import overload, register_jitable
+
+# splitmix64 finaliser constants and the golden-ratio increment
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_S30 = np.uint64(30)
+_S27 = np.uint64(27)
+_S31 = np.uint64(31)
+_S11 = np.uint64(11)
+_ONE = np.uint64(1)
+_TWO = np.uint64(2)
+_INV53 = 1.0 / 9007199254740992.0  # 2**-53
+_TWO_PI = 2.0 * math.pi
+
+
+def load(a, i, zero):
+    return zero if a is None else a[i]
+
+
+def store(a, i, v):
+    if a is not None:
+        a[i] = v
+
+
+def pick(tup, k):
+    return None if tup is None else tup[k]
+
+
+def update_average(avg, i, p, w):
+    """Polyak averaging: avg <- avg + w*(p - avg) with w = 1/(number averaged)."""
+    if avg is not None:
+        avg[i] = avg[i] + w * (p - avg[i])
+
+
+def _none(x):
+    return isinstance(x, (types.NoneType, types.Omitted)) or x is None
+
+
+@overload(load, inline="always", target="generic")
+def _ol_load(a, i, zero):
+    if _none(a):
+        return lambda a, i, zero: zero
+    return lambda a, i, zero: a[i]
+
+
+@overload(store, inline="always", target="generic")
+def _ol_store(a, i, v):
+    if _none(a):
+        return lambda a, i, v: None
+
+    def impl(a, i, v):
+        a[i] = v
+    return impl
+
+
+@overload(pick, inline="always", target="generic")
+def _ol_pick(tup, k):
+    if _none(tup):
+        return lambda tup, k: None
+    return lambda tup, k: tup[k]
+
+
+@overload(update_average, inline="always", target="generic")
+def _ol_update_average(avg, i, p, w):
+    if _none(avg):
+        return lambda avg, i, p, w: None
+
+    def impl(avg, i, p, w):
+        avg[i] = avg[i] + w * (p - avg[i])
+    return impl
+
+
+@register_jitable
+def mix64(x):
+    x = (x ^ (x >> _S30)) * _M1
+    x = (x ^ (x >> _S27)) * _M2
+    return x ^ (x >> _S31)
+
+
+@register_jitable
+def normal(key, counter):
+    """Standard normal draw number ``counter`` of the stream ``key`` (Box-Muller)."""
+    c = np.uint64(counter)
+    a = mix64(key + _GOLDEN * (_TWO * c + _ONE))
+    b = mix64(key + _GOLDEN * (_TWO * c + _TWO))
+    u1 = (np.float64(a >> _S11) + 1.0) * _INV53
+    u2 = np.float64(b >> _S11) * _INV53
+    return math.sqrt(-2.0 * math.log(u1)) * math.cos(_TWO_PI * u2)
+
+
+def draw(key, counter, zero):
+    return zero if key is None else normal(key, counter)
+
+
+@overload(draw, inline="always", target="generic")
+def _ol_draw(key, counter, zero):
+    if _none(key):
+        return lambda key, counter, zero: zero
+
+    def impl(key, counter, zero):
+        return normal(key, counter)
+    return impl
+
+
+def step_key(seed, step):
+    """The per-step noise stream key, computed on the host (Python ints)."""
+    mask = (1 << 64) - 1
+    x = (int(seed) * 0x9E3779B97F4A7C15 + int(step)) & mask
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+    return np.uint64(x ^ (x >> 31))

@@ -1,0 +1,458 @@
+"""The elementwise optimizer update rules, each written once.
+
+A *rule* is a plain scalar function::
+
+    rule(p, g, <state...>, <kernel hyperparameters...>, z) -> (p, <state...>)
+
+It takes one parameter element ``p``, its gradient ``g``, the element's
+optimizer state, the per-step kernel hyperparameters and one standard normal
+draw ``z`` (zero unless the optimizer injects noise), and returns the new
+parameter and state.  Nothing else: no arrays, no loops, no NumPy.
+
+The same text is compiled into every target:
+
+* ``kernels/drivers.py`` generates Numba serial (``range``), parallel
+  (``prange``) and CUDA (grid-stride) loops around each rule;
+* ``kernels/cython/generate.py`` turns each rule into a ``cdef inline``
+  C function (float and double) inside the ahead-of-time Cython kernels.
+
+So a rule may use only arithmetic, comparisons, conditional expressions,
+``if`` statements, ``abs``, ``min``, ``max`` and ``math.sqrt``; hyperparameters
+arrive already cast to the parameter's dtype, flags as 0 or 1.
+
+A *prepare* function turns the user-facing hyperparameters and the step number
+into the kernel hyperparameters, once per step, on the host (bias corrections,
+decayed learning rates, ...).  It is ordinary Python, also written once, and
+numba-compilable so that the functional kernels can run it in nopython mode.
+
+An optional state (``"max_exp_avg_sq?amsgrad"``) is only allocated when the
+named user option is non-zero; the drivers pass 0 for an absent state and discard what the rule
+returns for it, so a rule reads it only under the flag that allocates it.
+
+This module imports nothing but ``math`` so that the Cython build can read it
+without Numba installed.
+
+Relation to the course notation (documented in README): torch's forms are
+used.  RMSprop/Adam put ``eps`` outside the square root (Adadelta inside, as
+torch); heavy ball ``v = rho*v - lr*g; x += v`` is SGD(momentum=rho,
+dampening=0) with ``b = -v/lr`` when lr is constant; ``Adam(bias_correction=
+False)`` is the course's uncorrected Adam.
+"""
+
+import math
+from collections import namedtuple
+
+RuleSpec = namedtuple(
+    "RuleSpec",
+    "name rule prepare states kernel_hyper user_hyper scalar_states",
+)
+RuleSpec.__doc__ = """Everything the drivers and the Python API need to know about one rule.
+
+name          registry key (also the name of the functional kernel)
+rule          the scalar update function
+prepare       prepare(step, scalar_state_tuple, *user_hyper) ->
+                  (kernel_hyper_tuple, new_scalar_state_tuple)
+states        per-element state names; 'name?flag' is optional, allocated
+              only when the user option 'flag' is non-zero
+kernel_hyper  names of the kernel hyperparameters the rule takes after its states
+user_hyper    names of the user-facing hyperparameters prepare takes
+scalar_states names of per-tensor scalar states (NAdam's mu_product) with
+              their initial values, as ((name, initial), ...)
+"""
+
+RULES = {}
+
+
+def register(spec):
+    """Add a rule to the registry; every backend and test picks it up."""
+    if spec.name in RULES:
+        raise ValueError(f"rule {spec.name!r} is registered twice")
+    RULES[spec.name] = spec
+    return spec
+
+
+def state_names(spec):
+    return tuple(s.partition("?")[0] for s in spec.states)
+
+
+def allocated_states(spec, user_hyper):
+    """The state names allocated for these user hyperparameters (a dict).
+
+    ``"name?flag"`` is allocated only when ``user_hyper[flag]`` is non-zero;
+    a flag the optimizer does not have counts as zero.
+    """
+    out = []
+    for s in spec.states:
+        name, optional, flag = s.partition("?")
+        if not optional or user_hyper.get(flag, 0):
+            out.append(name)
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------
+# SGD: plain, heavy-ball momentum, Nesterov, perturbed (noise), and SGLD.
+# torch.optim.SGD:  g <- -g if maximize;  g <- g + wd*p;
+#   b <- g at the first step, else momentum*b + (1 - dampening)*g;
+#   g <- g + momentum*b if nesterov else b;   p <- p - lr*g
+# Perturbed SGD / SGLD add sigma*z with z ~ N(0, 1).
+# ---------------------------------------------------------------------------
+
+
+def sgd_rule(p, g, momentum_buffer, lr, momentum, dampening, weight_decay,
+             nesterov, maximize, first, sigma, z):
+    if maximize:
+        g = -g
+    g = g + weight_decay * p
+    if momentum != 0:
+        if first:
+            momentum_buffer = g
+        else:
+            momentum_buffer = momentum * momentum_buffer + (1 - dampening) * g
+        if nesterov:
+            g = g + momentum * momentum_buffer
+        else:
+            g = momentum_buffer
+    p = p - lr * g + sigma * z
+    return p, momentum_buffer
+
+
+def sgd_prepare(step, scalars, lr, momentum, dampening, weight_decay,
+                nesterov, maximize, noise):
+    first = 1.0 if step == 1 else 0.0
+    return ((lr, momentum, dampening, weight_decay, nesterov, maximize,
+             first, noise), scalars)
+
+
+register(RuleSpec(
+    name="sgd", rule=sgd_rule, prepare=sgd_prepare,
+    states=("momentum_buffer?momentum",),
+    kernel_hyper=("lr", "momentum", "dampening", "weight_decay", "nesterov",
+                  "maximize", "first", "sigma"),
+    user_hyper=("lr", "momentum", "dampening", "weight_decay", "nesterov",
+                "maximize", "noise"),
+    scalar_states=(),
+))
+
+
+def sgld_prepare(step, scalars, lr, noise_scale, weight_decay, maximize):
+    # Langevin dynamics discretised with step lr: p <- p - lr*g + sqrt(2*lr)*z
+    # (temperature noise_scale**2).  It is SGD without momentum plus noise.
+    sigma = noise_scale * math.sqrt(2.0 * lr)
+    return ((lr, 0.0, 0.0, weight_decay, 0.0, maximize, 0.0, sigma), scalars)
+
+
+register(RuleSpec(
+    name="sgld", rule=sgd_rule, prepare=sgld_prepare,
+    states=("momentum_buffer?momentum",),  # never allocated: SGLD has no momentum
+    kernel_hyper=("lr", "momentum", "dampening", "weight_decay", "nesterov",
+                  "maximize", "first", "sigma"),
+    user_hyper=("lr", "noise_scale", "weight_decay", "maximize"),
+    scalar_states=(),
+))
+
+
+# ---------------------------------------------------------------------------
+# Adagrad.  torch.optim.Adagrad:
+#   clr = lr / (1 + (t-1)*lr_decay);  sum <- sum + g^2;
+#   p <- p - clr * g / (sqrt(sum) + eps)
+# ---------------------------------------------------------------------------
+
+
+def adagrad_rule(p, g, state_sum, clr, weight_decay, eps, maximize, z):
+    if maximize:
+        g = -g
+    g = g + weight_decay * p
+    state_sum = state_sum + g * g
+    p = p - clr * g / (math.sqrt(state_sum) + eps)
+    return p, state_sum
+
+
+def adagrad_prepare(step, scalars, lr, lr_decay, weight_decay, eps, maximize):
+    clr = lr / (1.0 + (step - 1) * lr_decay)
+    return (clr, weight_decay, eps, maximize), scalars
+
+
+register(RuleSpec(
+    name="adagrad", rule=adagrad_rule, prepare=adagrad_prepare,
+    states=("sum",),
+    kernel_hyper=("clr", "weight_decay", "eps", "maximize"),
+    user_hyper=("lr", "lr_decay", "weight_decay", "eps", "maximize"),
+    scalar_states=(),
+))
+
+
+# ---------------------------------------------------------------------------
+# RMSprop.  torch.optim.RMSprop:
+#   v <- alpha*v + (1-alpha)*g^2
+#   centered: ga <- alpha*ga + (1-alpha)*g;  denom = sqrt(v - ga^2) + eps
+#   else denom = sqrt(v) + eps
+#   momentum > 0: b <- momentum*b + g/denom; p <- p - lr*b
+#   else p <- p - lr*g/denom
+# ---------------------------------------------------------------------------
+
+
+def rmsprop_rule(p, g, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
+                 weight_decay, momentum, centered, maximize, z):
+    if maximize:
+        g = -g
+    g = g + weight_decay * p
+    square_avg = alpha * square_avg + (1 - alpha) * g * g
+    if centered:
+        grad_avg = alpha * grad_avg + (1 - alpha) * g
+        denom = math.sqrt(square_avg - grad_avg * grad_avg) + eps
+    else:
+        denom = math.sqrt(square_avg) + eps
+    if momentum > 0:
+        momentum_buffer = momentum * momentum_buffer + g / denom
+        p = p - lr * momentum_buffer
+    else:
+        p = p - lr * g / denom
+    return p, square_avg, grad_avg, momentum_buffer
+
+
+def rmsprop_prepare(step, scalars, lr, alpha, eps, weight_decay, momentum,
+                    centered, maximize):
+    return (lr, alpha, eps, weight_decay, momentum, centered, maximize), scalars
+
+
+register(RuleSpec(
+    name="rmsprop", rule=rmsprop_rule, prepare=rmsprop_prepare,
+    states=("square_avg", "grad_avg?centered", "momentum_buffer?momentum"),
+    kernel_hyper=("lr", "alpha", "eps", "weight_decay", "momentum",
+                  "centered", "maximize"),
+    user_hyper=("lr", "alpha", "eps", "weight_decay", "momentum", "centered",
+                "maximize"),
+    scalar_states=(),
+))
+
+
+# ---------------------------------------------------------------------------
+# Adadelta.  torch.optim.Adadelta (eps inside the square roots):
+#   v <- rho*v + (1-rho)*g^2;  delta = sqrt(u + eps)/sqrt(v + eps) * g
+#   u <- rho*u + (1-rho)*delta^2;  p <- p - lr*delta
+# ---------------------------------------------------------------------------
+
+
+def adadelta_rule(p, g, square_avg, acc_delta, lr, rho, eps, weight_decay,
+                  maximize, z):
+    if maximize:
+        g = -g
+    g = g + weight_decay * p
+    square_avg = rho * square_avg + (1 - rho) * g * g
+    delta = math.sqrt(acc_delta + eps) / math.sqrt(square_avg + eps) * g
+    acc_delta = rho * acc_delta + (1 - rho) * delta * delta
+    p = p - lr * delta
+    return p, square_avg, acc_delta
+
+
+def adadelta_prepare(step, scalars, lr, rho, eps, weight_decay, maximize):
+    return (lr, rho, eps, weight_decay, maximize), scalars
+
+
+register(RuleSpec(
+    name="adadelta", rule=adadelta_rule, prepare=adadelta_prepare,
+    states=("square_avg", "acc_delta"),
+    kernel_hyper=("lr", "rho", "eps", "weight_decay", "maximize"),
+    user_hyper=("lr", "rho", "eps", "weight_decay", "maximize"),
+    scalar_states=(),
+))
+
+
+# ---------------------------------------------------------------------------
+# Adam and AdamW.  torch.optim.Adam / AdamW:
+#   AdamW: p <- p*(1 - lr*wd) (decoupled); Adam: g <- g + wd*p
+#   m <- b1*m + (1-b1)*g;  v <- b2*v + (1-b2)*g^2
+#   amsgrad: vmax <- max(vmax, v), use vmax for v
+#   p <- p - (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps)
+#   with bc1 = 1 - b1^t, bc2 = 1 - b2^t (both 1 when bias_correction=False)
+# ---------------------------------------------------------------------------
+
+
+def adam_rule(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, step_size, beta1,
+              beta2, eps, weight_decay, decay_factor, bc2_sqrt, amsgrad,
+              maximize, z):
+    if maximize:
+        g = -g
+    p = p * decay_factor
+    g = g + weight_decay * p
+    exp_avg = beta1 * exp_avg + (1 - beta1) * g
+    exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+    if amsgrad:
+        max_exp_avg_sq = max(max_exp_avg_sq, exp_avg_sq)
+        denom = math.sqrt(max_exp_avg_sq) / bc2_sqrt + eps
+    else:
+        denom = math.sqrt(exp_avg_sq) / bc2_sqrt + eps
+    p = p - step_size * exp_avg / denom
+    return p, exp_avg, exp_avg_sq, max_exp_avg_sq
+
+
+def adam_prepare(step, scalars, lr, beta1, beta2, eps, weight_decay, amsgrad,
+                 maximize, bias_correction, decoupled):
+    if bias_correction:
+        bc1 = 1.0 - beta1 ** step
+        bc2 = 1.0 - beta2 ** step
+    else:
+        bc1 = 1.0
+        bc2 = 1.0
+    if decoupled:
+        decay_factor = 1.0 - lr * weight_decay
+        coupled_wd = 0.0
+    else:
+        decay_factor = 1.0
+        coupled_wd = weight_decay
+    return ((lr / bc1, beta1, beta2, eps, coupled_wd, decay_factor,
+             math.sqrt(bc2), amsgrad, maximize), scalars)
+
+
+_ADAM_KERNEL_HYPER = ("step_size", "beta1", "beta2", "eps", "weight_decay",
+                      "decay_factor", "bc2_sqrt", "amsgrad", "maximize")
+
+register(RuleSpec(
+    name="adam", rule=adam_rule, prepare=adam_prepare,
+    states=("exp_avg", "exp_avg_sq", "max_exp_avg_sq?amsgrad"),
+    kernel_hyper=_ADAM_KERNEL_HYPER,
+    user_hyper=("lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad",
+                "maximize", "bias_correction", "decoupled"),
+    scalar_states=(),
+))
+
+
+# ---------------------------------------------------------------------------
+# Adamax.  torch.optim.Adamax:
+#   m <- b1*m + (1-b1)*g;  u <- max(b2*u, |g| + eps)
+#   p <- p - lr/(1 - b1^t) * m / u
+# ---------------------------------------------------------------------------
+
+
+def adamax_rule(p, g, exp_avg, exp_inf, clr, beta1, beta2, eps, weight_decay,
+                maximize, z):
+    if maximize:
+        g = -g
+    g = g + weight_decay * p
+    exp_avg = beta1 * exp_avg + (1 - beta1) * g
+    exp_inf = max(beta2 * exp_inf, abs(g) + eps)
+    p = p - clr * exp_avg / exp_inf
+    return p, exp_avg, exp_inf
+
+
+def adamax_prepare(step, scalars, lr, beta1, beta2, eps, weight_decay,
+                   maximize):
+    clr = lr / (1.0 - beta1 ** step)
+    return (clr, beta1, beta2, eps, weight_decay, maximize), scalars
+
+
+register(RuleSpec(
+    name="adamax", rule=adamax_rule, prepare=adamax_prepare,
+    states=("exp_avg", "exp_inf"),
+    kernel_hyper=("clr", "beta1", "beta2", "eps", "weight_decay", "maximize"),
+    user_hyper=("lr", "beta1", "beta2", "eps", "weight_decay", "maximize"),
+    scalar_states=(),
+))
+
+
+# ---------------------------------------------------------------------------
+# NAdam.  torch.optim.NAdam (Dozat's momentum schedule):
+#   mu_t = b1*(1 - 0.5*0.96^(t*psi)),  mu_{t+1} likewise,  prod <- prod*mu_t
+#   m, v as Adam;  denom = sqrt(v/bc2) + eps
+#   p <- p - lr*(1-mu_t)/(1-prod) * g/denom
+#          - lr*mu_{t+1}/(1 - prod*mu_{t+1}) * m/denom
+# ---------------------------------------------------------------------------
+
+
+def nadam_rule(p, g, exp_avg, exp_avg_sq, grad_coef, avg_coef, beta1, beta2,
+               eps, weight_decay, decay_factor, bc2, maximize, z):
+    if maximize:
+        g = -g
+    p = p * decay_factor
+    g = g + weight_decay * p
+    exp_avg = beta1 * exp_avg + (1 - beta1) * g
+    exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+    denom = math.sqrt(exp_avg_sq / bc2) + eps
+    p = p - grad_coef * g / denom - avg_coef * exp_avg / denom
+    return p, exp_avg, exp_avg_sq
+
+
+def nadam_prepare(step, scalars, lr, beta1, beta2, eps, weight_decay,
+                  momentum_decay, maximize, decoupled):
+    mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
+    mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
+    mu_product = scalars[0] * mu
+    bc2 = 1.0 - beta2 ** step
+    if decoupled:
+        decay_factor = 1.0 - lr * weight_decay
+        coupled_wd = 0.0
+    else:
+        decay_factor = 1.0
+        coupled_wd = weight_decay
+    grad_coef = lr * (1.0 - mu) / (1.0 - mu_product)
+    avg_coef = lr * mu_next / (1.0 - mu_product * mu_next)
+    return ((grad_coef, avg_coef, beta1, beta2, eps, coupled_wd, decay_factor,
+             bc2, maximize), (mu_product,))
+
+
+register(RuleSpec(
+    name="nadam", rule=nadam_rule, prepare=nadam_prepare,
+    states=("exp_avg", "exp_avg_sq"),
+    kernel_hyper=("grad_coef", "avg_coef", "beta1", "beta2", "eps",
+                  "weight_decay", "decay_factor", "bc2", "maximize"),
+    user_hyper=("lr", "beta1", "beta2", "eps", "weight_decay",
+                "momentum_decay", "maximize", "decoupled"),
+    scalar_states=(("mu_product", 1.0),),
+))
+
+
+# ---------------------------------------------------------------------------
+# RAdam.  torch.optim.RAdam:
+#   rho_inf = 2/(1-b2) - 1;  rho_t = rho_inf - 2 t b2^t / (1 - b2^t)
+#   rho_t > 5: p <- p - lr * m/bc1 * rect * sqrt(bc2)/(sqrt(v) + eps)
+#   else:      p <- p - lr * m/bc1
+# ---------------------------------------------------------------------------
+
+
+def radam_rule(p, g, exp_avg, exp_avg_sq, step_size, beta1, beta2, eps,
+               weight_decay, decay_factor, adaptive, bc2_sqrt, maximize, z):
+    if maximize:
+        g = -g
+    p = p * decay_factor
+    g = g + weight_decay * p
+    exp_avg = beta1 * exp_avg + (1 - beta1) * g
+    exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+    if adaptive:
+        p = p - step_size * exp_avg * (bc2_sqrt / (math.sqrt(exp_avg_sq) + eps))
+    else:
+        p = p - step_size * exp_avg
+    return p, exp_avg, exp_avg_sq
+
+
+def radam_prepare(step, scalars, lr, beta1, beta2, eps, weight_decay,
+                  maximize, decoupled):
+    bc1 = 1.0 - beta1 ** step
+    bc2 = 1.0 - beta2 ** step
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    rho_t = rho_inf - 2.0 * step * (beta2 ** step) / bc2
+    if rho_t > 5.0:
+        rect = math.sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+                         / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+        adaptive = 1.0
+    else:
+        rect = 1.0
+        adaptive = 0.0
+    if decoupled:
+        decay_factor = 1.0 - lr * weight_decay
+        coupled_wd = 0.0
+    else:
+        decay_factor = 1.0
+        coupled_wd = weight_decay
+    return ((lr * rect / bc1, beta1, beta2, eps, coupled_wd, decay_factor,
+             adaptive, math.sqrt(bc2), maximize), scalars)
+
+
+register(RuleSpec(
+    name="radam", rule=radam_rule, prepare=radam_prepare,
+    states=("exp_avg", "exp_avg_sq"),
+    kernel_hyper=("step_size", "beta1", "beta2", "eps", "weight_decay",
+                  "decay_factor", "adaptive", "bc2_sqrt", "maximize"),
+    user_hyper=("lr", "beta1", "beta2", "eps", "weight_decay", "maximize",
+                "decoupled"),
+    scalar_states=(),
+))

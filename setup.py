@@ -1,0 +1,78 @@
+"""Build the ahead-of-time Cython kernels.
+
+kernels/cython/generate.py writes the Cython sources from the same scalar
+rules the Numba drivers compile (kernels/rules.py), then they are cythonized.
+OpenMP is used when the compiler accepts -fopenmp; otherwise the kernels are
+built serial (prange degrades to range) and optkern reports it at runtime.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+from setuptools import Extension, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CYTHON_DIR = os.path.join(HERE, "kernels", "cython")
+
+
+def _compiler_has_openmp():
+    """Try to compile and link a tiny OpenMP program with the default C compiler."""
+    if os.environ.get("OPTKERN_NO_OPENMP"):
+        return False
+    cc = os.environ.get("CC", "cc")
+    if shutil.which(cc) is None:
+        return False
+    src = "#include <omp.h>\nint main(void){return omp_get_max_threads() > 0 ? 0 : 1;}\n"
+    with tempfile.TemporaryDirectory() as tmp:
+        cfile = os.path.join(tmp, "t.c")
+        with open(cfile, "w") as fh:
+            fh.write(src)
+        try:
+            res = subprocess.run([cc, "-fopenmp", cfile, "-o", os.path.join(tmp, "t")],
+                                 capture_output=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return res.returncode == 0
+
+
+def _extensions():
+    sys.path.insert(0, CYTHON_DIR)
+    try:
+        import generate  # kernels/cython/generate.py
+    finally:
+        sys.path.pop(0)
+    sources = generate.write_sources(CYTHON_DIR)
+    openmp = _compiler_has_openmp()
+    flags = ["-O3"]
+    link = []
+    if openmp:
+        flags.append("-fopenmp")
+        link.append("-fopenmp")
+    else:
+        print("optkern: compiler has no OpenMP; building serial Cython kernels", file=sys.stderr)
+    exts = [
+        Extension(
+            f"optkern.kernels.cython.{name}",
+            [path],
+            include_dirs=[np.get_include()],
+            extra_compile_args=flags,
+            extra_link_args=link,
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                           ("OPTKERN_OPENMP", "1" if openmp else "0")],
+        )
+        for name, path in sources
+    ]
+    from Cython.Build import cythonize
+
+    return cythonize(exts, compiler_directives={"language_level": 3},
+                     compile_time_env={"OPTKERN_OPENMP": openmp})
+
+
+def _have_generator():
+    return os.path.exists(os.path.join(CYTHON_DIR, "generate.py"))
+
+
+setup(ext_modules=_extensions() if _have_generator() else [])
