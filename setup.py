@@ -39,12 +39,23 @@ def _compiler_has_openmp():
 
 
 def _extensions():
-    sys.path.insert(0, CYTHON_DIR)
-    try:
-        import generate  # kernels/cython/generate.py
-    finally:
-        sys.path.pop(0)
-    sources = generate.write_sources(CYTHON_DIR)
+    # every kernels/cython/generate*.py writes .pyx sources from the rules
+    import importlib.util
+
+    sources = []
+    for fname in sorted(os.listdir(CYTHON_DIR)):
+        if fname.startswith("generate") and fname.endswith(".py"):
+            spec = importlib.util.spec_from_file_location(
+                "_optkern_" + fname[:-3], os.path.join(CYTHON_DIR, fname))
+            gen = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(gen)
+            sources.extend(gen.write_sources(CYTHON_DIR))
+    # hand-written kernels (e.g. _losses.pyx) sit beside the generated ones
+    generated = {path for _, path in sources}
+    for fname in sorted(os.listdir(CYTHON_DIR)):
+        path = os.path.join(CYTHON_DIR, fname)
+        if fname.startswith("_") and fname.endswith(".pyx") and path not in generated:
+            sources.append((fname[:-4], path))
     openmp = _compiler_has_openmp()
     flags = ["-O3"]
     link = []
@@ -71,8 +82,4 @@ def _extensions():
                      compile_time_env={"OPTKERN_OPENMP": openmp})
 
 
-def _have_generator():
-    return os.path.exists(os.path.join(CYTHON_DIR, "generate.py"))
-
-
-setup(ext_modules=_extensions() if _have_generator() else [])
+setup(ext_modules=_extensions())

@@ -1,0 +1,22 @@
+"""optkern: compiled optimizer kernels for training linear and softmax models.
+
+Layers (README has an example of each):
+
+* ``optkern.kernels``: plain functional kernels callable from ``@njit`` code;
+* the optimizer classes (torch.optim's names and algorithms), ``SGD``,
+  ``Adam``, ... with ``backend="numpy" | "numba" | "numba-parallel" |
+  "cython" | "cuda" | "auto"``.
+"""
+
+__version__ = "0.1.0"
+
+from ._backend import BACKENDS, available_backends  # noqa: F401
+from .optimizers import (  # noqa: F401
+    SGD, SGLD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, Optimizer, RAdam, RMSprop,
+)
+
+OPTIMIZERS = {
+    "sgd": SGD, "adagrad": Adagrad, "rmsprop": RMSprop, "adadelta": Adadelta,
+    "adam": Adam, "adamw": AdamW, "adamax": Adamax, "nadam": NAdam, "radam": RAdam,
+    "sgld": SGLD,
+}

@@ -1,0 +1,55 @@
+"""Non-finite gradient checks used by the optimizers before a step.
+
+A compiled scan is cheaper than ``np.isfinite(g).all()`` (no temporary
+array) and keeps the Python-level step within its microsecond budget.
+"""
+
+import math
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def first_nonfinite(arrays):
+    """Index of the first array in the tuple holding NaN or inf, else -1."""
+    for k in range(len(arrays)):
+        a = arrays[k]
+        for i in range(a.shape[0]):
+            if not math.isfinite(a[i]):
+                return k
+    return -1
+
+
+def first_nonfinite_cuda(arrays):
+    """The same for device arrays, reduced on the device."""
+    from numba import cuda
+
+    flag = cuda.to_device(np.zeros(1, dtype=np.int32))
+    kern = _cuda_scan()
+    for k, a in enumerate(arrays):
+        n = a.shape[0]
+        threads = 256
+        blocks = min(1024, max(1, (n + threads - 1) // threads))
+        kern[blocks, threads](a, flag)
+        if flag.copy_to_host()[0]:
+            return k
+    return -1
+
+
+_CUDA_SCAN = []
+
+
+def _cuda_scan():
+    if not _CUDA_SCAN:
+        from numba import cuda
+
+        @cuda.jit
+        def scan(a, flag):
+            start = cuda.grid(1)
+            for i in range(start, a.shape[0], cuda.gridsize(1)):
+                if not math.isfinite(a[i]):
+                    flag[0] = 1
+
+        _CUDA_SCAN.append(scan)
+    return _CUDA_SCAN[0]

@@ -1,0 +1,219 @@
+"""The NumPy reference backend: the executable specification of every update.
+
+Each function follows torch.optim's documented algorithm in plain vectorised
+NumPy, from the user-facing hyperparameters and the step number, for ONE
+tensor.  It deliberately does not reuse ``rules.py``/``prepare``: it is the
+independent oracle the compiled backends are tested against.
+
+All arithmetic happens in the parameter's dtype (Python-float hyperparameters
+are "weak" scalars under NumPy 2, so float32 stays float32), like torch.
+"""
+
+import math
+
+import numpy as np
+
+_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _mix64(x):
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def normal(key, offset, n):
+    """Draws offset .. offset+n-1 of the counter-based Gaussian stream ``key``.
+
+    Same splitmix64 + Box-Muller recipe as ``_helpers.normal`` (uint64 wraps).
+    """
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    c = np.arange(offset, offset + n, dtype=np.uint64)
+    key = np.uint64(key)
+    a = _mix64(key + golden * (np.uint64(2) * c + np.uint64(1)))
+    b = _mix64(key + golden * (np.uint64(2) * c + np.uint64(2)))
+    u1 = ((a >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0 ** -53
+    u2 = (b >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * math.pi * u2)
+
+
+def _prologue(p, g, weight_decay, maximize):
+    g = -g if maximize else g
+    if weight_decay != 0:
+        g = g + weight_decay * p
+    return g
+
+
+def sgd(p, g, state, step, *, lr, momentum, dampening, weight_decay, nesterov,
+        maximize, noise, z=None):
+    g = _prologue(p, g, weight_decay, maximize)
+    if momentum != 0:
+        buf = state["momentum_buffer"]
+        if step == 1:
+            buf[...] = g
+        else:
+            buf *= momentum
+            buf += (1 - dampening) * g
+        g = g + momentum * buf if nesterov else buf
+    p -= lr * g
+    if z is not None:
+        p += (noise * z).astype(p.dtype)
+
+
+def sgld(p, g, state, step, *, lr, noise_scale, weight_decay, maximize, z=None):
+    g = _prologue(p, g, weight_decay, maximize)
+    p -= lr * g
+    if z is not None:
+        p += (noise_scale * math.sqrt(2.0 * lr) * z).astype(p.dtype)
+
+
+def adagrad(p, g, state, step, *, lr, lr_decay, weight_decay, eps, maximize):
+    g = _prologue(p, g, weight_decay, maximize)
+    clr = lr / (1 + (step - 1) * lr_decay)
+    state["sum"] += g * g
+    p -= clr * g / (np.sqrt(state["sum"]) + eps)
+
+
+def rmsprop(p, g, state, step, *, lr, alpha, eps, weight_decay, momentum,
+            centered, maximize):
+    g = _prologue(p, g, weight_decay, maximize)
+    sq = state["square_avg"]
+    sq *= alpha
+    sq += (1 - alpha) * g * g
+    if centered:
+        ga = state["grad_avg"]
+        ga *= alpha
+        ga += (1 - alpha) * g
+        avg = np.sqrt(sq - ga * ga) + eps
+    else:
+        avg = np.sqrt(sq) + eps
+    if momentum > 0:
+        buf = state["momentum_buffer"]
+        buf *= momentum
+        buf += g / avg
+        p -= lr * buf
+    else:
+        p -= lr * g / avg
+
+
+def adadelta(p, g, state, step, *, lr, rho, eps, weight_decay, maximize):
+    g = _prologue(p, g, weight_decay, maximize)
+    sq, acc = state["square_avg"], state["acc_delta"]
+    sq *= rho
+    sq += (1 - rho) * g * g
+    delta = np.sqrt(acc + eps) / np.sqrt(sq + eps) * g
+    acc *= rho
+    acc += (1 - rho) * delta * delta
+    p -= lr * delta
+
+
+def adam(p, g, state, step, *, lr, beta1, beta2, eps, weight_decay, amsgrad,
+         maximize, bias_correction, decoupled):
+    g = -g if maximize else g
+    if decoupled:
+        p *= 1 - lr * weight_decay
+    elif weight_decay != 0:
+        g = g + weight_decay * p
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    m *= beta1
+    m += (1 - beta1) * g
+    v *= beta2
+    v += (1 - beta2) * g * g
+    bc1 = 1 - beta1 ** step if bias_correction else 1.0
+    bc2 = 1 - beta2 ** step if bias_correction else 1.0
+    if amsgrad:
+        vmax = state["max_exp_avg_sq"]
+        np.maximum(vmax, v, out=vmax)
+        v = vmax
+    denom = np.sqrt(v) / math.sqrt(bc2) + eps
+    p -= (lr / bc1) * m / denom
+
+
+def adamax(p, g, state, step, *, lr, beta1, beta2, eps, weight_decay, maximize):
+    g = _prologue(p, g, weight_decay, maximize)
+    m, u = state["exp_avg"], state["exp_inf"]
+    m *= beta1
+    m += (1 - beta1) * g
+    np.maximum(beta2 * u, np.abs(g) + eps, out=u)
+    p -= lr / (1 - beta1 ** step) * m / u
+
+
+def nadam(p, g, state, step, *, lr, beta1, beta2, eps, weight_decay,
+          momentum_decay, maximize, decoupled, mu_product):
+    """Returns the new mu_product (torch keeps it in the state)."""
+    g = -g if maximize else g
+    if decoupled:
+        p *= 1 - lr * weight_decay
+    elif weight_decay != 0:
+        g = g + weight_decay * p
+    mu = beta1 * (1 - 0.5 * 0.96 ** (step * momentum_decay))
+    mu_next = beta1 * (1 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
+    mu_product = mu_product * mu
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    m *= beta1
+    m += (1 - beta1) * g
+    v *= beta2
+    v += (1 - beta2) * g * g
+    denom = np.sqrt(v / (1 - beta2 ** step)) + eps
+    p -= lr * (1 - mu) / (1 - mu_product) * g / denom
+    p -= lr * mu_next / (1 - mu_product * mu_next) * m / denom
+    return mu_product
+
+
+def radam(p, g, state, step, *, lr, beta1, beta2, eps, weight_decay, maximize,
+          decoupled):
+    g = -g if maximize else g
+    if decoupled:
+        p *= 1 - lr * weight_decay
+    elif weight_decay != 0:
+        g = g + weight_decay * p
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    m *= beta1
+    m += (1 - beta1) * g
+    v *= beta2
+    v += (1 - beta2) * g * g
+    bc1 = 1 - beta1 ** step
+    bc2 = 1 - beta2 ** step
+    m_hat = m / bc1
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * step * beta2 ** step / bc2
+    if rho_t > 5:
+        rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
+                         / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        adaptive_lr = math.sqrt(bc2) / (np.sqrt(v) + eps)
+        p -= m_hat * lr * adaptive_lr * rect
+    else:
+        p -= m_hat * lr
+
+
+UPDATES = {
+    "sgd": sgd, "sgld": sgld, "adagrad": adagrad, "rmsprop": rmsprop,
+    "adadelta": adadelta, "adam": adam, "adamax": adamax, "nadam": nadam,
+    "radam": radam,
+}
+NOISY = ("sgd", "sgld")
+
+
+def step(name, params, grads, states, avg, avg_weight, user_hyper, step,
+         scalar_state, key, offsets):
+    """One reference step over a list of flat tensors, in place.
+
+    ``states`` maps state name -> list of arrays (one per tensor); ``avg`` is a
+    list of Polyak averages or None; ``user_hyper`` a dict of the rule's user
+    hyperparameters; ``key`` the step's noise key or None.  Returns the new
+    scalar-state tuple.
+    """
+    fn = UPDATES[name]
+    new_scalars = scalar_state
+    for k, (p, g) in enumerate(zip(params, grads)):
+        st = {s: arrs[k] for s, arrs in states.items()}
+        kwargs = dict(user_hyper)
+        if name in NOISY and key is not None:
+            kwargs["z"] = normal(key, int(offsets[k]), p.size)
+        if name == "nadam":
+            new_scalars = (fn(p, g, st, step, mu_product=scalar_state[0], **kwargs),)
+        else:
+            fn(p, g, st, step, **kwargs)
+        if avg is not None:
+            avg[k] += avg_weight * (p - avg[k])
+    return new_scalars

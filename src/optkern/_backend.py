@@ -1,0 +1,105 @@
+"""Backend names, availability, and the "auto" choice.
+
+Backends are named strings (DESIGN.md):
+
+numpy           the readable vectorised reference, the oracle of every test
+numba           Numba, serial loop (bit-reproducible)
+numba-parallel  Numba, prange over elements / rows
+cython          ahead-of-time Cython kernels (OpenMP when built with it)
+cuda            numba.cuda grid-stride kernels (a GPU, or NUMBA_ENABLE_CUDASIM=1)
+auto            chosen by size and availability, see ``choose_auto``
+"""
+
+import difflib
+import os
+
+BACKENDS = ("numpy", "numba", "numba-parallel", "cython", "cuda", "auto")
+
+# "auto" thresholds, in elements updated per call.  Measured on the project's
+# 2-core machine with asv_benchmarks (update kernels, float32), see README
+# "Choosing a backend": below PARALLEL_MIN_SIZE the thread start-up of a
+# parallel loop costs more than it saves.
+PARALLEL_MIN_SIZE = int(os.environ.get("OPTKERN_PARALLEL_MIN_SIZE", 200_000))
+
+
+def validate_name(backend, argname="backend"):
+    if not isinstance(backend, str):
+        raise TypeError(f"{argname} must be a string, one of {list(BACKENDS)}; "
+                        f"got {type(backend).__name__}")
+    if backend not in BACKENDS:
+        close = difflib.get_close_matches(backend, BACKENDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"{argname}={backend!r} is not a backend; "
+                         f"choose one of {list(BACKENDS)}{hint}")
+    return backend
+
+
+def cython_module(kind="updates"):
+    """The compiled Cython extension, or None when it was not built."""
+    try:
+        if kind == "updates":
+            from optkern.kernels.cython import _updates as mod
+        else:
+            import importlib
+            mod = importlib.import_module(f"optkern.kernels.cython._{kind}")
+    except ImportError:
+        return None
+    return mod
+
+
+def cuda_available():
+    """True with a usable GPU, or under the CUDA simulator."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return True
+    try:
+        from numba import cuda
+        return bool(cuda.is_available())
+    except Exception:  # numba.cuda may fail to import without a driver
+        return False
+
+
+def is_cuda_array(x):
+    return hasattr(x, "__cuda_array_interface__")
+
+
+def available(backend, kind="updates"):
+    if backend in ("numpy", "numba", "numba-parallel", "auto"):
+        return True
+    if backend == "cython":
+        return cython_module(kind) is not None
+    if backend == "cuda":
+        return cuda_available()
+    return False
+
+
+def available_backends(kind="updates"):
+    return tuple(b for b in BACKENDS if b != "auto" and available(b, kind))
+
+
+def require(backend, kind="updates", argname="backend"):
+    """Validate the name and check the backend can run here; return it."""
+    validate_name(backend, argname)
+    if backend == "cython" and cython_module(kind) is None:
+        raise ImportError(
+            f"{argname}='cython': the Cython extension optkern.kernels.cython._{kind} "
+            "is not built; reinstall optkern with a C compiler (pip install .)")
+    if backend == "cuda" and not cuda_available():
+        raise RuntimeError(
+            f"{argname}='cuda': no CUDA GPU is available (set NUMBA_ENABLE_CUDASIM=1 "
+            "to run the CUDA kernels in Numba's simulator)")
+    return backend
+
+
+def choose_auto(n_elements, on_device=False, kind="updates"):
+    """The backend "auto" resolves to for a call touching ``n_elements``.
+
+    Device arrays stay on the device ("cuda").  Small problems go to the
+    backend with the cheapest call (the Cython extension when built, else the
+    serial Numba loop).  Large ones go to the multi-threaded Numba loop, which
+    measured fastest at 1e7 elements on 2 cores (README, "Choosing a backend").
+    """
+    if on_device:
+        return "cuda"
+    if n_elements < PARALLEL_MIN_SIZE:
+        return "cython" if cython_module(kind) is not None else "numba"
+    return "numba-parallel"

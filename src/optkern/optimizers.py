@@ -1,0 +1,872 @@
+"""Optimizer classes: torch.optim's names, arguments, defaults and algorithms.
+
+An optimizer validates its inputs once, owns its state arrays, picks a kernel
+and calls it: one compiled call per step updates every tensor of a parameter
+group ("multi-tensor" step).  The update formulas live in
+``optkern.kernels.rules`` (compiled targets) and ``optkern.kernels.reference``
+(the NumPy oracle); nothing here loops over elements.
+
+Guarantees:
+
+* Bad input (shapes, dtypes, read-only or non-contiguous params, out-of-range
+  hyperparameters, unknown backend) raises ValueError/TypeError naming the
+  argument, before any array is touched.
+* With ``check_finite=True`` (default) a gradient containing NaN/inf raises
+  FloatingPointError and leaves parameters and state unchanged.
+* Hyperparameters may be changed between steps through ``param_groups`` (as in
+  torch) or the ``lr`` property; they are re-validated at the next step.
+* ``state_dict()``/``load_state_dict()`` round-trip exactly (step counts, noise
+  seed, Polyak averages), so a resumed run follows the identical trajectory.
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+from optkern import _backend
+from optkern.kernels import _helpers, drivers, reference
+from optkern.kernels.rules import RULES, allocated_states, state_names
+
+__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam",
+           "AdamW", "Adamax", "NAdam", "RAdam", "SGLD"]
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _as_list(params):
+    if isinstance(params, (list, tuple)):
+        return list(params)
+    return [params]
+
+
+def _flat_view(a, argname):
+    """A 1-D view of a contiguous array in its memory order (never a copy)."""
+    if a.flags.c_contiguous:
+        return a.reshape(-1), "C"
+    if a.flags.f_contiguous:
+        return a.reshape(-1, order="F"), "F"
+    raise ValueError(
+        f"{argname} is not contiguous (strides {a.strides}); optkern updates "
+        "parameters in place and never copies them silently: pass a C- or "
+        "F-contiguous array (e.g. np.ascontiguousarray) that you keep")
+
+
+class _Group:
+    """Per param-group bookkeeping that is not part of torch's group dict."""
+
+    __slots__ = ("arrays", "flat", "orders", "states", "avg", "offsets", "step",
+                 "avg_count", "scalars", "validated", "hyper_cache", "device",
+                 "size", "dtype")
+
+
+class Optimizer:
+    """Base class.  Subclasses set ``_rule`` and implement ``_user_hyper``."""
+
+    _rule = None
+    _noisy = False
+
+    def __init__(self, params, defaults, *, backend="auto", check_finite=True,
+                 average=False, seed=None):
+        _backend.validate_name(backend)
+        if not isinstance(check_finite, (bool, np.bool_)):
+            raise TypeError(f"check_finite must be a bool, got {check_finite!r}")
+        if isinstance(average, (bool, np.bool_)):
+            average_start = 0 if average else None
+        elif isinstance(average, numbers.Integral) and average >= 0:
+            average_start = int(average)
+        else:
+            raise ValueError(
+                "average must be False, True, or a non-negative int (the number "
+                f"of steps after which averaging starts); got {average!r}")
+        self._spec = RULES[self._rule]
+        self.defaults = dict(defaults)
+        self._validate_hyper(self.defaults, "defaults")
+        self.check_finite = bool(check_finite)
+        self.average_start = average_start
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy % (1 << 63))
+        elif not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+        self.seed = int(seed)
+        self.backend_requested = backend
+        self.param_groups = []
+        self._groups = []
+        self._next_offset = 0
+        self.backend = None
+        for group in self._normalise_groups(params):
+            self.add_param_group(group)
+
+    # ------------------------------------------------------------------ setup
+    def _normalise_groups(self, params):
+        if isinstance(params, dict):
+            params = [params]
+        items = _as_list(params)
+        if not items:
+            raise ValueError("params is empty: give at least one array")
+        if all(isinstance(x, dict) for x in items):
+            return items
+        if any(isinstance(x, dict) for x in items):
+            raise TypeError("params must be arrays or dicts of param groups, not a mix")
+        return [{"params": items}]
+
+    def add_param_group(self, param_group):
+        """Add a group (a dict with "params" and optional hyperparameters)."""
+        if not isinstance(param_group, dict) or "params" not in param_group:
+            raise TypeError("param_group must be a dict with a 'params' entry")
+        gi = len(self.param_groups)
+        group = dict(self.defaults)
+        group.update({k: v for k, v in param_group.items() if k != "params"})
+        unknown = set(group) - set(self.defaults)
+        if unknown:
+            raise ValueError(f"param_groups[{gi}] has unknown options {sorted(unknown)}; "
+                             f"{type(self).__name__} takes {sorted(self.defaults)}")
+        self._validate_hyper(group, f"param_groups[{gi}]")
+        arrays = _as_list(param_group["params"])
+        if not arrays:
+            raise ValueError(f"param_groups[{gi}]['params'] is empty")
+        device = [_backend.is_cuda_array(a) for a in arrays]
+        if any(device) and not all(device):
+            raise TypeError(f"param_groups[{gi}]: mix of host and device arrays")
+        g = _Group()
+        g.device = all(device)
+        seen = {id(a) for grp in self._groups for a in grp.arrays}
+        if g.device:
+            self._check_device_params(arrays, gi)
+        else:
+            self._check_host_params(arrays, gi, seen)
+        g.dtype = np.dtype(arrays[0].dtype)
+        g.arrays = arrays
+        g.size = int(sum(int(np.prod(a.shape)) for a in arrays))
+        backend = self._resolve_backend(g)
+        if self.backend is not None and backend != self.backend:
+            raise ValueError(f"param_groups[{gi}] would need backend {backend!r} but "
+                             f"the optimizer runs on {self.backend!r}")
+        self.backend = backend
+        if g.device or backend == "cuda":
+            self._setup_cuda_group(g)
+        else:
+            flats = [_flat_view(a, f"params[{i}]") for i, a in enumerate(arrays)]
+            g.flat = tuple(f for f, _ in flats)
+            g.orders = tuple(o for _, o in flats)
+        g.step = 0
+        g.avg_count = 0
+        g.scalars = tuple(v for _, v in self._spec.scalar_states)
+        g.states = self._allocate_states(g, group)
+        g.avg = None
+        if self.average_start is not None:
+            g.avg = tuple(self._copy_like(f) for f in g.flat)
+        sizes = np.array([int(np.prod(a.shape)) for a in arrays], dtype=np.int64)
+        g.offsets = self._next_offset + np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+        self._next_offset += int(sizes.sum())
+        g.validated = self._hyper_tuple(group)
+        g.hyper_cache = None
+        group["params"] = arrays
+        self.param_groups.append(group)
+        self._groups.append(g)
+
+    def _check_host_params(self, arrays, gi, seen):
+        dtype = None
+        for i, a in enumerate(arrays):
+            name = f"params[{i}]" if gi == 0 else f"param_groups[{gi}]['params'][{i}]"
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"{name} must be a NumPy array (or a CUDA device array), "
+                                f"got {type(a).__name__}")
+            if a.dtype not in _FLOAT_DTYPES:
+                raise TypeError(f"{name} has dtype {a.dtype}; optimizers update float32 "
+                                "or float64 arrays")
+            if dtype is None:
+                dtype = a.dtype
+            elif a.dtype != dtype:
+                raise TypeError(f"{name} has dtype {a.dtype} but params[0] has {dtype}; "
+                                "put arrays of different dtypes in separate optimizers")
+            if not a.flags.writeable:
+                raise ValueError(f"{name} is read-only; the optimizer updates it in place")
+            if a.size == 0:
+                raise ValueError(f"{name} is empty")
+            if id(a) in seen:
+                raise ValueError(f"{name} appears in more than one parameter group")
+            seen.add(id(a))
+            _flat_view(a, name)
+        if len({id(a) for a in arrays}) != len(arrays):
+            raise ValueError(f"param_groups[{gi}] lists the same array twice")
+
+    def _check_device_params(self, arrays, gi):
+        dtypes = {np.dtype(a.dtype) for a in arrays}
+        if len(dtypes) != 1 or next(iter(dtypes)) not in _FLOAT_DTYPES:
+            raise TypeError(f"param_groups[{gi}]: device params must all be float32 "
+                            f"or all float64, got {sorted(map(str, dtypes))}")
+
+    def _resolve_backend(self, g):
+        requested = self.backend_requested
+        if requested == "auto":
+            return _backend.choose_auto(g.size, on_device=g.device)
+        _backend.require(requested)
+        if g.device and requested != "cuda":
+            raise ValueError(f"backend={requested!r} cannot update device arrays; "
+                             "use backend='cuda' or 'auto'")
+        return requested
+
+    def _copy_like(self, flat):
+        if self.backend == "cuda":
+            from numba import cuda
+            return cuda.to_device(np.array(flat.copy_to_host() if hasattr(flat, "copy_to_host") else flat))
+        return flat.copy()
+
+    def _allocate_states(self, g, group):
+        user = dict(zip(self._spec.user_hyper, self._hyper_tuple(group)))
+        present = allocated_states(self._spec, user)
+        init = self._state_init(group)
+        states = {}
+        for name in state_names(self._spec):
+            if name not in present:
+                states[name] = None
+                continue
+            value = init.get(name, 0.0)
+            if self.backend == "cuda":
+                from numba import cuda
+                states[name] = tuple(cuda.to_device(np.full(f.shape[0], value, g.dtype))
+                                     for f in g.flat)
+            else:
+                states[name] = tuple(np.full(f.shape[0], value, g.dtype) for f in g.flat)
+        return states
+
+    def _state_init(self, group):
+        return {}
+
+    # --------------------------------------------------------- hyperparameters
+    def _hyper_tuple(self, group):
+        """The rule's user hyperparameters, in ``spec.user_hyper`` order."""
+        raise NotImplementedError
+
+    def _validate_hyper(self, group, where):
+        raise NotImplementedError
+
+    @staticmethod
+    def _check_number(group, key, where, lo=None, lo_open=False, hi=None, hi_open=False):
+        value = group[key]
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{where}: {key} must be a real number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: {key} must be finite, got {value!r}")
+        if lo is not None and (value <= lo if lo_open else value < lo):
+            raise ValueError(f"{where}: {key} must be {'>' if lo_open else '>='} {lo}, got {value!r}")
+        if hi is not None and (value >= hi if hi_open else value > hi):
+            raise ValueError(f"{where}: {key} must be {'<' if hi_open else '<='} {hi}, got {value!r}")
+        return value
+
+    @staticmethod
+    def _check_flag(group, key, where):
+        value = group[key]
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{where}: {key} must be a bool, got {value!r}")
+        return bool(value)
+
+    def _check_betas(self, group, where):
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"{where}: betas must be a pair (beta1, beta2), got {betas!r}")
+        for j, b in enumerate(betas):
+            if isinstance(b, bool) or not isinstance(b, numbers.Real) or not 0.0 <= b < 1.0:
+                raise ValueError(f"{where}: betas[{j}] must be in [0, 1), got {b!r}")
+
+    @property
+    def lr(self):
+        """The learning rate of the first parameter group (schedules set it)."""
+        return self.param_groups[0]["lr"]
+
+    @lr.setter
+    def lr(self, value):
+        for group in self.param_groups:
+            group["lr"] = value
+
+    # -------------------------------------------------------------------- step
+    def _grads_for(self, grads):
+        """Split ``grads`` like the params and validate; no side effects."""
+        flat_grads = []
+        items = _as_list(grads)
+        n_total = sum(len(g.arrays) for g in self._groups)
+        if len(items) != n_total:
+            raise ValueError(f"grads has {len(items)} arrays but the optimizer has "
+                             f"{n_total} parameters")
+        pos = 0
+        for g in self._groups:
+            out = []
+            for i, p in enumerate(g.arrays):
+                gr = items[pos]
+                name = f"grads[{pos}]"
+                pos += 1
+                if g.device or self.backend == "cuda":
+                    out.append(self._cuda_grad(g, i, gr, name))
+                    continue
+                if type(gr) is not np.ndarray:
+                    if not isinstance(gr, np.ndarray):
+                        raise TypeError(f"{name} must be a NumPy array, got {type(gr).__name__}")
+                if gr.shape != p.shape:
+                    raise ValueError(f"{name} has shape {gr.shape} but params[{pos - 1}] "
+                                     f"has shape {p.shape}")
+                if gr.dtype != g.dtype:
+                    raise TypeError(f"{name} has dtype {gr.dtype} but params[{pos - 1}] "
+                                    f"has dtype {g.dtype}")
+                if g.orders[i] == "C":
+                    out.append(gr.reshape(-1) if gr.flags.c_contiguous else gr.ravel())
+                else:
+                    out.append(gr.reshape(-1, order="F") if gr.flags.f_contiguous
+                               else gr.ravel(order="F"))
+            flat_grads.append(tuple(out))
+        return flat_grads
+
+    def _prepared_hyper(self, gi, g):
+        group = self.param_groups[gi]
+        current = self._hyper_tuple(group)
+        if current != g.validated:
+            self._validate_hyper(group, f"param_groups[{gi}]")
+            user = dict(zip(self._spec.user_hyper, current))
+            want = set(allocated_states(self._spec, user))
+            have = {k for k, v in g.states.items() if v is not None}
+            if not want <= have:
+                raise ValueError(
+                    f"param_groups[{gi}]: the new options need state {sorted(want - have)} "
+                    "that was not allocated at construction; create a new optimizer")
+            g.validated = current
+        return current
+
+    def step(self, grads):
+        """Update every parameter in place from ``grads`` (same order and shapes).
+
+        Returns None.  Raises before touching anything when the gradients or
+        the (possibly changed) hyperparameters are invalid.
+        """
+        flat_grads = self._grads_for(grads)
+        hypers = [self._prepared_hyper(gi, g) for gi, g in enumerate(self._groups)]
+        if self.check_finite:
+            self._check_finite(flat_grads)
+        for g, fg, user in zip(self._groups, flat_grads, hypers):
+            self._step_group(g, fg, user)
+
+    def _check_finite(self, flat_grads):
+        from optkern.kernels import finite
+        pos = 0
+        for g, fg in zip(self._groups, flat_grads):
+            if g.device or self.backend == "cuda":
+                bad = finite.first_nonfinite_cuda(fg)
+            else:
+                bad = finite.first_nonfinite(fg)
+            if bad >= 0:
+                raise FloatingPointError(
+                    f"grads[{pos + bad}] contains NaN or inf; parameters and optimizer "
+                    "state are unchanged (pass check_finite=False to skip this check)")
+            pos += len(fg)
+
+    def _step_group(self, g, flat_grads, user):
+        step = g.step + 1
+        spec = self._spec
+        averaging = self.average_start is not None and step > self.average_start
+        avg_weight = 1.0 / (g.avg_count + 1) if averaging else 0.0
+        avg = g.avg if averaging else None
+        key = None
+        if self._noisy and self._noise_on(user):
+            key = _helpers.step_key(self.seed, step)
+        backend = self.backend
+        if backend == "numpy":
+            states = {k: list(v) for k, v in g.states.items() if v is not None}
+            new_scalars = reference.step(
+                spec.name, g.flat, flat_grads, states, None if avg is None else list(avg),
+                avg_weight, dict(zip(spec.user_hyper, user)), step, g.scalars, key,
+                g.offsets)
+        else:
+            hyper, new_scalars = spec.prepare(step, g.scalars, *user)
+            hyper = tuple(float(h) for h in hyper)
+            states = [g.states[name] for name in state_names(spec)]
+            if backend == "cuda":
+                self._cuda_step(g, flat_grads, states, avg, hyper, avg_weight, key)
+            elif backend == "cython":
+                mod = _backend.cython_module()
+                getattr(mod, spec.name)(g.flat, flat_grads, *states, avg, hyper,
+                                        avg_weight, key, g.offsets,
+                                        g.size >= _backend.PARALLEL_MIN_SIZE)
+            else:
+                mod = drivers.module_for(spec.name)
+                fn = mod.parallel if backend == "numba-parallel" else mod.serial
+                fn(g.flat, flat_grads, *states, avg, hyper, avg_weight, key, g.offsets)
+        g.scalars = tuple(float(s) for s in new_scalars)
+        g.step = step
+        if averaging:
+            g.avg_count += 1
+
+    def _noise_on(self, user):
+        return True
+
+    # -------------------------------------------------------------------- CUDA
+    def _setup_cuda_group(self, g):
+        from numba import cuda
+        g.flat = []
+        g.orders = []
+        self._host_arrays = getattr(self, "_host_arrays", {})
+        for i, a in enumerate(g.arrays):
+            if _backend.is_cuda_array(a):
+                d = cuda.as_cuda_array(a)
+                if not (d.is_c_contiguous() or d.is_f_contiguous()):
+                    raise ValueError(f"params[{i}] (device array) is not contiguous")
+                order = "C" if d.is_c_contiguous() else "F"
+                flat = d.reshape(d.size, order=order) if d.ndim != 1 else d
+            else:
+                order = "C" if a.flags.c_contiguous else "F"
+                flat = cuda.to_device(a.reshape(-1, order=order))
+            g.flat.append(flat)
+            g.orders.append(order)
+        g.flat = tuple(g.flat)
+        g.orders = tuple(g.orders)
+
+    def _cuda_grad(self, g, i, gr, name):
+        from numba import cuda
+        p = g.arrays[i]
+        if tuple(gr.shape) != tuple(p.shape):
+            raise ValueError(f"{name} has shape {tuple(gr.shape)} but the parameter has "
+                             f"shape {tuple(p.shape)}")
+        if np.dtype(gr.dtype) != g.dtype:
+            raise TypeError(f"{name} has dtype {gr.dtype} but the parameter has {g.dtype}")
+        if _backend.is_cuda_array(gr):
+            d = cuda.as_cuda_array(gr)
+            if d.ndim == 1:
+                return d
+            if (g.orders[i] == "C" and d.is_c_contiguous()) or \
+                    (g.orders[i] == "F" and d.is_f_contiguous()):
+                return d.reshape(d.size, order=g.orders[i])
+            raise ValueError(f"{name} (device array) must have the parameter's memory order")
+        if not isinstance(gr, np.ndarray):
+            raise TypeError(f"{name} must be an array, got {type(gr).__name__}")
+        return cuda.to_device(np.ravel(gr, order=g.orders[i]))
+
+    def _cuda_step(self, g, flat_grads, states, avg, hyper, avg_weight, key):
+        kern = drivers.cuda_kernel(self._spec.name)
+        cast = g.dtype.type
+        hyper_c = tuple(cast(h) for h in hyper)
+        threads = 256
+        for k, (p, gr) in enumerate(zip(g.flat, flat_grads)):
+            n = p.shape[0]
+            blocks = min(1024, max(1, (n + threads - 1) // threads))
+            kern[blocks, threads](p, gr, *[None if s is None else s[k] for s in states],
+                                  None if avg is None else avg[k], hyper_c, cast(0),
+                                  cast(avg_weight), key, int(g.offsets[k]))
+        for k, a in enumerate(g.arrays):
+            if not _backend.is_cuda_array(a):  # host param: copy the result back
+                host = g.flat[k].copy_to_host()
+                a.reshape(-1, order=g.orders[k])[...] = host
+
+    # ------------------------------------------------------------- averaging
+    def averaged_params(self):
+        """The Polyak averages of the parameters (arrays shaped like the params).
+
+        Before averaging starts (``average=k``: after k steps) they equal the
+        parameters' values when the optimizer was built.
+        """
+        if self.average_start is None:
+            raise ValueError("this optimizer was built with average=False")
+        out = []
+        for g in self._groups:
+            for a, f, order in zip(g.arrays, g.avg, g.orders):
+                host = f.copy_to_host() if hasattr(f, "copy_to_host") else f
+                out.append(host.reshape(a.shape, order=order))
+        return out
+
+    def swap_averaged(self):
+        """Swap parameter values with their averages in place (call again to undo)."""
+        if self.average_start is None:
+            raise ValueError("this optimizer was built with average=False")
+        if self.backend == "cuda":
+            raise NotImplementedError("swap_averaged on the cuda backend: copy "
+                                      "averaged_params() instead")
+        for g in self._groups:
+            for f, av in zip(g.flat, g.avg):
+                tmp = f.copy()
+                f[...] = av
+                av[...] = tmp
+
+    # ------------------------------------------------------------ state dict
+    def state_dict(self):
+        """A torch-style dict: {"state": {index: {...}}, "param_groups": [...]}.
+
+        Arrays are copies shaped like the params; "step" is per parameter (as
+        torch); optkern's extras (noise seed, averaging) sit under "optkern".
+        """
+        state = {}
+        groups = []
+        idx = 0
+        for group, g in zip(self.param_groups, self._groups):
+            ids = []
+            for k, a in enumerate(g.arrays):
+                entry = {"step": g.step}
+                for name, arrs in g.states.items():
+                    if arrs is not None:
+                        entry[name] = self._export(arrs[k], a.shape, g.orders[k])
+                for (name, _), value in zip(self._spec.scalar_states, g.scalars):
+                    entry[name] = value
+                if g.avg is not None:
+                    entry["average"] = self._export(g.avg[k], a.shape, g.orders[k])
+                state[idx] = entry
+                ids.append(idx)
+                idx += 1
+            saved = {k: v for k, v in group.items() if k != "params"}
+            saved["params"] = ids
+            saved["avg_count"] = g.avg_count
+            groups.append(saved)
+        return {"state": state, "param_groups": groups,
+                "optkern": {"optimizer": type(self).__name__, "seed": self.seed,
+                            "average_start": self.average_start}}
+
+    @staticmethod
+    def _export(flat, shape, order):
+        host = flat.copy_to_host() if hasattr(flat, "copy_to_host") else flat.copy()
+        return host.reshape(shape, order=order)
+
+    def load_state_dict(self, state_dict):
+        """Restore a state from ``state_dict()``; validated fully before any change."""
+        if not isinstance(state_dict, dict) or "state" not in state_dict \
+                or "param_groups" not in state_dict:
+            raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
+        extra = state_dict.get("optkern", {})
+        if extra.get("optimizer", type(self).__name__) != type(self).__name__:
+            raise ValueError(f"state_dict is from {extra['optimizer']}, not "
+                             f"{type(self).__name__}")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(saved_groups)} param groups, "
+                             f"optimizer has {len(self.param_groups)}")
+        if extra.get("average_start", self.average_start) != self.average_start:
+            raise ValueError("state_dict was saved with a different 'average' setting")
+        plan = []
+        new_groups = []
+        for gi, (saved, group, g) in enumerate(zip(saved_groups, self.param_groups,
+                                                   self._groups)):
+            if len(saved["params"]) != len(g.arrays):
+                raise ValueError(f"state_dict param_groups[{gi}] has {len(saved['params'])} "
+                                 f"params, optimizer has {len(g.arrays)}")
+            new_group = dict(group)
+            new_group.update({k: v for k, v in saved.items()
+                              if k not in ("params", "avg_count")})
+            self._validate_hyper(new_group, f"state_dict param_groups[{gi}]")
+            user = dict(zip(self._spec.user_hyper, self._hyper_tuple(new_group)))
+            want = set(allocated_states(self._spec, user))
+            have = {k for k, v in g.states.items() if v is not None}
+            if want != have:
+                raise ValueError(f"state_dict param_groups[{gi}] options need states "
+                                 f"{sorted(want)}, optimizer holds {sorted(have)}")
+            steps = set()
+            scalars = None
+            for k, pid in enumerate(saved["params"]):
+                entry = state_dict["state"].get(pid, state_dict["state"].get(str(pid)))
+                if entry is None:
+                    raise ValueError(f"state_dict has no state for param {pid}")
+                steps.add(int(entry["step"]))
+                shape = tuple(g.arrays[k].shape)
+                for name in sorted(have) + (["average"] if g.avg is not None else []):
+                    arr = np.asarray(entry.get(name))
+                    if arr.shape != shape or arr.dtype != g.dtype:
+                        raise ValueError(f"state_dict state[{pid}][{name!r}] must have "
+                                         f"shape {shape} and dtype {g.dtype}")
+                    target = g.avg[k] if name == "average" else g.states[name][k]
+                    plan.append((target, np.ravel(arr, order=g.orders[k])))
+                scalars = tuple(float(entry[n]) for n, _ in self._spec.scalar_states)
+            if len(steps) != 1:
+                raise ValueError(f"state_dict param_groups[{gi}] has unequal step counts")
+            new_groups.append((new_group, steps.pop(), scalars,
+                               int(saved.get("avg_count", 0))))
+        # everything validated: now apply
+        for target, src in plan:
+            if hasattr(target, "copy_to_device"):
+                target.copy_to_device(np.ascontiguousarray(src))
+            else:
+                target[...] = src
+        for (new_group, step, scalars, avg_count), group, g in zip(
+                new_groups, self.param_groups, self._groups):
+            group.update({k: v for k, v in new_group.items() if k != "params"})
+            g.step = step
+            g.scalars = scalars
+            g.avg_count = avg_count
+            g.validated = self._hyper_tuple(group)
+        if "seed" in extra:
+            self.seed = int(extra["seed"])
+
+    def zero_state(self):
+        """Reset steps and state to their initial values (keep the parameters)."""
+        for group, g in zip(self.param_groups, self._groups):
+            init = self._state_init(group)
+            for name, arrs in g.states.items():
+                if arrs is not None:
+                    for a in arrs:
+                        a[...] = init.get(name, 0.0)
+            g.step = 0
+            g.avg_count = 0
+            g.scalars = tuple(v for _, v in self._spec.scalar_states)
+
+    def __repr__(self):
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.param_groups[0].items()
+                         if k != "params")
+        n = sum(len(g.arrays) for g in self._groups)
+        return f"{type(self).__name__}({n} params, {opts}, backend={self.backend!r})"
+
+
+# ---------------------------------------------------------------------------
+# The optimizers.  Each maps its torch-style group options onto its rule's
+# user hyperparameters and validates them.
+# ---------------------------------------------------------------------------
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with momentum, Nesterov, and optional noise.
+
+    torch.optim.SGD's algorithm; ``noise`` > 0 adds N(0, noise^2) to every
+    element after each update (perturbed SGD), seeded by ``seed``.
+    """
+
+    _rule = "sgd"
+    _noisy = True
+
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0,
+                 weight_decay=0.0, nesterov=False, maximize=False, noise=0.0, *,
+                 seed=None, backend="auto", check_finite=True, average=False):
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov,
+                                      maximize=maximize, noise=noise),
+                         backend=backend, check_finite=check_finite, average=average,
+                         seed=seed)
+
+    def _validate_hyper(self, group, where):
+        self._check_number(group, "lr", where, lo=0.0)
+        self._check_number(group, "momentum", where, lo=0.0)
+        self._check_number(group, "dampening", where)
+        self._check_number(group, "weight_decay", where, lo=0.0)
+        self._check_number(group, "noise", where, lo=0.0)
+        nesterov = self._check_flag(group, "nesterov", where)
+        self._check_flag(group, "maximize", where)
+        if nesterov and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError(f"{where}: nesterov=True requires momentum > 0 and "
+                             "dampening == 0 (as torch.optim.SGD)")
+
+    def _hyper_tuple(self, group):
+        return (group["lr"], group["momentum"], group["dampening"], group["weight_decay"],
+                group["nesterov"], group["maximize"], group["noise"])
+
+    def _noise_on(self, user):
+        return user[6] > 0
+
+
+class SGLD(Optimizer):
+    """Stochastic gradient Langevin dynamics (Welling & Teh, 2011).
+
+    p <- p - lr*g + noise_scale*sqrt(2*lr)*z,  z ~ N(0, 1) per element, i.e. the
+    Euler-Maruyama step of Langevin dynamics at temperature noise_scale**2.
+    """
+
+    _rule = "sgld"
+    _noisy = True
+
+    def __init__(self, params, lr, noise_scale=1.0, weight_decay=0.0, maximize=False, *,
+                 seed=None, backend="auto", check_finite=True, average=False):
+        super().__init__(params, dict(lr=lr, noise_scale=noise_scale,
+                                      weight_decay=weight_decay, maximize=maximize),
+                         backend=backend, check_finite=check_finite, average=average,
+                         seed=seed)
+
+    def _validate_hyper(self, group, where):
+        self._check_number(group, "lr", where, lo=0.0)
+        self._check_number(group, "noise_scale", where, lo=0.0)
+        self._check_number(group, "weight_decay", where, lo=0.0)
+        self._check_flag(group, "maximize", where)
+
+    def _hyper_tuple(self, group):
+        return (group["lr"], group["noise_scale"], group["weight_decay"], group["maximize"])
+
+    def _noise_on(self, user):
+        return user[1] > 0
+
+
+class Adagrad(Optimizer):
+    """torch.optim.Adagrad."""
+
+    _rule = "adagrad"
+
+    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
+                 initial_accumulator_value=0.0, eps=1e-10, maximize=False, *,
+                 backend="auto", check_finite=True, average=False):
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value,
+                                      eps=eps, maximize=maximize),
+                         backend=backend, check_finite=check_finite, average=average)
+
+    def _validate_hyper(self, group, where):
+        self._check_number(group, "lr", where, lo=0.0)
+        self._check_number(group, "lr_decay", where, lo=0.0)
+        self._check_number(group, "weight_decay", where, lo=0.0)
+        self._check_number(group, "initial_accumulator_value", where, lo=0.0)
+        self._check_number(group, "eps", where, lo=0.0, lo_open=True)
+        self._check_flag(group, "maximize", where)
+
+    def _hyper_tuple(self, group):
+        return (group["lr"], group["lr_decay"], group["weight_decay"], group["eps"],
+                group["maximize"])
+
+    def _state_init(self, group):
+        return {"sum": group["initial_accumulator_value"]}
+
+
+class RMSprop(Optimizer):
+    """torch.optim.RMSprop (eps outside the square root; centered variant)."""
+
+    _rule = "rmsprop"
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
+                 momentum=0.0, centered=False, maximize=False, *, backend="auto",
+                 check_finite=True, average=False):
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, centered=centered,
+                                      maximize=maximize),
+                         backend=backend, check_finite=check_finite, average=average)
+
+    def _validate_hyper(self, group, where):
+        self._check_number(group, "lr", where, lo=0.0)
+        self._check_number(group, "alpha", where, lo=0.0, hi=1.0)
+        self._check_number(group, "eps", where, lo=0.0, lo_open=True)
+        self._check_number(group, "weight_decay", where, lo=0.0)
+        self._check_number(group, "momentum", where, lo=0.0)
+        self._check_flag(group, "centered", where)
+        self._check_flag(group, "maximize", where)
+
+    def _hyper_tuple(self, group):
+        return (group["lr"], group["alpha"], group["eps"], group["weight_decay"],
+                group["momentum"], group["centered"], group["maximize"])
+
+
+class Adadelta(Optimizer):
+    """torch.optim.Adadelta (eps inside the square roots)."""
+
+    _rule = "adadelta"
+
+    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0,
+                 maximize=False, *, backend="auto", check_finite=True, average=False):
+        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
+                                      maximize=maximize),
+                         backend=backend, check_finite=check_finite, average=average)
+
+    def _validate_hyper(self, group, where):
+        self._check_number(group, "lr", where, lo=0.0)
+        self._check_number(group, "rho", where, lo=0.0, hi=1.0)
+        self._check_number(group, "eps", where, lo=0.0, lo_open=True)
+        self._check_number(group, "weight_decay", where, lo=0.0)
+        self._check_flag(group, "maximize", where)
+
+    def _hyper_tuple(self, group):
+        return (group["lr"], group["rho"], group["eps"], group["weight_decay"],
+                group["maximize"])
+
+
+class _AdamFamily(Optimizer):
+    def _validate_hyper(self, group, where):
+        self._check_number(group, "lr", where, lo=0.0)
+        self._check_betas(group, where)
+        self._check_number(group, "eps", where, lo=0.0, lo_open=True)
+        self._check_number(group, "weight_decay", where, lo=0.0)
+        self._check_flag(group, "maximize", where)
+        for flag in ("amsgrad", "bias_correction", "decoupled_weight_decay"):
+            if flag in group:
+                self._check_flag(group, flag, where)
+        if "momentum_decay" in group:
+            self._check_number(group, "momentum_decay", where, lo=0.0)
+
+
+class Adam(_AdamFamily):
+    """torch.optim.Adam; ``bias_correction=False`` gives the course's uncorrected Adam.
+
+    ``decoupled_weight_decay=True`` is AdamW (as torch >= 2.5's Adam option).
+    """
+
+    _rule = "adam"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 amsgrad=False, maximize=False, bias_correction=True,
+                 decoupled_weight_decay=False, *, backend="auto", check_finite=True,
+                 average=False):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas) if isinstance(betas, list)
+                                      else betas, eps=eps,
+                                      weight_decay=weight_decay, amsgrad=amsgrad,
+                                      maximize=maximize, bias_correction=bias_correction,
+                                      decoupled_weight_decay=decoupled_weight_decay),
+                         backend=backend, check_finite=check_finite, average=average)
+
+    def _hyper_tuple(self, group):
+        b1, b2 = group["betas"]
+        return (group["lr"], b1, b2, group["eps"], group["weight_decay"], group["amsgrad"],
+                group["maximize"], group["bias_correction"],
+                group["decoupled_weight_decay"])
+
+
+class AdamW(Adam):
+    """torch.optim.AdamW: Adam with decoupled weight decay (default 1e-2)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, maximize=False, bias_correction=True, *, backend="auto",
+                 check_finite=True, average=False):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         amsgrad=amsgrad, maximize=maximize,
+                         bias_correction=bias_correction, decoupled_weight_decay=True,
+                         backend=backend, check_finite=check_finite, average=average)
+
+
+class Adamax(_AdamFamily):
+    """torch.optim.Adamax (infinity-norm Adam)."""
+
+    _rule = "adamax"
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 maximize=False, *, backend="auto", check_finite=True, average=False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps,
+                                      weight_decay=weight_decay, maximize=maximize),
+                         backend=backend, check_finite=check_finite, average=average)
+
+    def _hyper_tuple(self, group):
+        b1, b2 = group["betas"]
+        return (group["lr"], b1, b2, group["eps"], group["weight_decay"], group["maximize"])
+
+
+class NAdam(_AdamFamily):
+    """torch.optim.NAdam (Nesterov-accelerated Adam with momentum decay)."""
+
+    _rule = "nadam"
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False, *,
+                 backend="auto", check_finite=True, average=False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps,
+                                      weight_decay=weight_decay,
+                                      momentum_decay=momentum_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      maximize=maximize),
+                         backend=backend, check_finite=check_finite, average=average)
+
+    def _hyper_tuple(self, group):
+        b1, b2 = group["betas"]
+        return (group["lr"], b1, b2, group["eps"], group["weight_decay"],
+                group["momentum_decay"], group["maximize"],
+                group["decoupled_weight_decay"])
+
+
+class RAdam(_AdamFamily):
+    """torch.optim.RAdam (variance-rectified Adam)."""
+
+    _rule = "radam"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 decoupled_weight_decay=False, maximize=False, *, backend="auto",
+                 check_finite=True, average=False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps,
+                                      weight_decay=weight_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      maximize=maximize),
+                         backend=backend, check_finite=check_finite, average=average)
+
+    def _hyper_tuple(self, group):
+        b1, b2 = group["betas"]
+        return (group["lr"], b1, b2, group["eps"], group["weight_decay"],
+                group["maximize"], group["decoupled_weight_decay"])
