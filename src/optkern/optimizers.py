@@ -55,9 +55,9 @@ def _flat_view(a, argname):
 class _Group:
     """Per param-group bookkeeping that is not part of torch's group dict."""
 
-    __slots__ = ("arrays", "flat", "orders", "states", "avg", "offsets", "step",
-                 "avg_count", "scalars", "validated", "hyper_cache", "device",
-                 "size", "dtype")
+    __slots__ = ("arrays", "flat", "orders", "states", "state_list", "avg", "offsets",
+                 "step", "avg_count", "scalars", "validated", "user", "device", "size",
+                 "dtype", "shapes", "kernel")
 
 
 class Optimizer:
@@ -159,11 +159,30 @@ class Optimizer:
         sizes = np.array([int(np.prod(a.shape)) for a in arrays], dtype=np.int64)
         g.offsets = self._next_offset + np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
         self._next_offset += int(sizes.sum())
+        g.state_list = [g.states[name] for name in state_names(self._spec)]
+        g.shapes = tuple(a.shape for a in arrays)
         g.validated = self._hyper_tuple(group)
-        g.hyper_cache = None
+        g.user = tuple(float(v) for v in g.validated)
+        g.kernel = self._kernel_for(g)
         group["params"] = arrays
         self.param_groups.append(group)
         self._groups.append(g)
+        self._n_params = sum(len(x.arrays) for x in self._groups)
+
+    def _kernel_for(self, g):
+        """The compiled multi-tensor step for this group (None: numpy/cuda paths)."""
+        backend = self.backend
+        if backend in ("numba", "numba-parallel"):
+            mod = drivers.module_for(self._spec.name)
+            return mod.parallel if backend == "numba-parallel" else mod.serial
+        if backend == "cython":
+            fn = getattr(_backend.cython_module(), self._spec.name)
+            parallel = g.size >= _backend.PARALLEL_MIN_SIZE
+
+            def cython_step(*args):
+                return fn(*args, parallel)
+            return cython_step
+        return None
 
     def _check_host_params(self, arrays, gi, seen):
         dtype = None
@@ -284,36 +303,38 @@ class Optimizer:
     # -------------------------------------------------------------------- step
     def _grads_for(self, grads):
         """Split ``grads`` like the params and validate; no side effects."""
-        flat_grads = []
-        items = _as_list(grads)
-        n_total = sum(len(g.arrays) for g in self._groups)
-        if len(items) != n_total:
+        items = (grads,) if isinstance(grads, np.ndarray) or _backend.is_cuda_array(grads) \
+            else grads
+        if not isinstance(items, (list, tuple)):
+            raise TypeError(f"grads must be an array or a list of arrays, got "
+                            f"{type(grads).__name__}")
+        if len(items) != self._n_params:
             raise ValueError(f"grads has {len(items)} arrays but the optimizer has "
-                             f"{n_total} parameters")
+                             f"{self._n_params} parameters")
+        flat_grads = []
         pos = 0
         for g in self._groups:
             out = []
-            for i, p in enumerate(g.arrays):
+            device = g.device or self.backend == "cuda"
+            for i, shape in enumerate(g.shapes):
                 gr = items[pos]
-                name = f"grads[{pos}]"
-                pos += 1
-                if g.device or self.backend == "cuda":
-                    out.append(self._cuda_grad(g, i, gr, name))
-                    continue
-                if type(gr) is not np.ndarray:
-                    if not isinstance(gr, np.ndarray):
-                        raise TypeError(f"{name} must be a NumPy array, got {type(gr).__name__}")
-                if gr.shape != p.shape:
-                    raise ValueError(f"{name} has shape {gr.shape} but params[{pos - 1}] "
-                                     f"has shape {p.shape}")
-                if gr.dtype != g.dtype:
-                    raise TypeError(f"{name} has dtype {gr.dtype} but params[{pos - 1}] "
+                if device:
+                    out.append(self._cuda_grad(g, i, gr, f"grads[{pos}]"))
+                elif not isinstance(gr, np.ndarray):
+                    raise TypeError(f"grads[{pos}] must be a NumPy array, got "
+                                    f"{type(gr).__name__}")
+                elif gr.shape != shape:
+                    raise ValueError(f"grads[{pos}] has shape {gr.shape} but params[{pos}] "
+                                     f"has shape {shape}")
+                elif gr.dtype != g.dtype:
+                    raise TypeError(f"grads[{pos}] has dtype {gr.dtype} but params[{pos}] "
                                     f"has dtype {g.dtype}")
-                if g.orders[i] == "C":
+                elif g.orders[i] == "C":
                     out.append(gr.reshape(-1) if gr.flags.c_contiguous else gr.ravel())
                 else:
                     out.append(gr.reshape(-1, order="F") if gr.flags.f_contiguous
                                else gr.ravel(order="F"))
+                pos += 1
             flat_grads.append(tuple(out))
         return flat_grads
 
@@ -330,7 +351,8 @@ class Optimizer:
                     f"param_groups[{gi}]: the new options need state {sorted(want - have)} "
                     "that was not allocated at construction; create a new optimizer")
             g.validated = current
-        return current
+            g.user = tuple(float(v) for v in current)
+        return g.user
 
     def step(self, grads):
         """Update every parameter in place from ``grads`` (same order and shapes).
@@ -368,29 +390,20 @@ class Optimizer:
         key = None
         if self._noisy and self._noise_on(user):
             key = _helpers.step_key(self.seed, step)
-        backend = self.backend
-        if backend == "numpy":
+        if g.kernel is not None:
+            hyper, new_scalars = spec.prepare(step, g.scalars, *user)
+            g.kernel(g.flat, flat_grads, *g.state_list, avg, hyper, avg_weight, key,
+                     g.offsets)
+        elif self.backend == "numpy":
             states = {k: list(v) for k, v in g.states.items() if v is not None}
             new_scalars = reference.step(
                 spec.name, g.flat, flat_grads, states, None if avg is None else list(avg),
-                avg_weight, dict(zip(spec.user_hyper, user)), step, g.scalars, key,
+                avg_weight, dict(zip(spec.user_hyper, g.validated)), step, g.scalars, key,
                 g.offsets)
         else:
             hyper, new_scalars = spec.prepare(step, g.scalars, *user)
-            hyper = tuple(float(h) for h in hyper)
-            states = [g.states[name] for name in state_names(spec)]
-            if backend == "cuda":
-                self._cuda_step(g, flat_grads, states, avg, hyper, avg_weight, key)
-            elif backend == "cython":
-                mod = _backend.cython_module()
-                getattr(mod, spec.name)(g.flat, flat_grads, *states, avg, hyper,
-                                        avg_weight, key, g.offsets,
-                                        g.size >= _backend.PARALLEL_MIN_SIZE)
-            else:
-                mod = drivers.module_for(spec.name)
-                fn = mod.parallel if backend == "numba-parallel" else mod.serial
-                fn(g.flat, flat_grads, *states, avg, hyper, avg_weight, key, g.offsets)
-        g.scalars = tuple(float(s) for s in new_scalars)
+            self._cuda_step(g, flat_grads, g.state_list, avg, hyper, avg_weight, key)
+        g.scalars = new_scalars
         g.step = step
         if averaging:
             g.avg_count += 1
