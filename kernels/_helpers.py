@@ -128,3 +128,22 @@ def step_key(seed, step):
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
     return np.uint64(x ^ (x >> 31))
+
+
+def noise_key_jit(seed, step):
+    """``step_key`` for compiled code: None (no noise) stays None."""
+    return None if seed is None else step_key(seed, step)
+
+
+_KEY_MUL = np.uint64(0x9E3779B97F4A7C15)
+
+
+@overload(noise_key_jit, inline="always", target="generic")
+def _ol_noise_key_jit(seed, step):
+    if _none(seed):
+        return lambda seed, step: None
+
+    def impl(seed, step):
+        x = np.uint64(seed) * _KEY_MUL + np.uint64(step)
+        return mix64(x)
+    return impl

@@ -14,9 +14,22 @@ from ._backend import BACKENDS, available_backends  # noqa: F401
 from .optimizers import (  # noqa: F401
     SGD, SGLD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, Optimizer, RAdam, RMSprop,
 )
+from .losses import loss_and_grad, predict_scores, check_grad, LOSSES  # noqa: F401
+
+from . import schedules  # noqa: F401,E402
+from .io import load  # noqa: F401
 
 OPTIMIZERS = {
     "sgd": SGD, "adagrad": Adagrad, "rmsprop": RMSprop, "adadelta": Adadelta,
     "adam": Adam, "adamw": AdamW, "adamax": Adamax, "nadam": NAdam, "radam": RAdam,
     "sgld": SGLD,
 }
+
+
+def __getattr__(name):
+    # the estimators import scikit-learn (about a second): only on first use
+    if name in ("LinearClassifier", "LinearRegressor"):
+        from . import estimators
+
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'optkern' has no attribute {name!r}")

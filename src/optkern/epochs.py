@@ -1,0 +1,121 @@
+"""Glue between the estimators and the compiled training epochs.
+
+``runner_for(estimator, ctx)`` returns ``run(order, batch_size) -> mean loss``
+that trains one epoch in a single compiled call (``kernels/epoch_drivers.py``)
+on the optimizer's own state arrays, then brings the optimizer's bookkeeping
+(step count, Polyak count, NAdam's mu_product) up to date, so ``state_dict``,
+``partial_fit`` and ``warm_start`` see exactly what a step-by-step run would.
+Returns None when the backend has no compiled epoch ("numpy": the reference
+loop is the specification; "cuda": the per-step CUDA kernels are used).
+"""
+
+import numba
+import numpy as np
+import scipy.sparse as sp
+
+from optkern.kernels import epoch_drivers
+from optkern.kernels.rules import state_names
+
+COMPILED_EPOCH_BACKENDS = ("numba", "numba-parallel", "cython")
+
+# multiply-adds in one minibatch (rows x features x outputs) below which the
+# parallel epoch stays on one thread: a parallel region costs tens of
+# microseconds to open, more when the machine is busy (README, "Training").
+PARALLEL_MIN_WORK = 200_000
+
+
+def _targets(estimator, ctx, loss_kind, k):
+    y = ctx.y
+    dtype = ctx.W.dtype
+    if loss_kind == "row":
+        return np.ascontiguousarray(y, dtype=np.int64)
+    if y.ndim == 2:
+        return np.ascontiguousarray(y, dtype=dtype)
+    if k > 1:  # one-vs-rest targets for a binary loss on k classes
+        T = np.zeros((y.shape[0], k), dtype=dtype)
+        T[np.arange(y.shape[0]), y.astype(np.int64)] = 1.0
+        return T
+    return np.ascontiguousarray(y, dtype=dtype).reshape(-1, 1)
+
+
+def runner_for(estimator, ctx):
+    """A compiled epoch runner for this fit, or None for the reference loop."""
+    if ctx.backend not in COMPILED_EPOCH_BACKENDS:
+        return None
+    run = getattr(ctx, "runner", None)
+    if run is not None:
+        return run
+    run = ctx.runner = _Runner(estimator, ctx)
+    return run
+
+
+class _Runner:
+    def __init__(self, estimator, ctx):
+        from optkern.losses import LOSSES
+
+        W, b, opt = ctx.W, ctx.b, ctx.opt
+        d, k = W.shape
+        self.ctx = ctx
+        loss_name = estimator._effective_loss(k)
+        spec = LOSSES[loss_name]
+        self.T = _targets(estimator, ctx, spec.kind, k)
+        X = ctx.X
+        if sp.issparse(X):
+            X = sp.csr_matrix(X)
+            if not X.has_canonical_format:
+                X = X.copy()
+                X.sum_duplicates()
+            self.data_args = (X.data, X.indices.astype(np.int64), X.indptr.astype(np.int64))
+            layout = "csr"
+        else:
+            self.data_args = (np.ascontiguousarray(X),)
+            layout = "dense"
+        parallel = ctx.backend == "numba-parallel"
+        mod = epoch_drivers.module_for(loss_name, opt._spec.name, layout)
+        self.fn = mod.epoch_parallel if parallel else mod.epoch_serial
+        self.n_chunks = numba.get_num_threads() if parallel else 1
+        dt = W.dtype
+        c = self.n_chunks
+        self.scratch = (np.zeros((c, d, k), dt), np.zeros((c, k), dt), np.zeros((c, k), dt),
+                        np.zeros((c, k), dt), np.zeros(c), np.zeros(c))
+        self.sw = ctx.sw
+        self.w_mean = float(np.mean(ctx.sw))
+        penalty, alpha = estimator._penalty_args()
+        self.alpha = alpha
+        self.l1_ratio = {"l2": 0.0, "l1": 1.0}.get(penalty, float(estimator.l1_ratio))
+        eps = getattr(estimator, "epsilon", None)
+        self.epsilon = float(spec.default_epsilon if eps is None else eps)
+        self.gW = opt._groups[0]
+        self.gB = opt._groups[1] if b is not None else None
+
+    def __call__(self, order, batch_size):
+        ctx, opt = self.ctx, self.ctx.opt
+        gW, gB = self.gW, self.gB
+        userW = opt._prepared_hyper(0, gW)
+        userB = opt._prepared_hyper(1, gB) if gB is not None else userW
+        statesW = [None if s is None else s[0] for s in gW.state_list]
+        statesB = [None if (gB is None or s is None) else s[0]
+                   for s in (gB.state_list if gB is not None else gW.state_list)]
+        avg_start = -1 if opt.average_start is None else opt.average_start
+        avgW = gW.avg[0] if gW.avg is not None else None
+        avgB = gB.avg[0] if (gB is not None and gB.avg is not None) else None
+        seed = np.uint64(opt.seed) if (opt._noisy and opt._noise_on(userW)) else None
+        sched = ctx.schedule.encode()
+        result = self.fn(
+            *self.data_args, self.T, self.sw, np.ascontiguousarray(order, dtype=np.int64),
+            int(batch_size), self.n_chunks, ctx.W, ctx.b, *self.scratch,
+            *statesW, *statesB, avgW, avgB, userW, userB, gW.scalars,
+            gB.scalars if gB is not None else gW.scalars, gW.step, avg_start, gW.avg_count,
+            (float(sched[0]),) + tuple(float(v) for v in sched[1:]), float(ctx.base_lr),
+            float(ctx.plateau), self.alpha, self.l1_ratio, self.epsilon, seed,
+            int(gW.offsets[0]), int(gB.offsets[0]) if gB is not None else 0,
+            PARALLEL_MIN_WORK, self.w_mean)
+        mean, steps, avg_count, scalarsW, scalarsB = result
+        for g, scalars in ((gW, scalarsW), (gB, scalarsB)):
+            if g is None:
+                continue
+            g.step += int(steps)
+            g.avg_count = int(avg_count)
+            g.scalars = tuple(float(v) for v in scalars)
+        ctx.t += int(steps)
+        return float(mean)

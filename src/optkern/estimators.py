@@ -1,0 +1,810 @@
+"""scikit-learn compatible linear estimators trained by optkern's kernels.
+
+``LinearClassifier`` and ``LinearRegressor`` follow scikit-learn's estimator
+API (fit, partial_fit, predict, predict_proba, decision_function, score,
+get_params/set_params) and pass its ``check_estimator`` suite.
+
+Training runs in epochs.  For each epoch the host draws the sample order
+(``sampling``: "epoch" reshuffles, "replacement" draws with replacement,
+"sequential" keeps the order) from a seeded NumPy generator, so every backend
+sees the same minibatches; then the epoch itself (every minibatch's loss and
+gradient, the optimizer update and the learning-rate schedule) runs:
+
+* on "numba", "numba-parallel" and "cython": in one compiled call
+  (``optkern.epochs``), no Python per minibatch;
+* on "numpy": in the readable reference loop below (``loss_and_grad`` with
+  backend "numpy" and the NumPy reference optimizer step) — the oracle;
+* on "cuda": the reference loop over the CUDA kernels.
+
+``solver="lbfgs"`` instead minimises the full-batch objective with
+scipy.optimize's L-BFGS-B on the compiled ``loss_and_grad``.
+
+After each epoch: the training loss (mean of the minibatch losses, penalty
+included), the validation score when ``early_stopping``, convergence by
+``tol``/``n_iter_no_change`` (scikit-learn's rule), callbacks, and the
+divergence check: a non-finite loss restores the weights of the last finite
+epoch and raises FloatingPointError naming the epoch (``on_divergence="warn"``
+warns and keeps those weights instead).  KeyboardInterrupt during fit leaves
+the model of the last completed epoch, with a warning.
+"""
+
+import math
+import numbers
+import time
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state, compute_class_weight
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data, _check_sample_weight
+from sklearn.utils._available_if import available_if
+
+from optkern import _backend
+from optkern import optimizers as _opt
+from optkern import schedules as _sched
+
+__all__ = ["LinearClassifier", "LinearRegressor", "OPTIMIZER_NAMES"]
+
+# name -> (class, default lr, fixed options).  Default rates were chosen on
+# standardised data (scikit-learn's bundled sets and make_classification) so
+# that every name trains a good model without tuning; see tests/test_estimators.
+OPTIMIZER_NAMES = {
+    "sgd": (_opt.SGD, 0.05, {}),
+    "momentum": (_opt.SGD, 0.01, {"momentum": 0.9}),
+    "nesterov": (_opt.SGD, 0.01, {"momentum": 0.9, "nesterov": True}),
+    "adagrad": (_opt.Adagrad, 0.1, {}),
+    "rmsprop": (_opt.RMSprop, 1e-3, {}),
+    "adadelta": (_opt.Adadelta, 1.0, {}),
+    "adam": (_opt.Adam, 1e-3, {}),
+    "adamw": (_opt.AdamW, 1e-3, {"weight_decay": 0.0}),
+    "adamax": (_opt.Adamax, 2e-3, {}),
+    "nadam": (_opt.NAdam, 2e-3, {}),
+    "radam": (_opt.RAdam, 2e-3, {}),
+    "sgld": (_opt.SGLD, 0.02, {}),
+}
+
+CLASSIFIER_LOSSES = ("softmax", "log", "hinge", "squared_hinge", "modified_huber",
+                     "multiclass_hinge")
+BINARY_LOSSES = ("log", "hinge", "squared_hinge", "modified_huber")
+REGRESSOR_LOSSES = ("squared", "huber", "epsilon_insensitive", "absolute")
+SMOOTH_LOSSES = ("softmax", "log", "squared_hinge", "modified_huber", "squared", "huber")
+PENALTIES = ("l2", "l1", "elasticnet", None)
+SAMPLINGS = ("epoch", "replacement", "sequential")
+
+
+def _choice(name, value, choices):
+    if value not in choices:
+        import difflib
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"{name}={value!r} is not valid; choose one of {list(choices)}{hint}")
+
+
+def _int_param(name, value, lo, allow_none=False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
+        raise ValueError(f"{name} must be an int >= {lo}{' or None' if allow_none else ''}, "
+                         f"got {value!r}")
+
+
+def _real_param(name, value, lo=None, lo_open=False, hi=None, allow_none=False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {value!r}")
+    if hi is not None and value > hi:
+        raise ValueError(f"{name} must be <= {hi}, got {value!r}")
+
+
+class TrainingDiverged(FloatingPointError):
+    """Raised when the training loss becomes NaN or infinite."""
+
+
+class _BaseLinear(BaseEstimator):
+    _losses = ()
+
+    def __init__(self, *, loss, penalty="l2", alpha=1e-4, l1_ratio=0.15, fit_intercept=True,
+                 optimizer="adam", lr=None, optimizer_params=None, schedule=None,
+                 batch_size=32, sampling="epoch", max_epochs=1000, tol=1e-4,
+                 n_iter_no_change=5, early_stopping=False, validation_fraction=0.1,
+                 average=False, warm_start=False, random_state=None, backend="auto",
+                 verbose=0, callbacks=None, solver="sgd", on_divergence="raise",
+                 epsilon=0.1):
+        self.loss = loss
+        self.epsilon = epsilon
+        self.penalty = penalty
+        self.alpha = alpha
+        self.l1_ratio = l1_ratio
+        self.fit_intercept = fit_intercept
+        self.optimizer = optimizer
+        self.lr = lr
+        self.optimizer_params = optimizer_params
+        self.schedule = schedule
+        self.batch_size = batch_size
+        self.sampling = sampling
+        self.max_epochs = max_epochs
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.average = average
+        self.warm_start = warm_start
+        self.random_state = random_state
+        self.backend = backend
+        self.verbose = verbose
+        self.callbacks = callbacks
+        self.solver = solver
+        self.on_divergence = on_divergence
+
+    # ------------------------------------------------------------ validation
+    def _validate_params(self):
+        _choice("loss", self.loss, self._losses)
+        _choice("penalty", self.penalty, PENALTIES)
+        _real_param("alpha", self.alpha, lo=0.0)
+        _real_param("l1_ratio", self.l1_ratio, lo=0.0, hi=1.0)
+        _int_param("batch_size", self.batch_size, 1, allow_none=True)
+        _choice("sampling", self.sampling, SAMPLINGS)
+        _int_param("max_epochs", self.max_epochs, 1)
+        _real_param("tol", self.tol, lo=0.0, allow_none=True)
+        _int_param("n_iter_no_change", self.n_iter_no_change, 1)
+        _real_param("validation_fraction", self.validation_fraction, lo=0.0, lo_open=True,
+                    hi=0.99)
+        _real_param("lr", self.lr, lo=0.0, lo_open=True, allow_none=True)
+        _choice("solver", self.solver, ("sgd", "lbfgs"))
+        _choice("on_divergence", self.on_divergence, ("raise", "warn"))
+        _real_param("epsilon", self.epsilon, lo=0.0)
+        _backend.validate_name(self.backend)
+        if not (isinstance(self.average, (bool, np.bool_)) or
+                (isinstance(self.average, numbers.Integral) and self.average >= 0)):
+            raise ValueError(f"average must be a bool or an int >= 0, got {self.average!r}")
+        if self.optimizer_params is not None and not isinstance(self.optimizer_params, dict):
+            raise TypeError(f"optimizer_params must be a dict or None, got "
+                            f"{type(self.optimizer_params).__name__}")
+        if isinstance(self.optimizer, str):
+            _choice("optimizer", self.optimizer, tuple(OPTIMIZER_NAMES))
+        elif not isinstance(self.optimizer, _opt.Optimizer):
+            raise TypeError("optimizer must be a name from "
+                            f"{sorted(OPTIMIZER_NAMES)} or an optkern optimizer instance, "
+                            f"got {self.optimizer!r}")
+        _sched.get_schedule(self.schedule)
+        if self.callbacks is not None and not all(callable(c) for c in self.callbacks):
+            raise TypeError("callbacks must be a list of callables")
+        if self.solver == "lbfgs":
+            if self.loss not in SMOOTH_LOSSES:
+                raise ValueError(f"solver='lbfgs' needs a smooth loss, one of "
+                                 f"{[l for l in SMOOTH_LOSSES if l in self._losses]}; "
+                                 f"got loss={self.loss!r}")
+            if self.penalty in ("l1", "elasticnet") and self.alpha > 0:
+                raise ValueError("solver='lbfgs' needs penalty='l2' or None (l1 is not smooth)")
+
+    def _check_X(self, X, reset):
+        return validate_data(self, X, reset=reset, accept_sparse="csr",
+                             dtype=[np.float64, np.float32], order="C")
+
+    # --------------------------------------------------------- optimisation
+    def _make_optimizer(self, W, b, n_train, seed):
+        params = dict(self.optimizer_params or {})
+        if isinstance(self.optimizer, _opt.Optimizer):
+            cls = type(self.optimizer)
+            template = {k: v for k, v in self.optimizer.param_groups[0].items() if k != "params"}
+            if cls is _opt.AdamW:
+                template.pop("decoupled_weight_decay", None)
+            template.update(params)
+            params = template
+            base_lr = params.pop("lr")
+        else:
+            cls, default_lr, fixed = OPTIMIZER_NAMES[self.optimizer]
+            merged = dict(fixed)
+            merged.update(params)
+            params = merged
+            base_lr = default_lr
+            if cls is _opt.SGLD:
+                # mean-loss gradients: temperature 1/n samples the posterior of the
+                # summed loss instead of a posterior n times too wide
+                params.setdefault("noise_scale", 1.0 / math.sqrt(max(n_train, 1)))
+        if self.lr is not None:
+            base_lr = float(self.lr)
+        if cls in (_opt.SGD, _opt.SGLD):
+            params["seed"] = seed
+        groups = [{"params": [W]}]
+        if b is not None:
+            groups.append({"params": [b], "weight_decay": 0.0})
+        try:
+            opt = cls(groups, lr=base_lr, backend=self._optimizer_backend(W.size),
+                      average=self.average, **params)
+        except TypeError as exc:
+            raise ValueError(f"optimizer_params {sorted(params)} do not fit "
+                             f"{cls.__name__}: {exc}") from None
+        return opt, base_lr
+
+    def _optimizer_backend(self, size):
+        be = self.backend
+        if be == "auto":
+            return _backend.choose_auto(size)
+        return be
+
+    def _encode_y(self, y):
+        raise NotImplementedError
+
+    def _n_outputs(self):
+        raise NotImplementedError
+
+    def _effective_loss(self, k):
+        """The kernel loss for k outputs (binary problems use one output)."""
+        return self.loss
+
+    def _penalty_args(self):
+        if self.penalty is None:
+            return "l2", 0.0
+        return self.penalty, float(self.alpha)
+
+    def _batch_loss_grad(self, X, y, sw, W, b, backend, penalize=True):
+        """Weighted-mean loss (+ penalty) and gradient, for any loss kind."""
+        from optkern.losses import loss_and_grad
+
+        loss = self._effective_loss(W.shape[1])
+        penalty, alpha = self._penalty_args()
+        if not penalize:
+            alpha = 0.0
+        if loss in BINARY_LOSSES and W.shape[1] > 1:
+            # one-vs-rest: the sum of k binary objectives, column by column
+            total = 0.0
+            dW = np.empty_like(W)
+            db = None if b is None else np.empty_like(b)
+            for j in range(W.shape[1]):
+                yj = (y == j).astype(W.dtype)
+                lj, dWj, dbj = loss_and_grad(
+                    X, yj, np.ascontiguousarray(W[:, j:j + 1]),
+                    None if b is None else b[j:j + 1], loss=loss, alpha=alpha,
+                    penalty=penalty, l1_ratio=self.l1_ratio, sample_weight=sw,
+                    backend=backend, check_input=False, epsilon=self.epsilon)
+                total += lj
+                dW[:, j] = dWj[:, 0]
+                if db is not None:
+                    db[j] = dbj[0]
+            return total, dW, db
+        return loss_and_grad(X, y, W, b, loss=loss, alpha=alpha, penalty=penalty,
+                             l1_ratio=self.l1_ratio, sample_weight=sw, backend=backend,
+                             check_input=False, epsilon=self.epsilon)
+
+    def _batches(self, rng, n):
+        bs = n if self.batch_size is None else min(self.batch_size, n)
+        if self.sampling == "epoch":
+            order = rng.permutation(n)
+        elif self.sampling == "replacement":
+            order = rng.integers(0, n, size=n)
+        else:
+            order = np.arange(n)
+        return order, bs
+
+    def _run_epoch(self, ctx, order, bs):
+        """One epoch; returns the mean minibatch loss.  Compiled when possible."""
+        from optkern import epochs
+
+        runner = epochs.runner_for(self, ctx)
+        if runner is not None:
+            return runner(order, bs)
+        return self._reference_epoch(ctx, order, bs)
+
+    def _reference_epoch(self, ctx, order, bs):
+        """The readable epoch: the specification the compiled epochs follow.
+
+        Each minibatch B estimates the objective sum(w L)/sum(w) + penalty
+        without bias: sum_B(w L) / (|B| * mean(w)) + penalty.  (Normalising by
+        the batch's own weight sum would cancel the weights of a batch that
+        holds a single class.)
+        """
+        from optkern.kernels.loss_reference import penalty
+
+        X, y, sw, W, b, opt = ctx.X, ctx.y, ctx.sw, ctx.W, ctx.b, ctx.opt
+        be = ctx.backend
+        loss_backend = be if be != "cython" or _backend.cython_module("losses") else "numba"
+        pen_name, alpha = self._penalty_args()
+        l1_ratio = {"l2": 0.0, "l1": 1.0}.get(pen_name, float(self.l1_ratio))
+        w_mean = float(np.mean(sw))
+        total = 0.0
+        count = 0
+        for start in range(0, order.shape[0], bs):
+            rows = order[start:start + bs]
+            swb = sw[rows]
+            wsum = float(swb.sum())
+            if wsum <= 0.0:
+                continue
+            loss, dW, db = self._batch_loss_grad(X[rows], y[rows], swb, W, b, loss_backend,
+                                                 penalize=False)
+            scale = wsum / (rows.shape[0] * w_mean)
+            pen, dpen = penalty(W, alpha, l1_ratio)
+            loss = loss * scale + pen
+            dW = dW * W.dtype.type(scale) + dpen.astype(W.dtype, copy=False)
+            if b is not None:
+                db = db * W.dtype.type(scale)
+            if not math.isfinite(loss):
+                return float("nan")
+            lr = ctx.base_lr * ctx.schedule.factor(ctx.t) * ctx.plateau
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.step([dW] if b is None else [dW, db])
+            total += loss * rows.shape[0]
+            count += rows.shape[0]
+            ctx.t += 1
+        return total / count if count else 0.0
+
+    # ------------------------------------------------------------------- fit
+    def fit(self, X, y, sample_weight=None):
+        """Train from scratch (or from the last fit with ``warm_start``)."""
+        self._validate_params()
+        X, y = self._validate_fit_data(X, y, reset=True)
+        sw = self._sample_weight(X, y, sample_weight)
+        if not (self.warm_start and hasattr(self, "coef_")):
+            for attr in ("_opt_state", "_t"):
+                if hasattr(self, attr):
+                    delattr(self, attr)
+        return self._fit(X, y, sw, max_epochs=self.max_epochs, partial=False)
+
+    def partial_fit(self, X, y, sample_weight=None, **kwargs):
+        """One epoch over (X, y), continuing the optimizer state of earlier calls."""
+        first = not hasattr(self, "coef_")
+        self._validate_params()
+        X, y = self._validate_fit_data(X, y, reset=first, **kwargs)
+        sw = self._sample_weight(X, y, sample_weight)
+        return self._fit(X, y, sw, max_epochs=1, partial=True)
+
+    def _sample_weight(self, X, y, sample_weight):
+        sw = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+        if sample_weight is not None and (not np.all(np.isfinite(sw)) or np.any(sw < 0)):
+            raise ValueError("sample_weight must be finite and non-negative")
+        sw = sw * self._class_weight_factors(y).astype(X.dtype, copy=False)
+        if not sw.sum() > 0:
+            raise ValueError("sample_weight sums to zero: nothing to train on")
+        return np.ascontiguousarray(sw, dtype=X.dtype)
+
+    def _class_weight_factors(self, y):
+        return np.ones(y.shape[0])
+
+    def _fit(self, X, y, sw, max_epochs, partial):
+        rs = check_random_state(self.random_state)
+        if partial and hasattr(self, "_rng"):
+            rng = self._rng
+        else:
+            rng = np.random.default_rng(rs.randint(0, 2 ** 31 - 1))
+        X_val = y_val = None
+        if self.early_stopping and not partial:
+            X, X_val, y, y_val, sw, _ = self._split_validation(X, y, sw, rs)
+        n, d = X.shape
+        dtype = X.dtype
+        k = self._n_outputs()
+        keep_state = partial and hasattr(self, "_opt_state")
+        reuse = (keep_state or self.warm_start) and hasattr(self, "_W") and \
+            self._W.shape == (d, k) and self._W.dtype == dtype and \
+            (self._b is not None) == bool(self.fit_intercept)
+        if reuse:
+            W = self._W.copy()
+            b = None if self._b is None else self._b.copy()
+        else:
+            keep_state = False
+            W = np.zeros((d, k), dtype=dtype)
+            b = np.zeros(k, dtype=dtype) if self.fit_intercept else None
+        if self.solver == "lbfgs":
+            return self._fit_lbfgs(X, y, sw, W, b, max_epochs)
+        opt, base_lr = self._make_optimizer(W, b, n, int(rng.integers(0, 2 ** 62)))
+        if keep_state and self._opt_state is not None:
+            opt.load_state_dict(self._opt_state)
+        ctx = _Context(X=X, y=y, sw=sw, W=W, b=b, opt=opt, base_lr=base_lr,
+                       schedule=_sched.get_schedule(self.schedule),
+                       t=getattr(self, "_t", 0) if keep_state else 0,
+                       backend=opt.backend if self.backend != "numpy" else "numpy")
+        if isinstance(ctx.schedule, _sched.ReduceOnPlateau):
+            ctx.schedule.reset()
+        history = list(self.history_) if (keep_state and hasattr(self, "history_")) else []
+        best_loss, best_score, no_improve = math.inf, -math.inf, 0
+        good_W, good_b = W.copy(), None if b is None else b.copy()
+        good_state = opt.state_dict()
+        epoch0 = len(history)
+        limit = self._divergence_limit(X, y, sw, W, b)
+        progress = self._progress(max_epochs)
+        converged = False
+        interrupted = False
+        try:
+            for epoch in range(max_epochs):
+                order, bs = self._batches(rng, n)
+                t0 = time.perf_counter()
+                lr_now = base_lr * ctx.schedule.factor(ctx.t) * ctx.plateau
+                try:
+                    loss = self._run_epoch(ctx, order, bs)
+                except FloatingPointError:
+                    loss = float("nan")
+                elapsed = time.perf_counter() - t0
+                finite = math.isfinite(loss) and loss <= limit and \
+                    np.all(np.isfinite(W)) and (b is None or np.all(np.isfinite(b)))
+                if not finite:
+                    W[...] = good_W
+                    if b is not None:
+                        b[...] = good_b
+                    opt.load_state_dict(good_state)
+                    self._finish(W, b, history, ctx, opt, epoch0 + epoch, rng)
+                    msg = (f"training diverged at epoch {epoch0 + epoch + 1}: the loss became "
+                           f"{loss} (lr={lr_now:g}); the weights of epoch {epoch0 + epoch} "
+                           "were kept. Try a lower learning rate (lr=...).")
+                    if self.on_divergence == "warn":
+                        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+                        return self
+                    raise TrainingDiverged(msg)
+                good_W[...] = W
+                if b is not None:
+                    good_b[...] = b
+                good_state = opt.state_dict()
+                row = {"epoch": epoch0 + epoch + 1, "loss": float(loss), "val_score": None,
+                       "lr": float(lr_now), "time": elapsed}
+                if X_val is not None:
+                    self._finish(W, b, history, ctx, opt, epoch0 + epoch + 1, rng, final=False)
+                    row["val_score"] = float(self.score(X_val, y_val))
+                history.append(row)
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{loss:.4g}")
+                if isinstance(ctx.schedule, _sched.ReduceOnPlateau):
+                    ctx.plateau = ctx.schedule.update(
+                        -row["val_score"] if X_val is not None else loss)
+                stop = any(cb(dict(row)) is True for cb in (self.callbacks or ()))
+                if self.tol is not None and not partial:
+                    if X_val is not None:
+                        if row["val_score"] < best_score + self.tol:
+                            no_improve += 1
+                        else:
+                            no_improve = 0
+                        best_score = max(best_score, row["val_score"])
+                    else:
+                        if loss > best_loss - self.tol:
+                            no_improve += 1
+                        else:
+                            no_improve = 0
+                        best_loss = min(best_loss, loss)
+                    if no_improve >= self.n_iter_no_change:
+                        converged = True
+                        break
+                if stop:
+                    converged = True
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+            W[...] = good_W
+            if b is not None:
+                b[...] = good_b
+            opt.load_state_dict(good_state)
+            warnings.warn(f"training interrupted; the model of epoch {len(history)} is kept",
+                          RuntimeWarning, stacklevel=2)
+        finally:
+            if progress is not None:
+                progress.close()
+        self._finish(W, b, history, ctx, opt, len(history), rng)
+        if not (converged or partial or interrupted or self.tol is None):
+            warnings.warn(f"maximum number of epochs ({max_epochs}) reached before "
+                          "convergence; consider raising max_epochs", ConvergenceWarning,
+                          stacklevel=2)
+        return self
+
+    def _divergence_limit(self, X, y, sw, W, b):
+        """A loss above this counts as diverged (as does NaN/inf): 1e4 times the
+        objective of the starting weights (on up to 1000 rows), so an exploding
+        run is reported instead of being mistaken for a converged one."""
+        rows = np.arange(min(X.shape[0], 1000))
+        start, _, _ = self._batch_loss_grad(X[rows], y[rows], sw[rows], W, b, "numpy")
+        return 1e4 * max(float(start), 1e-3)
+
+    def _finish(self, W, b, history, ctx, opt, n_epochs, rng, final=True):
+        """Expose the fitted attributes (Polyak averages when ``average``)."""
+        if self.average is not False and opt.average_start is not None and \
+                any(g.avg_count for g in opt._groups):
+            avg = opt.averaged_params()
+            Wf, bf = avg[0], (avg[1] if b is not None else None)
+        else:
+            Wf, bf = W, b
+        self._set_coef(Wf, bf)
+        if final:
+            self._W, self._b = W, b
+            self.n_iter_ = n_epochs
+            self.history_ = history
+            self.t_ = ctx.t
+            self._t = ctx.t
+            self._opt_state = opt.state_dict()
+            self._rng = rng
+
+    def _set_coef(self, W, b):
+        self.coef_ = np.ascontiguousarray(W.T)
+        k = W.shape[1]
+        self.intercept_ = b.copy() if b is not None else np.zeros(k, dtype=W.dtype)
+
+    def _weights(self):
+        """(W, b) as the kernels take them, from the public coef_/intercept_."""
+        coef = np.asarray(self.coef_)
+        W = coef.reshape(1, -1).T if coef.ndim == 1 else coef.T
+        return W, np.asarray(self.intercept_).reshape(-1)
+
+    def _fit_lbfgs(self, X, y, sw, W, b, max_epochs):
+        from scipy.optimize import minimize
+
+        d, k = W.shape
+        n_w = d * k
+        dtype = W.dtype
+        backend = "numpy" if self.backend == "numpy" else (
+            self.backend if self.backend in ("numba", "numba-parallel") else "auto")
+        history = []
+        t0 = time.perf_counter()
+
+        def fun(theta):
+            W[...] = theta[:n_w].reshape(d, k)
+            if b is not None:
+                b[...] = theta[n_w:]
+            loss, dW, db = self._batch_loss_grad(X, y, sw, W, b, backend)
+            grad = np.concatenate([dW.ravel(), db if b is not None else []]).astype(np.float64)
+            return float(loss), grad
+
+        def callback(intermediate_result):
+            history.append({"epoch": len(history) + 1, "loss": float(intermediate_result.fun),
+                            "val_score": None, "lr": None,
+                            "time": time.perf_counter() - t0})
+
+        theta0 = np.concatenate([W.ravel(), b if b is not None else []]).astype(np.float64)
+        res = minimize(fun, theta0, jac=True, method="L-BFGS-B", callback=callback,
+                       options={"maxiter": max_epochs,
+                                "gtol": 1e-6 if self.tol is None else self.tol * 1e-2})
+        W[...] = res.x[:n_w].reshape(d, k).astype(dtype)
+        if b is not None:
+            b[...] = res.x[n_w:].astype(dtype)
+        if not np.isfinite(res.fun):
+            raise TrainingDiverged("L-BFGS produced a non-finite loss")
+        self._set_coef(W, b)
+        self._W, self._b = W, b
+        self.n_iter_ = int(res.nit)
+        self.history_ = history
+        self.t_ = int(res.nit)
+        self._opt_state = None
+        if not res.success and res.nit >= max_epochs:
+            warnings.warn(f"L-BFGS did not converge in {max_epochs} iterations",
+                          ConvergenceWarning, stacklevel=3)
+        return self
+
+    def _split_validation(self, X, y, sw, rs):
+        stratify = y if isinstance(self, LinearClassifier) else None
+        try:
+            return train_test_split(X, y, sw, test_size=self.validation_fraction,
+                                    random_state=rs.randint(0, 2 ** 31 - 1), stratify=stratify)
+        except ValueError:
+            return train_test_split(X, y, sw, test_size=self.validation_fraction,
+                                    random_state=rs.randint(0, 2 ** 31 - 1))
+
+    def _progress(self, total):
+        if not self.verbose:
+            return None
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            warnings.warn("verbose=True needs tqdm (pip install tqdm)", RuntimeWarning)
+            return None
+        return tqdm(total=total, desc=f"{type(self).__name__}({self.optimizer})", unit="epoch")
+
+    # --------------------------------------------------------------- predict
+    def _decision(self, X):
+        check_is_fitted(self, "coef_")
+        X = self._check_X(X, reset=False)
+        W, b = self._weights()
+        W = W.astype(X.dtype, copy=False)
+        b = b.astype(X.dtype, copy=False)
+        scores = X @ W + b
+        scores = np.asarray(scores)
+        return scores[:, 0] if scores.shape[1] == 1 else scores
+
+    def save(self, path):
+        """Save the fitted model (arrays + JSON metadata, no pickle)."""
+        from optkern.io import save
+        save(self, path)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
+
+class _Context:
+    """The mutable state of one fit, shared with the epoch runners."""
+
+    def __init__(self, **kw):
+        self.plateau = 1.0
+        self.__dict__.update(kw)
+
+
+class LinearClassifier(ClassifierMixin, _BaseLinear):
+    """Linear classifier (multinomial softmax by default) trained by optkern.
+
+    Parameters follow scikit-learn's SGDClassifier where they exist:
+    ``loss`` in {"softmax", "log", "hinge", "squared_hinge", "modified_huber",
+    "multiclass_hinge"} (binary losses on k > 2 classes train one-vs-rest);
+    ``optimizer`` a name from ``OPTIMIZER_NAMES`` or an optimizer instance
+    (its class and hyperparameters are used); ``lr=None`` takes the optimizer's
+    default for this problem class; ``batch_size=1`` is per-example SGD,
+    ``None`` full-batch gradient descent; ``solver="lbfgs"`` uses L-BFGS-B.
+    """
+
+    _losses = CLASSIFIER_LOSSES
+
+    def __init__(self, loss="softmax", *, penalty="l2", alpha=1e-4, l1_ratio=0.15,
+                 fit_intercept=True, optimizer="adam", lr=None, optimizer_params=None,
+                 schedule=None, batch_size=32, sampling="epoch", max_epochs=1000, tol=1e-4,
+                 n_iter_no_change=5, early_stopping=False, validation_fraction=0.1,
+                 average=False, class_weight=None, warm_start=False, random_state=None,
+                 backend="auto", verbose=0, callbacks=None, solver="sgd",
+                 on_divergence="raise", epsilon=0.1):
+        super().__init__(loss=loss, epsilon=epsilon, penalty=penalty, alpha=alpha, l1_ratio=l1_ratio,
+                         fit_intercept=fit_intercept, optimizer=optimizer, lr=lr,
+                         optimizer_params=optimizer_params, schedule=schedule,
+                         batch_size=batch_size, sampling=sampling, max_epochs=max_epochs,
+                         tol=tol, n_iter_no_change=n_iter_no_change,
+                         early_stopping=early_stopping,
+                         validation_fraction=validation_fraction, average=average,
+                         warm_start=warm_start, random_state=random_state, backend=backend,
+                         verbose=verbose, callbacks=callbacks, solver=solver,
+                         on_divergence=on_divergence)
+        self.class_weight = class_weight
+
+    def _validate_fit_data(self, X, y, reset, classes=None):
+        X, y = validate_data(self, X, y, reset=reset, accept_sparse="csr",
+                             dtype=[np.float64, np.float32], order="C")
+        check_classification_targets(y)
+        if reset:
+            if classes is not None:
+                classes = np.unique(np.asarray(classes))
+            else:
+                classes = np.unique(y)
+            if classes.shape[0] < 2:
+                raise ValueError(f"y has {classes.shape[0]} class; a classifier needs at "
+                                 "least 2 classes")
+            self.classes_ = classes
+        elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
+            raise ValueError("classes differs from the classes of the first partial_fit")
+        unseen = np.setdiff1d(np.unique(y), self.classes_)
+        if unseen.size:
+            raise ValueError(f"y has labels {unseen.tolist()} not in classes_ "
+                             f"{self.classes_.tolist()}")
+        y_idx = np.searchsorted(self.classes_, y)
+        return X, self._encode_y(y_idx, X.dtype)
+
+    def _encode_y(self, y_idx, dtype):
+        if self._n_outputs() == 1:  # binary: y in {0, 1}
+            return y_idx.astype(dtype)
+        return y_idx.astype(np.int64)
+
+    def _n_outputs(self):
+        k = len(self.classes_)
+        return 1 if k == 2 else k
+
+    def _effective_loss(self, k):
+        if k == 1 and self.loss == "softmax":
+            return "log"  # two-class softmax is the logistic loss on one output
+        if k == 1 and self.loss == "multiclass_hinge":
+            return "hinge"  # Crammer-Singer on two classes is the binary hinge
+        return self.loss
+
+    def _class_weight_factors(self, y):
+        if self.class_weight is None:
+            return np.ones(y.shape[0])
+        idx = y.astype(np.int64) if self._n_outputs() > 1 else y.astype(np.int64)
+        cw = compute_class_weight(self.class_weight, classes=self.classes_,
+                                  y=self.classes_[idx])
+        return cw[idx]
+
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
+        """One epoch over (X, y); ``classes`` is required on the first call."""
+        if not hasattr(self, "coef_") and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit")
+        return super().partial_fit(X, y, sample_weight=sample_weight, classes=classes)
+
+    def decision_function(self, X):
+        """Scores X W + b: shape (n,) for two classes (positive: classes_[1]),
+        else (n, n_classes)."""
+        return self._decision(X)
+
+    def predict(self, X):
+        scores = self.decision_function(X)
+        if scores.ndim == 1:
+            return self.classes_[(scores > 0).astype(np.int64)]
+        return self.classes_[np.argmax(scores, axis=1)]
+
+    def _has_proba(self):
+        return self.loss in ("softmax", "log", "modified_huber")
+
+    @available_if(_has_proba)
+    def predict_proba(self, X):
+        """Class probabilities: softmax, logistic (one-vs-rest normalised) or
+        modified_huber's (clip(z, -1, 1) + 1) / 2 (scikit-learn's definition)."""
+        scores = self.decision_function(X)
+        if scores.ndim == 1:
+            scores = scores[:, None]
+        if self.loss == "softmax" and scores.shape[1] > 1:
+            z = scores - scores.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            return e / e.sum(axis=1, keepdims=True)
+        if self.loss == "modified_huber":
+            p = (np.clip(scores, -1, 1) + 1) / 2
+        else:
+            p = 0.5 * (1 + np.tanh(0.5 * scores))  # stable logistic
+        if p.shape[1] == 1:
+            return np.hstack([1 - p, p])
+        s = p.sum(axis=1, keepdims=True)
+        zero = s[:, 0] == 0
+        p[zero] = 1.0 / p.shape[1]
+        s[zero] = 1.0
+        return p / s
+
+    @available_if(_has_proba)
+    def predict_log_proba(self, X):
+        if self.loss == "softmax":
+            scores = self.decision_function(X)
+            if scores.ndim == 1:
+                scores = np.column_stack([np.zeros_like(scores), scores])
+            z = scores - scores.max(axis=1, keepdims=True)
+            return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
+
+
+class LinearRegressor(RegressorMixin, _BaseLinear):
+    """Linear regressor trained by optkern: ``loss`` in {"squared", "huber",
+    "epsilon_insensitive", "absolute"}; y of shape (n,) or (n, n_outputs)."""
+
+    _losses = REGRESSOR_LOSSES
+
+    def __init__(self, loss="squared", *, penalty="l2", alpha=1e-4, l1_ratio=0.15,
+                 fit_intercept=True, optimizer="adam", lr=None, optimizer_params=None,
+                 schedule=None, batch_size=32, sampling="epoch", max_epochs=1000, tol=1e-4,
+                 n_iter_no_change=5, early_stopping=False, validation_fraction=0.1,
+                 average=False, warm_start=False, random_state=None, backend="auto",
+                 verbose=0, callbacks=None, solver="sgd", on_divergence="raise",
+                 epsilon=0.1):
+        super().__init__(loss=loss, epsilon=epsilon, penalty=penalty, alpha=alpha, l1_ratio=l1_ratio,
+                         fit_intercept=fit_intercept, optimizer=optimizer, lr=lr,
+                         optimizer_params=optimizer_params, schedule=schedule,
+                         batch_size=batch_size, sampling=sampling, max_epochs=max_epochs,
+                         tol=tol, n_iter_no_change=n_iter_no_change,
+                         early_stopping=early_stopping,
+                         validation_fraction=validation_fraction, average=average,
+                         warm_start=warm_start, random_state=random_state, backend=backend,
+                         verbose=verbose, callbacks=callbacks, solver=solver,
+                         on_divergence=on_divergence)
+
+    def _validate_fit_data(self, X, y, reset):
+        X, y = validate_data(self, X, y, reset=reset, accept_sparse="csr",
+                             dtype=[np.float64, np.float32], order="C", multi_output=True,
+                             y_numeric=True)
+        y = np.asarray(y, dtype=X.dtype)
+        if reset:
+            self._y_ndim = y.ndim
+            self._k = 1 if y.ndim == 1 else y.shape[1]
+        elif (1 if y.ndim == 1 else y.shape[1]) != self._k:
+            raise ValueError(f"y has {1 if y.ndim == 1 else y.shape[1]} outputs, the model "
+                             f"was fitted with {self._k}")
+        if not np.all(np.isfinite(y)):
+            raise ValueError("y contains NaN or infinity")
+        return X, np.ascontiguousarray(y)
+
+    def _n_outputs(self):
+        return self._k
+
+    def _set_coef(self, W, b):
+        super()._set_coef(W, b)
+        if self._y_ndim == 1:
+            self.coef_ = self.coef_[0].copy()
+
+    def predict(self, X):
+        return self._decision(X)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
