@@ -57,13 +57,13 @@ OPTIMIZER_NAMES = {
     "momentum": (_opt.SGD, 0.01, {"momentum": 0.9}),
     "nesterov": (_opt.SGD, 0.01, {"momentum": 0.9, "nesterov": True}),
     "adagrad": (_opt.Adagrad, 0.1, {}),
-    "rmsprop": (_opt.RMSprop, 1e-3, {}),
+    "rmsprop": (_opt.RMSprop, 0.01, {}),
     "adadelta": (_opt.Adadelta, 1.0, {}),
-    "adam": (_opt.Adam, 1e-3, {}),
-    "adamw": (_opt.AdamW, 1e-3, {"weight_decay": 0.0}),
-    "adamax": (_opt.Adamax, 2e-3, {}),
-    "nadam": (_opt.NAdam, 2e-3, {}),
-    "radam": (_opt.RAdam, 2e-3, {}),
+    "adam": (_opt.Adam, 0.01, {}),
+    "adamw": (_opt.AdamW, 0.01, {"weight_decay": 0.0}),
+    "adamax": (_opt.Adamax, 0.02, {}),
+    "nadam": (_opt.NAdam, 0.01, {}),
+    "radam": (_opt.RAdam, 0.01, {}),
     "sgld": (_opt.SGLD, 0.02, {}),
 }
 
@@ -74,6 +74,8 @@ REGRESSOR_LOSSES = ("squared", "huber", "epsilon_insensitive", "absolute")
 SMOOTH_LOSSES = ("softmax", "log", "squared_hinge", "modified_huber", "squared", "huber")
 PENALTIES = ("l2", "l1", "elasticnet", None)
 SAMPLINGS = ("epoch", "replacement", "sequential")
+# schedule=None ("adaptive"): stop dividing the rate by 5 below this
+ADAPTIVE_MIN_LR = 1e-6
 
 
 def _choice(name, value, choices):
@@ -112,7 +114,7 @@ class _BaseLinear(BaseEstimator):
 
     def __init__(self, *, loss, penalty="l2", alpha=1e-4, l1_ratio=0.15, fit_intercept=True,
                  optimizer="adam", lr=None, optimizer_params=None, schedule=None,
-                 batch_size=32, sampling="epoch", max_epochs=1000, tol=1e-4,
+                 batch_size="auto", sampling="epoch", max_epochs=1000, tol=1e-3,
                  n_iter_no_change=5, early_stopping=False, validation_fraction=0.1,
                  average=False, warm_start=False, random_state=None, backend="auto",
                  verbose=0, callbacks=None, solver="sgd", on_divergence="raise",
@@ -149,7 +151,8 @@ class _BaseLinear(BaseEstimator):
         _choice("penalty", self.penalty, PENALTIES)
         _real_param("alpha", self.alpha, lo=0.0)
         _real_param("l1_ratio", self.l1_ratio, lo=0.0, hi=1.0)
-        _int_param("batch_size", self.batch_size, 1, allow_none=True)
+        if self.batch_size != "auto":
+            _int_param("batch_size", self.batch_size, 1, allow_none=True)
         _choice("sampling", self.sampling, SAMPLINGS)
         _int_param("max_epochs", self.max_epochs, 1)
         _real_param("tol", self.tol, lo=0.0, allow_none=True)
@@ -173,7 +176,8 @@ class _BaseLinear(BaseEstimator):
             raise TypeError("optimizer must be a name from "
                             f"{sorted(OPTIMIZER_NAMES)} or an optkern optimizer instance, "
                             f"got {self.optimizer!r}")
-        _sched.get_schedule(self.schedule)
+        if self.schedule != "adaptive":
+            _sched.get_schedule(self.schedule)
         if self.callbacks is not None and not all(callable(c) for c in self.callbacks):
             raise TypeError("callbacks must be a list of callables")
         if self.solver == "lbfgs":
@@ -206,9 +210,10 @@ class _BaseLinear(BaseEstimator):
             params = merged
             base_lr = default_lr
             if cls is _opt.SGLD:
-                # mean-loss gradients: temperature 1/n samples the posterior of the
-                # summed loss instead of a posterior n times too wide
-                params.setdefault("noise_scale", 1.0 / math.sqrt(max(n_train, 1)))
+                # the gradients are of the mean loss, so temperature 1/n would
+                # sample the posterior of the summed loss; 0.01/n (a "cold
+                # posterior") keeps the final iterate a good classifier
+                params.setdefault("noise_scale", 0.1 / math.sqrt(max(n_train, 1)))
         if self.lr is not None:
             base_lr = float(self.lr)
         if cls in (_opt.SGD, _opt.SGLD):
@@ -274,8 +279,18 @@ class _BaseLinear(BaseEstimator):
                              l1_ratio=self.l1_ratio, sample_weight=sw, backend=backend,
                              check_input=False, epsilon=self.epsilon)
 
+    def _batch_size(self, n):
+        """``"auto"``: n // 64 clipped to [1, 32] -- at least ~64 updates per epoch
+        on small data (the tol test per epoch needs progress to measure), 32 rows
+        per update on large data.  None: full batch."""
+        if self.batch_size is None:
+            return n
+        if isinstance(self.batch_size, str):
+            return int(min(max(n // 64, 1), 32))
+        return min(self.batch_size, n)
+
     def _batches(self, rng, n):
-        bs = n if self.batch_size is None else min(self.batch_size, n)
+        bs = self._batch_size(n)
         if self.sampling == "epoch":
             order = rng.permutation(n)
         elif self.sampling == "replacement":
@@ -397,11 +412,13 @@ class _BaseLinear(BaseEstimator):
         if keep_state and self._opt_state is not None:
             opt.load_state_dict(self._opt_state)
         ctx = _Context(X=X, y=y, sw=sw, W=W, b=b, opt=opt, base_lr=base_lr,
-                       schedule=_sched.get_schedule(self.schedule),
+                       schedule=_sched.get_schedule(
+                           None if self.schedule == "adaptive" else self.schedule),
                        t=getattr(self, "_t", 0) if keep_state else 0,
                        backend=opt.backend if self.backend != "numpy" else "numpy")
         if isinstance(ctx.schedule, _sched.ReduceOnPlateau):
             ctx.schedule.reset()
+        adaptive = self.schedule is None or self.schedule == "adaptive"
         history = list(self.history_) if (keep_state and hasattr(self, "history_")) else []
         best_loss, best_score, no_improve = math.inf, -math.inf, 0
         good_W, good_b = W.copy(), None if b is None else b.copy()
@@ -455,20 +472,21 @@ class _BaseLinear(BaseEstimator):
                 stop = any(cb(dict(row)) is True for cb in (self.callbacks or ()))
                 if self.tol is not None and not partial:
                     if X_val is not None:
-                        if row["val_score"] < best_score + self.tol:
-                            no_improve += 1
-                        else:
-                            no_improve = 0
+                        improved = row["val_score"] >= best_score + self.tol
                         best_score = max(best_score, row["val_score"])
                     else:
-                        if loss > best_loss - self.tol:
-                            no_improve += 1
-                        else:
-                            no_improve = 0
+                        improved = loss <= best_loss - self.tol
                         best_loss = min(best_loss, loss)
+                    no_improve = 0 if improved else no_improve + 1
                     if no_improve >= self.n_iter_no_change:
-                        converged = True
-                        break
+                        if adaptive and base_lr * ctx.plateau > ADAPTIVE_MIN_LR:
+                            # scikit-learn's "adaptive": a stalled run continues
+                            # with a five times smaller rate
+                            ctx.plateau /= 5.0
+                            no_improve = 0
+                        else:
+                            converged = True
+                            break
                 if stop:
                     converged = True
                     break
@@ -636,7 +654,7 @@ class LinearClassifier(ClassifierMixin, _BaseLinear):
 
     def __init__(self, loss="softmax", *, penalty="l2", alpha=1e-4, l1_ratio=0.15,
                  fit_intercept=True, optimizer="adam", lr=None, optimizer_params=None,
-                 schedule=None, batch_size=32, sampling="epoch", max_epochs=1000, tol=1e-4,
+                 schedule=None, batch_size="auto", sampling="epoch", max_epochs=1000, tol=1e-3,
                  n_iter_no_change=5, early_stopping=False, validation_fraction=0.1,
                  average=False, class_weight=None, warm_start=False, random_state=None,
                  backend="auto", verbose=0, callbacks=None, solver="sgd",
@@ -762,7 +780,7 @@ class LinearRegressor(RegressorMixin, _BaseLinear):
 
     def __init__(self, loss="squared", *, penalty="l2", alpha=1e-4, l1_ratio=0.15,
                  fit_intercept=True, optimizer="adam", lr=None, optimizer_params=None,
-                 schedule=None, batch_size=32, sampling="epoch", max_epochs=1000, tol=1e-4,
+                 schedule=None, batch_size="auto", sampling="epoch", max_epochs=1000, tol=1e-3,
                  n_iter_no_change=5, early_stopping=False, validation_fraction=0.1,
                  average=False, warm_start=False, random_state=None, backend="auto",
                  verbose=0, callbacks=None, solver="sgd", on_divergence="raise",
