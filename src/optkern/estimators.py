@@ -459,8 +459,10 @@ class _BaseLinear(BaseEstimator):
                 good_state = opt.state_dict()
                 row = {"epoch": epoch0 + epoch + 1, "loss": float(loss), "val_score": None,
                        "lr": float(lr_now), "time": elapsed}
+                # coef_/intercept_ show this epoch's model to the validation score
+                # and to callbacks
+                self._finish(W, b, history, ctx, opt, epoch0 + epoch + 1, rng, final=False)
                 if X_val is not None:
-                    self._finish(W, b, history, ctx, opt, epoch0 + epoch + 1, rng, final=False)
                     row["val_score"] = float(self.score(X_val, y_val))
                 history.append(row)
                 if progress is not None:
