@@ -20,6 +20,16 @@ own ``@njit`` functions.  They do NOT check shapes, dtypes or finiteness:
 that is the optimizer classes' job.
 
 The hyperparameter order of each kernel is ``rules.RULES[name].user_hyper``.
+
+Loss and gradient building blocks (docs/losses.md), also ``@njit``-callable::
+
+    loss_kernel(loss, layout="dense"|"csr"|"blas", parallel=False)
+        -> e.g. dense_serial(X, y, sw, W, b, alpha, l1_ratio, epsilon, dW, db, scratch)
+    loss_scratch_size(n_chunks, n_features, n_outputs)
+    loss_penalty_add(W, dW, alpha, l1_ratio)
+    predict_dense(X, W, b, out, WT), predict_dense_parallel(...)
+    predict_csr(data, indices, indptr, W, b, out), predict_csr_parallel(...)
+    LOSS_RULES  (name -> rule spec, kernels/loss_rules.py)
 """
 
 from .rules import RULES
@@ -27,7 +37,20 @@ from ._helpers import step_key as noise_key  # noqa: F401
 
 KERNEL_NAMES = tuple(RULES)
 
-__all__ = list(KERNEL_NAMES) + ["KERNEL_NAMES", "RULES", "noise_key"]
+# name exported here -> name in loss_drivers (imported on first use: it is
+# the larger module and most users of the update kernels never need it)
+_LOSS_EXPORTS = {
+    "loss_kernel": "kernel",
+    "loss_scratch_size": "scratch_size",
+    "loss_penalty_add": "penalty_add",
+    "predict_dense": "predict_dense",
+    "predict_dense_parallel": "predict_dense_parallel",
+    "predict_csr": "predict_csr",
+    "predict_csr_parallel": "predict_csr_parallel",
+}
+
+__all__ = (list(KERNEL_NAMES) + list(_LOSS_EXPORTS)
+           + ["KERNEL_NAMES", "RULES", "LOSS_RULES", "noise_key"])
 
 
 def __getattr__(name):
@@ -37,8 +60,19 @@ def __getattr__(name):
         fn = drivers.module_for(name).functional
         globals()[name] = fn
         return fn
+    if name in _LOSS_EXPORTS:
+        from . import loss_drivers
+
+        fn = getattr(loss_drivers, _LOSS_EXPORTS[name])
+        globals()[name] = fn
+        return fn
+    if name == "LOSS_RULES":
+        from .loss_rules import LOSS_RULES
+
+        globals()[name] = LOSS_RULES
+        return LOSS_RULES
     raise AttributeError(f"module 'optkern.kernels' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(KERNEL_NAMES))
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,795 @@
+"""Numba drivers for the loss rules: fused serial / parallel, BLAS, CSR, CUDA.
+
+For every loss in ``loss_rules.LOSS_RULES`` this module writes one small
+source file into ``drivers.generated_dir()`` (so Numba's ``cache=True``
+works: a closure over a jitted rule would recompile in every process) and
+imports it.  Its text carries a hash of the rules and of this module, so
+editing either invalidates the cache.  ``module_for(loss)`` returns it.
+
+The compiled building blocks (all ``@njit(cache=True, nogil=True)``, callable
+from Python and from a user's ``@njit`` code -- e.g. a compiled training
+epoch).  They write into caller buffers, allocate nothing, check nothing
+(``optkern.losses.loss_and_grad`` validates), and return the objective::
+
+    dense_serial(X, y, sw, W, b, alpha, l1_ratio, epsilon, dW, db, scratch)
+    dense_parallel(X, y, sw, W, b, alpha, l1_ratio, epsilon, dW, db, scratch, n_chunks)
+    csr_serial(data, indices, indptr, y, sw, W, b, alpha, l1_ratio, epsilon,
+               dW, db, scratch)
+    csr_parallel(data, indices, indptr, y, sw, W, b, alpha, l1_ratio, epsilon,
+                 dW, db, scratch, n_chunks)
+    dense_blas(X, y, sw, W, b, alpha, l1_ratio, epsilon, dW, db, Z)
+    rows_inplace(Z, y, sw, b, epsilon, inv_total_w, row_loss) -> weighted loss sum
+    rows_inplace_parallel(...)  (same; row_loss makes the sum order fixed)
+
+Arguments: ``X`` (n, d) float32/float64 (any layout; the fused kernel is
+fastest on C order); ``data, indices, indptr`` a canonical CSR matrix with d
+columns; ``y`` (n, k) of X's dtype for the per-output (regression, binary)
+losses, (n,) int64 class indices for the multiclass ones; ``sw`` (n,) sample
+weights or None; ``W`` (d, k); ``b`` (k,) or None (no intercept, then ``db``
+is None too); ``dW`` (d, k), ``db`` (k,) outputs (overwritten);
+``scratch`` a 1-D array of X's dtype with at least
+``scratch_size(n_chunks, d, k)`` elements; ``Z`` an (n, k) C-contiguous array.
+``epsilon`` is the loss parameter (Huber, epsilon-insensitive).  The penalty
+is ``alpha*(l1_ratio*|W|_1 + 0.5*(1-l1_ratio)*|W|^2)`` (l2: l1_ratio=0, l1: 1).
+
+Computation.  The fused dense kernel transposes W once into scratch, then
+walks the rows in blocks of ``ROW_BLOCK`` (4): the block's scores are
+dot products over contiguous rows (compiled with the ``reassoc``/``contract``
+fast-math flags so they vectorise; accumulated in X's dtype), the rule turns
+them into the loss and dZ (rules compiled without fast-math, in their own
+function), and the block's rank-4 update of dW^T runs over the same rows
+while they are in cache.  X is read from memory once.  The CSR kernel does the
+same per row with gathers from W and scatters into dW.  The BLAS path computes
+Z = X W with BLAS (``np.dot``), the rule row by row in place, and
+dW = X^T dZ with BLAS.
+
+Parallel reduction order (determinism).  ``dense_parallel``/``csr_parallel``
+split the rows into ``n_chunks`` contiguous equal ranges; chunk c accumulates
+its own partial dW^T, db and loss in ``scratch``; they are then added in
+chunk order 0, 1, ..., n_chunks-1 (the reduction itself is parallel over
+features, each element summed in that fixed order).  So a result depends on
+``n_chunks`` (optkern.losses passes the Numba thread count, capped by n) but
+never on thread timing: repeated calls are bit-identical, and n_chunks=1
+equals the serial kernel.
+"""
+
+import hashlib
+import importlib.util
+import inspect
+import sys
+
+import numpy as np
+from numba import njit, prange
+from numba.extending import register_jitable
+
+from . import loss_rules as _rules
+from .drivers import _write_if_changed, generated_dir
+
+TEMPLATE_VERSION = "1"
+ROW_BLOCK = 4
+
+# fast-math only where a float reduction must vectorise; no nnan/ninf: the
+# rules rely on inf and NaN behaving (they are not compiled with these flags)
+_REDUCE_FLAGS = {"reassoc", "contract"}
+
+
+@register_jitable
+def scratch_size(n_chunks, n_features, n_outputs):
+    """Elements of the 1-D scratch the fused and CSR kernels need."""
+    per_chunk = n_outputs * n_features + n_outputs + 2 * ROW_BLOCK * n_outputs + 1
+    return n_outputs * n_features + n_chunks * per_chunk
+
+
+@register_jitable
+def _chunk_views(scratch, c, n_features, n_outputs):
+    """(accT (k, d), accb (k,), Zb (R, k), Db (R, k), loss slot (1,)) of chunk c."""
+    k = n_outputs
+    d = n_features
+    per_chunk = k * d + k + 2 * ROW_BLOCK * k + 1
+    o = k * d + c * per_chunk
+    accT = scratch[o:o + k * d].reshape((k, d))
+    o += k * d
+    accb = scratch[o:o + k]
+    o += k
+    Zb = scratch[o:o + ROW_BLOCK * k].reshape((ROW_BLOCK, k))
+    o += ROW_BLOCK * k
+    Db = scratch[o:o + ROW_BLOCK * k].reshape((ROW_BLOCK, k))
+    o += ROW_BLOCK * k
+    return accT, accb, Zb, Db, scratch[o:o + 1]
+
+
+@register_jitable
+def _shared_WT(scratch, n_features, n_outputs):
+    return scratch[:n_outputs * n_features].reshape((n_outputs, n_features))
+
+
+@njit(cache=True, nogil=True)
+def total_weight(sw, n):
+    if sw is None:
+        return float(n)
+    t = 0.0
+    for i in range(n):
+        t += sw[i]
+    return t
+
+
+@njit(cache=True, nogil=True)
+def inverse_weight(sw, n):
+    t = total_weight(sw, n)
+    return 1.0 / t if t > 0 else 0.0
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=_REDUCE_FLAGS)
+def penalty_add(W, dW, alpha, l1_ratio):
+    """Add the penalty's (sub)gradient to dW; return its value (sign(0) = 0).
+
+    Branch-free and reassociated so that it vectorises; each row of W is
+    summed in W's dtype, the row sums in float64."""
+    if alpha == 0:
+        return 0.0
+    dt = W.dtype.type
+    a1 = dt(alpha * l1_ratio)
+    a2 = dt(alpha * (1.0 - l1_ratio))
+    zero = dt(0)
+    one = dt(1)
+    l1 = 0.0
+    l2 = 0.0
+    d, k = W.shape
+    for f in range(d):
+        r1 = zero
+        r2 = zero
+        for j in range(k):
+            w = W[f, j]
+            s = (one if w > zero else zero) - (one if w < zero else zero)
+            dW[f, j] += a1 * s + a2 * w
+            r1 += abs(w)
+            r2 += w * w
+        l1 += r1
+        l2 += r2
+    return alpha * (l1_ratio * l1 + 0.5 * (1.0 - l1_ratio) * l2)
+
+
+@njit(cache=True, nogil=True)
+def transpose_into(W, WT):
+    d, k = W.shape
+    for j in range(k):
+        for f in range(d):
+            WT[j, f] = W[f, j]
+
+
+@njit(cache=True, nogil=True, fastmath=_REDUCE_FLAGS)
+def _scores_block(X, i, r_n, WT, b, Zb):
+    """Zb[r] = X[i + r] W + b for r < r_n (dot products along contiguous rows)."""
+    k, d = WT.shape
+    dt = WT.dtype.type
+    if r_n == 4:
+        x0 = X[i]
+        x1 = X[i + 1]
+        x2 = X[i + 2]
+        x3 = X[i + 3]
+        for j in range(k):
+            w = WT[j]
+            a0 = dt(0)
+            a1 = dt(0)
+            a2 = dt(0)
+            a3 = dt(0)
+            for f in range(d):
+                wf = w[f]
+                a0 += x0[f] * wf
+                a1 += x1[f] * wf
+                a2 += x2[f] * wf
+                a3 += x3[f] * wf
+            Zb[0, j] = a0
+            Zb[1, j] = a1
+            Zb[2, j] = a2
+            Zb[3, j] = a3
+    else:
+        for r in range(r_n):
+            xr = X[i + r]
+            for j in range(k):
+                w = WT[j]
+                a = dt(0)
+                for f in range(d):
+                    a += xr[f] * w[f]
+                Zb[r, j] = a
+    if b is not None:
+        for r in range(r_n):
+            for j in range(k):
+                Zb[r, j] += b[j]
+
+
+@njit(cache=True, nogil=True, fastmath=_REDUCE_FLAGS)
+def _accumulate_block(X, i, r_n, Db, accT):
+    """accT[j] += sum_r Db[r, j] * X[i + r] (a rank-r_n update of dW^T)."""
+    k, d = accT.shape
+    if r_n == 4:
+        x0 = X[i]
+        x1 = X[i + 1]
+        x2 = X[i + 2]
+        x3 = X[i + 3]
+        for j in range(k):
+            g = accT[j]
+            d0 = Db[0, j]
+            d1 = Db[1, j]
+            d2 = Db[2, j]
+            d3 = Db[3, j]
+            for f in range(d):
+                g[f] += d0 * x0[f] + d1 * x1[f] + d2 * x2[f] + d3 * x3[f]
+    else:
+        for r in range(r_n):
+            xr = X[i + r]
+            for j in range(k):
+                g = accT[j]
+                dr = Db[r, j]
+                for f in range(d):
+                    g[f] += dr * xr[f]
+
+
+@njit(cache=True, nogil=True)
+def reduce_chunks_T(scratch, n_chunks, dW, db):
+    """dW = sum_c accT_c^T, db = sum_c accb_c, in chunk order; returns the loss sum."""
+    d, k = dW.shape
+    for f in range(d):
+        for j in range(k):
+            dW[f, j] = 0
+    total = 0.0
+    for c in range(n_chunks):
+        accT, accb, Zb, Db, slot = _chunk_views(scratch, c, d, k)
+        for j in range(k):
+            for f in range(d):
+                dW[f, j] += accT[j, f]
+        if db is not None:
+            if c == 0:
+                for j in range(k):
+                    db[j] = accb[j]
+            else:
+                for j in range(k):
+                    db[j] += accb[j]
+        total += slot[0]
+    return total
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def reduce_chunks_T_parallel(scratch, n_chunks, dW, db):
+    d, k = dW.shape
+    per_chunk = k * d + k + 2 * ROW_BLOCK * k + 1
+    base = k * d
+    for f in prange(d):
+        for j in range(k):
+            s = scratch[base + j * d + f]
+            for c in range(1, n_chunks):
+                s += scratch[base + c * per_chunk + j * d + f]
+            dW[f, j] = s
+    total = 0.0
+    for c in range(n_chunks):
+        accT, accb, Zb, Db, slot = _chunk_views(scratch, c, d, k)
+        if db is not None:
+            if c == 0:
+                for j in range(k):
+                    db[j] = accb[j]
+            else:
+                for j in range(k):
+                    db[j] += accb[j]
+        total += slot[0]
+    return total
+
+
+@njit(cache=True, nogil=True)
+def reduce_chunks(scratch, n_chunks, dW, db):
+    """CSR variant: chunk partials are stored in W's (d, k) layout."""
+    d, k = dW.shape
+    total = 0.0
+    for c in range(n_chunks):
+        acc, accb, Zb, Db, slot = _chunk_views(scratch, c, d, k)
+        acc2 = acc.reshape((d, k))   # same memory, (d, k) layout for CSR
+        if c == 0:
+            for f in range(d):
+                for j in range(k):
+                    dW[f, j] = acc2[f, j]
+        else:
+            for f in range(d):
+                for j in range(k):
+                    dW[f, j] += acc2[f, j]
+        if db is not None:
+            if c == 0:
+                for j in range(k):
+                    db[j] = accb[j]
+            else:
+                for j in range(k):
+                    db[j] += accb[j]
+        total += slot[0]
+    return total
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def reduce_chunks_parallel(scratch, n_chunks, dW, db):
+    d, k = dW.shape
+    per_chunk = k * d + k + 2 * ROW_BLOCK * k + 1
+    base = k * d
+    for f in prange(d):
+        for j in range(k):
+            s = scratch[base + f * k + j]
+            for c in range(1, n_chunks):
+                s += scratch[base + c * per_chunk + f * k + j]
+            dW[f, j] = s
+    total = 0.0
+    for c in range(n_chunks):
+        acc, accb, Zb, Db, slot = _chunk_views(scratch, c, d, k)
+        if db is not None:
+            if c == 0:
+                for j in range(k):
+                    db[j] = accb[j]
+            else:
+                for j in range(k):
+                    db[j] += accb[j]
+        total += slot[0]
+    return total
+
+
+# ------------------------------------------------------------- predictions
+
+
+@njit(cache=True, nogil=True, fastmath=_REDUCE_FLAGS)
+def _predict_dense_rows(X, WT, b, out, start, stop):
+    k, d = WT.shape
+    dt = WT.dtype.type
+    for i in range(start, stop):
+        x = X[i]
+        for j in range(k):
+            w = WT[j]
+            a = dt(0)
+            for f in range(d):
+                a += x[f] * w[f]
+            out[i, j] = a if b is None else a + b[j]
+
+
+@njit(cache=True, nogil=True)
+def predict_dense(X, W, b, out, WT):
+    """out = X W + b (serial); WT is a (k, d) scratch for W's transpose."""
+    transpose_into(W, WT)
+    _predict_dense_rows(X, WT, b, out, 0, X.shape[0])
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def predict_dense_parallel(X, W, b, out, WT):
+    transpose_into(W, WT)
+    n = X.shape[0]
+    n_chunks = min(n, 64)
+    for c in prange(n_chunks):
+        _predict_dense_rows(X, WT, b, out, c * n // n_chunks, (c + 1) * n // n_chunks)
+
+
+@njit(cache=True, nogil=True)
+def _predict_csr_rows(data, indices, indptr, W, b, out, start, stop):
+    d, k = W.shape
+    dt = W.dtype.type
+    for i in range(start, stop):
+        for j in range(k):
+            out[i, j] = dt(0) if b is None else b[j]
+        for v in range(indptr[i], indptr[i + 1]):
+            x = data[v]
+            f = indices[v]
+            for j in range(k):
+                out[i, j] += x * W[f, j]
+
+
+@njit(cache=True, nogil=True)
+def predict_csr(data, indices, indptr, W, b, out):
+    _predict_csr_rows(data, indices, indptr, W, b, out, 0, out.shape[0])
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def predict_csr_parallel(data, indices, indptr, W, b, out):
+    n = out.shape[0]
+    n_chunks = min(n, 64)
+    for c in prange(n_chunks):
+        _predict_csr_rows(data, indices, indptr, W, b, out,
+                          c * n // n_chunks, (c + 1) * n // n_chunks)
+
+
+# ------------------------------------------------------ generated per loss
+
+_HEADER = '''\
+# Generated by optkern.kernels.loss_drivers for loss {name!r}; do not edit.
+# source hash: {digest}  template version: {version}
+import numpy as np
+from numba import njit, prange
+
+from optkern.kernels.loss_rules import {rule_fn} as _rule_py
+from optkern.kernels.loss_drivers import (
+    ROW_BLOCK, _chunk_views, _shared_WT, _scores_block, _accumulate_block,
+    inverse_weight, penalty_add, transpose_into, reduce_chunks_T,
+    reduce_chunks_T_parallel, reduce_chunks, reduce_chunks_parallel)
+
+_rule = njit(inline="always", error_model="numpy")(_rule_py)
+'''
+
+_ROW_SCALAR = '''
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def row(z, y_i, epsilon, dz):
+    """Loss of one row of scores; writes d loss / d z into dz (may alias z)."""
+    total = 0.0
+    for j in range(z.shape[0]):
+        l_j, d_j = _rule(z[j], y_i[j], epsilon)
+        dz[j] = d_j
+        total += l_j
+    return total
+
+
+def _row_source():
+    return """
+def row(z, y_i, epsilon, dz):
+    total = 0.0
+    for j in range(z.shape[0]):
+        l_j, d_j = rule(z[j], y_i[j], epsilon)
+        dz[j] = d_j
+        total += l_j
+    return total
+"""
+'''
+
+_ROW_ROW = '''
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def row(z, y_i, epsilon, dz):
+    """Loss of one row of scores; writes d loss / d z into dz (may alias z)."""
+    return _rule(z, y_i, epsilon, dz)
+
+
+def _row_source():
+    return """
+def row(z, y_i, epsilon, dz):
+    return rule(z, y_i, epsilon, dz)
+"""
+'''
+
+_BODY = '''
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _dense_chunk(X, y, sw, WT, b, epsilon, inv_w, accT, accb, Zb, Db, start, stop):
+    dt = WT.dtype.type
+    eps = dt(epsilon)
+    k = WT.shape[0]
+    accT[:, :] = 0
+    accb[:] = 0
+    total = 0.0
+    i = start
+    while i < stop:
+        r_n = min(ROW_BLOCK, stop - i)
+        _scores_block(X, i, r_n, WT, b, Zb)
+        for r in range(r_n):
+            w = 1.0 if sw is None else float(sw[i + r])
+            total += w * row(Zb[r], y[i + r], eps, Db[r])
+            scale = dt(w * inv_w)
+            for j in range(k):
+                g = Db[r, j] * scale
+                Db[r, j] = g
+                accb[j] += g
+        _accumulate_block(X, i, r_n, Db, accT)
+        i += r_n
+    return total
+
+
+@njit(cache=True, nogil=True)
+def dense_serial(X, y, sw, W, b, alpha, l1_ratio, epsilon, dW, db, scratch):
+    d, k = W.shape
+    inv_w = inverse_weight(sw, X.shape[0])
+    WT = _shared_WT(scratch, d, k)
+    transpose_into(W, WT)
+    accT, accb, Zb, Db, slot = _chunk_views(scratch, 0, d, k)
+    slot[0] = _dense_chunk(X, y, sw, WT, b, epsilon, inv_w, accT, accb, Zb, Db,
+                           0, X.shape[0])
+    total = reduce_chunks_T(scratch, 1, dW, db)
+    return total * inv_w + penalty_add(W, dW, alpha, l1_ratio)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def dense_parallel(X, y, sw, W, b, alpha, l1_ratio, epsilon, dW, db, scratch, n_chunks):
+    d, k = W.shape
+    n = X.shape[0]
+    inv_w = inverse_weight(sw, n)
+    WT = _shared_WT(scratch, d, k)
+    transpose_into(W, WT)
+    for c in prange(n_chunks):
+        accT, accb, Zb, Db, slot = _chunk_views(scratch, c, d, k)
+        slot[0] = _dense_chunk(X, y, sw, WT, b, epsilon, inv_w, accT, accb, Zb, Db,
+                               c * n // n_chunks, (c + 1) * n // n_chunks)
+    total = reduce_chunks_T_parallel(scratch, n_chunks, dW, db)
+    return total * inv_w + penalty_add(W, dW, alpha, l1_ratio)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _csr_chunk(data, indices, indptr, y, sw, W, b, epsilon, inv_w, acc, accb, z, dz,
+               start, stop):
+    dt = W.dtype.type
+    eps = dt(epsilon)
+    k = W.shape[1]
+    acc[:, :] = 0
+    accb[:] = 0
+    total = 0.0
+    for i in range(start, stop):
+        for j in range(k):
+            z[j] = dt(0) if b is None else b[j]
+        for v in range(indptr[i], indptr[i + 1]):
+            x = data[v]
+            f = indices[v]
+            for j in range(k):
+                z[j] += x * W[f, j]
+        w = 1.0 if sw is None else float(sw[i])
+        total += w * row(z, y[i], eps, dz)
+        scale = dt(w * inv_w)
+        for j in range(k):
+            g = dz[j] * scale
+            dz[j] = g
+            accb[j] += g
+        for v in range(indptr[i], indptr[i + 1]):
+            x = data[v]
+            f = indices[v]
+            for j in range(k):
+                acc[f, j] += x * dz[j]
+    return total
+
+
+@njit(cache=True, nogil=True)
+def csr_serial(data, indices, indptr, y, sw, W, b, alpha, l1_ratio, epsilon, dW, db,
+               scratch):
+    d, k = W.shape
+    n = indptr.shape[0] - 1
+    inv_w = inverse_weight(sw, n)
+    accT, accb, Zb, Db, slot = _chunk_views(scratch, 0, d, k)
+    slot[0] = _csr_chunk(data, indices, indptr, y, sw, W, b, epsilon, inv_w,
+                         accT.reshape((d, k)), accb, Zb[0], Db[0], 0, n)
+    total = reduce_chunks(scratch, 1, dW, db)
+    return total * inv_w + penalty_add(W, dW, alpha, l1_ratio)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def csr_parallel(data, indices, indptr, y, sw, W, b, alpha, l1_ratio, epsilon, dW, db,
+                 scratch, n_chunks):
+    d, k = W.shape
+    n = indptr.shape[0] - 1
+    inv_w = inverse_weight(sw, n)
+    for c in prange(n_chunks):
+        accT, accb, Zb, Db, slot = _chunk_views(scratch, c, d, k)
+        slot[0] = _csr_chunk(data, indices, indptr, y, sw, W, b, epsilon, inv_w,
+                             accT.reshape((d, k)), accb, Zb[0], Db[0],
+                             c * n // n_chunks, (c + 1) * n // n_chunks)
+    total = reduce_chunks_parallel(scratch, n_chunks, dW, db)
+    return total * inv_w + penalty_add(W, dW, alpha, l1_ratio)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def rows_inplace(Z, y, sw, b, epsilon, inv_w, row_loss):
+    """Z (scores without b) -> w_i/sum(w) * dZ in place; row_loss[i] = w_i * L_i.
+
+    Returns sum_i w_i L_i (summed in row order)."""
+    dt = Z.dtype.type
+    eps = dt(epsilon)
+    n, k = Z.shape
+    for i in range(n):
+        z = Z[i]
+        if b is not None:
+            for j in range(k):
+                z[j] += b[j]
+        w = 1.0 if sw is None else float(sw[i])
+        row_loss[i] = w * row(z, y[i], eps, z)
+        scale = dt(w * inv_w)
+        for j in range(k):
+            z[j] *= scale
+    total = 0.0
+    for i in range(n):
+        total += row_loss[i]
+    return total
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def rows_inplace_parallel(Z, y, sw, b, epsilon, inv_w, row_loss):
+    dt = Z.dtype.type
+    eps = dt(epsilon)
+    n, k = Z.shape
+    for i in prange(n):
+        z = Z[i]
+        if b is not None:
+            for j in range(k):
+                z[j] += b[j]
+        w = 1.0 if sw is None else float(sw[i])
+        row_loss[i] = w * row(z, y[i], eps, z)
+        scale = dt(w * inv_w)
+        for j in range(k):
+            z[j] *= scale
+    total = 0.0
+    for i in range(n):
+        total += row_loss[i]
+    return total
+
+
+@njit(cache=True, nogil=True)
+def dense_blas(X, y, sw, W, b, alpha, l1_ratio, epsilon, dW, db, Z):
+    """BLAS path: Z = X W (np.dot), the rule per row in place, dW = X^T dZ."""
+    n = X.shape[0]
+    k = W.shape[1]
+    inv_w = inverse_weight(sw, n)
+    np.dot(X, W, Z)
+    # the per-row losses are summed in row order as they are produced
+    dt = Z.dtype.type
+    eps = dt(epsilon)
+    total = 0.0
+    for i in range(n):
+        z = Z[i]
+        if b is not None:
+            for j in range(k):
+                z[j] += b[j]
+        w = 1.0 if sw is None else float(sw[i])
+        total += w * row(z, y[i], eps, z)
+        scale = dt(w * inv_w)
+        for j in range(k):
+            z[j] *= scale
+    np.dot(X.T, Z, dW)
+    if db is not None:
+        for j in range(k):
+            db[j] = 0
+        for i in range(n):
+            for j in range(k):
+                db[j] += Z[i, j]
+    return total * inv_w + penalty_add(W, dW, alpha, l1_ratio)
+
+
+def make_cuda_kernels():
+    """Compile the CUDA twins on demand (importing numba.cuda is slow).
+
+    Returns (rows_dense, rows_csr, grad_dense, grad_csr):
+    rows_*  one thread per row (grid-stride): scores, the rule in place,
+            G[i] = w_i/sum(w) * dZ_i, row_loss[i] = w_i * L_i;
+    grad_*  one thread per element (f, j) of dW: sum over rows (dense) or over
+            the column's nonzeros (CSR, given X^T as CSR) in row order, so the
+            result does not depend on scheduling.
+    """
+    # a module global, not a local: the CUDA simulator swaps the kernels'
+    # global ``cuda`` for its fake module while they run
+    global cuda
+    from numba import cuda as _cuda
+    cuda = _cuda
+    ns = {{"rule": cuda.jit(device=True)(_rule_py)}}
+    exec(_row_source(), ns)
+    row_dev = cuda.jit(device=True)(ns["row"])
+
+    @cuda.jit
+    def rows_dense(X, y, sw, W, b, epsilon, inv_w, G, row_loss):
+        start = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        n = X.shape[0]
+        d = W.shape[0]
+        k = W.shape[1]
+        for i in range(start, n, stride):
+            z = G[i]
+            for j in range(k):
+                a = b[j] if b.shape[0] > 0 else 0.0
+                for f in range(d):
+                    a += X[i, f] * W[f, j]
+                z[j] = a
+            w = sw[i] if sw.shape[0] > 0 else 1.0
+            row_loss[i] = w * row_dev(z, y[i], epsilon, z)
+            for j in range(k):
+                z[j] = z[j] * (w * inv_w)
+
+    @cuda.jit
+    def rows_csr(data, indices, indptr, y, sw, W, b, epsilon, inv_w, G, row_loss):
+        start = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        n = indptr.shape[0] - 1
+        k = W.shape[1]
+        for i in range(start, n, stride):
+            z = G[i]
+            for j in range(k):
+                z[j] = b[j] if b.shape[0] > 0 else 0.0
+            for v in range(indptr[i], indptr[i + 1]):
+                for j in range(k):
+                    z[j] += data[v] * W[indices[v], j]
+            w = sw[i] if sw.shape[0] > 0 else 1.0
+            row_loss[i] = w * row_dev(z, y[i], epsilon, z)
+            for j in range(k):
+                z[j] = z[j] * (w * inv_w)
+
+    @cuda.jit
+    def grad_dense(X, G, dW, db):
+        start = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        n = X.shape[0]
+        d = dW.shape[0]
+        k = dW.shape[1]
+        for e in range(start, d * k + k, stride):
+            if e < d * k:
+                f = e // k
+                j = e % k
+                a = 0.0
+                for i in range(n):
+                    a += X[i, f] * G[i, j]
+                dW[f, j] = a
+            elif db.shape[0] > 0:
+                j = e - d * k
+                a = 0.0
+                for i in range(n):
+                    a += G[i, j]
+                db[j] = a
+
+    @cuda.jit
+    def grad_csr(t_data, t_indices, t_indptr, G, dW, db):
+        start = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        n = G.shape[0]
+        d = dW.shape[0]
+        k = dW.shape[1]
+        for e in range(start, d * k + k, stride):
+            if e < d * k:
+                f = e // k
+                j = e % k
+                a = 0.0
+                for v in range(t_indptr[f], t_indptr[f + 1]):
+                    a += t_data[v] * G[t_indices[v], j]
+                dW[f, j] = a
+            elif db.shape[0] > 0:
+                j = e - d * k
+                a = 0.0
+                for i in range(n):
+                    a += G[i, j]
+                db[j] = a
+
+    return rows_dense, rows_csr, grad_dense, grad_csr
+'''
+
+
+def _source(spec):
+    here = inspect.getsource(sys.modules[__name__])
+    digest = hashlib.sha256(
+        (inspect.getsource(_rules) + here
+         + repr((spec.name, spec.kind, spec.target, spec.rule.__name__))).encode()
+    ).hexdigest()[:16]   # no object reprs: they hold addresses that change per process
+    parts = [_HEADER.format(name=spec.name, digest=digest, version=TEMPLATE_VERSION,
+                            rule_fn=spec.rule.__name__)]
+    parts.append(_ROW_SCALAR if spec.kind == "scalar" else _ROW_ROW)
+    parts.append(_BODY.replace("{{", "{").replace("}}", "}"))
+    return "".join(parts)
+
+
+_MODULES = {}
+
+
+def module_for(loss):
+    """Import (generating if needed) the compiled driver module of ``loss``."""
+    mod = _MODULES.get(loss)
+    if mod is not None:
+        return mod
+    try:
+        spec = _rules.LOSS_RULES[loss]
+    except KeyError:
+        raise ValueError(f"unknown loss {loss!r}; known: {sorted(_rules.LOSS_RULES)}") from None
+    path = f"{generated_dir()}/optkern_loss_{loss}_drivers.py"
+    _write_if_changed(path, _source(spec))
+    modname = f"optkern.kernels._generated_loss_{loss}"
+    ispec = importlib.util.spec_from_file_location(modname, path)
+    mod = importlib.util.module_from_spec(ispec)
+    sys.modules[modname] = mod
+    ispec.loader.exec_module(mod)
+    _MODULES[loss] = mod
+    return mod
+
+
+_CUDA = {}
+
+
+def cuda_kernels(loss):
+    kern = _CUDA.get(loss)
+    if kern is None:
+        kern = _CUDA[loss] = module_for(loss).make_cuda_kernels()
+    return kern
+
+
+def kernel(loss, layout="dense", parallel=False):
+    """The compiled building block for ``loss``: layout "dense", "csr" or "blas"."""
+    mod = module_for(loss)
+    if layout == "blas":
+        return mod.dense_blas
+    if layout not in ("dense", "csr"):
+        raise ValueError(f"layout={layout!r}: expected 'dense', 'csr' or 'blas'")
+    return getattr(mod, f"{layout}_{'parallel' if parallel else 'serial'}")

@@ -1,0 +1,571 @@
+"""Minibatch loss and gradient of linear and softmax models.
+
+``loss_and_grad(X, y, W, b, loss="softmax", ...) -> (loss, dW, db)`` computes
+the objective ::
+
+    sum_i w_i L(x_i W + b, y_i) / sum_i w_i  +  penalty(W)
+
+and its gradient with respect to W (n_features, n_outputs) and b (n_outputs,)
+in one compiled call.  ``predict_scores(X, W, b)`` returns the decision
+values X W + b.  ``check_grad(...)`` compares the analytic gradient with
+central finite differences.  docs/losses.md has the formulas, the backends,
+the fused-vs-BLAS choice and the measurements.
+
+Losses (``LOSSES``; each is one rule in ``optkern.kernels.loss_rules``):
+
+* regression, y real of shape (n,) (one output) or (n, n_outputs):
+  ``squared``, ``huber``, ``epsilon_insensitive``, ``absolute``
+  (``epsilon`` is Huber's and epsilon-insensitive's width, default 0.1);
+* binary, one output, y in {0, 1}: ``log``, ``hinge``, ``squared_hinge``,
+  ``modified_huber``;
+* multiclass, y an integer class index in 0..n_outputs-1: ``softmax``,
+  ``multiclass_hinge`` (Crammer-Singer).
+
+Penalties: ``l2`` = 0.5*alpha*||W||^2, ``l1`` = alpha*||W||_1 (subgradient
+sign(W), 0 at W = 0), ``elasticnet`` = alpha*(l1_ratio*||W||_1 +
+0.5*(1-l1_ratio)*||W||^2), ``None`` = no penalty.  b is not penalised.
+
+Data: dense float32/float64 arrays in C or Fortran order, or scipy.sparse CSR
+(other sparse formats are converted to CSR on every call, with a
+SparseEfficiencyWarning: convert once yourself).  X's dtype is the compute
+dtype: W, b, and the ``out`` buffers must have it.  float32 data computes in
+float32 (dot products are accumulated in float32; per-row losses are summed in
+float64 and returned as a Python float).
+
+Everything is validated before any output buffer is written: a failed call
+leaves ``out`` untouched.
+"""
+
+import difflib
+import math
+import numbers
+import threading
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+
+from optkern import _backend
+from optkern.kernels import loss_rules as _rules
+
+__all__ = ["loss_and_grad", "predict_scores", "check_grad", "LOSSES", "PENALTIES"]
+
+LOSSES = dict(_rules.LOSS_RULES)
+PENALTIES = ("l2", "l1", "elasticnet", None)
+
+# The fused single-pass kernel keeps W^T and the partial dW^T in cache while it
+# streams the rows; beyond these sizes the BLAS path (Z = X W, rule per row,
+# dW = X^T dZ) wins.  Measured single-threaded on the project's 2-core machine,
+# float32, softmax (docs/losses.md, "Fused or BLAS"): fused wins at k = 10 up to
+# d = 3072; BLAS wins from k = 16 (d = 784) and at (2048, 32).
+FUSED_MAX_OUTPUTS = 12
+FUSED_MAX_WEIGHTS = 65_536          # n_features * n_outputs
+
+_METHODS = ("auto", "fused", "blas")
+_local = threading.local()
+
+
+# ------------------------------------------------------------------ checks
+
+
+def _suggest(value, choices):
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_loss(loss):
+    if not isinstance(loss, str) or loss not in LOSSES:
+        raise ValueError(f"loss={loss!r} is not a loss; choose one of {sorted(LOSSES)}"
+                         + _suggest(loss, LOSSES))
+    return LOSSES[loss]
+
+
+def _real(name, value, lo=0.0, hi=None):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < lo or (hi is not None and value > hi):
+        rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be a finite number {rng}, got {value!r}")
+    return value
+
+
+def _penalty_ratio(penalty, alpha, l1_ratio):
+    """(alpha, l1_ratio) of the kernels' elastic-net form."""
+    if penalty not in PENALTIES:
+        raise ValueError(f"penalty={penalty!r} is not valid; choose one of {list(PENALTIES)}"
+                         + _suggest(penalty, [p for p in PENALTIES if p]))
+    alpha = _real("alpha", alpha)
+    l1_ratio = _real("l1_ratio", l1_ratio, 0.0, 1.0)
+    if penalty is None:
+        return 0.0, 0.0
+    return alpha, {"l2": 0.0, "l1": 1.0, "elasticnet": l1_ratio}[penalty]
+
+
+def _all_finite(a):
+    from optkern.kernels import finite
+    if a.size == 0:
+        return True
+    flat = a.ravel(order="K")
+    if not flat.flags.c_contiguous:
+        flat = np.ascontiguousarray(flat)
+    return finite.first_nonfinite((flat,)) < 0
+
+
+def _check_X(X, check_input):
+    """(kind, X) with kind "dense" or "csr"; X validated (not yet against W)."""
+    if sp.issparse(X):
+        if X.format != "csr":
+            warnings.warn(f"X is a scipy.sparse {X.format.upper()} matrix; it is converted "
+                          "to CSR on every call: convert it once with X.tocsr()",
+                          sp.SparseEfficiencyWarning, stacklevel=3)
+            X = X.tocsr()
+        if X.ndim != 2:
+            raise ValueError(f"X must be 2-D, got shape {X.shape}")
+        if X.dtype not in (np.float32, np.float64):
+            raise TypeError(f"X must hold float32 or float64 values, got {X.dtype}")
+        n = X.shape[0]
+        if X.indptr.shape != (n + 1,) or X.indptr[-1] != X.indices.shape[0] \
+                or X.data.shape != X.indices.shape:
+            raise ValueError(f"X is a malformed CSR matrix for shape {X.shape}: indptr has "
+                             f"{X.indptr.shape[0]} entries, indices {X.indices.shape[0]}, "
+                             f"data {X.data.shape[0]}")
+        if X.nnz and (X.indices.min() < 0 or X.indices.max() >= X.shape[1]):
+            raise ValueError(f"X has column indices outside [0, {X.shape[1]}): wrong shape "
+                             "for its CSR structure")
+        if not X.has_canonical_format:
+            raise ValueError("X is a CSR matrix with unsorted or duplicate column indices; "
+                             "call X.sum_duplicates() (which also sorts) first")
+        if check_input and not _all_finite(X.data):
+            raise ValueError("X contains NaN or infinity (pass check_input=False to skip "
+                             "this check)")
+        return "csr", X
+    if not isinstance(X, np.ndarray):
+        X = np.asarray(X)
+    if X.dtype not in (np.float32, np.float64):
+        raise TypeError(f"X must be a float32 or float64 array, got dtype {X.dtype} "
+                        "(convert it with X.astype(np.float32) or np.float64)")
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (n_samples, n_features), got shape {X.shape}")
+    if check_input and not _all_finite(X):
+        raise ValueError("X contains NaN or infinity (pass check_input=False to skip "
+                         "this check)")
+    return "dense", X
+
+
+def _check_params(X, W, b, n_features):
+    dt = X.dtype
+    if not isinstance(W, np.ndarray):
+        raise TypeError(f"W must be a numpy array, got {type(W).__name__}")
+    if W.dtype != dt:
+        raise TypeError(f"W has dtype {W.dtype} but X has {dt}: they must match "
+                        f"(X's dtype is the compute dtype)")
+    if W.ndim != 2:
+        raise ValueError(f"W must be 2-D (n_features, n_outputs), got shape {W.shape}")
+    if W.shape[0] != n_features:
+        raise ValueError(f"W has {W.shape[0]} rows but X has {n_features} features "
+                         f"(W must be (n_features, n_outputs), got {W.shape})")
+    if W.shape[1] < 1:
+        raise ValueError("W must have at least one output column")
+    k = W.shape[1]
+    if b is not None:
+        if not isinstance(b, np.ndarray):
+            raise TypeError(f"b must be a numpy array or None, got {type(b).__name__}")
+        if b.dtype != dt:
+            raise TypeError(f"b has dtype {b.dtype} but X has {dt}: they must match")
+        if b.shape != (k,):
+            raise ValueError(f"b must have shape ({k},) to match W {W.shape}, got {b.shape}")
+    return np.ascontiguousarray(W), (None if b is None else np.ascontiguousarray(b))
+
+
+def _check_y(spec, y, n, k, dt, check_input):
+    """y in kernel form: (n, k) reals for per-output losses, (n,) int64 for multiclass."""
+    y = np.asarray(y)
+    if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
+        raise TypeError(f"y must be numeric, got dtype {y.dtype}")
+    if y.ndim == 0 or y.shape[0] != n:
+        raise ValueError(f"y has {0 if y.ndim == 0 else y.shape[0]} rows but X has {n}")
+    if spec.target == "regression":
+        if y.ndim == 1:
+            if k != 1:
+                raise ValueError(f"y must have shape ({n}, {k}) for a {k}-output regression "
+                                 f"loss, got {y.shape}")
+            y = y.reshape(n, 1)
+        elif y.shape != (n, k):
+            raise ValueError(f"y must have shape ({n}, {k}) (or ({n},) with one output), "
+                             f"got {y.shape}")
+        y = np.ascontiguousarray(y, dtype=dt)
+        if check_input and not _all_finite(y):
+            raise ValueError("y contains NaN or infinity (pass check_input=False to skip "
+                             "this check)")
+        return y
+    if spec.target == "binary":
+        if k != 1:
+            raise ValueError(f"loss={spec.name!r} is binary: W must have one output column "
+                             f"(n_outputs == 1), got {k}; use 'softmax' or "
+                             "'multiclass_hinge' for several classes")
+        if not (y.ndim == 1 or y.shape == (n, 1)):
+            raise ValueError(f"y must have shape ({n},) for a binary loss, got {y.shape}")
+        yf = y.reshape(n)
+        bad = (yf != 0) & (yf != 1)
+        if bad.any():
+            vals = np.unique(yf[bad])[:5]
+            raise ValueError(f"y must hold 0/1 labels for the binary loss {spec.name!r}, "
+                             f"found {vals.tolist()}"
+                             + (" (NaN)" if np.isnan(vals.astype(float)).any() else ""))
+        return np.ascontiguousarray(yf.reshape(n, 1), dtype=dt)
+    # multiclass
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D class indices of shape ({n},) for loss "
+                         f"{spec.name!r}, got shape {y.shape}")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            raise ValueError(f"y must hold integer class indices for loss {spec.name!r}; "
+                             "found non-integer or non-finite values")
+    elif y.dtype.kind not in "iub":
+        raise TypeError(f"y must hold integer class indices, got dtype {y.dtype}")
+    if n and (y.min() < 0 or y.max() >= k):
+        raise ValueError(f"y must hold class indices in [0, {k}) (W has {k} output columns); "
+                         f"found values in [{y.min()}, {y.max()}]")
+    return np.ascontiguousarray(y, dtype=np.int64)
+
+
+def _check_sample_weight(sample_weight, n, dt):
+    if sample_weight is None:
+        return None
+    sw = np.asarray(sample_weight)
+    if sw.ndim == 0:
+        sw = np.full(n, sw)
+    if not (np.issubdtype(sw.dtype, np.number) or sw.dtype == bool) or sw.dtype.kind == "c":
+        raise TypeError(f"sample_weight must be real numbers, got dtype {sw.dtype}")
+    if sw.shape != (n,):
+        raise ValueError(f"sample_weight must have shape ({n},), got {sw.shape}")
+    sw = np.ascontiguousarray(sw, dtype=dt)
+    if not np.all(np.isfinite(sw)):
+        raise ValueError("sample_weight contains NaN or infinity")
+    if np.any(sw < 0):
+        raise ValueError("sample_weight must be non-negative")
+    return sw
+
+
+def _check_out(out, W, b):
+    dt = W.dtype
+    if out is None:
+        return None, None
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise TypeError("out must be a tuple (dW, db)")
+    dW, db = out
+    if not isinstance(dW, np.ndarray) or dW.dtype != dt or dW.shape != W.shape:
+        raise ValueError(f"out[0] (dW) must be a {dt} array of shape {W.shape}, got "
+                         + (f"{dW.dtype} {dW.shape}" if isinstance(dW, np.ndarray)
+                            else type(dW).__name__))
+    if not dW.flags.c_contiguous or not dW.flags.writeable:
+        raise ValueError("out[0] (dW) must be C-contiguous and writeable")
+    if b is None:
+        if db is not None:
+            raise ValueError("out[1] (db) must be None when b is None (no intercept)")
+    else:
+        if not isinstance(db, np.ndarray) or db.dtype != dt or db.shape != b.shape:
+            raise ValueError(f"out[1] (db) must be a {dt} array of shape {b.shape}")
+        if not db.flags.c_contiguous or not db.flags.writeable:
+            raise ValueError("out[1] (db) must be C-contiguous and writeable")
+    if np.shares_memory(dW, W) or (db is not None and np.shares_memory(db, W)):
+        raise ValueError("out buffers must not share memory with W")
+    return dW, db
+
+
+# -------------------------------------------------------------- dispatch
+
+
+def _n_chunks(n):
+    import numba
+    return max(1, min(numba.get_num_threads(), n))
+
+
+def _buffer(name, shape, dt):
+    """A per-thread reusable work buffer (no allocation on repeated calls)."""
+    cache = getattr(_local, "buffers", None)
+    if cache is None:
+        cache = _local.buffers = {}
+    size = int(np.prod(shape))
+    key = (name, np.dtype(dt).str)
+    buf = cache.get(key)
+    if buf is None or buf.size < size:
+        buf = cache[key] = np.empty(max(size, 1), dt)
+    return buf[:size].reshape(shape)
+
+
+def choose_method(kind, X, n_outputs, method="auto"):
+    """"fused" or "blas" for this problem (CSR always runs the CSR kernel)."""
+    if method not in _METHODS:
+        raise ValueError(f"method={method!r}: choose one of {list(_METHODS)}")
+    if kind == "csr":
+        return "fused"
+    if method != "auto":
+        return method
+    if not X.flags.c_contiguous:
+        return "blas"          # the fused kernel streams rows: C order only
+    if n_outputs > FUSED_MAX_OUTPUTS or X.shape[1] * n_outputs > FUSED_MAX_WEIGHTS:
+        return "blas"
+    return "fused"
+
+
+def _resolve_backend(backend, kind, X, k):
+    _backend.require(backend, kind="losses")
+    if backend != "auto":
+        return backend
+    work = (X.nnz if kind == "csr" else X.size) * k
+    return _backend.choose_auto(work, kind="losses")
+
+
+def _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db, method):
+    from optkern.kernels import loss_drivers as drv
+    dt = W.dtype
+    n = X.shape[0]
+    d, k = W.shape
+    parallel = backend == "numba-parallel"
+    cy = _backend.cython_module("losses") if backend == "cython" else None
+    if method == "blas":
+        Z = _buffer("Z", (n, k), dt)
+        np.matmul(X, W, out=Z)
+        row_loss = _buffer("row_loss", (n,), np.float64)
+        inv_w = drv.inverse_weight(sw, n)
+        # the row pass runs serially even on the parallel backends: right after
+        # a multi-threaded BLAS call, BLAS's spinning threads and a second
+        # thread pool fight for the cores (measured: 0.5-0.8x of serial on 2
+        # cores, docs/losses.md); the row pass is a small part of the call
+        if cy is not None:
+            total = cy.rows_inplace(spec.name, Z, y, sw, b, eps, inv_w, row_loss, 1)
+        else:
+            mod = drv.module_for(spec.name)
+            total = mod.rows_inplace(Z, y, sw, b, dt.type(eps), inv_w, row_loss)
+        np.matmul(X.T, Z, out=dW)
+        if db is not None:
+            np.sum(Z, axis=0, out=db)
+        return total * inv_w + drv.penalty_add(W, dW, alpha, l1r)
+    if cy is not None:
+        import numba
+        threads = max(1, min(numba.get_num_threads(), n)) if cy.OPENMP else 1
+        scratch = _buffer("scratch", (drv.scratch_size(threads, d, k),), dt)
+        if kind == "csr":
+            return cy.csr_loss_grad(spec.name, X.data, X.indices, X.indptr, y, sw, W, b,
+                                    alpha, l1r, eps, dW, db, scratch, threads)
+        return cy.dense_loss_grad(spec.name, X, y, sw, W, b, alpha, l1r, eps, dW, db,
+                                  scratch, threads)
+    mod = drv.module_for(spec.name)
+    chunks = _n_chunks(n) if parallel else 1
+    scratch = _buffer("scratch", (drv.scratch_size(chunks, d, k),), dt)
+    epsv = dt.type(eps)
+    if kind == "csr":
+        if parallel:
+            return mod.csr_parallel(X.data, X.indices, X.indptr, y, sw, W, b, alpha, l1r,
+                                    epsv, dW, db, scratch, chunks)
+        return mod.csr_serial(X.data, X.indices, X.indptr, y, sw, W, b, alpha, l1r, epsv,
+                              dW, db, scratch)
+    if parallel:
+        return mod.dense_parallel(X, y, sw, W, b, alpha, l1r, epsv, dW, db, scratch, chunks)
+    return mod.dense_serial(X, y, sw, W, b, alpha, l1r, epsv, dW, db, scratch)
+
+
+def _launch(n):
+    threads = 64
+    return max(1, min(256, (n + threads - 1) // threads)), threads
+
+
+def _cuda_compute(spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db):
+    from numba import cuda
+
+    from optkern.kernels import loss_drivers as drv
+    rows_dense, rows_csr, grad_dense, grad_csr = drv.cuda_kernels(spec.name)
+    dt = W.dtype
+    n = X.shape[0]
+    d, k = W.shape
+    inv_w = drv.inverse_weight(sw, n)
+    empty = np.zeros(0, dt)
+    d_W = cuda.to_device(W)
+    d_b = cuda.to_device(empty if b is None else b)
+    d_sw = cuda.to_device(empty if sw is None else sw)
+    d_y = cuda.to_device(y)
+    d_G = cuda.device_array((n, k), dt)
+    d_loss = cuda.device_array(n, np.float64)
+    d_dW = cuda.device_array((d, k), dt)
+    d_db = cuda.device_array(k if b is not None else 0, dt)
+    blocks, threads = _launch(n)
+    if kind == "csr":
+        Xt = X.T.tocsr()          # X^T as CSR: column f's nonzeros in row order
+        Xt.sort_indices()
+        rows_csr[blocks, threads](cuda.to_device(X.data), cuda.to_device(X.indices),
+                                  cuda.to_device(X.indptr), d_y, d_sw, d_W, d_b,
+                                  dt.type(eps), dt.type(inv_w), d_G, d_loss)
+        gb, gt = _launch(d * k + k)
+        grad_csr[gb, gt](cuda.to_device(Xt.data), cuda.to_device(Xt.indices),
+                         cuda.to_device(Xt.indptr), d_G, d_dW, d_db)
+    else:
+        d_X = cuda.to_device(np.ascontiguousarray(X))
+        rows_dense[blocks, threads](d_X, d_y, d_sw, d_W, d_b, dt.type(eps), dt.type(inv_w),
+                                    d_G, d_loss)
+        gb, gt = _launch(d * k + k)
+        grad_dense[gb, gt](d_X, d_G, d_dW, d_db)
+    total = float(np.sum(d_loss.copy_to_host()))
+    d_dW.copy_to_host(dW)
+    if db is not None:
+        d_db.copy_to_host(db)
+    return total * inv_w + drv.penalty_add(W, dW, alpha, l1r)
+
+
+def loss_and_grad(X, y, W, b, loss="softmax", alpha=0.0, penalty="l2", l1_ratio=0.15,
+                  sample_weight=None, backend="auto", out=None, check_input=True, *,
+                  epsilon=None, method="auto"):
+    """Objective and gradient of a linear model on one minibatch.
+
+    Parameters
+    ----------
+    X : (n_samples, n_features) float32/float64 array (C or F order) or CSR matrix
+    y : targets: (n,) or (n, n_outputs) reals (regression), (n,) of 0/1 (binary),
+        (n,) integer class indices (multiclass)
+    W : (n_features, n_outputs) array of X's dtype
+    b : (n_outputs,) array of X's dtype, or None for no intercept
+    loss : a name in ``LOSSES``
+    alpha, penalty, l1_ratio : the penalty (see the module docstring)
+    sample_weight : (n,) non-negative weights, or None
+    backend : "numpy", "numba", "numba-parallel", "cython", "cuda" or "auto"
+    out : optional (dW, db) C-contiguous buffers to write into (db None when b is None)
+    check_input : check X and y for NaN/inf (costs one extra pass over X)
+    epsilon : the loss parameter of huber / epsilon_insensitive (default 0.1)
+    method : "auto", "fused" (single-pass kernel) or "blas" (dense CPU backends)
+
+    Returns
+    -------
+    (loss, dW, db): a Python float, and arrays of X's dtype (db is None when b is).
+    """
+    spec = _check_loss(loss)
+    alpha, l1r = _penalty_ratio(penalty, alpha, l1_ratio)
+    eps = spec.default_epsilon if epsilon is None else _real("epsilon", epsilon)
+    if not isinstance(check_input, (bool, np.bool_)):
+        raise TypeError(f"check_input must be a bool, got {check_input!r}")
+    _backend.validate_name(backend)
+    if method not in _METHODS:
+        raise ValueError(f"method={method!r}: choose one of {list(_METHODS)}")
+    kind, X = _check_X(X, check_input)
+    n, d = X.shape
+    if n == 0:
+        raise ValueError("X has 0 samples")
+    W, b = _check_params(X, W, b, d)
+    if check_input and not (_all_finite(W) and (b is None or _all_finite(b))):
+        raise ValueError("W or b contains NaN or infinity")
+    k = W.shape[1]
+    dt = W.dtype
+    y = _check_y(spec, y, n, k, dt, check_input)
+    sw = _check_sample_weight(sample_weight, n, dt)
+    dW, db = _check_out(out, W, b)
+    backend = _resolve_backend(backend, kind, X, k)
+    # ---- validated: from here on the output buffers are written
+    if dW is None:
+        dW = np.empty_like(W)
+        db = None if b is None else np.empty_like(b)
+    if backend == "numpy":
+        from optkern.kernels import loss_reference as ref
+        value, rdW, rdb = ref.loss_and_grad(X, y if spec.target != "multiclass" else y,
+                                            W, b, spec.name, alpha, l1r, sw, eps)
+        dW[...] = rdW
+        if db is not None:
+            db[...] = rdb
+        return float(value), dW, db
+    if backend == "cuda":
+        value = _cuda_compute(spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db)
+        return float(value), dW, db
+    m = choose_method(kind, X, k, method)
+    value = _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db, m)
+    return float(value), dW, db
+
+
+def predict_scores(X, W, b=None, backend="auto", out=None, check_input=True):
+    """Decision values X W + b, shape (n_samples, n_outputs), X's dtype."""
+    if not isinstance(check_input, (bool, np.bool_)):
+        raise TypeError(f"check_input must be a bool, got {check_input!r}")
+    _backend.validate_name(backend)
+    kind, X = _check_X(X, check_input)
+    n, d = X.shape
+    W, b = _check_params(X, W, b, d)
+    k = W.shape[1]
+    if out is not None:
+        if not isinstance(out, np.ndarray) or out.dtype != W.dtype or out.shape != (n, k):
+            raise ValueError(f"out must be a {W.dtype} array of shape ({n}, {k})")
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError("out must be C-contiguous and writeable")
+    backend = _resolve_backend(backend, kind, X, k)
+    if out is None:
+        out = np.empty((n, k), W.dtype)
+    if n == 0:
+        return out
+    if backend == "numpy" or backend == "cuda":
+        # CUDA: scores are one BLAS-shaped product; the host computes them
+        from optkern.kernels import loss_reference as ref
+        out[...] = ref.scores(X, W, b)
+        return out
+    from optkern.kernels import loss_drivers as drv
+    if backend == "cython":
+        cy = _backend.cython_module("losses")
+        if kind == "csr":
+            cy.predict_csr(X.data, X.indices, X.indptr, W, b, out)
+        else:
+            if not X.flags.c_contiguous or choose_method(kind, X, k) == "blas":
+                np.matmul(X, W, out=out)
+                if b is not None:
+                    out += b
+            else:
+                cy.predict_dense(X, W, b, out)
+        return out
+    parallel = backend == "numba-parallel"
+    if kind == "csr":
+        (drv.predict_csr_parallel if parallel else drv.predict_csr)(
+            X.data, X.indices, X.indptr, W, b, out)
+        return out
+    if choose_method(kind, X, k) == "blas":
+        np.matmul(X, W, out=out)
+        if b is not None:
+            out += b
+        return out
+    WT = _buffer("WT", (k, d), W.dtype)
+    (drv.predict_dense_parallel if parallel else drv.predict_dense)(X, W, b, out, WT)
+    return out
+
+
+def check_grad(X, y, W, b, loss="softmax", alpha=0.0, penalty="l2", l1_ratio=0.15,
+               sample_weight=None, backend="numpy", epsilon=None, h=1e-6):
+    """Max relative error between the analytic gradient and central differences.
+
+    The analytic gradient comes from ``loss_and_grad(..., backend=backend)`` in
+    float64; the numerical one perturbs every entry of W and b by +-h and
+    evaluates the objective with the NumPy reference.  The error of an entry
+    is |a - n| / max(|a|, |n|, 1e-8); the maximum over W and b is returned.
+    A correct gradient gives ~1e-7 or less for the smooth losses; the
+    non-smooth ones agree as long as no score sits within h of a kink.
+    """
+    if sp.issparse(X):
+        X = X.astype(np.float64)
+    else:
+        X = np.asarray(X, dtype=np.float64)
+    W = np.array(W, dtype=np.float64)
+    b = None if b is None else np.array(b, dtype=np.float64)
+    kw = dict(loss=loss, alpha=alpha, penalty=penalty, l1_ratio=l1_ratio,
+              sample_weight=sample_weight, epsilon=epsilon)
+    _, dW, db = loss_and_grad(X, y, W, b, backend=backend, **kw)
+    analytic = [dW.ravel()] + ([] if b is None else [db.ravel()])
+    numeric = []
+    for p in [W] + ([] if b is None else [b]):
+        flat = p.reshape(-1)
+        g = np.empty(flat.size)
+        for e in range(flat.size):
+            old = flat[e]
+            flat[e] = old + h
+            fp = loss_and_grad(X, y, W, b, backend="numpy", **kw)[0]
+            flat[e] = old - h
+            fm = loss_and_grad(X, y, W, b, backend="numpy", **kw)[0]
+            flat[e] = old
+            g[e] = (fp - fm) / (2 * h)
+        numeric.append(g)
+    a = np.concatenate(analytic)
+    num = np.concatenate(numeric)
+    denom = np.maximum(np.maximum(np.abs(a), np.abs(num)), 1e-8)
+    return float(np.max(np.abs(a - num) / denom))
