@@ -38,6 +38,38 @@ def _compiler_has_openmp():
         return res.returncode == 0
 
 
+def _pxd_include_dir():
+    """An include directory in which Cython finds our .pxd files by full name.
+
+    Cython looks up a module's own .pxd (and any cimported one) as
+    <include dir>/optkern/kernels/cython/<name>.pxd, but package_dir maps
+    optkern.kernels to kernels/, so that layout does not exist in the source
+    tree; mirror the .pxd files into build/cython_include (copied only when
+    changed, so cythonize does not rebuild needlessly).
+    """
+    root = os.path.join(HERE, "build", "cython_include")
+    pkg = os.path.join(root, "optkern", "kernels", "cython")
+    os.makedirs(pkg, exist_ok=True)
+    for d in (os.path.join(root, "optkern"), os.path.join(root, "optkern", "kernels"), pkg):
+        marker = os.path.join(d, "__init__.pxd")
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+    for fname in os.listdir(CYTHON_DIR):
+        if fname.endswith(".pxd"):
+            src, dst = os.path.join(CYTHON_DIR, fname), os.path.join(pkg, fname)
+            with open(src, "rb") as fh:
+                text = fh.read()
+            try:
+                with open(dst, "rb") as fh:
+                    same = fh.read() == text
+            except OSError:
+                same = False
+            if not same:
+                with open(dst, "wb") as fh:
+                    fh.write(text)
+    return root
+
+
 def _extensions():
     # every kernels/cython/generate*.py writes .pyx sources from the rules
     import importlib.util
@@ -67,7 +99,8 @@ def _extensions():
     exts = [
         Extension(
             f"optkern.kernels.cython.{name}",
-            [path],
+            # setuptools insists on paths relative to setup.py
+            [os.path.relpath(path, HERE)],
             include_dirs=[np.get_include()],
             extra_compile_args=flags,
             extra_link_args=link,
@@ -79,7 +112,8 @@ def _extensions():
     from Cython.Build import cythonize
 
     return cythonize(exts, compiler_directives={"language_level": 3},
-                     compile_time_env={"OPTKERN_OPENMP": openmp})
+                     compile_time_env={"OPTKERN_OPENMP": openmp},
+                     include_path=[_pxd_include_dir()])
 
 
 setup(ext_modules=_extensions())
