@@ -16,6 +16,11 @@ The same text is compiled into every target:
 * ``kernels/cython/generate.py`` turns each rule into a ``cdef inline``
   C function (float and double) inside the ahead-of-time Cython kernels.
 
+Weights like ``1 - beta`` come precomputed by ``prepare`` (in double, then
+cast to the dtype): computed inside a float32 rule from float32(beta) they
+lose digits (1 - float32(0.999) is 1.0000467e-3), where NumPy and torch
+round the double ``1 - beta`` once.
+
 So a rule may use only arithmetic, comparisons, conditional expressions,
 ``if`` statements, ``abs``, ``min``, ``max`` and ``math.sqrt``; hyperparameters
 arrive already cast to the parameter's dtype, flags as 0 or 1.
@@ -98,7 +103,7 @@ def allocated_states(spec, user_hyper):
 # ---------------------------------------------------------------------------
 
 
-def sgd_rule(p, g, momentum_buffer, lr, momentum, dampening, weight_decay,
+def sgd_rule(p, g, momentum_buffer, lr, momentum, keep, weight_decay,
              nesterov, maximize, first, sigma, z):
     if maximize:
         g = -g
@@ -107,7 +112,7 @@ def sgd_rule(p, g, momentum_buffer, lr, momentum, dampening, weight_decay,
         if first:
             momentum_buffer = g
         else:
-            momentum_buffer = momentum * momentum_buffer + (1 - dampening) * g
+            momentum_buffer = momentum * momentum_buffer + keep * g
         if nesterov:
             g = g + momentum * momentum_buffer
         else:
@@ -119,14 +124,14 @@ def sgd_rule(p, g, momentum_buffer, lr, momentum, dampening, weight_decay,
 def sgd_prepare(step, scalars, lr, momentum, dampening, weight_decay,
                 nesterov, maximize, noise):
     first = 1.0 if step == 1 else 0.0
-    return ((lr, momentum, dampening, weight_decay, nesterov, maximize,
+    return ((lr, momentum, 1.0 - dampening, weight_decay, nesterov, maximize,
              first, noise), scalars)
 
 
 register(RuleSpec(
     name="sgd", rule=sgd_rule, prepare=sgd_prepare,
     states=("momentum_buffer?momentum",),
-    kernel_hyper=("lr", "momentum", "dampening", "weight_decay", "nesterov",
+    kernel_hyper=("lr", "momentum", "keep", "weight_decay", "nesterov",
                   "maximize", "first", "sigma"),
     user_hyper=("lr", "momentum", "dampening", "weight_decay", "nesterov",
                 "maximize", "noise"),
@@ -138,13 +143,13 @@ def sgld_prepare(step, scalars, lr, noise_scale, weight_decay, maximize):
     # Langevin dynamics discretised with step lr: p <- p - lr*g + sqrt(2*lr)*z
     # (temperature noise_scale**2).  It is SGD without momentum plus noise.
     sigma = noise_scale * math.sqrt(2.0 * lr)
-    return ((lr, 0.0, 0.0, weight_decay, 0.0, maximize, 0.0, sigma), scalars)
+    return ((lr, 0.0, 1.0, weight_decay, 0.0, maximize, 0.0, sigma), scalars)
 
 
 register(RuleSpec(
     name="sgld", rule=sgd_rule, prepare=sgld_prepare,
     states=("momentum_buffer?momentum",),  # never allocated: SGLD has no momentum
-    kernel_hyper=("lr", "momentum", "dampening", "weight_decay", "nesterov",
+    kernel_hyper=("lr", "momentum", "keep", "weight_decay", "nesterov",
                   "maximize", "first", "sigma"),
     user_hyper=("lr", "noise_scale", "weight_decay", "maximize"),
     scalar_states=(),
@@ -191,14 +196,14 @@ register(RuleSpec(
 # ---------------------------------------------------------------------------
 
 
-def rmsprop_rule(p, g, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
-                 weight_decay, momentum, centered, maximize, z):
+def rmsprop_rule(p, g, square_avg, grad_avg, momentum_buffer, lr, alpha, one_minus_alpha,
+                 eps, weight_decay, momentum, centered, maximize, z):
     if maximize:
         g = -g
     g = g + weight_decay * p
-    square_avg = alpha * square_avg + (1 - alpha) * g * g
+    square_avg = alpha * square_avg + one_minus_alpha * g * g
     if centered:
-        grad_avg = alpha * grad_avg + (1 - alpha) * g
+        grad_avg = alpha * grad_avg + one_minus_alpha * g
         denom = math.sqrt(square_avg - grad_avg * grad_avg) + eps
     else:
         denom = math.sqrt(square_avg) + eps
@@ -212,13 +217,14 @@ def rmsprop_rule(p, g, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
 
 def rmsprop_prepare(step, scalars, lr, alpha, eps, weight_decay, momentum,
                     centered, maximize):
-    return (lr, alpha, eps, weight_decay, momentum, centered, maximize), scalars
+    return (lr, alpha, 1.0 - alpha, eps, weight_decay, momentum, centered,
+            maximize), scalars
 
 
 register(RuleSpec(
     name="rmsprop", rule=rmsprop_rule, prepare=rmsprop_prepare,
     states=("square_avg", "grad_avg?centered", "momentum_buffer?momentum"),
-    kernel_hyper=("lr", "alpha", "eps", "weight_decay", "momentum",
+    kernel_hyper=("lr", "alpha", "one_minus_alpha", "eps", "weight_decay", "momentum",
                   "centered", "maximize"),
     user_hyper=("lr", "alpha", "eps", "weight_decay", "momentum", "centered",
                 "maximize"),
@@ -233,26 +239,26 @@ register(RuleSpec(
 # ---------------------------------------------------------------------------
 
 
-def adadelta_rule(p, g, square_avg, acc_delta, lr, rho, eps, weight_decay,
-                  maximize, z):
+def adadelta_rule(p, g, square_avg, acc_delta, lr, rho, one_minus_rho, eps,
+                  weight_decay, maximize, z):
     if maximize:
         g = -g
     g = g + weight_decay * p
-    square_avg = rho * square_avg + (1 - rho) * g * g
+    square_avg = rho * square_avg + one_minus_rho * g * g
     delta = math.sqrt(acc_delta + eps) / math.sqrt(square_avg + eps) * g
-    acc_delta = rho * acc_delta + (1 - rho) * delta * delta
+    acc_delta = rho * acc_delta + one_minus_rho * delta * delta
     p = p - lr * delta
     return p, square_avg, acc_delta
 
 
 def adadelta_prepare(step, scalars, lr, rho, eps, weight_decay, maximize):
-    return (lr, rho, eps, weight_decay, maximize), scalars
+    return (lr, rho, 1.0 - rho, eps, weight_decay, maximize), scalars
 
 
 register(RuleSpec(
     name="adadelta", rule=adadelta_rule, prepare=adadelta_prepare,
     states=("square_avg", "acc_delta"),
-    kernel_hyper=("lr", "rho", "eps", "weight_decay", "maximize"),
+    kernel_hyper=("lr", "rho", "one_minus_rho", "eps", "weight_decay", "maximize"),
     user_hyper=("lr", "rho", "eps", "weight_decay", "maximize"),
     scalar_states=(),
 ))
@@ -269,14 +275,14 @@ register(RuleSpec(
 
 
 def adam_rule(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, step_size, beta1,
-              beta2, eps, weight_decay, decay_factor, bc2_sqrt, amsgrad,
-              maximize, z):
+              beta2, one_minus_beta1, one_minus_beta2, eps, weight_decay,
+              decay_factor, bc2_sqrt, amsgrad, maximize, z):
     if maximize:
         g = -g
     p = p * decay_factor
     g = g + weight_decay * p
-    exp_avg = beta1 * exp_avg + (1 - beta1) * g
-    exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+    exp_avg = beta1 * exp_avg + one_minus_beta1 * g
+    exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
     if amsgrad:
         max_exp_avg_sq = max(max_exp_avg_sq, exp_avg_sq)
         denom = math.sqrt(max_exp_avg_sq) / bc2_sqrt + eps
@@ -300,12 +306,13 @@ def adam_prepare(step, scalars, lr, beta1, beta2, eps, weight_decay, amsgrad,
     else:
         decay_factor = 1.0
         coupled_wd = weight_decay
-    return ((lr / bc1, beta1, beta2, eps, coupled_wd, decay_factor,
-             math.sqrt(bc2), amsgrad, maximize), scalars)
+    return ((lr / bc1, beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps, coupled_wd,
+             decay_factor, math.sqrt(bc2), amsgrad, maximize), scalars)
 
 
-_ADAM_KERNEL_HYPER = ("step_size", "beta1", "beta2", "eps", "weight_decay",
-                      "decay_factor", "bc2_sqrt", "amsgrad", "maximize")
+_ADAM_KERNEL_HYPER = ("step_size", "beta1", "beta2", "one_minus_beta1",
+                      "one_minus_beta2", "eps", "weight_decay", "decay_factor",
+                      "bc2_sqrt", "amsgrad", "maximize")
 
 register(RuleSpec(
     name="adam", rule=adam_rule, prepare=adam_prepare,
@@ -324,12 +331,12 @@ register(RuleSpec(
 # ---------------------------------------------------------------------------
 
 
-def adamax_rule(p, g, exp_avg, exp_inf, clr, beta1, beta2, eps, weight_decay,
-                maximize, z):
+def adamax_rule(p, g, exp_avg, exp_inf, clr, beta1, one_minus_beta1, beta2, eps,
+                weight_decay, maximize, z):
     if maximize:
         g = -g
     g = g + weight_decay * p
-    exp_avg = beta1 * exp_avg + (1 - beta1) * g
+    exp_avg = beta1 * exp_avg + one_minus_beta1 * g
     exp_inf = max(beta2 * exp_inf, abs(g) + eps)
     p = p - clr * exp_avg / exp_inf
     return p, exp_avg, exp_inf
@@ -338,13 +345,14 @@ def adamax_rule(p, g, exp_avg, exp_inf, clr, beta1, beta2, eps, weight_decay,
 def adamax_prepare(step, scalars, lr, beta1, beta2, eps, weight_decay,
                    maximize):
     clr = lr / (1.0 - beta1 ** step)
-    return (clr, beta1, beta2, eps, weight_decay, maximize), scalars
+    return (clr, beta1, 1.0 - beta1, beta2, eps, weight_decay, maximize), scalars
 
 
 register(RuleSpec(
     name="adamax", rule=adamax_rule, prepare=adamax_prepare,
     states=("exp_avg", "exp_inf"),
-    kernel_hyper=("clr", "beta1", "beta2", "eps", "weight_decay", "maximize"),
+    kernel_hyper=("clr", "beta1", "one_minus_beta1", "beta2", "eps", "weight_decay",
+                  "maximize"),
     user_hyper=("lr", "beta1", "beta2", "eps", "weight_decay", "maximize"),
     scalar_states=(),
 ))
@@ -360,13 +368,14 @@ register(RuleSpec(
 
 
 def nadam_rule(p, g, exp_avg, exp_avg_sq, grad_coef, avg_coef, beta1, beta2,
-               eps, weight_decay, decay_factor, bc2, maximize, z):
+               one_minus_beta1, one_minus_beta2, eps, weight_decay, decay_factor, bc2,
+               maximize, z):
     if maximize:
         g = -g
     p = p * decay_factor
     g = g + weight_decay * p
-    exp_avg = beta1 * exp_avg + (1 - beta1) * g
-    exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+    exp_avg = beta1 * exp_avg + one_minus_beta1 * g
+    exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
     denom = math.sqrt(exp_avg_sq / bc2) + eps
     p = p - grad_coef * g / denom - avg_coef * exp_avg / denom
     return p, exp_avg, exp_avg_sq
@@ -386,15 +395,16 @@ def nadam_prepare(step, scalars, lr, beta1, beta2, eps, weight_decay,
         coupled_wd = weight_decay
     grad_coef = lr * (1.0 - mu) / (1.0 - mu_product)
     avg_coef = lr * mu_next / (1.0 - mu_product * mu_next)
-    return ((grad_coef, avg_coef, beta1, beta2, eps, coupled_wd, decay_factor,
-             bc2, maximize), (mu_product,))
+    return ((grad_coef, avg_coef, beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps,
+             coupled_wd, decay_factor, bc2, maximize), (mu_product,))
 
 
 register(RuleSpec(
     name="nadam", rule=nadam_rule, prepare=nadam_prepare,
     states=("exp_avg", "exp_avg_sq"),
-    kernel_hyper=("grad_coef", "avg_coef", "beta1", "beta2", "eps",
-                  "weight_decay", "decay_factor", "bc2", "maximize"),
+    kernel_hyper=("grad_coef", "avg_coef", "beta1", "beta2", "one_minus_beta1",
+                  "one_minus_beta2", "eps", "weight_decay", "decay_factor", "bc2",
+                  "maximize"),
     user_hyper=("lr", "beta1", "beta2", "eps", "weight_decay",
                 "momentum_decay", "maximize", "decoupled"),
     scalar_states=(("mu_product", 1.0),),
@@ -409,14 +419,15 @@ register(RuleSpec(
 # ---------------------------------------------------------------------------
 
 
-def radam_rule(p, g, exp_avg, exp_avg_sq, step_size, beta1, beta2, eps,
-               weight_decay, decay_factor, adaptive, bc2_sqrt, maximize, z):
+def radam_rule(p, g, exp_avg, exp_avg_sq, step_size, beta1, beta2, one_minus_beta1,
+               one_minus_beta2, eps, weight_decay, decay_factor, adaptive, bc2_sqrt,
+               maximize, z):
     if maximize:
         g = -g
     p = p * decay_factor
     g = g + weight_decay * p
-    exp_avg = beta1 * exp_avg + (1 - beta1) * g
-    exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+    exp_avg = beta1 * exp_avg + one_minus_beta1 * g
+    exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
     if adaptive:
         p = p - step_size * exp_avg * (bc2_sqrt / (math.sqrt(exp_avg_sq) + eps))
     else:
@@ -443,15 +454,16 @@ def radam_prepare(step, scalars, lr, beta1, beta2, eps, weight_decay,
     else:
         decay_factor = 1.0
         coupled_wd = weight_decay
-    return ((lr * rect / bc1, beta1, beta2, eps, coupled_wd, decay_factor,
-             adaptive, math.sqrt(bc2), maximize), scalars)
+    return ((lr * rect / bc1, beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps, coupled_wd,
+             decay_factor, adaptive, math.sqrt(bc2), maximize), scalars)
 
 
 register(RuleSpec(
     name="radam", rule=radam_rule, prepare=radam_prepare,
     states=("exp_avg", "exp_avg_sq"),
-    kernel_hyper=("step_size", "beta1", "beta2", "eps", "weight_decay",
-                  "decay_factor", "adaptive", "bc2_sqrt", "maximize"),
+    kernel_hyper=("step_size", "beta1", "beta2", "one_minus_beta1", "one_minus_beta2",
+                  "eps", "weight_decay", "decay_factor", "adaptive", "bc2_sqrt",
+                  "maximize"),
     user_hyper=("lr", "beta1", "beta2", "eps", "weight_decay", "maximize",
                 "decoupled"),
     scalar_states=(),
