@@ -1,7 +1,9 @@
 """Glue between the estimators and the compiled training epochs.
 
 ``runner_for(estimator, ctx)`` returns ``run(order, batch_size) -> mean loss``
-that trains one epoch in a single compiled call (``kernels/epoch_drivers.py``)
+that trains one epoch in a single compiled call (``kernels/epoch_drivers.py``
+for "numba" and "numba-parallel"; its ahead-of-time twin
+``optkern.kernels.cython._epochs`` for "cython", same arguments)
 on the optimizer's own state arrays, then brings the optimizer's bookkeeping
 (step count, Polyak count, NAdam's mu_product) up to date, so ``state_dict``,
 ``partial_fit`` and ``warm_start`` see exactly what a step-by-step run would.
@@ -13,6 +15,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from optkern import _backend
 from optkern.kernels import epoch_drivers
 from optkern.kernels.rules import state_names
 
@@ -71,8 +74,16 @@ class _Runner:
             self.data_args = (np.ascontiguousarray(X),)
             layout = "dense"
         parallel = ctx.backend == "numba-parallel"
-        mod = epoch_drivers.module_for(loss_name, opt._spec.name, layout)
-        self.fn = mod.epoch_parallel if parallel else mod.epoch_serial
+        self.fn = None
+        if ctx.backend == "cython":
+            # the ahead-of-time twin (kernels/cython/generate_epochs.py): same
+            # arguments, same arithmetic, no JIT warm-up, the GIL released
+            epochs_mod = _backend.cython_module("epochs")
+            if epochs_mod is not None:
+                self.fn = epochs_mod.epoch_for(loss_name, opt._spec.name, layout)
+        if self.fn is None:
+            mod = epoch_drivers.module_for(loss_name, opt._spec.name, layout)
+            self.fn = mod.epoch_parallel if parallel else mod.epoch_serial
         self.n_chunks = numba.get_num_threads() if parallel else 1
         dt = W.dtype
         c = self.n_chunks

@@ -1,0 +1,243 @@
+"""The ahead-of-time Cython training epoch (kernels/cython/generate_epochs.py).
+
+The Cython epoch must compute what the Numba ``epoch_serial`` computes, in the
+same order: float64 fits agree to rounding (in practice bit for bit), float32
+to float32 accuracy.  Its C twins of ``prepare``, ``schedule_factor`` and
+``step_key`` are checked against the Python/Numba originals directly.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import optkern
+from optkern import epochs as _epochs_glue
+from optkern.kernels import loss_rules, rules, schedule_rules
+from optkern.kernels._helpers import step_key
+
+E = pytest.importorskip("optkern.kernels.cython._epochs")
+
+RULES = list(rules.RULES)
+LOSSES = list(loss_rules.LOSS_RULES)
+REGRESSION = [n for n, s in loss_rules.LOSS_RULES.items() if s.target == "regression"]
+
+# optimizer names of the estimators for each update rule (the rule behind a name
+# is checked below, so a new rule without a case here fails loudly)
+OPTIMIZER_FOR_RULE = {"sgd": "momentum", "sgld": "sgld", "adagrad": "adagrad",
+                      "rmsprop": "rmsprop", "adadelta": "adadelta", "adam": "adamw",
+                      "adamax": "adamax", "nadam": "nadam", "radam": "radam"}
+
+# (loss, rule, layout, dtype, fit_intercept, average, extra estimator params):
+# every loss and every rule at least once; dense and CSR, float32 and float64,
+# with and without intercept, averaging on and off spread over the cases
+CASES = [
+    ("softmax", "adam", "dense", np.float64, True, 2, {}),
+    ("multiclass_hinge", "sgd", "csr", np.float64, False, False,
+     {"optimizer_params": {"nesterov": True}}),
+    ("log", "nadam", "dense", np.float32, True, False, {}),
+    ("hinge", "rmsprop", "csr", np.float32, True, 3,
+     {"optimizer_params": {"centered": True, "momentum": 0.5}}),
+    ("squared_hinge", "radam", "csr", np.float64, True, False, {"penalty": "elasticnet"}),
+    ("modified_huber", "adamax", "dense", np.float64, False, 1, {"penalty": "l1"}),
+    ("squared", "adagrad", "dense", np.float64, True, 2, {}),
+    ("huber", "adadelta", "csr", np.float64, True, False, {}),
+    ("epsilon_insensitive", "sgld", "dense", np.float64, True, False, {}),
+    ("absolute", "adam", "csr", np.float32, False, 2,
+     {"optimizer_params": {"amsgrad": True}}),
+    ("softmax", "sgld", "csr", np.float32, True, 2, {}),
+    ("log", "sgd", "dense", np.float64, True, False,
+     {"schedule": optkern.schedules.Warmup(optkern.schedules.StepDecay(5, 0.5), 4, 0.1)}),
+]
+
+
+def test_cases_cover_every_loss_and_rule():
+    assert {c[0] for c in CASES} == set(LOSSES)
+    assert {c[1] for c in CASES} == set(RULES)
+    assert set(OPTIMIZER_FOR_RULE) == set(RULES)
+
+
+def _problem(loss, layout, dtype):
+    rng = np.random.default_rng(0)
+    n, d = 90, 7
+    X = rng.standard_normal((n, d))
+    X[rng.random((n, d)) < 0.3] = 0.0  # some sparsity, also in the dense layout
+    if loss in REGRESSION:
+        y = X @ rng.standard_normal((d, 2)) + 0.1 * rng.standard_normal((n, 2))
+    elif loss in ("softmax", "multiclass_hinge") or loss in ("hinge", "modified_huber"):
+        y = np.argmax(X[:, :3] + 0.3 * rng.standard_normal((n, 3)), axis=1)  # 3 classes
+    else:
+        y = (X[:, 0] + X[:, 1] > 0).astype(int)  # binary
+    X = X.astype(dtype)
+    if layout == "csr":
+        X = sp.csr_matrix(X)
+    return X, y
+
+
+@pytest.fixture
+def captured_runners(monkeypatch):
+    got = []
+    real = _epochs_glue.runner_for
+
+    def spy(estimator, ctx):
+        run = real(estimator, ctx)
+        if run is not None:
+            got.append(run)
+        return run
+    monkeypatch.setattr(_epochs_glue, "runner_for", spy)
+    return got
+
+
+def _fit(loss, rule, layout, dtype, fit_intercept, average, extra, backend):
+    X, y = _problem(loss, layout, dtype)
+    kw = dict(loss=loss, optimizer=OPTIMIZER_FOR_RULE[rule], max_epochs=3, tol=None,
+              random_state=5, batch_size=16, fit_intercept=fit_intercept,
+              average=average, backend=backend, **extra)
+    cls = optkern.LinearRegressor if loss in REGRESSION else optkern.LinearClassifier
+    return cls(**kw).fit(X, y)
+
+
+@pytest.mark.parametrize("loss, rule, layout, dtype, fit_intercept, average, extra", CASES,
+                         ids=[f"{c[0]}-{c[1]}-{c[2]}-{np.dtype(c[3]).name}" for c in CASES])
+def test_cython_epoch_trains_the_numba_model(captured_runners, loss, rule, layout, dtype,
+                                             fit_intercept, average, extra):
+    ref = _fit(loss, rule, layout, dtype, fit_intercept, average, extra, "numba")
+    captured_runners.clear()
+    got = _fit(loss, rule, layout, dtype, fit_intercept, average, extra, "cython")
+    # the fit really ran the Cython epoch, for this very combination
+    assert captured_runners
+    fn = captured_runners[0].fn
+    assert type(fn).__module__ == "optkern.kernels.cython._epochs"
+    assert (fn.loss, fn.rule, fn.layout) == (loss, rule, layout)
+    assert got.coef_.dtype == dtype and got.intercept_.dtype == dtype
+    if dtype == np.float64:
+        tol = dict(rtol=1e-10, atol=1e-12)
+    else:
+        tol = dict(rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got.coef_, ref.coef_, **tol)
+    np.testing.assert_allclose(got.intercept_, ref.intercept_, **tol)
+    assert got.n_iter_ == ref.n_iter_
+    np.testing.assert_allclose([h["loss"] for h in got.history_],
+                               [h["loss"] for h in ref.history_],
+                               rtol=1e-4 if dtype == np.float32 else 1e-10)
+
+
+def test_noise_is_the_numba_noise_and_follows_the_seed():
+    X, y = _problem("softmax", "dense", np.float64)
+    kw = dict(optimizer="sgld", max_epochs=3, tol=None, batch_size=8)
+    a = optkern.LinearClassifier(backend="cython", random_state=1, **kw).fit(X, y)
+    b = optkern.LinearClassifier(backend="numba", random_state=1, **kw).fit(X, y)
+    c = optkern.LinearClassifier(backend="cython", random_state=2, **kw).fit(X, y)
+    np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-10, atol=1e-12)
+    assert not np.allclose(a.coef_, c.coef_)
+
+
+def test_the_epoch_runs_the_registered_combination():
+    for layout in ("dense", "csr"):
+        fn = E.epoch_for("softmax", "adam", layout)
+        assert fn is E.epoch_for("softmax", "adam", layout)  # cached
+        assert "softmax" in repr(fn) and layout in repr(fn)
+    with pytest.raises(ValueError, match="unknown loss"):
+        E.epoch_for("nope", "adam", "dense")
+    with pytest.raises(ValueError, match="unknown update rule"):
+        E.epoch_for("log", "nope", "dense")
+    with pytest.raises(ValueError, match="layout"):
+        E.epoch_for("log", "adam", "csc")
+    with pytest.raises(TypeError, match="arguments"):
+        E.epoch_for("log", "adam", "dense")(1, 2, 3)
+
+
+def test_divergent_batch_stops_the_epoch_with_nan():
+    # lr huge: the loss blows up; the epoch must return NaN, keep the weights of
+    # the last good step and report how many steps it took
+    X, y = _problem("squared", "dense", np.float64)
+    model = optkern.LinearRegressor(loss="squared", optimizer="sgd", lr=1e6, max_epochs=5,
+                                    tol=None, batch_size=8, random_state=0)
+    for backend in ("numba", "cython"):
+        with pytest.raises(Exception) as info:
+            model.set_params(backend=backend).fit(X, y)
+        assert "lr" in str(info.value) or "learning rate" in str(info.value)
+
+
+# ---- the C twins of the host functions -------------------------------------------
+
+
+def _user_values(spec):
+    vals = {"lr": 0.05, "momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01,
+            "nesterov": 1.0, "maximize": 0.0, "noise": 1.0, "noise_scale": 0.3,
+            "lr_decay": 0.01, "eps": 1e-8, "alpha": 0.99, "centered": 1.0, "rho": 0.9,
+            "beta1": 0.9, "beta2": 0.999, "amsgrad": 1.0, "bias_correction": 1.0,
+            "decoupled": 1.0, "momentum_decay": 0.004}
+    return [vals[name] for name in spec.user_hyper]
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_prepare_twin_equals_the_compiled_prepare(rule):
+    numba = pytest.importorskip("numba")
+    spec = rules.RULES[rule]
+    jit = numba.njit(spec.prepare)
+    user = _user_values(spec)
+    scalars = tuple(v for _, v in spec.scalar_states)
+    cs = scalars
+    for step in (1, 2, 3, 7, 50, 1000, 12345):
+        lr = user[0] * (1.0 + 0.1 * step)
+        py_h, py_s = spec.prepare(step, cs, lr, *user[1:])
+        want_h, scalars = jit(step, scalars, lr, *user[1:])
+        got_h, cs = E.prepare(rule, step, cs, lr, user[1:])
+        # Numba's float ** int is binary exponentiation; the twin follows it
+        assert got_h == tuple(float(v) for v in want_h), (rule, step)
+        assert cs == tuple(float(v) for v in scalars)
+        np.testing.assert_allclose(got_h, py_h, rtol=1e-12)
+        np.testing.assert_allclose(cs, py_s, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind, a, b, c, warmup, start", [
+    (schedule_rules.CONSTANT, 0.0, 0.0, 0.0, 0.0, 1.0),
+    (schedule_rules.INVERSE_SCALING, 0.1, 0.75, 0.0, 0.0, 1.0),
+    (schedule_rules.STEP, 0.5, 7.0, 0.0, 5.0, 0.1),
+    (schedule_rules.EXPONENTIAL, 0.97, 0.0, 0.0, 3.0, 0.0),
+    (schedule_rules.COSINE, 0.0, 40.0, 0.05, 0.0, 1.0),
+])
+def test_schedule_twin_equals_the_compiled_schedule(kind, a, b, c, warmup, start):
+    numba = pytest.importorskip("numba")
+    jit = numba.njit(schedule_rules.schedule_factor)
+    for t in range(0, 120, 3):
+        want = jit(float(kind), float(t), a, b, c, warmup, start)
+        assert E.schedule_factor(kind, t, a, b, c, warmup, start) == want
+        assert math.isclose(want, schedule_rules.schedule_factor(kind, t, a, b, c, warmup,
+                                                                 start), rel_tol=1e-12)
+
+
+def test_step_key_twin_is_bit_exact():
+    for seed in (0, 1, 7, 2**32 + 3, 2**63 + 12345, 2**64 - 1):
+        for step in (0, 1, 2, 1000, 2**40):
+            assert E.step_key(seed, step) == step_key(seed, step)
+            assert isinstance(E.step_key(seed, step), np.uint64)
+
+
+def test_generated_source_is_current():
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "kernels", "cython", "generate_epochs.py")
+    spec = importlib.util.spec_from_file_location("_gen_epochs_test", path)
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert E.SOURCE_HASH == gen.source_hash(), "rebuild: pip install -e . --no-build-isolation"
+
+
+def test_partial_fit_bookkeeping_matches_numba():
+    # step counts, Polyak counts and NAdam's mu_product carried across calls
+    X, y = _problem("softmax", "dense", np.float64)
+    models = {}
+    for backend in ("numba", "cython"):
+        m = optkern.LinearClassifier(optimizer="nadam", batch_size=8, sampling="sequential",
+                                     average=3, random_state=0, backend=backend, tol=None)
+        for start in range(0, 90, 30):
+            m.partial_fit(X[start:start + 30], y[start:start + 30], classes=np.unique(y))
+        models[backend] = m
+    np.testing.assert_allclose(models["cython"].coef_, models["numba"].coef_,
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(models["cython"].intercept_, models["numba"].intercept_,
+                               rtol=1e-10, atol=1e-12)
