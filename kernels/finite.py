@@ -9,6 +9,8 @@ import math
 import numpy as np
 from numba import njit
 
+cuda = None  # numba.cuda, bound on first use (importing it is slow)
+
 
 @njit(cache=True, nogil=True)
 def first_nonfinite(arrays):
@@ -23,10 +25,8 @@ def first_nonfinite(arrays):
 
 def first_nonfinite_cuda(arrays):
     """The same for device arrays, reduced on the device."""
-    from numba import cuda
-
-    flag = cuda.to_device(np.zeros(1, dtype=np.int32))
     kern = _cuda_scan()
+    flag = cuda.to_device(np.zeros(1, dtype=np.int32))
     for k, a in enumerate(arrays):
         n = a.shape[0]
         threads = 256
@@ -42,7 +42,11 @@ _CUDA_SCAN = []
 
 def _cuda_scan():
     if not _CUDA_SCAN:
-        from numba import cuda
+        # a module global, not a local: the CUDA simulator swaps a kernel's
+        # global ``cuda`` for its fake module while the kernel runs
+        global cuda
+        from numba import cuda as _cuda
+        cuda = _cuda
 
         @cuda.jit
         def scan(a, flag):

@@ -49,7 +49,7 @@ def cython_module(kind="updates"):
 
 def cuda_available():
     """True with a usable GPU, or under the CUDA simulator."""
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    if _simulating():
         return True
     try:
         from numba import cuda
@@ -58,8 +58,28 @@ def cuda_available():
         return False
 
 
+def _simulating():
+    return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+
 def is_cuda_array(x):
-    return hasattr(x, "__cuda_array_interface__")
+    """A device array: anything exposing ``__cuda_array_interface__`` (numba,
+    CuPy, torch CUDA tensors), or a simulated device array under the CUDA
+    simulator (which has no such interface)."""
+    if hasattr(x, "__cuda_array_interface__"):
+        return True
+    if _simulating() and type(x).__module__.startswith("numba.cuda.simulator"):
+        from numba.cuda.simulator.cudadrv.devicearray import is_cuda_ndarray
+        return bool(is_cuda_ndarray(x))
+    return False
+
+
+def as_device_array(x):
+    """A numba.cuda view of a device array (no copy)."""
+    from numba import cuda
+    if _simulating() and not hasattr(x, "__cuda_array_interface__"):
+        return x  # already a simulated device array; the simulator has no as_cuda_array
+    return cuda.as_cuda_array(x)
 
 
 def available(backend, kind="updates"):

@@ -419,7 +419,7 @@ class Optimizer:
         self._host_arrays = getattr(self, "_host_arrays", {})
         for i, a in enumerate(g.arrays):
             if _backend.is_cuda_array(a):
-                d = cuda.as_cuda_array(a)
+                d = _backend.as_device_array(a)
                 if not (d.is_c_contiguous() or d.is_f_contiguous()):
                     raise ValueError(f"params[{i}] (device array) is not contiguous")
                 order = "C" if d.is_c_contiguous() else "F"
@@ -441,7 +441,7 @@ class Optimizer:
         if np.dtype(gr.dtype) != g.dtype:
             raise TypeError(f"{name} has dtype {gr.dtype} but the parameter has {g.dtype}")
         if _backend.is_cuda_array(gr):
-            d = cuda.as_cuda_array(gr)
+            d = _backend.as_device_array(gr)
             if d.ndim == 1:
                 return d
             if (g.orders[i] == "C" and d.is_c_contiguous()) or \
