@@ -384,7 +384,8 @@ def _bad(i, value):
     (_bad(1, ([1.0] * 5,)), TypeError, "expected a NumPy array"),
     (_bad(2, None), ValueError, "state 'exp_avg' is required"),
     (_bad(3, (np.zeros(5), np.zeros(5))), ValueError, "expected 1 arrays"),
-    (_bad(6, (0.1,) * 3), ValueError, "hyper must hold 9"),
+    (_bad(6, (0.1,) * 3), ValueError,
+     f"hyper must hold {len(rules.RULES['adam'].kernel_hyper)}"),
     (_bad(9, np.zeros(0, np.int64)), ValueError, "offsets"),
     (_bad(0, (np.ones(5, np.int64),)), TypeError, "float32 or float64"),
 ])
@@ -471,9 +472,10 @@ def sgd_fused_f32(size_t p, size_t g, Py_ssize_t n, tuple hyper, uint64_t key,
 
 
 def adamax_rule(double p, double g, double m, double u, double clr, double beta1,
-                double beta2, double eps, double weight_decay, double maximize):
-    return U.adamax_rule_f64(p, g, m, u, clr, beta1, beta2, eps, weight_decay, maximize,
-                             0.0)
+                double one_minus_beta1, double beta2, double eps, double weight_decay,
+                double maximize):
+    return U.adamax_rule_f64(p, g, m, u, clr, beta1, one_minus_beta1, beta2, eps,
+                             weight_decay, maximize, 0.0)
 
 
 def normal(uint64_t key, uint64_t counter):
@@ -534,7 +536,7 @@ def test_external_pyx_can_cimport_the_c_api(tmp_path, monkeypatch):
     np.testing.assert_array_equal(p32, ref32)
 
     # the inline scalar rule is the Python rule, and the noise is the reference's
-    hyper = (0.01, 0.9, 0.999, 1e-8, 0.0, 0.0)
+    hyper = (0.01, 0.9, 0.1, 0.999, 1e-8, 0.0, 0.0)
     assert ext.adamax_rule(0.5, -0.2, 0.1, 0.3, *hyper) == rules.adamax_rule(
         0.5, -0.2, 0.1, 0.3, *hyper, 0.0)
     assert ext.normal(int(key), 12) == _draws(key, 12, 1, "cython")[0]

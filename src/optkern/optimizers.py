@@ -85,7 +85,9 @@ class Optimizer:
         self.check_finite = bool(check_finite)
         self.average_start = average_start
         if seed is None:
-            seed = int(np.random.SeedSequence().entropy % (1 << 63))
+            # fresh entropy only where there is noise to draw; elsewhere a fixed
+            # seed keeps state dicts of identical runs identical
+            seed = int(np.random.SeedSequence().entropy % (1 << 63)) if self._noisy else 0
         elif not isinstance(seed, numbers.Integral) or seed < 0:
             raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
         self.seed = int(seed)
