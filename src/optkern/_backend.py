@@ -20,6 +20,12 @@ BACKENDS = ("numpy", "numba", "numba-parallel", "cython", "cuda", "auto")
 # "Choosing a backend": below PARALLEL_MIN_SIZE the thread start-up of a
 # parallel loop costs more than it saves.
 PARALLEL_MIN_SIZE = int(os.environ.get("OPTKERN_PARALLEL_MIN_SIZE", 200_000))
+# Below CYTHON_MAX_SIZE the ahead-of-time kernels cost the same per call as
+# the serial Numba loop and need no JIT warm-up; above it they fall behind
+# (built for a generic x86-64, without the AVX-512 code Numba emits for the
+# machine it runs on: Adam float32 at 1e5 elements 95 us vs 49 us, at 1e6
+# 3.2 ms vs 0.41 ms; python /tmp/bk.py-style side-by-side medians, README).
+CYTHON_MAX_SIZE = int(os.environ.get("OPTKERN_CYTHON_MAX_SIZE", 16_384))
 
 
 def validate_name(backend, argname="backend"):
@@ -114,12 +120,15 @@ def choose_auto(n_elements, on_device=False, kind="updates"):
     """The backend "auto" resolves to for a call touching ``n_elements``.
 
     Device arrays stay on the device ("cuda").  Small problems go to the
-    backend with the cheapest call (the Cython extension when built, else the
-    serial Numba loop).  Large ones go to the multi-threaded Numba loop, which
-    measured fastest at 1e7 elements on 2 cores (README, "Choosing a backend").
+    Cython extension when built (as cheap a call as Numba's, no JIT warm-up),
+    medium ones to the serial Numba loop (vectorised for this CPU), large ones
+    to the multi-threaded Numba loop, which measured fastest at 1e7 elements
+    on 2 cores (README, "Backends").
     """
     if on_device:
         return "cuda"
+    if n_elements < CYTHON_MAX_SIZE and cython_module(kind) is not None:
+        return "cython"
     if n_elements < PARALLEL_MIN_SIZE:
-        return "cython" if cython_module(kind) is not None else "numba"
+        return "numba"
     return "numba-parallel"
