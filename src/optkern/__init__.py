@@ -2,10 +2,16 @@
 
 Layers (README has an example of each):
 
-* ``optkern.kernels``: plain functional kernels callable from ``@njit`` code;
+* ``optkern.kernels``: plain functional kernels (updates, loss building
+  blocks) callable from ``@njit`` code;
 * the optimizer classes (torch.optim's names and algorithms), ``SGD``,
   ``Adam``, ... with ``backend="numpy" | "numba" | "numba-parallel" |
-  "cython" | "cuda" | "auto"``.
+  "cython" | "cuda" | "auto"``;
+* ``loss_and_grad``, ``predict_scores``, ``check_grad``: minibatch loss and
+  gradient of linear and softmax models;
+* ``LinearClassifier``, ``LinearRegressor``: scikit-learn estimators whose
+  epochs run compiled; ``schedules``; ``load`` for saved models;
+* the ``optkern`` command (``optkern.cli``).
 """
 
 __version__ = "0.1.0"
