@@ -31,6 +31,7 @@ import sys
 import tempfile
 
 from . import rules as _rules
+from ._files import write_if_changed as _write_if_changed
 
 TEMPLATE_VERSION = "5"
 
@@ -221,20 +222,6 @@ def generated_dir():
         if os.access(path, os.W_OK):
             return path
     return tempfile.mkdtemp(prefix="optkern-generated-")
-
-
-def _write_if_changed(path, text):
-    try:
-        with open(path, encoding="utf-8") as fh:
-            if fh.read() == text:
-                return
-    except OSError:
-        pass
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users of a shared install read it
-    os.replace(tmp, path)  # atomic: concurrent test workers never see half a file
 
 
 _MODULES = {}

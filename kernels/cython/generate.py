@@ -33,11 +33,21 @@ import inspect
 import keyword
 import os
 import sys
-import tempfile
 import textwrap
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RULES_PATH = os.path.normpath(os.path.join(HERE, os.pardir, "rules.py"))
+
+
+def _load_files_helper():
+    spec = importlib.util.spec_from_file_location(
+        "_optkern_files", os.path.join(HERE, os.pardir, "_files.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_write_if_changed = _load_files_helper().write_if_changed
 MODULE = "_updates"
 TEMPLATE_VERSION = "1"
 
@@ -762,21 +772,6 @@ def generate(rules_path=RULES_PATH):
 def source_hash(rules_path=RULES_PATH):
     """The SOURCE_HASH a module built from the current rules would carry."""
     return _generate(rules_path)[1]
-
-
-def _write_if_changed(path, text):
-    # Unchanged text keeps its mtime, so cythonize does not rebuild needlessly.
-    try:
-        with open(path, encoding="utf-8") as fh:
-            if fh.read() == text:
-                return
-    except OSError:
-        pass
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are installed as package data
-    os.replace(tmp, path)
 
 
 def write_sources(out_dir=HERE, rules_path=RULES_PATH):

@@ -34,7 +34,6 @@ import importlib.util
 import inspect
 import os
 import sys
-import tempfile
 import textwrap
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -52,13 +51,20 @@ MAX_SCALARS = 8
 MAX_STATES = 8
 
 
-def _load(name, fname):
-    path = os.path.join(KERNELS, fname)
+def _load_by_path(name, path):
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # namedtuple / inspect want it registered
+    sys.modules[name] = mod  # namedtuple / inspect want it registered
     spec.loader.exec_module(mod)
     return mod
+
+
+_files = _load_by_path("_optkern_files", os.path.join(KERNELS, "_files.py"))
+_write_if_changed = _files.write_if_changed
+
+
+def _load(name, fname):
+    return _files.load_by_path(name, os.path.join(KERNELS, fname))
 
 
 class TranslateError(ValueError):
@@ -966,21 +972,6 @@ def generate():
 def source_hash():
     text = generate()[f"{MODULE}.pyx"]
     return text.split("generated source hash: ", 1)[1].split()[0]
-
-
-def _write_if_changed(path, text):
-    # unchanged text keeps its mtime, so cythonize does not rebuild needlessly
-    try:
-        with open(path, encoding="utf-8") as fh:
-            if fh.read() == text:
-                return
-    except OSError:
-        pass
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def write_sources(out_dir=HERE):
