@@ -4,6 +4,8 @@ kernels/cython/generate.py writes the Cython sources from the same scalar
 rules the Numba drivers compile (kernels/rules.py), then they are cythonized.
 OpenMP is used when the compiler accepts -fopenmp; otherwise the kernels are
 built serial (prange degrades to range) and optkern reports it at runtime.
+OPTKERN_NATIVE=1 builds for the host CPU (-march=native): faster at large
+sizes, not portable to older CPUs.
 """
 import os
 import shutil
@@ -90,6 +92,10 @@ def _extensions():
             sources.append((fname[:-4], path))
     openmp = _compiler_has_openmp()
     flags = ["-O3"]
+    if os.environ.get("OPTKERN_NATIVE"):
+        # opt-in: code for this CPU only (AVX2/AVX-512 where present); the
+        # default build stays portable to any x86-64 it is copied to
+        flags.append("-march=native")
     link = []
     if openmp:
         flags.append("-fopenmp")
