@@ -33,24 +33,33 @@ is None too); ``dW`` (d, k), ``db`` (k,) outputs (overwritten);
 is ``alpha*(l1_ratio*|W|_1 + 0.5*(1-l1_ratio)*|W|^2)`` (l2: l1_ratio=0, l1: 1).
 
 Computation.  The fused dense kernel transposes W once into scratch, then
-walks the rows in blocks of ``ROW_BLOCK`` (4): the block's scores are
-dot products over contiguous rows (compiled with the ``reassoc``/``contract``
-fast-math flags so they vectorise; accumulated in X's dtype), the rule turns
-them into the loss and dZ (rules compiled without fast-math, in their own
-function), and the block's rank-4 update of dW^T runs over the same rows
-while they are in cache.  X is read from memory once.  The CSR kernel does the
-same per row with gathers from W and scatters into dW.  The BLAS path computes
-Z = X W with BLAS (``np.dot``), the rule row by row in place, and
-dW = X^T dZ with BLAS.
+walks the rows in blocks of ``ROW_BLOCK`` (6): the block's scores are
+dot products over contiguous rows, computed in register tiles of 6 rows x 2
+outputs (12 vector accumulators; each step over the features loads 8 vectors
+for 12 multiply-adds), compiled with the ``reassoc``/``contract`` fast-math
+flags so that they vectorise, accumulated in X's dtype; the rule turns them
+into the loss and dZ (rules compiled without fast-math, in their own
+function); the block's rank-6 update of dW^T runs over the same rows while
+they are in cache, in tiles of 6 rows x 5 outputs (then 2, then 1: 6 loads of
+X, 5 loads and 5 stores of dW^T for 30 multiply-adds).  Both loops run at
+about one 512-bit FMA per cycle on the project machine (AMD EPYC, family 25
+model 17, Zen 4: 512-bit FMAs are double-pumped, 16 float32 multiply-adds per
+cycle and core); with 4-row, 1-output tiles they were bound by loads and
+stores at about half of that.  X is read from memory once.
+The CSR kernel does the same per row with gathers from W and scatters into dW.
+The BLAS path computes Z = X W with BLAS (``np.dot``), the rule row by row in
+place, and dW = X^T dZ with BLAS.
 
 Parallel reduction order (determinism).  ``dense_parallel``/``csr_parallel``
 split the rows into ``n_chunks`` contiguous equal ranges; chunk c accumulates
-its own partial dW^T, db and loss in ``scratch``; they are then added in
-chunk order 0, 1, ..., n_chunks-1 (the reduction itself is parallel over
-features, each element summed in that fixed order).  So a result depends on
-``n_chunks`` (optkern.losses passes the Numba thread count, capped by n) but
-never on thread timing: repeated calls are bit-identical, and n_chunks=1
-equals the serial kernel.
+its own partial dW^T, db and loss in ``scratch``; after the parallel loop the
+calling thread adds them in chunk order 0, 1, ..., n_chunks-1 (one parallel
+region per call: a second one, for the reduction, cost a second fork-join,
+which on a loaded machine waits for a descheduled thread -- the sum itself is
+only d*k*n_chunks additions).  So a result depends on ``n_chunks``
+(optkern.losses passes the Numba thread count, capped by n) but never on
+thread timing: repeated calls are bit-identical, and n_chunks=1 equals the
+serial kernel.
 """
 
 import hashlib
@@ -65,8 +74,8 @@ from numba.extending import register_jitable
 from . import loss_rules as _rules
 from .drivers import _write_if_changed, generated_dir
 
-TEMPLATE_VERSION = "1"
-ROW_BLOCK = 4
+TEMPLATE_VERSION = "2"
+ROW_BLOCK = 6
 
 # fast-math only where a float reduction must vectorise; no nnan/ninf: the
 # rules rely on inf and NaN behaving (they are not compiled with these flags)
@@ -159,30 +168,92 @@ def transpose_into(W, WT):
 
 @njit(cache=True, nogil=True, fastmath=_REDUCE_FLAGS)
 def _scores_block(X, i, r_n, WT, b, Zb):
-    """Zb[r] = X[i + r] W + b for r < r_n (dot products along contiguous rows)."""
+    """Zb[r] = X[i + r] W + b for r < r_n (dot products along contiguous rows).
+
+    A full block (r_n == ROW_BLOCK == 6) is computed in register tiles of
+    6 rows x 2 outputs: 12 vector accumulators, and each step of the loop
+    over features loads 6 values of X and 2 of W^T for 12 multiply-adds."""
     k, d = WT.shape
     dt = WT.dtype.type
-    if r_n == 4:
+    if r_n == 6:
         x0 = X[i]
         x1 = X[i + 1]
         x2 = X[i + 2]
         x3 = X[i + 3]
-        for j in range(k):
+        x4 = X[i + 4]
+        x5 = X[i + 5]
+        j = 0
+        while j + 2 <= k:
+            w = WT[j]
+            v = WT[j + 1]
+            a0 = dt(0)
+            a1 = dt(0)
+            a2 = dt(0)
+            a3 = dt(0)
+            a4 = dt(0)
+            a5 = dt(0)
+            c0 = dt(0)
+            c1 = dt(0)
+            c2 = dt(0)
+            c3 = dt(0)
+            c4 = dt(0)
+            c5 = dt(0)
+            for f in range(d):
+                wf = w[f]
+                vf = v[f]
+                y0 = x0[f]
+                y1 = x1[f]
+                y2 = x2[f]
+                y3 = x3[f]
+                y4 = x4[f]
+                y5 = x5[f]
+                a0 += y0 * wf
+                a1 += y1 * wf
+                a2 += y2 * wf
+                a3 += y3 * wf
+                a4 += y4 * wf
+                a5 += y5 * wf
+                c0 += y0 * vf
+                c1 += y1 * vf
+                c2 += y2 * vf
+                c3 += y3 * vf
+                c4 += y4 * vf
+                c5 += y5 * vf
+            Zb[0, j] = a0
+            Zb[1, j] = a1
+            Zb[2, j] = a2
+            Zb[3, j] = a3
+            Zb[4, j] = a4
+            Zb[5, j] = a5
+            Zb[0, j + 1] = c0
+            Zb[1, j + 1] = c1
+            Zb[2, j + 1] = c2
+            Zb[3, j + 1] = c3
+            Zb[4, j + 1] = c4
+            Zb[5, j + 1] = c5
+            j += 2
+        if j < k:
             w = WT[j]
             a0 = dt(0)
             a1 = dt(0)
             a2 = dt(0)
             a3 = dt(0)
+            a4 = dt(0)
+            a5 = dt(0)
             for f in range(d):
                 wf = w[f]
                 a0 += x0[f] * wf
                 a1 += x1[f] * wf
                 a2 += x2[f] * wf
                 a3 += x3[f] * wf
+                a4 += x4[f] * wf
+                a5 += x5[f] * wf
             Zb[0, j] = a0
             Zb[1, j] = a1
             Zb[2, j] = a2
             Zb[3, j] = a3
+            Zb[4, j] = a4
+            Zb[5, j] = a5
     else:
         for r in range(r_n):
             xr = X[i + r]
@@ -200,21 +271,71 @@ def _scores_block(X, i, r_n, WT, b, Zb):
 
 @njit(cache=True, nogil=True, fastmath=_REDUCE_FLAGS)
 def _accumulate_block(X, i, r_n, Db, accT):
-    """accT[j] += sum_r Db[r, j] * X[i + r] (a rank-r_n update of dW^T)."""
+    """accT[j] += sum_r Db[r, j] * X[i + r] (a rank-r_n update of dW^T).
+
+    A full block (r_n == 6) runs in tiles of 6 rows x 5 outputs (then 2, then
+    1): each step over features loads 6 values of X once for 30 multiply-adds
+    into 5 rows of dW^T (so the loop is bound by the multiply-adds, not by
+    loads and stores)."""
     k, d = accT.shape
-    if r_n == 4:
+    if r_n == 6:
         x0 = X[i]
         x1 = X[i + 1]
         x2 = X[i + 2]
         x3 = X[i + 3]
-        for j in range(k):
-            g = accT[j]
-            d0 = Db[0, j]
-            d1 = Db[1, j]
-            d2 = Db[2, j]
-            d3 = Db[3, j]
+        x4 = X[i + 4]
+        x5 = X[i + 5]
+        j = 0
+        while j + 5 <= k:
+            g0 = accT[j]
+            g1 = accT[j + 1]
+            g2 = accT[j + 2]
+            g3 = accT[j + 3]
+            g4 = accT[j + 4]
+            p0, p1, p2, p3, p4, p5 = Db[0, j], Db[1, j], Db[2, j], Db[3, j], Db[4, j], Db[5, j]
+            q0, q1, q2, q3, q4, q5 = (Db[0, j + 1], Db[1, j + 1], Db[2, j + 1], Db[3, j + 1],
+                                      Db[4, j + 1], Db[5, j + 1])
+            s0, s1, s2, s3, s4, s5 = (Db[0, j + 2], Db[1, j + 2], Db[2, j + 2], Db[3, j + 2],
+                                      Db[4, j + 2], Db[5, j + 2])
+            t0, t1, t2, t3, t4, t5 = (Db[0, j + 3], Db[1, j + 3], Db[2, j + 3], Db[3, j + 3],
+                                      Db[4, j + 3], Db[5, j + 3])
+            u0, u1, u2, u3, u4, u5 = (Db[0, j + 4], Db[1, j + 4], Db[2, j + 4], Db[3, j + 4],
+                                      Db[4, j + 4], Db[5, j + 4])
             for f in range(d):
-                g[f] += d0 * x0[f] + d1 * x1[f] + d2 * x2[f] + d3 * x3[f]
+                y0 = x0[f]
+                y1 = x1[f]
+                y2 = x2[f]
+                y3 = x3[f]
+                y4 = x4[f]
+                y5 = x5[f]
+                g0[f] += p0 * y0 + p1 * y1 + p2 * y2 + p3 * y3 + p4 * y4 + p5 * y5
+                g1[f] += q0 * y0 + q1 * y1 + q2 * y2 + q3 * y3 + q4 * y4 + q5 * y5
+                g2[f] += s0 * y0 + s1 * y1 + s2 * y2 + s3 * y3 + s4 * y4 + s5 * y5
+                g3[f] += t0 * y0 + t1 * y1 + t2 * y2 + t3 * y3 + t4 * y4 + t5 * y5
+                g4[f] += u0 * y0 + u1 * y1 + u2 * y2 + u3 * y3 + u4 * y4 + u5 * y5
+            j += 5
+        while j + 2 <= k:
+            g0 = accT[j]
+            g1 = accT[j + 1]
+            p0, p1, p2, p3, p4, p5 = Db[0, j], Db[1, j], Db[2, j], Db[3, j], Db[4, j], Db[5, j]
+            q0, q1, q2, q3, q4, q5 = (Db[0, j + 1], Db[1, j + 1], Db[2, j + 1], Db[3, j + 1],
+                                      Db[4, j + 1], Db[5, j + 1])
+            for f in range(d):
+                y0 = x0[f]
+                y1 = x1[f]
+                y2 = x2[f]
+                y3 = x3[f]
+                y4 = x4[f]
+                y5 = x5[f]
+                g0[f] += p0 * y0 + p1 * y1 + p2 * y2 + p3 * y3 + p4 * y4 + p5 * y5
+                g1[f] += q0 * y0 + q1 * y1 + q2 * y2 + q3 * y3 + q4 * y4 + q5 * y5
+            j += 2
+        if j < k:
+            g0 = accT[j]
+            p0, p1, p2, p3, p4, p5 = Db[0, j], Db[1, j], Db[2, j], Db[3, j], Db[4, j], Db[5, j]
+            for f in range(d):
+                g0[f] += (p0 * x0[f] + p1 * x1[f] + p2 * x2[f] + p3 * x3[f] + p4 * x4[f]
+                          + p5 * x5[f])
     else:
         for r in range(r_n):
             xr = X[i + r]
@@ -249,31 +370,6 @@ def reduce_chunks_T(scratch, n_chunks, dW, db):
     return total
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def reduce_chunks_T_parallel(scratch, n_chunks, dW, db):
-    d, k = dW.shape
-    per_chunk = k * d + k + 2 * ROW_BLOCK * k + 1
-    base = k * d
-    for f in prange(d):
-        for j in range(k):
-            s = scratch[base + j * d + f]
-            for c in range(1, n_chunks):
-                s += scratch[base + c * per_chunk + j * d + f]
-            dW[f, j] = s
-    total = 0.0
-    for c in range(n_chunks):
-        accT, accb, Zb, Db, slot = _chunk_views(scratch, c, d, k)
-        if db is not None:
-            if c == 0:
-                for j in range(k):
-                    db[j] = accb[j]
-            else:
-                for j in range(k):
-                    db[j] += accb[j]
-        total += slot[0]
-    return total
-
-
 @njit(cache=True, nogil=True)
 def reduce_chunks(scratch, n_chunks, dW, db):
     """CSR variant: chunk partials are stored in W's (d, k) layout."""
@@ -290,31 +386,6 @@ def reduce_chunks(scratch, n_chunks, dW, db):
             for f in range(d):
                 for j in range(k):
                     dW[f, j] += acc2[f, j]
-        if db is not None:
-            if c == 0:
-                for j in range(k):
-                    db[j] = accb[j]
-            else:
-                for j in range(k):
-                    db[j] += accb[j]
-        total += slot[0]
-    return total
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def reduce_chunks_parallel(scratch, n_chunks, dW, db):
-    d, k = dW.shape
-    per_chunk = k * d + k + 2 * ROW_BLOCK * k + 1
-    base = k * d
-    for f in prange(d):
-        for j in range(k):
-            s = scratch[base + f * k + j]
-            for c in range(1, n_chunks):
-                s += scratch[base + c * per_chunk + f * k + j]
-            dW[f, j] = s
-    total = 0.0
-    for c in range(n_chunks):
-        acc, accb, Zb, Db, slot = _chunk_views(scratch, c, d, k)
         if db is not None:
             if c == 0:
                 for j in range(k):
@@ -398,8 +469,7 @@ from numba import njit, prange
 from optkern.kernels.loss_rules import {rule_fn} as _rule_py
 from optkern.kernels.loss_drivers import (
     ROW_BLOCK, _chunk_views, _shared_WT, _scores_block, _accumulate_block,
-    inverse_weight, penalty_add, transpose_into, reduce_chunks_T,
-    reduce_chunks_T_parallel, reduce_chunks, reduce_chunks_parallel)
+    inverse_weight, penalty_add, transpose_into, reduce_chunks_T, reduce_chunks)
 
 _rule = njit(inline="always", error_model="numpy")(_rule_py)
 '''
@@ -495,7 +565,10 @@ def dense_parallel(X, y, sw, W, b, alpha, l1_ratio, epsilon, dW, db, scratch, n_
         accT, accb, Zb, Db, slot = _chunk_views(scratch, c, d, k)
         slot[0] = _dense_chunk(X, y, sw, WT, b, epsilon, inv_w, accT, accb, Zb, Db,
                                c * n // n_chunks, (c + 1) * n // n_chunks)
-    total = reduce_chunks_T_parallel(scratch, n_chunks, dW, db)
+    # the partials are added after the parallel loop, by this thread: a second
+    # parallel region would cost a second fork-join, which on a loaded machine
+    # waits for a descheduled thread (the sum is d*k*n_chunks additions)
+    total = reduce_chunks_T(scratch, n_chunks, dW, db)
     return total * inv_w + penalty_add(W, dW, alpha, l1_ratio)
 
 
@@ -555,7 +628,7 @@ def csr_parallel(data, indices, indptr, y, sw, W, b, alpha, l1_ratio, epsilon, d
         slot[0] = _csr_chunk(data, indices, indptr, y, sw, W, b, epsilon, inv_w,
                              accT.reshape((d, k)), accb, Zb[0], Db[0],
                              c * n // n_chunks, (c + 1) * n // n_chunks)
-    total = reduce_chunks_parallel(scratch, n_chunks, dW, db)
+    total = reduce_chunks(scratch, n_chunks, dW, db)   # serially: one fork-join only
     return total * inv_w + penalty_add(W, dW, alpha, l1_ratio)
 
 

@@ -16,7 +16,9 @@ translated with ``ast`` into a ``cdef inline`` C function over the fused type
 per-row functions ``row_<loss>`` live in ``_losses.pxd`` (inline, so other
 packages can ``cimport optkern.kernels.cython._losses`` and call them from
 nogil code).  ``_losses.pyx`` holds the fused kernels (same algorithm and
-scratch layout as the Numba ones in loss_drivers.py: W^T once, row blocks of 4,
+scratch layout as the Numba ones in loss_drivers.py: W^T once, row blocks of 6
+in register tiles of 6 rows x 2 outputs for the scores (one output per
+tile in the dW^T update, see ACC_TILES),
 per-thread partial dW^T in ``scratch`` reduced in chunk order), the CSR
 kernels, the in-place row pass of the BLAS path and the predictions.
 
@@ -191,89 +193,14 @@ cdef extern from *:
 OPENMP = bool(optkern_openmp_built)
 
 cdef enum:
-    ROW_BLOCK = 4
+    ROW_BLOCK = {ROW_BLOCK}
 
 
 cdef inline Py_ssize_t _per_chunk(Py_ssize_t d, Py_ssize_t k) noexcept nogil:
     return k * d + k + 2 * ROW_BLOCK * k + 1
 
 
-cdef void _scores_block(const floating* X, Py_ssize_t ldx, Py_ssize_t r_n, const floating* WT,
-                        const floating* b, floating* Zb, Py_ssize_t d, Py_ssize_t k) noexcept nogil:
-    cdef Py_ssize_t r, j, f
-    cdef const floating* w
-    cdef const floating* x0
-    cdef const floating* x1
-    cdef const floating* x2
-    cdef const floating* x3
-    cdef floating a0, a1, a2, a3, wf
-    if r_n == 4:
-        x0 = X
-        x1 = X + ldx
-        x2 = X + 2 * ldx
-        x3 = X + 3 * ldx
-        for j in range(k):
-            w = WT + j * d
-            a0 = 0
-            a1 = 0
-            a2 = 0
-            a3 = 0
-            for f in range(d):
-                wf = w[f]
-                a0 = a0 + x0[f] * wf
-                a1 = a1 + x1[f] * wf
-                a2 = a2 + x2[f] * wf
-                a3 = a3 + x3[f] * wf
-            Zb[j] = a0
-            Zb[k + j] = a1
-            Zb[2 * k + j] = a2
-            Zb[3 * k + j] = a3
-    else:
-        for r in range(r_n):
-            x0 = X + r * ldx
-            for j in range(k):
-                w = WT + j * d
-                a0 = 0
-                for f in range(d):
-                    a0 = a0 + x0[f] * w[f]
-                Zb[r * k + j] = a0
-    if b != NULL:
-        for r in range(r_n):
-            for j in range(k):
-                Zb[r * k + j] = Zb[r * k + j] + b[j]
-
-
-cdef void _accumulate_block(const floating* X, Py_ssize_t ldx, Py_ssize_t r_n,
-                            const floating* Db, floating* accT, Py_ssize_t d,
-                            Py_ssize_t k) noexcept nogil:
-    cdef Py_ssize_t r, j, f
-    cdef floating* g
-    cdef const floating* x0
-    cdef const floating* x1
-    cdef const floating* x2
-    cdef const floating* x3
-    cdef floating d0, d1, d2, d3
-    if r_n == 4:
-        x0 = X
-        x1 = X + ldx
-        x2 = X + 2 * ldx
-        x3 = X + 3 * ldx
-        for j in range(k):
-            g = accT + j * d
-            d0 = Db[j]
-            d1 = Db[k + j]
-            d2 = Db[2 * k + j]
-            d3 = Db[3 * k + j]
-            for f in range(d):
-                g[f] = g[f] + d0 * x0[f] + d1 * x1[f] + d2 * x2[f] + d3 * x3[f]
-    else:
-        for r in range(r_n):
-            x0 = X + r * ldx
-            for j in range(k):
-                g = accT + j * d
-                d0 = Db[r * k + j]
-                for f in range(d):
-                    g[f] = g[f] + d0 * x0[f]
+{BLOCKS}
 
 
 cdef double _penalty_add(const floating* W, floating* dW, Py_ssize_t size, double alpha,
@@ -310,11 +237,14 @@ cdef double _inverse_weight(const floating* sw, Py_ssize_t n) noexcept nogil:
 
 cdef double _reduce_T(floating* scratch, Py_ssize_t n_chunks, floating* dW, floating* db,
                       Py_ssize_t d, Py_ssize_t k, int n_threads) noexcept nogil:
-    """dW = sum_c accT_c^T in chunk order (parallel over features); returns the loss sum."""
+    """dW = sum_c accT_c^T in chunk order; returns the loss sum.
+
+    Serial (n_threads is unused): a second parallel region would cost a second
+    fork-join, which on a loaded machine waits for a descheduled thread."""
     cdef Py_ssize_t f, j, c, base = k * d, per = _per_chunk(d, k)
     cdef floating s
     cdef double total = 0
-    for f in prange(d, num_threads=n_threads, schedule="static"):
+    for f in range(d):
         for j in range(k):
             s = scratch[base + j * d + f]
             for c in range(1, n_chunks):
@@ -333,11 +263,11 @@ cdef double _reduce_T(floating* scratch, Py_ssize_t n_chunks, floating* dW, floa
 
 cdef double _reduce(floating* scratch, Py_ssize_t n_chunks, floating* dW, floating* db,
                     Py_ssize_t d, Py_ssize_t k, int n_threads) noexcept nogil:
-    """CSR variant: chunk partials are in W's (d, k) layout."""
+    """CSR variant: chunk partials are in W's (d, k) layout (serial, as _reduce_T)."""
     cdef Py_ssize_t e, j, c, base = k * d, per = _per_chunk(d, k)
     cdef floating s
     cdef double total = 0
-    for e in prange(d * k, num_threads=n_threads, schedule="static"):
+    for e in range(d * k):
         s = scratch[base + e]
         for c in range(1, n_chunks):
             s = s + scratch[base + c * per + e]
@@ -652,11 +582,106 @@ def _rows_typed(int which, floating[:, ::1] Z, const floating[:, ::1] yr,
 '''
 
 
+# Row blocks and register tiles of the fused dense kernel, as in
+# loss_drivers._scores_block / _accumulate_block: a full block of ROW_BLOCK
+# rows computes its scores in tiles of ROW_BLOCK rows x SCORE_TILES outputs
+# (the largest tile that fits first, then smaller ones) and its rank-ROW_BLOCK
+# update of dW^T in tiles of ROW_BLOCK rows x ACC_TILES outputs; a partial
+# block (the end of a chunk) goes row by row.  The update keeps one output per
+# tile here (the Numba kernel uses 5): setup.py compiles with -O3 and no
+# -march, and GCC vectorises the update loop (SSE2) only while it needs few
+# run-time alias checks -- with 5 output rows stored per step it fell back to
+# scalar code (18 ms against 13 ms at (4096, 784, 10), one thread, measured
+# 2026-11-25 on the project machine; the 4-row kernel before: 12.7 ms).
+ROW_BLOCK = 6          # must equal loss_drivers.ROW_BLOCK: scratch_size() sizes the scratch
+SCORE_TILES = (2, 1)
+ACC_TILES = (1,)
+
+
+def _score_tile(R, J):
+    ind = "        "
+    L = [f"{ind}while j + {J} <= k:"]
+    L += [f"{ind}    w{c} = WT + (j + {c}) * d" for c in range(J)]
+    L += [f"{ind}    a{r}_{c} = 0" for c in range(J) for r in range(R)]
+    L += [f"{ind}    for f in range(d):"]
+    L += [f"{ind}        y{r} = x{r}[f]" for r in range(R)]
+    L += [f"{ind}        v{c} = w{c}[f]" for c in range(J)]
+    L += [f"{ind}        a{r}_{c} = a{r}_{c} + y{r} * v{c}" for c in range(J) for r in range(R)]
+    L += [f"{ind}    Zb[{r} * k + j + {c}] = a{r}_{c}" for c in range(J) for r in range(R)]
+    L += [f"{ind}    j = j + {J}"]
+    return L
+
+
+def _acc_tile(R, J):
+    ind = "        "
+    L = [f"{ind}while j + {J} <= k:"]
+    L += [f"{ind}    g{c} = accT + (j + {c}) * d" for c in range(J)]
+    L += [f"{ind}    p{r}_{c} = Db[{r} * k + j + {c}]" for c in range(J) for r in range(R)]
+    L += [f"{ind}    for f in range(d):"]
+    L += [f"{ind}        y{r} = x{r}[f]" for r in range(R)]
+    L += [f"{ind}        g{c}[f] = g{c}[f] + (" + " + ".join(f"p{r}_{c} * y{r}" for r in range(R)) + ")"
+          for c in range(J)]
+    L += [f"{ind}    j = j + {J}"]
+    return L
+
+
+def _block_functions(R=ROW_BLOCK, score_tiles=SCORE_TILES, acc_tiles=ACC_TILES):
+    js = max(score_tiles)
+    ja = max(acc_tiles)
+    xs = [f"    cdef const floating* x{r}" for r in range(R)]
+    rows = [f"        x{r} = X + {r} * ldx" for r in range(R)]
+    sc = ["cdef void _scores_block(const floating* X, Py_ssize_t ldx, Py_ssize_t r_n, "
+          "const floating* WT,",
+          "                        const floating* b, floating* Zb, Py_ssize_t d, "
+          "Py_ssize_t k) noexcept nogil:",
+          "    cdef Py_ssize_t r, j, f"]
+    sc += [f"    cdef const floating* w{c}" for c in range(js)] + xs
+    sc += ["    cdef floating " + ", ".join(f"y{r}" for r in range(R)) + ", "
+           + ", ".join(f"v{c}" for c in range(js)),
+           "    cdef floating " + ", ".join(f"a{r}_{c}" for c in range(js) for r in range(R))]
+    sc += [f"    if r_n == {R}:"] + rows + ["        j = 0"]
+    for t in score_tiles:
+        sc += _score_tile(R, t)
+    sc += ["    else:",
+           "        for r in range(r_n):",
+           "            x0 = X + r * ldx",
+           "            for j in range(k):",
+           "                w0 = WT + j * d",
+           "                a0_0 = 0",
+           "                for f in range(d):",
+           "                    a0_0 = a0_0 + x0[f] * w0[f]",
+           "                Zb[r * k + j] = a0_0",
+           "    if b != NULL:",
+           "        for r in range(r_n):",
+           "            for j in range(k):",
+           "                Zb[r * k + j] = Zb[r * k + j] + b[j]"]
+    ac = ["cdef void _accumulate_block(const floating* X, Py_ssize_t ldx, Py_ssize_t r_n,",
+          "                            const floating* Db, floating* accT, Py_ssize_t d,",
+          "                            Py_ssize_t k) noexcept nogil:",
+          "    cdef Py_ssize_t r, j, f"]
+    ac += [f"    cdef floating* g{c}" for c in range(ja)] + xs
+    ac += ["    cdef floating " + ", ".join(f"y{r}" for r in range(R)),
+           "    cdef floating " + ", ".join(f"p{r}_{c}" for c in range(ja) for r in range(R))]
+    ac += [f"    if r_n == {R}:"] + rows + ["        j = 0"]
+    for t in acc_tiles:
+        ac += _acc_tile(R, t)
+    ac += ["    else:",
+           "        for r in range(r_n):",
+           "            x0 = X + r * ldx",
+           "            for j in range(k):",
+           "                g0 = accT + j * d",
+           "                p0_0 = Db[r * k + j]",
+           "                for f in range(d):",
+           "                    g0[f] = g0[f] + p0_0 * x0[f]"]
+    return "\n".join(sc) + "\n\n\n" + "\n".join(ac)
+
+
 def sources():
     """(pxd_text, pyx_text) generated from the loss rules."""
     rules = _load_rules()
     pxd = [_PXD_HEADER]
-    pyx = [_PYX]
+    pyx = [_PYX.replace("{ROW_BLOCK}", str(ROW_BLOCK))
+           .replace("{BLOCKS}", _block_functions())]
     dense, csr, rows = [], [], []
     ids = {}
     for i, spec in enumerate(rules.LOSS_RULES.values()):
