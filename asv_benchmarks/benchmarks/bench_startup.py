@@ -1,0 +1,107 @@
+"""Start-up costs, each measured in a fresh interpreter (asv ``timeraw_``).
+
+timeraw_import_optkern     ``import optkern`` (NumPy and Numba imported by the
+                           untimed setup, so this is optkern's own import)
+FirstCall.timeraw_first_call
+    what="step": constructing ``optkern.Adam`` on 1e3 float32 elements and its
+                 first ``step``: loading (warm) or compiling (cold) the
+                 update driver
+    what="fit":  ``LinearClassifier(optimizer="adam", max_epochs=2).fit`` on a
+                 256 x 16, 3-class problem: loading or compiling the compiled
+                 epoch, plus the estimator's first-call costs
+    cache="warm": Numba's on-disk cache is populated first (setup runs the same
+                  code once in a separate process), as for a user's second run
+    cache="cold": the timed process points OPTKERN_CACHE_DIR (where the
+                  generated drivers and their Numba cache live, see
+                  kernels/drivers.py generated_dir()) and NUMBA_CACHE_DIR at a
+                  fresh temporary directory, as for the first run after
+                  installing: everything the call needs is compiled
+
+asv runs the returned code with ``python -c`` and times only the statement
+(the setup part is untimed); every sample is a new process, so a cold sample
+never sees an earlier sample's cache.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+SMOKE = os.environ.get("OPTKERN_BENCH_SMOKE") == "1"
+
+# Run before anything imports Numba: a temporary cache that the process removes
+# when it exits.
+_COLD = textwrap.dedent("""
+    import atexit, os, shutil, tempfile
+    _cold = tempfile.mkdtemp(prefix="optkern-cold-cache-")
+    atexit.register(shutil.rmtree, _cold, True)
+    os.environ["OPTKERN_CACHE_DIR"] = os.path.join(_cold, "generated")
+    os.environ["NUMBA_CACHE_DIR"] = os.path.join(_cold, "numba")
+""")
+
+_SETUP = {
+    "step": textwrap.dedent("""
+        import numpy as np
+        import optkern
+        params = np.zeros(1000, np.float32)
+        grad = np.full(1000, 1e-3, np.float32)
+    """),
+    "fit": textwrap.dedent("""
+        import numpy as np
+        import optkern
+        from optkern.estimators import LinearClassifier
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((256, 16)).astype(np.float32)
+        y = rng.integers(0, 3, 256)
+    """),
+}
+
+_STMT = {
+    "step": "opt = optkern.Adam(params, backend={backend!r}, check_finite=False)\n"
+            "opt.step(grad)\n",
+    "fit": "LinearClassifier(optimizer='adam', max_epochs=2, tol=None, random_state=0, "
+           "backend={backend!r}).fit(X, y)\n",
+}
+
+
+def timeraw_import_optkern():
+    return "import optkern", "import numpy, numba, scipy.sparse"
+
+
+def _check_backend(backend, what):
+    import optkern
+
+    kind = "epochs" if what == "fit" else "updates"
+    try:
+        avail = optkern.available_backends(kind)
+    except (KeyError, ValueError, TypeError):  # older commits: no kind argument
+        avail = optkern.available_backends()
+    if backend not in avail:
+        raise NotImplementedError(f"backend {backend!r} is not available here")
+    if what == "fit":
+        try:
+            optkern.LinearClassifier
+        except AttributeError:
+            raise NotImplementedError("this optkern has no LinearClassifier") from None
+
+
+class FirstCall:
+    params = [["warm", "cold"], ["numba", "numba-parallel", "cython"], ["step", "fit"]]
+    param_names = ["cache", "backend", "what"]
+    timeout = 300
+    # one sample = one process that (cold) compiles everything: keep them few
+    repeat = (1, 5, 60.0)
+    number = 1
+    warmup_time = 0
+
+    def setup(self, cache, backend, what):
+        _check_backend(backend, what)
+        if cache == "warm" and not SMOKE:
+            # populate the on-disk caches the timed process will load (the
+            # smoke test skips this: the same code runs once, timed, anyway)
+            code = _SETUP[what] + _STMT[what].format(backend=backend)
+            subprocess.run([sys.executable, "-c", code], check=True, timeout=self.timeout)
+
+    def timeraw_first_call(self, cache, backend, what):
+        setup = (_COLD if cache == "cold" else "") + _SETUP[what]
+        return _STMT[what].format(backend=backend), setup
