@@ -956,13 +956,10 @@ def cmd_race(args):
 
 
 def cmd_bench(args):
-    """Slot for the benchmarks issue: runs ``optkern.bench.main`` when it exists."""
-    try:
-        from optkern import bench
-    except ImportError:
-        raise UsageError("the bench subcommand is not available in this build yet; run the "
-                         "asv suite instead: cd asv_benchmarks && python headline.py") from None
-    return bench.main(args.bench_args) or EXIT_OK
+    """optkern side by side with NumPy, PyTorch and scikit-learn (optkern.bench)."""
+    from optkern import bench
+
+    return bench.run(args)
 
 
 # ---------------------------------------------------------------------------
@@ -1184,9 +1181,16 @@ def build_parser():
                    help="backends to race (default: every available one but cuda)")
     p.set_defaults(func=cmd_race)
 
-    p = sub.add_parser("bench", help="performance benchmarks",
-                       description="Runs optkern's benchmark suite (when installed).")
-    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    from optkern import bench
+
+    p = sub.add_parser("bench", formatter_class=_Formatter,
+                       help="optkern vs NumPy, PyTorch and scikit-learn, side by side",
+                       description="Update step, gradient and training time of optkern's "
+                                   "best backend beside the NumPy reference, PyTorch and "
+                                   "scikit-learn (where installed) and the roofline probes, "
+                                   "in one process.  Details: docs/benchmarks.md",
+                       epilog=bench.__doc__.split("\n\n", 2)[2])
+    bench.add_arguments(p)
     p.set_defaults(func=cmd_bench)
     return parser
 
