@@ -347,3 +347,13 @@ def test_bad_data_raises():
         model.fit(X, y, sample_weight=-np.ones(len(y)))
     with pytest.raises(ValueError, match="classes"):
         optkern.LinearClassifier().partial_fit(X, y)
+
+
+def test_auto_trains_small_models_on_the_numba_epoch():
+    """backend="auto" picks the Numba epoch (vectorised W^T loops) over the
+    Cython twin for small models, and the parallel one for large models."""
+    from optkern import _backend
+    est = optkern.LinearClassifier()
+    assert est._optimizer_backend(640) == "numba"
+    assert est._optimizer_backend(_backend.PARALLEL_MIN_SIZE) == "numba-parallel"
+    assert optkern.LinearClassifier(backend="cython")._optimizer_backend(640) == "cython"
