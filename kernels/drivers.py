@@ -48,35 +48,32 @@ _rule = njit(inline="always")(_rule_py)
 _prepare = njit(inline="always")(_prepare_py)
 '''
 
+# The element loop, written once: the serial and parallel one-tensor loops and
+# the body of the multi-tensor parallel step are this text with ``range`` or
+# ``prange`` and an indent.
+_ELEMENTS = '''\
+dt = p.dtype.type
+zero = dt(0)
+{unpack}
+w = dt(avg_weight)
+for i in {range_fn}(p.shape[0]):
+    z = dt(draw(key, offset + i, 0.0))
+    p_i, {state_outs} = _rule(p[i], g[i], {state_loads}, {hyper_args}, z)
+{state_stores}
+    update_average(avg, i, p_i, w)
+    p[i] = p_i'''
+
 _LOOP = '''
 @njit(cache=True, nogil=True, error_model="numpy")
 def _loop_serial(p, g, {state_args}, avg, hyper, avg_weight, key, offset):
-    dt = p.dtype.type
-    zero = dt(0)
-{unpack}
-    w = dt(avg_weight)
-    for i in range(p.shape[0]):
-        z = dt(draw(key, offset + i, 0.0))
-        p_i, {state_outs} = _rule(p[i], g[i], {state_loads}, {hyper_args}, z)
-{state_stores}
-        update_average(avg, i, p_i, w)
-        p[i] = p_i
+{serial_elements}
 
 
 @njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def _loop_parallel(p, g, {state_args}, avg, hyper, avg_weight, key, offset):
     # one tensor, for the compiled epochs (kernels/epoch_drivers.py), whose
     # parallel epoch is itself parallel=True (see ``parallel`` below)
-    dt = p.dtype.type
-    zero = dt(0)
-{unpack}
-    w = dt(avg_weight)
-    for i in prange(p.shape[0]):
-        z = dt(draw(key, offset + i, 0.0))
-        p_i, {state_outs} = _rule(p[i], g[i], {state_loads}, {hyper_args}, z)
-{state_stores}
-        update_average(avg, i, p_i, w)
-        p[i] = p_i
+{parallel_elements}
 
 
 @njit(cache=True, nogil=True)
@@ -98,16 +95,7 @@ def parallel(params, grads, {state_args_t}, avg_t, hyper, avg_weight, key, offse
 {pick_t}
         avg = pick(avg_t, k)
         offset = offsets[k]
-        dt = p.dtype.type
-        zero = dt(0)
-{unpack8}
-        w = dt(avg_weight)
-        for i in prange(p.shape[0]):
-            z = dt(draw(key, offset + i, 0.0))
-            p_i, {state_outs} = _rule(p[i], g[i], {state_loads}, {hyper_args}, z)
-{state_stores12}
-            update_average(avg, i, p_i, w)
-            p[i] = p_i
+{multi_elements}
 '''
 
 _FUNCTIONAL = '''
@@ -179,9 +167,15 @@ def _source(spec):
                             rule_fn=spec.rule.__name__,
                             prepare_fn=spec.prepare.__name__)]
     unpack = [f"{h} = dt(hyper[{j}])" for j, h in enumerate(hyper)]
+
+    def elements(range_fn, indent):
+        text = _ELEMENTS.format(range_fn=range_fn, unpack="\n".join(unpack),
+                                state_stores=_indent(stores, 4), **fill)
+        return _indent(text.split("\n"), indent)
+
     parts.append(_LOOP.format(
-        unpack=_indent(unpack, 4), unpack8=_indent(unpack, 8),
-        state_stores=_indent(stores, 8), state_stores12=_indent(stores, 12),
+        serial_elements=elements("range", 4), parallel_elements=elements("prange", 4),
+        multi_elements=elements("prange", 8),
         state_args_t=", ".join(f"{s}_t" for s in states),
         pick_t=_indent([f"{s} = pick({s}_t, k)" for s in states], 8),
         **fill))

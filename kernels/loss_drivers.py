@@ -632,51 +632,7 @@ def csr_parallel(data, indices, indptr, y, sw, W, b, alpha, l1_ratio, epsilon, d
     return total * inv_w + penalty_add(W, dW, alpha, l1_ratio)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def rows_inplace(Z, y, sw, b, epsilon, inv_w, row_loss):
-    """Z (scores without b) -> w_i/sum(w) * dZ in place; row_loss[i] = w_i * L_i.
-
-    Returns sum_i w_i L_i (summed in row order)."""
-    dt = Z.dtype.type
-    eps = dt(epsilon)
-    n, k = Z.shape
-    for i in range(n):
-        z = Z[i]
-        if b is not None:
-            for j in range(k):
-                z[j] += b[j]
-        w = 1.0 if sw is None else float(sw[i])
-        row_loss[i] = w * row(z, y[i], eps, z)
-        scale = dt(w * inv_w)
-        for j in range(k):
-            z[j] *= scale
-    total = 0.0
-    for i in range(n):
-        total += row_loss[i]
-    return total
-
-
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def rows_inplace_parallel(Z, y, sw, b, epsilon, inv_w, row_loss):
-    dt = Z.dtype.type
-    eps = dt(epsilon)
-    n, k = Z.shape
-    for i in prange(n):
-        z = Z[i]
-        if b is not None:
-            for j in range(k):
-                z[j] += b[j]
-        w = 1.0 if sw is None else float(sw[i])
-        row_loss[i] = w * row(z, y[i], eps, z)
-        scale = dt(w * inv_w)
-        for j in range(k):
-            z[j] *= scale
-    total = 0.0
-    for i in range(n):
-        total += row_loss[i]
-    return total
-
-
+@ROWS_INPLACE@
 @njit(cache=True, nogil=True)
 def dense_blas(X, y, sw, W, b, alpha, l1_ratio, epsilon, dW, db, Z):
     """BLAS path: Z = X W (np.dot), the rule per row in place, dW = X^T dZ."""
@@ -812,6 +768,43 @@ def make_cuda_kernels():
 '''
 
 
+# The in-place row pass of the BLAS path, serial and parallel: one text,
+# ``range`` or ``prange``.
+_ROWS_INPLACE = '''
+@njit(cache=True, nogil=True, @FLAGS@error_model="numpy")
+def rows_inplace@SUFFIX@(Z, y, sw, b, epsilon, inv_w, row_loss):
+@DOC@    dt = Z.dtype.type
+    eps = dt(epsilon)
+    n, k = Z.shape
+    for i in @RANGE@(n):
+        z = Z[i]
+        if b is not None:
+            for j in range(k):
+                z[j] += b[j]
+        w = 1.0 if sw is None else float(sw[i])
+        row_loss[i] = w * row(z, y[i], eps, z)
+        scale = dt(w * inv_w)
+        for j in range(k):
+            z[j] *= scale
+    total = 0.0
+    for i in range(n):
+        total += row_loss[i]
+    return total
+
+
+'''
+
+
+def _rows_inplace():
+    doc = ('    """Z (scores without b) -> w_i/sum(w) * dZ in place; '
+           'row_loss[i] = w_i * L_i.\n\n    Returns sum_i w_i L_i (summed in row order)."""\n')
+    variants = (("", "", doc, "range"), ("_parallel", "parallel=True, ", "", "prange"))
+    return "\n\n".join(
+        _ROWS_INPLACE.replace("@SUFFIX@", suffix).replace("@FLAGS@", flags)
+        .replace("@DOC@", d).replace("@RANGE@", rng).strip("\n") + "\n"
+        for suffix, flags, d, rng in variants) + "\n\n"
+
+
 def _source(spec):
     here = inspect.getsource(sys.modules[__name__])
     digest = hashlib.sha256(
@@ -821,7 +814,8 @@ def _source(spec):
     parts = [_HEADER.format(name=spec.name, digest=digest, version=TEMPLATE_VERSION,
                             rule_fn=spec.rule.__name__)]
     parts.append(_ROW_SCALAR if spec.kind == "scalar" else _ROW_ROW)
-    parts.append(_BODY.replace("{{", "{").replace("}}", "}"))
+    parts.append(_BODY.replace("{{", "{").replace("}}", "}")
+                 .replace("@ROWS_INPLACE@\n", _rows_inplace()))
     return "".join(parts)
 
 
