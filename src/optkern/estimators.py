@@ -28,6 +28,7 @@ warns and keeps those weights instead).  KeyboardInterrupt during fit leaves
 the model of the last completed epoch, with a warning.
 """
 
+import functools
 import math
 import numbers
 import time
@@ -103,6 +104,14 @@ def _real_param(name, value, lo=None, lo_open=False, hi=None, allow_none=False):
         raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {value!r}")
     if hi is not None and value > hi:
         raise ValueError(f"{name} must be <= {hi}, got {value!r}")
+
+
+@functools.lru_cache(maxsize=256)
+def _derived_seed(random_state):
+    """The first draw of RandomState(random_state): the seed of a fit's
+    Generator.  Cached: seeding a RandomState costs ~0.1 ms, a tenth of a
+    small fit."""
+    return int(np.random.RandomState(random_state).randint(0, 2 ** 31 - 1))
 
 
 class TrainingDiverged(FloatingPointError):
@@ -191,6 +200,37 @@ class _BaseLinear(BaseEstimator):
     def _check_X(self, X, reset):
         return validate_data(self, X, reset=reset, accept_sparse="csr",
                              dtype=[np.float64, np.float32], order="C")
+
+    def _plain_fit_data(self, X, y, reset, y_kinds):
+        """(X, y) unchanged when they are what scikit-learn's ``validate_data``
+        would return as they are -- a finite C-contiguous float32/float64
+        ndarray and a 1-D ndarray of matching length whose dtype kind is in
+        ``y_kinds`` -- and the feature bookkeeping is trivial; else None, and
+        the caller runs ``validate_data``, which also words every error.
+        validate_data costs 0.1-0.3 ms a call (dataframe detection), a tenth of
+        a fit on digits."""
+        if type(X) is not np.ndarray or type(y) is not np.ndarray:
+            return None
+        if X.ndim != 2 or y.ndim != 1 or X.dtype not in (np.float32, np.float64) \
+                or not X.flags.c_contiguous or y.dtype.kind not in y_kinds:
+            return None
+        n, d = X.shape
+        if n < 1 or d < 1 or y.shape[0] != n:
+            return None
+        if not reset and (getattr(self, "n_features_in_", None) != d
+                          or hasattr(self, "feature_names_in_")):
+            return None
+        # NaN or inf anywhere makes the sum NaN or inf (scikit-learn's own first
+        # test); a sum that overflows on finite data only sends it the slow way
+        if not math.isfinite(float(X.sum())):
+            return None
+        if y.dtype.kind == "f" and not math.isfinite(float(y.sum())):
+            return None
+        if reset:
+            self.n_features_in_ = d
+            if hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
+        return X, y
 
     # --------------------------------------------------------- optimisation
     def _make_optimizer(self, W, b, n_train, seed):
@@ -390,13 +430,16 @@ class _BaseLinear(BaseEstimator):
         return np.ones(y.shape[0])
 
     def _fit(self, X, y, sw, max_epochs, partial):
-        rs = check_random_state(self.random_state)
+        split = self.early_stopping and not partial
         if partial and hasattr(self, "_rng"):
             rng = self._rng
+        elif isinstance(self.random_state, numbers.Integral) and not split:
+            rng = np.random.default_rng(_derived_seed(int(self.random_state)))
         else:
+            rs = check_random_state(self.random_state)
             rng = np.random.default_rng(rs.randint(0, 2 ** 31 - 1))
         X_val = y_val = None
-        if self.early_stopping and not partial:
+        if split:   # rs is set: split implies partial=False
             X, X_val, y, y_val, sw, _ = self._split_validation(X, y, sw, rs)
         n, d = X.shape
         dtype = X.dtype
@@ -520,11 +563,18 @@ class _BaseLinear(BaseEstimator):
         """A loss above this counts as diverged (as does NaN/inf): 1e4 times the
         objective of the starting weights (on up to 1000 rows), so an exploding
         run is reported instead of being mistaken for a converged one."""
-        rows = np.arange(min(X.shape[0], 1000))
+        m = min(X.shape[0], 1000)
+        if not W.any() and (b is None or not b.any()):
+            # zero weights score every row 0, whatever X holds: one zero column
+            # gives the same objective without reading X, and 128 rows are
+            # plenty for a threshold four orders of magnitude away (a fresh
+            # fit's start: on digits 0.25 ms -> 0.03 ms)
+            m = min(m, 128)
+            X, W = np.zeros((m, 1), W.dtype), np.zeros((1, W.shape[1]), W.dtype)
         # the ahead-of-time kernel when built (no JIT, ~10x the NumPy reference
         # here); the value only sets a threshold, any backend will do
         be = "cython" if _backend.cython_module("losses") is not None else "numpy"
-        start, _, _ = self._batch_loss_grad(X[rows], y[rows], sw[rows], W, b, be)
+        start, _, _ = self._batch_loss_grad(X[:m], y[:m], sw[:m], W, b, be)
         return 1e4 * max(float(start), 1e-3)
 
     def _finish(self, W, b, history, ctx, opt, n_epochs, rng, final=True):
@@ -683,8 +733,12 @@ class LinearClassifier(ClassifierMixin, _BaseLinear):
         self.class_weight = class_weight
 
     def _validate_fit_data(self, X, y, reset, classes=None):
-        X, y = validate_data(self, X, y, reset=reset, accept_sparse="csr",
-                             dtype=[np.float64, np.float32], order="C")
+        plain = self._plain_fit_data(X, y, reset, "iub")
+        if plain is not None:
+            X, y = plain
+        else:
+            X, y = validate_data(self, X, y, reset=reset, accept_sparse="csr",
+                                 dtype=[np.float64, np.float32], order="C")
         if not (y.ndim == 1 and y.dtype.kind in "iub"):
             # integer labels in 1-D are always "binary" or "multiclass";
             # anything else gets scikit-learn's full (slower) inspection
@@ -809,9 +863,13 @@ class LinearRegressor(RegressorMixin, _BaseLinear):
                          on_divergence=on_divergence)
 
     def _validate_fit_data(self, X, y, reset):
-        X, y = validate_data(self, X, y, reset=reset, accept_sparse="csr",
-                             dtype=[np.float64, np.float32], order="C", multi_output=True,
-                             y_numeric=True)
+        plain = self._plain_fit_data(X, y, reset, "fiu")
+        if plain is not None:
+            X, y = plain
+        else:
+            X, y = validate_data(self, X, y, reset=reset, accept_sparse="csr",
+                                 dtype=[np.float64, np.float32], order="C",
+                                 multi_output=True, y_numeric=True)
         y = np.asarray(y, dtype=X.dtype)
         if reset:
             self._y_ndim = y.ndim
