@@ -149,11 +149,14 @@ def softmax_row(z, y, epsilon, dz):
     for j in range(1, z.shape[0]):
         if z[j] > zmax:
             zmax = z[j]
+    # the exponentials first, then their sum: a loop that only writes can be
+    # vectorised (the in-order sum cannot), so the compiled exp runs on whole
+    # vectors (kernels/_helpers.py exp_fast: 2.0 vs 4.0 ns per score at k=100)
+    for j in range(z.shape[0]):
+        dz[j] = math.exp(z[j] - zmax)
     total = 0.0
     for j in range(z.shape[0]):
-        e = math.exp(z[j] - zmax)
-        dz[j] = e
-        total = total + e
+        total = total + dz[j]
     inv = 1.0 / total
     for j in range(z.shape[0]):
         dz[j] = dz[j] * inv
