@@ -75,7 +75,7 @@ from . import _helpers
 from . import loss_rules as _rules
 from .drivers import _write_if_changed, generated_dir
 
-TEMPLATE_VERSION = "3"
+TEMPLATE_VERSION = "4"
 ROW_BLOCK = 6
 
 # fast-math only where a float reduction must vectorise; no nnan/ninf: the
@@ -468,17 +468,13 @@ import numpy as np
 from numba import njit, prange
 
 from optkern.kernels.loss_rules import {rule_fn} as _rule_py
-from optkern.kernels._helpers import with_fast_math
+from optkern.kernels._helpers import VEC_MIN_OUTPUTS, with_fast_math
 from optkern.kernels.loss_drivers import (
     ROW_BLOCK, _chunk_views, _shared_WT, _scores_block, _accumulate_block,
     inverse_weight, penalty_add, transpose_into, reduce_chunks_T, reduce_chunks)
 
-# row rules: math.exp -> exp_fast (kernels/_helpers.py), which vectorises in
-# a loop that only stores; scalar rules keep libm's exp: their exp sits in an
-# in-order loss sum, where the inlined polynomial measured slower (4.8 vs
-# 3.4 ns) than the libm call
-_rule = njit(inline="always", error_model="numpy")({rule_wrap}(_rule_py))
-'''
+_rule = njit(inline="always", error_model="numpy")(_rule_py)
+{rule_vec}'''
 
 _ROW_SCALAR = '''
 
@@ -510,6 +506,8 @@ _ROW_ROW = '''
 @njit(cache=True, nogil=True, error_model="numpy")
 def row(z, y_i, epsilon, dz):
     """Loss of one row of scores; writes d loss / d z into dz (may alias z)."""
+    if z.shape[0] >= VEC_MIN_OUTPUTS and z.ctypes.data != dz.ctypes.data:
+        return _rule_vec(z, y_i, epsilon, dz)
     return _rule(z, y_i, epsilon, dz)
 
 
@@ -811,9 +809,17 @@ def _rows_inplace():
         for suffix, flags, d, rng in variants) + "\n\n"
 
 
-def _exp_wrap(spec):
-    """How the generated module binds a rule's math.exp (see _HEADER)."""
-    return "with_fast_math" if spec.kind == "row" else ""
+# A row rule is compiled twice: with libm's exp, and (``_rule_vec``) with
+# exp_fast (kernels/_helpers.py), which vectorises in the rule's store-only
+# exp loop when the row is long enough and dz is not z; ``row`` picks.
+# Scalar rules keep libm's exp only: their exp sits in an in-order loss sum,
+# where the inlined polynomial measured slower (4.8 vs 3.4 ns) than libm's.
+_RULE_VEC = ('_rule_vec = njit(inline="always", error_model="numpy")'
+             '(with_fast_math(_rule_py))\n')
+
+
+def _rule_vec_line(spec):
+    return _RULE_VEC if spec.kind == "row" else ""
 
 
 def _source(spec):
@@ -823,7 +829,7 @@ def _source(spec):
          + repr((spec.name, spec.kind, spec.target, spec.rule.__name__))).encode()
     ).hexdigest()[:16]   # no object reprs: they hold addresses that change per process
     parts = [_HEADER.format(name=spec.name, digest=digest, version=TEMPLATE_VERSION,
-                            rule_fn=spec.rule.__name__, rule_wrap=_exp_wrap(spec))]
+                            rule_fn=spec.rule.__name__, rule_vec=_rule_vec_line(spec))]
     parts.append(_ROW_SCALAR if spec.kind == "scalar" else _ROW_ROW)
     parts.append(_BODY.replace("{{", "{").replace("}}", "}")
                  .replace("@ROWS_INPLACE@\n", _rows_inplace()))

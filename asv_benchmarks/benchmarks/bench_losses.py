@@ -3,10 +3,11 @@
 Benchmarks (asv):
 
 LossGrad.time_loss_and_grad      asv timing of one ``loss_and_grad`` call
-LossGrad.track_samples_per_s     rows per second (median of interleaved repeats)
+LossGrad.track_samples_per_s     rows per second (median of the timed repeats)
 LossGrad.track_speedup_vs_numpy  the NumPy/BLAS reference pipeline's median time
                                  divided by this implementation's, both measured
-                                 in this process, interleaved
+                                 in this process in alternating blocks
+                                 (interleaved_times says why blocks)
 LossGradVsGemm.track_gflops      dense gradient flop rate (4*batch*d*k flops)
 LossGradVsGemm.track_fraction_of_gemm
                                  the GEMM probe's median time (NumPy doing the
@@ -87,15 +88,40 @@ def make_call(impl, X, y, W, b):
     return call
 
 
-def interleaved_times(calls, min_time=MIN_TIME, min_reps=MIN_REPS):
-    """Seconds of every repeat of each callable, measured round-robin."""
+SETTLE = 0.0 if SMOKE else 0.02
+BLOCK = 0.0 if SMOKE else 0.05
+
+
+def interleaved_times(calls, min_time=MIN_TIME, min_reps=MIN_REPS, settle=SETTLE,
+                      block=BLOCK):
+    """Seconds of every timed repeat of each callable, in alternating blocks.
+
+    Each round gives every callable a block: ``settle`` seconds of untimed
+    calls, then timed calls for ``block`` seconds (at least one).  The blocks
+    alternate, so slow drifts of a shared machine hit every callable alike.
+    The untimed start is there because calls alternating one by one measured
+    the previous callable's threads as much as this one's: a multi-threaded
+    BLAS call leaves OpenBLAS's workers spinning for a few milliseconds, and
+    a parallel kernel started in that window waits for a core (measured on 2
+    cores, CSR (256, 512, 1000), numba-parallel: 6.8 ms right after a dense
+    BLAS call, 3.5 ms 1 ms later, 1.2 ms from 10 ms on; numba serial 1.0-1.5 ms
+    at any gap).  Neither a training loop nor asv's own timing alternates two
+    implementations call by call."""
     times = [[] for _ in calls]
     start = time.perf_counter()
     while len(times[0]) < min_reps or time.perf_counter() - start < min_time:
         for t, fn in zip(times, calls):
-            t0 = time.perf_counter()
-            fn()
-            t.append(time.perf_counter() - t0)
+            t_end = time.perf_counter() + settle
+            while time.perf_counter() < t_end:
+                fn()
+            t_end = time.perf_counter() + block
+            while True:
+                t0 = time.perf_counter()
+                fn()
+                t1 = time.perf_counter()
+                t.append(t1 - t0)
+                if t1 >= t_end:
+                    break
     return times
 
 
