@@ -615,9 +615,10 @@ def csr_serial(data, indices, indptr, y, sw, W, b, alpha, l1_ratio, epsilon, dW,
     n = indptr.shape[0] - 1
     inv_w = inverse_weight(sw, n)
     accT, accb, Zb, Db, slot = _chunk_views(scratch, 0, d, k)
-    slot[0] = _csr_chunk(data, indices, indptr, y, sw, W, b, epsilon, inv_w,
-                         accT.reshape((d, k)), accb, Zb[0], Db[0], 0, n)
-    total = reduce_chunks(scratch, 1, dW, db)
+    # straight into dW and db (the chunk zeroes them first): a (d, k) partial
+    # and its copy cost as much as the rows at 1% density with d*k large
+    total = _csr_chunk(data, indices, indptr, y, sw, W, b, epsilon, inv_w, dW,
+                       accb if db is None else db, Zb[0], Db[0], 0, n)
     return total * inv_w + penalty_add(W, dW, alpha, l1_ratio)
 
 

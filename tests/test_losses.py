@@ -362,3 +362,16 @@ def test_njit_building_block_callable_from_user_code():
     l1, g1, _ = loss_and_grad(X, y, W0, b)
     l2, _, _ = loss_and_grad(X, y, W0 - 0.1 * g1, b)
     assert total == pytest.approx(l1 + l2)
+
+
+def test_auto_csr_goes_parallel_only_with_enough_nonzeros_per_feature():
+    """backend="auto" on CSR: the parallel kernel's per-thread (d, k) partial
+    gradients must be small next to the rows' work (losses.CSR_PARALLEL_...)."""
+    from optkern import losses
+    many = sp.random(4096, 784, density=0.01, format="csr", random_state=0)   # ~20 per feature
+    few = sp.random(256, 4096, density=0.01, format="csr", random_state=0)    # ~2.6 per feature
+    assert losses._resolve_backend("auto", "csr", many, 10) == "numba-parallel"
+    assert losses._resolve_backend("auto", "csr", few, 100) == "numba"
+    # the same work dense goes parallel: the rule is about the CSR partials
+    assert losses._resolve_backend("auto", "dense", np.empty((256, 4096)), 100) == \
+        "numba-parallel"

@@ -58,6 +58,15 @@ PENALTIES = ("l2", "l1", "elasticnet", None)
 # dW = X^T dZ) wins.  Measured single-threaded on the project's 2-core machine,
 # float32, softmax (docs/losses.md, "Fused or BLAS"): fused wins at k = 10 up to
 # d = 3072; BLAS wins from k = 16 (d = 784) and at (2048, 32).
+# backend="auto" on CSR runs the parallel kernel only when the rows hold at
+# least this many nonzeros per feature and thread: each thread zeroes and
+# hands back its own (d, k) partial gradient, which costs about what
+# 1 nonzero per feature costs (docs/losses.md, "Choosing the kernel").
+# Below, the serial kernel is as fast or nearly (1% density, batch 256,
+# (4096, 100): serial 0.51 ms, parallel 0.43 ms in a quiet spell and 1.1 ms
+# in a busy one on the 2-core project machine; at 20 nonzeros per feature
+# and thread the parallel kernel is 1.8x the serial one).
+CSR_PARALLEL_NNZ_PER_FEATURE = 4
 FUSED_MAX_OUTPUTS = 12
 FUSED_MAX_WEIGHTS = 65_536          # n_features * n_outputs
 
@@ -315,7 +324,11 @@ def _resolve_backend(backend, kind, X, k):
     if backend != "auto":
         return backend
     work = (X.nnz if kind == "csr" else X.size) * k
-    return _backend.choose_auto(work, kind="losses")
+    chosen = _backend.choose_auto(work, kind="losses")
+    if kind == "csr" and chosen == "numba-parallel" \
+            and X.nnz < CSR_PARALLEL_NNZ_PER_FEATURE * _n_chunks(X.shape[0]) * X.shape[1]:
+        chosen = "numba"
+    return chosen
 
 
 def _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db, method):
