@@ -418,6 +418,8 @@ class _BaseLinear(BaseEstimator):
         return self._fit(X, y, sw, max_epochs=1, partial=True)
 
     def _sample_weight(self, X, y, sample_weight):
+        if sample_weight is None and getattr(self, "class_weight", None) is None:
+            return np.ones(X.shape[0], dtype=X.dtype)
         sw = _check_sample_weight(sample_weight, X, dtype=X.dtype)
         if sample_weight is not None and (not np.all(np.isfinite(sw)) or np.any(sw < 0)):
             raise ValueError("sample_weight must be finite and non-negative")
@@ -471,7 +473,7 @@ class _BaseLinear(BaseEstimator):
         history = list(self.history_) if (keep_state and hasattr(self, "history_")) else []
         best_loss, best_score, no_improve = math.inf, -math.inf, 0
         good_W, good_b = W.copy(), None if b is None else b.copy()
-        good_state = opt.state_dict()
+        good_state = opt._snapshot()
         epoch0 = len(history)
         limit = self._divergence_limit(X, y, sw, W, b)
         progress = self._progress(max_epochs)
@@ -493,7 +495,7 @@ class _BaseLinear(BaseEstimator):
                     W[...] = good_W
                     if b is not None:
                         b[...] = good_b
-                    opt.load_state_dict(good_state)
+                    opt._restore(good_state)
                     self._finish(W, b, history, ctx, opt, epoch0 + epoch, rng)
                     msg = (f"training diverged at epoch {epoch0 + epoch + 1}: the loss became "
                            f"{loss} (lr={lr_now:g}); the weights of epoch {epoch0 + epoch} "
@@ -505,7 +507,7 @@ class _BaseLinear(BaseEstimator):
                 good_W[...] = W
                 if b is not None:
                     good_b[...] = b
-                good_state = opt.state_dict()
+                good_state = opt._snapshot()
                 row = {"epoch": epoch0 + epoch + 1, "loss": float(loss), "val_score": None,
                        "lr": float(lr_now), "time": elapsed}
                 # coef_/intercept_ show this epoch's model to the validation score
@@ -546,7 +548,7 @@ class _BaseLinear(BaseEstimator):
             W[...] = good_W
             if b is not None:
                 b[...] = good_b
-            opt.load_state_dict(good_state)
+            opt._restore(good_state)
             warnings.warn(f"training interrupted; the model of epoch {len(history)} is kept",
                           RuntimeWarning, stacklevel=2)
         finally:

@@ -358,7 +358,13 @@ def _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db, m
         return total * inv_w + drv.penalty_add(W, dW, alpha, l1r)
     if cy is not None:
         import numba
-        threads = max(1, min(numba.get_num_threads(), n)) if cy.OPENMP else 1
+        # OpenMP threads only for work the parallel Numba kernels would get
+        # too: a tiny call (auto sends everything below 16,384 multiply-adds
+        # here) waited up to milliseconds for a second thread, against 40 us
+        # on one (the estimators' divergence threshold, 128 x 1 x 10)
+        work = (X.nnz if kind == "csr" else n * d) * k
+        threads = max(1, min(numba.get_num_threads(), n)) \
+            if cy.OPENMP and work >= _backend.PARALLEL_MIN_SIZE else 1
         scratch = _buffer("scratch", (drv.scratch_size(threads, d, k),), dt)
         if kind == "csr":
             return cy.csr_loss_grad(spec.name, X.data, X.indices, X.indptr, y, sw, W, b,

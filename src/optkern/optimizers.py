@@ -500,6 +500,33 @@ class Optimizer:
                 av[...] = tmp
 
     # ------------------------------------------------------------ state dict
+    def _snapshot(self):
+        """Copies of the mutable state, for ``_restore`` (what the estimators
+        keep of the last good epoch).  ``state_dict`` builds the torch-style
+        dict, ~10 us for two groups: a tenth of a small epoch."""
+        if self.backend == "cuda" or any(g.device for g in self._groups):
+            return ("dict", self.state_dict())
+        return ("host", [(tuple(None if arrs is None else tuple(a.copy() for a in arrs)
+                                for arrs in g.state_list),
+                          None if g.avg is None else tuple(a.copy() for a in g.avg),
+                          g.step, g.avg_count, g.scalars) for g in self._groups])
+
+    def _restore(self, snap):
+        """Put back a ``_snapshot`` of this optimizer, in place."""
+        kind, data = snap
+        if kind == "dict":
+            self.load_state_dict(data)
+            return
+        for g, (states, avg, step, avg_count, scalars) in zip(self._groups, data):
+            for arrs, saved in zip(g.state_list, states):
+                if arrs is not None:
+                    for a, v in zip(arrs, saved):
+                        a[...] = v
+            if g.avg is not None:
+                for a, v in zip(g.avg, avg):
+                    a[...] = v
+            g.step, g.avg_count, g.scalars = step, avg_count, scalars
+
     def state_dict(self):
         """A torch-style dict: {"state": {index: {...}}, "param_groups": [...]}.
 
