@@ -88,7 +88,7 @@ def make_call(impl, X, y, W, b):
     return call
 
 
-SETTLE = 0.0 if SMOKE else 0.02
+SETTLE = 0.0 if SMOKE else 0.1
 BLOCK = 0.0 if SMOKE else 0.05
 
 
@@ -101,12 +101,14 @@ def interleaved_times(calls, min_time=MIN_TIME, min_reps=MIN_REPS, settle=SETTLE
     alternate, so slow drifts of a shared machine hit every callable alike.
     The untimed start is there because calls alternating one by one measured
     the previous callable's threads as much as this one's: a multi-threaded
-    BLAS call leaves OpenBLAS's workers spinning for a few milliseconds, and
-    a parallel kernel started in that window waits for a core (measured on 2
-    cores, CSR (256, 512, 1000), numba-parallel: 6.8 ms right after a dense
-    BLAS call, 3.5 ms 1 ms later, 1.2 ms from 10 ms on; numba serial 1.0-1.5 ms
-    at any gap).  Neither a training loop nor asv's own timing alternates two
-    implementations call by call."""
+    BLAS call leaves OpenBLAS's workers spinning for a while, and a parallel
+    kernel started in that window waits for a core.  Measured on 2 cores:
+    CSR (256, 512, 1000), numba-parallel: 6.8 ms right after a dense BLAS
+    call, 3.5 ms 1 ms later, 1.2 ms from 10 ms on (numba serial: 1.0-1.5 ms
+    at any gap); CSR (4096, 512, 1000) after dense calls of 60 ms: median
+    14.8 ms with 20 ms of untimed calls first, 6.8 ms with 100 ms.  Neither
+    a training loop nor asv's own timing alternates two implementations call
+    by call."""
     times = [[] for _ in calls]
     start = time.perf_counter()
     while len(times[0]) < min_reps or time.perf_counter() - start < min_time:
