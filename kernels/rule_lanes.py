@@ -1,0 +1,249 @@
+"""Row rules across rows: the lane form of a loss rule, generated from its text.
+
+A row rule (``loss_rules.py``) works on one row of k scores; its loops run
+over the k outputs.  With k = 10 those loops are shorter than the vectors the
+compiler turns them into, so they run scalar: the softmax rule took 5.2-5.8
+ns per score (float32), its 10 ``exp`` calls most of it, a fifth of the
+fused dense kernel at (4096, 784, 10) and two fifths of the CSR one.  The
+lane form runs the same statements for a block of rows at once, each
+statement inside a loop over the block's rows (the lanes), so they become
+vector code whatever k is::
+
+    rule(z, y, epsilon, dz) -> loss                    (one row)
+    rule_lanes(ZT, Y, epsilon, DT, LOSS, n, S, SI)     (rows 0..n-1 of a block)
+
+``ZT``/``DT`` are the block's scores and derivatives transposed, (k, R) with
+row r in column r; ``Y`` the block's labels; ``LOSS[r]`` receives row r's
+loss; ``S`` (the data's dtype) and ``SI`` (int64), each (slots, R), hold the
+rule's local variables, one slot per name (``lane_slots``).  Locals follow
+the rules' convention (as the Cython twin types them): names starting with
+``j`` are integer indices, every other local is a real of the data's dtype;
+``math.exp`` becomes ``_helpers.exp_fast``, which vectorises.  Results agree
+with the row form to rounding, not bit for bit (the row form lets Numba
+carry some locals in float64).
+
+Translated: assignments to locals and to ``dz[...]``, ``for`` over ``range``
+with bounds that do not depend on the row, ``if`` (a condition that depends
+on the row is evaluated per lane; its branches may then hold only
+assignments and further ``if``), and one ``return`` as the last statement.
+Anything else (an early ``return``, a loop inside a row-dependent ``if``)
+raises ``NotLaneable``, and the kernels keep calling the row form.
+"""
+
+import ast
+import inspect
+import textwrap
+
+
+class NotLaneable(Exception):
+    """The rule uses a construct the lane form does not translate."""
+
+
+_PARAMS = ("z", "y", "epsilon", "dz")
+_MATH = {"exp": "exp_fast", "log": "math.log", "log1p": "math.log1p"}
+_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Gt: ">",
+        ast.GtE: ">=", ast.Lt: "<", ast.LtE: "<=", ast.Eq: "==", ast.NotEq: "!="}
+
+
+def _op(op):
+    try:
+        return _OPS[type(op)]
+    except KeyError:
+        raise NotLaneable(f"operator {type(op).__name__}") from None
+
+
+def _indent(lines):
+    return ["    " + ln for ln in lines]
+
+
+class _Translator:
+    def __init__(self, fn):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+        self.fn = tree.body[0]
+        self.rule_name = fn.__name__
+        args = [a.arg for a in self.fn.args.args]
+        if len(args) != 4:
+            raise NotLaneable(f"{fn.__name__}: a row rule takes (z, y, epsilon, dz)")
+        self.roles = dict(zip(args, _PARAMS))
+        self.loop_vars = set()
+        self.real = {}
+        self.ints = {}
+        for node in ast.walk(self.fn):
+            if isinstance(node, ast.For):
+                if not isinstance(node.target, ast.Name):
+                    raise NotLaneable("for over something other than one name")
+                self.loop_vars.add(node.target.id)
+        for node in ast.walk(self.fn):
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, ast.AugAssign):
+                targets = [node.target]
+            else:
+                continue
+            for t in targets:
+                if isinstance(t, ast.Name) and t.id not in self.loop_vars:
+                    if t.id in self.roles:
+                        raise NotLaneable(f"assignment to the parameter {t.id!r}")
+                    table = self.ints if t.id.startswith("j") else self.real
+                    table.setdefault(t.id, len(table))
+
+    # ------------------------------------------------------------ expressions
+    def _row_length(self, node):
+        """``z.shape[0]`` (or dz's): the row length, the same for every row."""
+        return (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "shape" and isinstance(node.value.value, ast.Name)
+                and self.roles.get(node.value.value.id) in ("z", "dz")
+                and isinstance(node.slice, ast.Constant) and node.slice.value == 0)
+
+    def lane_dependent(self, node):
+        if self._row_length(node):
+            return False
+        if isinstance(node, ast.Name):
+            return (node.id in self.real or node.id in self.ints
+                    or self.roles.get(node.id) in ("z", "y", "dz"))
+        return any(self.lane_dependent(c) for c in ast.iter_child_nodes(node))
+
+    def expr(self, node):
+        if self._row_length(node):
+            return "k"
+        if isinstance(node, ast.Constant):
+            if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
+                raise NotLaneable(f"constant {node.value!r}")
+            return repr(node.value)
+        if isinstance(node, ast.Name):
+            role = self.roles.get(node.id)
+            if role == "y":
+                return "Y[r]"
+            if role == "epsilon":
+                return "epsilon"
+            if role in ("z", "dz"):
+                raise NotLaneable(f"{node.id} used as a whole row")
+            if node.id in self.loop_vars:
+                return node.id
+            if node.id in self.real:
+                return f"S[{self.real[node.id]}, r]"
+            if node.id in self.ints:
+                return f"SI[{self.ints[node.id]}, r]"
+            raise NotLaneable(f"unknown name {node.id!r}")
+        if isinstance(node, ast.Subscript):
+            base = node.value
+            if isinstance(base, ast.Name) and self.roles.get(base.id) in ("z", "dz"):
+                arr = "ZT" if self.roles[base.id] == "z" else "DT"
+                return f"{arr}[{self.expr(node.slice)}, r]"
+            raise NotLaneable("subscript of something other than z or dz")
+        if isinstance(node, ast.BinOp):
+            return f"({self.expr(node.left)} {_op(node.op)} {self.expr(node.right)})"
+        if isinstance(node, ast.UnaryOp):
+            ops = {ast.USub: "-", ast.UAdd: "+", ast.Not: "not "}
+            if type(node.op) not in ops:
+                raise NotLaneable("unary operator")
+            return f"({ops[type(node.op)]}{self.expr(node.operand)})"
+        if isinstance(node, ast.Compare):
+            parts = [self.expr(node.left)]
+            for op, right in zip(node.ops, node.comparators):
+                parts += [_op(op), self.expr(right)]
+            return "(" + " ".join(parts) + ")"
+        if isinstance(node, ast.BoolOp):
+            word = " and " if isinstance(node.op, ast.And) else " or "
+            return "(" + word.join(self.expr(v) for v in node.values) + ")"
+        if isinstance(node, ast.IfExp):
+            return (f"({self.expr(node.body)} if {self.expr(node.test)} "
+                    f"else {self.expr(node.orelse)})")
+        if isinstance(node, ast.Call):
+            f = node.func
+            if node.keywords:
+                raise NotLaneable("keyword arguments")
+            args = ", ".join(self.expr(a) for a in node.args)
+            if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and \
+                    f.value.id == "math" and f.attr in _MATH:
+                return f"{_MATH[f.attr]}({args})"
+            if isinstance(f, ast.Name) and f.id in ("abs", "min", "max"):
+                return f"{f.id}({args})"
+            raise NotLaneable("a call other than math.exp/log/log1p, abs, min, max")
+        raise NotLaneable(f"expression {type(node).__name__}")
+
+    # ------------------------------------------------------------- statements
+    def target(self, node):
+        if isinstance(node, ast.Name) and node.id not in self.loop_vars:
+            return self.expr(node)
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and \
+                self.roles.get(node.value.id) == "dz":
+            return self.expr(node)
+        raise NotLaneable("assignment to something other than a local or dz[...]")
+
+    def assignment(self, target, value):
+        t = self.target(target)
+        v = self.expr(value)
+        if t.startswith("S[") or t.startswith("DT["):
+            # stored in the data's dtype, as the rules' convention types it
+            v = f"dt({v})"
+        return [f"{t} = {v}"]
+
+    def lane_stmt(self, node):
+        """One statement for one lane (already inside ``for r``)."""
+        if isinstance(node, ast.Assign):
+            if len(node.targets) != 1:
+                raise NotLaneable("chained assignment")
+            return self.assignment(node.targets[0], node.value)
+        if isinstance(node, ast.AugAssign):
+            return self.assignment(node.target, ast.BinOp(node.target, node.op, node.value))
+        if isinstance(node, ast.If):
+            out = [f"if {self.expr(node.test)}:"]
+            out += _indent(sum((self.lane_stmt(s) for s in node.body), []))
+            if node.orelse:
+                out.append("else:")
+                out += _indent(sum((self.lane_stmt(s) for s in node.orelse), []))
+            return out
+        if isinstance(node, ast.Pass):
+            return ["pass"]
+        raise NotLaneable(f"{type(node).__name__} inside a row-dependent branch")
+
+    def stmt(self, node, last):
+        if isinstance(node, ast.For):
+            it = node.iter
+            if not (isinstance(it, ast.Call) and isinstance(it.func, ast.Name)
+                    and it.func.id == "range" and not node.orelse):
+                raise NotLaneable("for over something other than range")
+            if any(self.lane_dependent(a) for a in it.args):
+                raise NotLaneable("a loop whose bounds depend on the row")
+            bounds = ", ".join(self.expr(a) for a in it.args)
+            body = sum((self.stmt(s, False) for s in node.body), [])
+            return [f"for {node.target.id} in range({bounds}):"] + _indent(body or ["pass"])
+        if isinstance(node, ast.If) and not self.lane_dependent(node.test):
+            out = [f"if {self.expr(node.test)}:"]
+            out += _indent(sum((self.stmt(s, False) for s in node.body), []) or ["pass"])
+            if node.orelse:
+                out.append("else:")
+                out += _indent(sum((self.stmt(s, False) for s in node.orelse), []) or ["pass"])
+            return out
+        if isinstance(node, ast.Return):
+            if not last or node.value is None:
+                raise NotLaneable("a return before the end of the rule")
+            return ["for r in range(n):", f"    LOSS[r] = {self.expr(node.value)}"]
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            return []                                   # a docstring
+        return ["for r in range(n):"] + _indent(self.lane_stmt(node))
+
+    def source(self, name):
+        body = self.fn.body
+        if not body or not isinstance(body[-1], ast.Return):
+            raise NotLaneable("the rule must end with its return")
+        lines = ["k = ZT.shape[0]", "dt = ZT.dtype.type"]
+        for i, node in enumerate(body):
+            lines += self.stmt(node, i == len(body) - 1)
+        head = f"def {name}(ZT, Y, epsilon, DT, LOSS, n, S, SI):"
+        doc = (f'    """The lane form of {self.rule_name}: rows 0..n-1 of a block '
+               '(kernels/rule_lanes.py)."""')
+        return "\n".join([head, doc] + _indent(lines)) + "\n"
+
+
+def lane_source(rule, name):
+    """Source of the lane form of the row rule ``rule``, as a function ``name``
+    (its module needs ``math`` and ``exp_fast``); raises NotLaneable."""
+    return _Translator(rule).source(name)
+
+
+def lane_slots(rule):
+    """(real slots, integer slots) of the lane form's ``S`` and ``SI``."""
+    t = _Translator(rule)
+    return len(t.real), len(t.ints)
