@@ -76,13 +76,14 @@ from . import loss_rules as _rules
 from . import rule_lanes
 from .drivers import _write_if_changed, generated_dir
 
-TEMPLATE_VERSION = "6"
+TEMPLATE_VERSION = "7"
 ROW_BLOCK = 6
 # Row rules the lane translator takes (kernels/rule_lanes.py) get a lane form,
 # and the fused dense and CSR kernels apply it to blocks of LANE_ROWS rows
 # when a row is shorter than a vector's worth of outputs (k < 16), where the
 # row form runs scalar: softmax at k = 10, float32, 5.8 -> 3.0 ns per score.
 LANE_ROWS = 36      # six of the fused kernel's 6-row tiles
+LANE_SLOTS = 8      # real locals a lane form may have in the loss kernels' scratch
 
 # fast-math only where a float reduction must vectorise; no nnan/ninf: the
 # rules rely on inf and NaN behaving (they are not compiled with these flags)
@@ -90,10 +91,44 @@ _REDUCE_FLAGS = {"reassoc", "contract"}
 
 
 @register_jitable
+def _lane_size(n_outputs):
+    """Elements of a chunk's lane-form buffers (none from 16 outputs up: the
+    kernels use the lane form only below, see VEC_MIN_OUTPUTS)."""
+    if n_outputs >= 16:
+        return 0
+    return LANE_ROWS * (4 * n_outputs + LANE_SLOTS + 1)
+
+
+@register_jitable
+def _per_chunk(n_features, n_outputs):
+    k = n_outputs
+    return k * n_features + k + 2 * ROW_BLOCK * k + 1 + _lane_size(k)
+
+
+@register_jitable
 def scratch_size(n_chunks, n_features, n_outputs):
     """Elements of the 1-D scratch the fused and CSR kernels need."""
-    per_chunk = n_outputs * n_features + n_outputs + 2 * ROW_BLOCK * n_outputs + 1
-    return n_outputs * n_features + n_chunks * per_chunk
+    return n_outputs * n_features + n_chunks * _per_chunk(n_features, n_outputs)
+
+
+@register_jitable
+def _lane_views(scratch, c, n_features, n_outputs):
+    """Chunk c's lane-form buffers: (Zr (R, k), Dr (R, k), ZT (k, R), DT (k, R),
+    S (LANE_SLOTS, R), loss (R,)) with R = LANE_ROWS, carved from scratch."""
+    k = n_outputs
+    R = LANE_ROWS
+    o = k * n_features + (c + 1) * _per_chunk(n_features, k) - _lane_size(k)
+    Zr = scratch[o:o + R * k].reshape((R, k))
+    o += R * k
+    Dr = scratch[o:o + R * k].reshape((R, k))
+    o += R * k
+    ZT = scratch[o:o + k * R].reshape((k, R))
+    o += k * R
+    DT = scratch[o:o + k * R].reshape((k, R))
+    o += k * R
+    S = scratch[o:o + LANE_SLOTS * R].reshape((LANE_SLOTS, R))
+    o += LANE_SLOTS * R
+    return Zr, Dr, ZT, DT, S, scratch[o:o + R]
 
 
 @register_jitable
@@ -101,8 +136,7 @@ def _chunk_views(scratch, c, n_features, n_outputs):
     """(accT (k, d), accb (k,), Zb (R, k), Db (R, k), loss slot (1,)) of chunk c."""
     k = n_outputs
     d = n_features
-    per_chunk = k * d + k + 2 * ROW_BLOCK * k + 1
-    o = k * d + c * per_chunk
+    o = k * d + c * _per_chunk(d, k)
     accT = scratch[o:o + k * d].reshape((k, d))
     o += k * d
     accb = scratch[o:o + k]
@@ -518,8 +552,8 @@ import math
 from optkern.kernels.loss_rules import {rule_fn} as _rule_py
 from optkern.kernels._helpers import VEC_MIN_OUTPUTS, exp_fast, with_fast_math
 from optkern.kernels.loss_drivers import (
-    ROW_BLOCK, LANE_ROWS, _chunk_views, _shared_WT, _scores_block, _accumulate_block,
-    _scores_tiles, _accumulate_tiles, _to_lanes, lane_buffers,
+    ROW_BLOCK, LANE_ROWS, _chunk_views, _lane_views, _shared_WT, _scores_block,
+    _accumulate_block, _scores_tiles, _accumulate_tiles, _to_lanes,
     inverse_weight, penalty_add, transpose_into, reduce_chunks_T, reduce_chunks)
 
 _rule = njit(inline="always", error_model="numpy")(_rule_py)
@@ -601,8 +635,8 @@ def dense_serial(X, y, sw, W, b, alpha, l1_ratio, epsilon, dW, db, scratch):
     WT = _shared_WT(scratch, d, k)
     transpose_into(W, WT)
     accT, accb, Zb, Db, slot = _chunk_views(scratch, 0, d, k)
-    slot[0] = _dense_rows(X, y, sw, WT, b, epsilon, inv_w, accT, accb, Zb, Db,
-                           0, X.shape[0])
+    slot[0] = _dense_rows(X, y, sw, WT, b, epsilon, inv_w, accT, accb, Zb, Db, scratch, 0,
+                          0, X.shape[0])
     total = reduce_chunks_T(scratch, 1, dW, db)
     return total * inv_w + penalty_add(W, dW, alpha, l1_ratio)
 
@@ -616,8 +650,8 @@ def dense_parallel(X, y, sw, W, b, alpha, l1_ratio, epsilon, dW, db, scratch, n_
     transpose_into(W, WT)
     for c in prange(n_chunks):
         accT, accb, Zb, Db, slot = _chunk_views(scratch, c, d, k)
-        slot[0] = _dense_rows(X, y, sw, WT, b, epsilon, inv_w, accT, accb, Zb, Db,
-                               c * n // n_chunks, (c + 1) * n // n_chunks)
+        slot[0] = _dense_rows(X, y, sw, WT, b, epsilon, inv_w, accT, accb, Zb, Db, scratch,
+                              c, c * n // n_chunks, (c + 1) * n // n_chunks)
     # the partials are added after the parallel loop, by this thread: a second
     # parallel region would cost a second fork-join, which on a loaded machine
     # waits for a descheduled thread (the sum is d*k*n_chunks additions)
@@ -667,7 +701,7 @@ def csr_serial(data, indices, indptr, y, sw, W, b, alpha, l1_ratio, epsilon, dW,
     # straight into dW and db (the chunk zeroes them first): a (d, k) partial
     # and its copy cost as much as the rows at 1% density with d*k large
     total = _csr_rows(data, indices, indptr, y, sw, W, b, epsilon, inv_w, dW,
-                       accb if db is None else db, Zb[0], Db[0], 0, n)
+                      accb if db is None else db, Zb[0], Db[0], scratch, 0, 0, n)
     return total * inv_w + penalty_add(W, dW, alpha, l1_ratio)
 
 
@@ -680,8 +714,8 @@ def csr_parallel(data, indices, indptr, y, sw, W, b, alpha, l1_ratio, epsilon, d
     for c in prange(n_chunks):
         accT, accb, Zb, Db, slot = _chunk_views(scratch, c, d, k)
         slot[0] = _csr_rows(data, indices, indptr, y, sw, W, b, epsilon, inv_w,
-                             accT.reshape((d, k)), accb, Zb[0], Db[0],
-                             c * n // n_chunks, (c + 1) * n // n_chunks)
+                            accT.reshape((d, k)), accb, Zb[0], Db[0], scratch, c,
+                            c * n // n_chunks, (c + 1) * n // n_chunks)
     total = reduce_chunks(scratch, n_chunks, dW, db)   # serially: one fork-join only
     return total * inv_w + penalty_add(W, dW, alpha, l1_ratio)
 
@@ -875,19 +909,20 @@ def _rule_vec_line(spec):
 _LANES = '''
 
 _rule_lanes = njit(error_model="numpy")(_rule_lanes_py)
-LANE_REAL = @REAL@
-LANE_INT = @INT@
+# the rule has no integer locals (else it would keep the row form): a
+# read-only stand-in for their slots
+_NO_INTS = np.zeros((1, LANE_ROWS), np.int64)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _block_rule(Zr, y, sw, i, m, eps, inv_w, ZT, DT, loss, S, SI, Dr, accb, total):
+def _block_rule(Zr, y, sw, i, m, eps, inv_w, ZT, DT, loss, S, Dr, accb, total):
     """The rule's lane form on rows i..i+m-1 (their scores in Zr[:m]): Dr[:m]
     gets w_i/sum(w) * dZ, accb their sum; returns total + sum w_i L_i (in
     row order)."""
     dt = Zr.dtype.type
     k = Zr.shape[1]
     _to_lanes(Zr, m, ZT)
-    _rule_lanes(ZT, y[i:i + m], eps, DT, loss, m, S, SI)
+    _rule_lanes(ZT, y[i:i + m], eps, DT, loss, m, S, _NO_INTS)
     for r in range(m):
         w = 1.0 if sw is None else float(sw[i + r])
         total += w * loss[r]
@@ -900,34 +935,34 @@ def _block_rule(Zr, y, sw, i, m, eps, inv_w, ZT, DT, loss, S, SI, Dr, accb, tota
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _dense_chunk_lanes(X, y, sw, WT, b, epsilon, inv_w, accT, accb, start, stop):
-    """_dense_chunk with the rule applied LANE_ROWS rows at a time."""
+def _dense_chunk_lanes(X, y, sw, WT, b, epsilon, inv_w, accT, accb, lanes, start, stop):
+    """_dense_chunk with the rule applied LANE_ROWS rows at a time; lanes are
+    the chunk's _lane_views."""
     dt = WT.dtype.type
     eps = dt(epsilon)
-    k = WT.shape[0]
-    Zr, Dr, ZT, DT, S, SI, loss, _ = lane_buffers(1, k, LANE_REAL, LANE_INT, WT.dtype)
+    Zr, Dr, ZT, DT, S, loss = lanes
     accT[:, :] = 0
     accb[:] = 0
     total = 0.0
     i = start
     while i < stop:
         m = min(LANE_ROWS, stop - i)
-        _scores_tiles(X, i, m, WT, b, Zr[0])
-        total = _block_rule(Zr[0], y, sw, i, m, eps, inv_w, ZT[0], DT[0], loss[0], S[0],
-                            SI[0], Dr[0], accb, total)
-        _accumulate_tiles(X, i, m, Dr[0], accT)
+        _scores_tiles(X, i, m, WT, b, Zr)
+        total = _block_rule(Zr, y, sw, i, m, eps, inv_w, ZT, DT, loss, S, Dr, accb, total)
+        _accumulate_tiles(X, i, m, Dr, accT)
         i += m
     return total
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _csr_chunk_lanes(data, indices, indptr, y, sw, W, b, epsilon, inv_w, acc, accb,
-                     start, stop):
-    """_csr_chunk with the rule applied LANE_ROWS rows at a time."""
+                     lanes, start, stop):
+    """_csr_chunk with the rule applied LANE_ROWS rows at a time; lanes are
+    the chunk's _lane_views."""
     dt = W.dtype.type
     eps = dt(epsilon)
     k = W.shape[1]
-    Zr, Dr, ZT, DT, S, SI, loss, _ = lane_buffers(1, k, LANE_REAL, LANE_INT, W.dtype)
+    Zr, Dr, ZT, DT, S, loss = lanes
     acc[:, :] = 0
     accb[:] = 0
     total = 0.0
@@ -935,7 +970,7 @@ def _csr_chunk_lanes(data, indices, indptr, y, sw, W, b, epsilon, inv_w, acc, ac
     while i < stop:
         m = min(LANE_ROWS, stop - i)
         for r in range(m):
-            z = Zr[0, r]
+            z = Zr[r]
             for j in range(k):
                 z[j] = dt(0) if b is None else b[j]
             for v in range(indptr[i + r], indptr[i + r + 1]):
@@ -943,10 +978,9 @@ def _csr_chunk_lanes(data, indices, indptr, y, sw, W, b, epsilon, inv_w, acc, ac
                 f = indices[v]
                 for j in range(k):
                     z[j] += x * W[f, j]
-        total = _block_rule(Zr[0], y, sw, i, m, eps, inv_w, ZT[0], DT[0], loss[0], S[0],
-                            SI[0], Dr[0], accb, total)
+        total = _block_rule(Zr, y, sw, i, m, eps, inv_w, ZT, DT, loss, S, Dr, accb, total)
         for r in range(m):
-            dz = Dr[0, r]
+            dz = Dr[r]
             for v in range(indptr[i + r], indptr[i + r + 1]):
                 x = data[v]
                 f = indices[v]
@@ -957,18 +991,22 @@ def _csr_chunk_lanes(data, indices, indptr, y, sw, W, b, epsilon, inv_w, acc, ac
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _dense_rows(X, y, sw, WT, b, epsilon, inv_w, accT, accb, Zb, Db, start, stop):
-    if WT.shape[0] < VEC_MIN_OUTPUTS:
-        return _dense_chunk_lanes(X, y, sw, WT, b, epsilon, inv_w, accT, accb, start, stop)
+def _dense_rows(X, y, sw, WT, b, epsilon, inv_w, accT, accb, Zb, Db, scratch, c,
+                start, stop):
+    k, d = WT.shape
+    if k < VEC_MIN_OUTPUTS:
+        return _dense_chunk_lanes(X, y, sw, WT, b, epsilon, inv_w, accT, accb,
+                                  _lane_views(scratch, c, d, k), start, stop)
     return _dense_chunk(X, y, sw, WT, b, epsilon, inv_w, accT, accb, Zb, Db, start, stop)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _csr_rows(data, indices, indptr, y, sw, W, b, epsilon, inv_w, acc, accb, z, dz,
-              start, stop):
-    if W.shape[1] < VEC_MIN_OUTPUTS:
+              scratch, c, start, stop):
+    d, k = W.shape
+    if k < VEC_MIN_OUTPUTS:
         return _csr_chunk_lanes(data, indices, indptr, y, sw, W, b, epsilon, inv_w, acc,
-                                accb, start, stop)
+                                accb, _lane_views(scratch, c, d, k), start, stop)
     return _csr_chunk(data, indices, indptr, y, sw, W, b, epsilon, inv_w, acc, accb, z, dz,
                       start, stop)
 '''
@@ -977,13 +1015,14 @@ def _csr_rows(data, indices, indptr, y, sw, W, b, epsilon, inv_w, acc, accb, z, 
 _NO_LANES = '''
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _dense_rows(X, y, sw, WT, b, epsilon, inv_w, accT, accb, Zb, Db, start, stop):
+def _dense_rows(X, y, sw, WT, b, epsilon, inv_w, accT, accb, Zb, Db, scratch, c,
+                start, stop):
     return _dense_chunk(X, y, sw, WT, b, epsilon, inv_w, accT, accb, Zb, Db, start, stop)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _csr_rows(data, indices, indptr, y, sw, W, b, epsilon, inv_w, acc, accb, z, dz,
-              start, stop):
+              scratch, c, start, stop):
     return _csr_chunk(data, indices, indptr, y, sw, W, b, epsilon, inv_w, acc, accb, z, dz,
                       start, stop)
 '''
@@ -1000,8 +1039,9 @@ def _lanes_part(spec):
     except rule_lanes.NotLaneable:
         return _NO_LANES
     n_real, n_int = rule_lanes.lane_slots(spec.rule)
-    return ("\n\n" + text + _LANES.replace("@REAL@", str(n_real))
-            .replace("@INT@", str(n_int)))
+    if n_int or n_real > LANE_SLOTS:
+        return _NO_LANES    # its locals would not fit the float scratch
+    return "\n\n" + text + _LANES
 
 
 def _source(spec):
