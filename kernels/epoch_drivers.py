@@ -40,6 +40,7 @@ import sys
 import textwrap
 
 from . import _helpers
+from . import _simd
 from . import drivers as _drivers
 from . import loss_drivers as _loss_drivers
 from . import loss_rules as _loss_rules
@@ -64,6 +65,7 @@ from optkern.kernels._helpers import (
     load, store, noise_key_jit, prefetch, with_fast_math, exp_fast, VEC_MIN_OUTPUTS)
 from optkern.kernels.loss_drivers import (
     LANE_ROWS, penalty_add, _scores_tiles, _accumulate_tiles, _to_lanes, lane_buffers)
+from optkern.kernels._simd import csr_row_scores, csr_row_scatter
 from {update_module} import _loop_serial, _loop_parallel
 
 # Not cached on their own (they would not see a change of _helpers.py): they
@@ -78,18 +80,11 @@ _schedule = njit(cache=True)(_schedule_py)
 
 # the per-row pieces of the CSR layout (the dense layout has its own batch
 # pass, _BATCH_DENSE)
+# (kernels/_simd.py: one masked vector per nonzero, the scores in registers)
 _CSR_SCORES = '''\
-            for q in range(indptr[i], indptr[i + 1]):
-                f = indices[q]
-                xf = data[q]
-                for j in range(k):
-                    z[j] += xf * W[f, j]'''
+            csr_row_scores(data, indices, indptr[i], indptr[i + 1], W, b, z)'''
 _CSR_ACCUM = '''\
-            for q in range(indptr[i], indptr[i + 1]):
-                f = indices[q]
-                xf = data[q]
-                for j in range(k):
-                    dW[f, j] += xf * dz[j]'''
+            csr_row_scatter(data, indices, indptr[i], indptr[i + 1], dz, dW)'''
 
 _SCALAR_LOSS = '''\
             l = 0.0
@@ -125,8 +120,6 @@ def _batch_{kind}({data_args}, T, sw, order, start, stop, n_chunks, {w_arg}, b, 
         for r in range(lo, hi):
             i = order[r]
             w = sw[i]
-            for j in range(k):
-                z[j] = load(b, j, 0.0)
 {scores}
 {loss}
             lsum += w * l
@@ -349,7 +342,7 @@ def _source(loss_name, rule_name, layout):
     digest = hashlib.sha256(
         (inspect.getsource(_loss_rules) + inspect.getsource(_schedule_rules) + update_text
          + inspect.getsource(_helpers) + inspect.getsource(_loss_drivers)
-         + inspect.getsource(_rule_lanes)
+         + inspect.getsource(_rule_lanes) + inspect.getsource(_simd)
          + inspect.getsource(sys.modules[__name__])).encode()).hexdigest()[:16]
     if lanes:
         lanes = ("\n" + lanes + "\n\n_loss_lanes = njit(error_model=\"numpy\")(_loss_lanes_py)\n")

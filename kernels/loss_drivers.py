@@ -72,6 +72,7 @@ from numba import njit, prange
 from numba.extending import register_jitable
 
 from . import _helpers
+from . import _simd
 from . import loss_rules as _rules
 from . import rule_lanes
 from .drivers import _write_if_changed, generated_dir
@@ -515,27 +516,15 @@ def predict_dense_parallel(X, W, b, out, WT):
 # call cost the CSR kernel 20% at 8 nonzeros a row
 @njit(inline="always")
 def _csr_row_scores(data, indices, indptr, i, W, b, z):
-    """z = b + X[i] W (b None: 0), summed in nonzero order."""
-    dt = W.dtype.type
-    k = W.shape[1]
-    for j in range(k):
-        z[j] = dt(0) if b is None else b[j]
-    for v in range(indptr[i], indptr[i + 1]):
-        x = data[v]
-        f = indices[v]
-        for j in range(k):
-            z[j] += x * W[f, j]
+    """z = b + X[i] W (b None: 0), summed in nonzero order (kernels/_simd.py:
+    one masked vector multiply-add per nonzero, the scores in registers)."""
+    _simd.csr_row_scores(data, indices, indptr[i], indptr[i + 1], W, b, z)
 
 
 @njit(inline="always")
 def _csr_row_scatter(data, indices, indptr, i, dz, acc):
     """acc[f] += X[i, f] * dz for every nonzero of row i."""
-    k = acc.shape[1]
-    for v in range(indptr[i], indptr[i + 1]):
-        x = data[v]
-        f = indices[v]
-        for j in range(k):
-            acc[f, j] += x * dz[j]
+    _simd.csr_row_scatter(data, indices, indptr[i], indptr[i + 1], dz, acc)
 
 
 @njit(cache=True, nogil=True)
@@ -1044,7 +1033,7 @@ def _source(spec):
     here = inspect.getsource(sys.modules[__name__])
     digest = hashlib.sha256(
         (inspect.getsource(_rules) + here + inspect.getsource(_helpers)
-         + inspect.getsource(rule_lanes)
+         + inspect.getsource(rule_lanes) + inspect.getsource(_simd)
          + repr((spec.name, spec.kind, spec.target, spec.rule.__name__))).encode()
     ).hexdigest()[:16]   # no object reprs: they hold addresses that change per process
     parts = [_HEADER.format(name=spec.name, digest=digest, version=TEMPLATE_VERSION,
