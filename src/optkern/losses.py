@@ -90,6 +90,9 @@ def _check_loss(loss):
 
 
 def _real(name, value, lo=0.0, hi=None):
+    if type(value) is float and lo <= value and (hi is None or value <= hi) \
+            and value != math.inf:
+        return value            # the common case, without the ABC check (NaN fails lo <= value)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     value = float(value)
@@ -109,6 +112,17 @@ def _penalty_ratio(penalty, alpha, l1_ratio):
     if penalty is None:
         return 0.0, 0.0
     return alpha, {"l2": 0.0, "l1": 1.0, "elasticnet": l1_ratio}[penalty]
+
+
+def _out_of_range(a, n):
+    """Whether a non-empty 1-D integer array has values outside [0, n)."""
+    lo, hi = _int_range(a)
+    return lo < 0 or hi >= n
+
+
+def _int_range(a):
+    from optkern.kernels import finite
+    return finite.int_range(a)
 
 
 def _all_finite(a):
@@ -131,7 +145,7 @@ def _check_X(X, check_input):
             X = X.tocsr()
         if X.ndim != 2:
             raise ValueError(f"X must be 2-D, got shape {X.shape}")
-        if X.dtype not in (np.float32, np.float64):
+        if X.dtype.char not in "fd":
             raise TypeError(f"X must hold float32 or float64 values, got {X.dtype}")
         n = X.shape[0]
         if X.indptr.shape != (n + 1,) or X.indptr[-1] != X.indices.shape[0] \
@@ -139,7 +153,10 @@ def _check_X(X, check_input):
             raise ValueError(f"X is a malformed CSR matrix for shape {X.shape}: indptr has "
                              f"{X.indptr.shape[0]} entries, indices {X.indices.shape[0]}, "
                              f"data {X.data.shape[0]}")
-        if X.nnz and (X.indices.min() < 0 or X.indices.max() >= X.shape[1]):
+        if X.indices.dtype.kind not in "iu":
+            raise TypeError(f"X has column indices of dtype {X.indices.dtype}; "
+                            "expected integers")
+        if X.indices.shape[0] and _out_of_range(X.indices, X.shape[1]):
             raise ValueError(f"X has column indices outside [0, {X.shape[1]}): wrong shape "
                              "for its CSR structure")
         if not X.has_canonical_format:
@@ -189,6 +206,15 @@ def _check_params(X, W, b, n_features):
 
 def _check_y(spec, y, n, k, dt, check_input):
     """y in kernel form: (n, k) reals for per-output losses, (n,) int64 for multiclass."""
+    if spec.target == "multiclass" and type(y) is np.ndarray and y.dtype.kind in "iu" \
+            and y.shape == (n,) and n:
+        # the common case (class indices from an encoder), in one compiled pass
+        lo, hi = _int_range(y)
+        if lo < 0 or hi >= k:
+            raise ValueError(f"y must hold class indices in [0, {k}) (W has {k} output "
+                             f"columns); found values in [{lo}, {hi}]")
+        return y if y.dtype == np.int64 and y.flags.c_contiguous \
+            else np.ascontiguousarray(y, dtype=np.int64)
     y = np.asarray(y)
     if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
         raise TypeError(f"y must be numeric, got dtype {y.dtype}")
@@ -257,6 +283,11 @@ def _check_sample_weight(sample_weight, n, dt):
     return sw
 
 
+def _overlap(a, b):
+    # the bounds test first: the exact one costs microseconds even when apart
+    return np.may_share_memory(a, b) and np.shares_memory(a, b)
+
+
 def _check_out(out, W, b):
     dt = W.dtype
     if out is None:
@@ -278,7 +309,7 @@ def _check_out(out, W, b):
             raise ValueError(f"out[1] (db) must be a {dt} array of shape {b.shape}")
         if not db.flags.c_contiguous or not db.flags.writeable:
             raise ValueError("out[1] (db) must be C-contiguous and writeable")
-    if np.shares_memory(dW, W) or (db is not None and np.shares_memory(db, W)):
+    if _overlap(dW, W) or (db is not None and _overlap(db, W)):
         raise ValueError("out buffers must not share memory with W")
     return dW, db
 
@@ -293,15 +324,24 @@ def _n_chunks(n):
 
 def _buffer(name, shape, dt):
     """A per-thread reusable work buffer (no allocation on repeated calls)."""
-    cache = getattr(_local, "buffers", None)
-    if cache is None:
-        cache = _local.buffers = {}
-    size = int(np.prod(shape))
+    try:
+        views = _local.views
+    except AttributeError:
+        views = _local.views = {}
+        _local.buffers = {}
+    view = views.get((name, shape, dt))
+    if view is not None:
+        return view
+    if len(views) > 64:         # many batch sizes: keep the cache small
+        views.clear()
+    size = math.prod(shape)
     key = (name, np.dtype(dt).str)
-    buf = cache.get(key)
+    buf = _local.buffers.get(key)
     if buf is None or buf.size < size:
-        buf = cache[key] = np.empty(max(size, 1), dt)
-    return buf[:size].reshape(shape)
+        buf = _local.buffers[key] = np.empty(max(size, 1), dt)
+        views.clear()           # the old views belong to the old buffers
+    view = views[(name, shape, dt)] = buf[:size].reshape(shape)
+    return view
 
 
 def choose_method(kind, X, n_outputs, method="auto"):
