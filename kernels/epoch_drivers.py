@@ -348,7 +348,8 @@ def _source(loss_name, rule_name, layout):
         lanes = ("\n" + lanes + "\n\n_loss_lanes = njit(error_model=\"numpy\")(_loss_lanes_py)\n")
     parts = [_HEADER.format(loss=loss_name, update=rule_name, layout=layout, digest=digest,
                             version=TEMPLATE_VERSION, loss_fn=loss.rule.__name__,
-                            loss_vec=("_loss_vec = njit(with_fast_math(_loss_py))\n"
+                            loss_vec=("_loss_vec = njit(fastmath={\"reassoc\", \"contract\"})"
+                                      "(with_fast_math(_loss_py))\n"
                                       if loss.kind == "row" else ""),
                             prepare_fn=spec.prepare.__name__,
                             update_module=update_mod.__name__), lanes]
