@@ -84,6 +84,13 @@ ROW_BLOCK = 6
 # when a row is shorter than a vector's worth of outputs (k < 16), where the
 # row form runs scalar: softmax at k = 10, float32, 5.8 -> 3.0 ns per score.
 LANE_ROWS = 36      # six of the fused kernel's 6-row tiles
+# The CSR kernel's blocks are longer: the rule's loops over the lanes run in
+# vectors of 16 and do better with more of them (softmax at k = 10, float32:
+# 15.4 ns a row at 36 lanes, 11.2 at 96), and a CSR block keeps no rows of X
+# in cache between its passes (the dense kernel re-reads its 36 rows for dW,
+# so its blocks must stay small).  The lane buffers hold LANE_CAP lanes.
+CSR_LANE_ROWS = 96
+LANE_CAP = max(LANE_ROWS, CSR_LANE_ROWS)
 LANE_SLOTS = 8      # real locals a lane form may have in the loss kernels' scratch
 
 # fast-math only where a float reduction must vectorise; no nnan/ninf: the
@@ -97,7 +104,7 @@ def _lane_size(n_outputs):
     kernels use the lane form only below, see VEC_MIN_OUTPUTS)."""
     if n_outputs >= 16:
         return 0
-    return LANE_ROWS * (4 * n_outputs + LANE_SLOTS + 1)
+    return LANE_CAP * (4 * n_outputs + LANE_SLOTS + 1)
 
 
 @register_jitable
@@ -115,9 +122,9 @@ def scratch_size(n_chunks, n_features, n_outputs):
 @register_jitable
 def _lane_views(scratch, c, n_features, n_outputs):
     """Chunk c's lane-form buffers: (Zr (R, k), Dr (R, k), ZT (k, R), DT (k, R),
-    S (LANE_SLOTS, R), loss (R,)) with R = LANE_ROWS, carved from scratch."""
+    S (LANE_SLOTS, R), loss (R,)) with R = LANE_CAP, carved from scratch."""
     k = n_outputs
-    R = LANE_ROWS
+    R = LANE_CAP
     o = k * n_features + (c + 1) * _per_chunk(n_features, k) - _lane_size(k)
     Zr = scratch[o:o + R * k].reshape((R, k))
     o += R * k
@@ -604,7 +611,7 @@ import math
 from optkern.kernels.loss_rules import {rule_fn} as _rule_py
 from optkern.kernels._helpers import VEC_MIN_OUTPUTS, exp_fast, with_fast_math
 from optkern.kernels.loss_drivers import (
-    ROW_BLOCK, LANE_ROWS, _chunk_views, _lane_views, _shared_WT, _scores_block,
+    ROW_BLOCK, LANE_ROWS, CSR_LANE_ROWS, LANE_CAP, _chunk_views, _lane_views, _shared_WT, _scores_block,
     _accumulate_block, _scores_tiles, _accumulate_tiles, _to_lanes, _csr_row_scores,
     _csr_row_scatter,
     inverse_weight, penalty_add, penalty_set, transpose_into, reduce_chunks_T, reduce_chunks)
@@ -963,7 +970,7 @@ _LANES = '''
 _rule_lanes = njit(error_model="numpy")(_rule_lanes_py)
 # the rule has no integer locals (else it would keep the row form): a
 # read-only stand-in for their slots
-_NO_INTS = np.zeros((1, LANE_ROWS), np.int64)
+_NO_INTS = np.zeros((1, LANE_CAP), np.int64)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -1009,15 +1016,15 @@ def _dense_chunk_lanes(X, y, sw, WT, b, epsilon, inv_w, accT, accb, lanes, start
 @njit(cache=True, nogil=True, error_model="numpy")
 def _csr_chunk_lanes(data, indices, indptr, y, sw, W, b, epsilon, inv_w, acc, accb,
                      lanes, start, stop):
-    """_csr_chunk with the rule applied LANE_ROWS rows at a time; lanes are
-    the chunk's _lane_views."""
+    """_csr_chunk with the rule applied CSR_LANE_ROWS rows at a time; lanes
+    are the chunk's _lane_views."""
     eps = W.dtype.type(epsilon)
     Zr, Dr, ZT, DT, S, loss = lanes
     accb[:] = 0
     total = 0.0
     i = start
     while i < stop:
-        m = min(LANE_ROWS, stop - i)
+        m = min(CSR_LANE_ROWS, stop - i)
         for r in range(m):
             _csr_row_scores(data, indices, indptr, i + r, W, b, Zr[r])
         total = _block_rule(Zr, y, sw, i, m, eps, inv_w, ZT, DT, loss, S, Dr, accb, total)
