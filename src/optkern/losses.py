@@ -213,7 +213,11 @@ def _check_params(X, W, b, n_features):
             raise TypeError(f"b has dtype {b.dtype} but X has {dt}: they must match")
         if b.shape != (k,):
             raise ValueError(f"b must have shape ({k},) to match W {W.shape}, got {b.shape}")
-    return np.ascontiguousarray(W), (None if b is None else np.ascontiguousarray(b))
+    if not W.flags.c_contiguous:
+        W = np.ascontiguousarray(W)
+    if b is not None and not b.flags.c_contiguous:
+        b = np.ascontiguousarray(b)
+    return W, b
 
 
 def _check_y(spec, y, n, k, dt, check_input):
@@ -356,6 +360,19 @@ def _buffer(name, shape, dt):
     return view
 
 
+_SCRATCH_SIZES = {}
+
+
+def _scratch_size(n_chunks, d, k):
+    key = (n_chunks, d, k)
+    size = _SCRATCH_SIZES.get(key)
+    if size is None:
+        if len(_SCRATCH_SIZES) > 256:
+            _SCRATCH_SIZES.clear()
+        size = _SCRATCH_SIZES[key] = _kernels("loss_drivers").scratch_size(n_chunks, d, k)
+    return size
+
+
 def choose_method(kind, X, n_outputs, method="auto"):
     """"fused" or "blas" for this problem (CSR always runs the CSR kernel)."""
     if method not in _METHODS:
@@ -372,13 +389,13 @@ def choose_method(kind, X, n_outputs, method="auto"):
 
 
 def _resolve_backend(backend, kind, X, k):
-    _backend.require(backend, kind="losses")
     if backend != "auto":
-        return backend
-    work = (X.nnz if kind == "csr" else X.size) * k
+        return _backend.require(backend, kind="losses")
+    nnz = X.indices.shape[0] if kind == "csr" else 0    # X.nnz recounts
+    work = (nnz if kind == "csr" else X.size) * k
     chosen = _backend.choose_auto(work, kind="losses")
     if kind == "csr" and chosen == "numba-parallel" \
-            and X.nnz < CSR_PARALLEL_NNZ_PER_FEATURE * _n_chunks(X.shape[0]) * X.shape[1]:
+            and nnz < CSR_PARALLEL_NNZ_PER_FEATURE * _n_chunks(X.shape[0]) * X.shape[1]:
         chosen = "numba"
     return chosen
 
@@ -417,7 +434,7 @@ def _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db, m
         work = (X.nnz if kind == "csr" else n * d) * k
         threads = max(1, min(numba.get_num_threads(), n)) \
             if cy.OPENMP and work >= _backend.PARALLEL_MIN_SIZE else 1
-        scratch = _buffer("scratch", (drv.scratch_size(threads, d, k),), dt)
+        scratch = _buffer("scratch", (_scratch_size(threads, d, k),), dt)
         if kind == "csr":
             return cy.csr_loss_grad(spec.name, X.data, X.indices, X.indptr, y, sw, W, b,
                                     alpha, l1r, eps, dW, db, scratch, threads)
@@ -425,7 +442,7 @@ def _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db, m
                                   scratch, threads)
     mod = drv.module_for(spec.name)
     chunks = _n_chunks(n) if parallel else 1
-    scratch = _buffer("scratch", (drv.scratch_size(chunks, d, k),), dt)
+    scratch = _buffer("scratch", (_scratch_size(chunks, d, k),), dt)
     epsv = dt.type(eps)
     if kind == "csr":
         if parallel:
