@@ -145,46 +145,61 @@ def _vector_ok(data, indices, M, v):
             and _is_float(M.dtype) and M.dtype == v.dtype == data.dtype)
 
 
-def _chunks(context, builder, k, n_lanes):
-    """Loop over the column chunks [c0, c0 + n_lanes) of k columns: yields
-    (c0, mask) with mask the lanes below k - c0."""
+def _row_loops(context, builder, n_lanes, M, M_v, data, data_v, indices, ind_v,
+               lo, lo_v, hi, hi_v, chunk):
+    """The loop structure both intrinsics share.  For each column chunk
+    [c0, c0 + n_lanes) of M's k columns, ``chunk(c0, mask, nonzeros)`` emits
+    the chunk's code; ``nonzeros(body)`` emits the loop over v in [lo, hi)
+    calling ``body(x, ptr)`` with x = data[v] and ptr = &M[indices[v], c0].
+    Returns the vector type, its zero and the alignment for the codegen."""
     intp = context.get_value_type(types.intp)
-    return cgutils.for_range_slice(builder, ir.Constant(intp, 0), k,
-                                   ir.Constant(intp, n_lanes), intp=intp)
+    vty = ir.VectorType(context.get_value_type(M.dtype), n_lanes)
+    align = M.dtype.bitwidth // 8
+    Ma = context.make_array(M)(context, builder, M_v)
+    k = cgutils.unpack_tuple(builder, Ma.shape)[1]
+    lo_i = context.cast(builder, lo_v, lo, types.intp)
+    hi_i = context.cast(builder, hi_v, hi, types.intp)
+
+    def nonzeros(c0, body):
+        with cgutils.for_range_slice(builder, lo_i, hi_i, ir.Constant(intp, 1),
+                                     intp=intp) as (v, _):
+            x = _item(context, builder, data, data_v, v)
+            f = context.cast(builder, _item(context, builder, indices, ind_v, v),
+                             indices.dtype, types.intp)
+            body(x, builder.gep(_row_ptr(context, builder, M, M_v, f), [c0]))
+
+    with cgutils.for_range_slice(builder, ir.Constant(intp, 0), k,
+                                 ir.Constant(intp, n_lanes), intp=intp) as (c0, _):
+        mask = _lane_mask(builder, builder.sub(k, c0), n_lanes)
+        chunk(c0, mask, vty, ir.Constant(vty, None), align,
+              lambda body: nonzeros(c0, body))
 
 
 def _scores_codegen(n_lanes, W, b, z, data, indices, lo, hi):
     def codegen(context, builder, signature, args):
         data_v, ind_v, lo_v, hi_v, W_v, b_v, z_v = args
-        intp = context.get_value_type(types.intp)
-        vty = ir.VectorType(context.get_value_type(W.dtype), n_lanes)
-        align = W.dtype.bitwidth // 8
-        Wa = context.make_array(W)(context, builder, W_v)
         za = context.make_array(z)(context, builder, z_v)
-        k = cgutils.unpack_tuple(builder, Wa.shape)[1]
-        zero = ir.Constant(vty, None)
-        lo_i = context.cast(builder, lo_v, lo, types.intp)
-        hi_i = context.cast(builder, hi_v, hi, types.intp)
+        vty = ir.VectorType(context.get_value_type(W.dtype), n_lanes)
         acc = cgutils.alloca_once(builder, vty)     # promoted to a register
-        with _chunks(context, builder, k, n_lanes) as (c0, _):
-            mask = _lane_mask(builder, builder.sub(k, c0), n_lanes)
+
+        def chunk(c0, mask, vty, zero, align, nonzeros):
             if b is types.none:
                 builder.store(zero, acc)
             else:
                 ba = context.make_array(b)(context, builder, b_v)
                 builder.store(_masked_load(builder, builder.gep(ba.data, [c0]), mask, zero,
                                            align), acc)
-            with cgutils.for_range_slice(builder, lo_i, hi_i, ir.Constant(intp, 1),
-                                         intp=intp) as (v, _):
-                x = _item(context, builder, data, data_v, v)
-                f = context.cast(builder, _item(context, builder, indices, ind_v, v),
-                                 indices.dtype, types.intp)
-                wp = builder.gep(_row_ptr(context, builder, W, W_v, f), [c0])
+
+            def term(x, wp):
                 w = _masked_load(builder, wp, mask, zero, align)
                 builder.store(_fmuladd(builder, _splat(builder, x, vty), w,
                                        builder.load(acc)), acc)
+            nonzeros(term)
             _masked_store(builder, builder.load(acc), builder.gep(za.data, [c0]), mask,
                           align)
+
+        _row_loops(context, builder, n_lanes, W, W_v, data, data_v, indices, ind_v,
+                   lo, lo_v, hi, hi_v, chunk)
         return context.get_dummy_value()
     return codegen
 
@@ -192,27 +207,19 @@ def _scores_codegen(n_lanes, W, b, z, data, indices, lo, hi):
 def _scatter_codegen(n_lanes, dz, acc, data, indices, lo, hi):
     def codegen(context, builder, signature, args):
         data_v, ind_v, lo_v, hi_v, dz_v, acc_v = args
-        intp = context.get_value_type(types.intp)
-        vty = ir.VectorType(context.get_value_type(acc.dtype), n_lanes)
-        align = acc.dtype.bitwidth // 8
-        aa = context.make_array(acc)(context, builder, acc_v)
         da = context.make_array(dz)(context, builder, dz_v)
-        k = cgutils.unpack_tuple(builder, aa.shape)[1]
-        zero = ir.Constant(vty, None)
-        lo_i = context.cast(builder, lo_v, lo, types.intp)
-        hi_i = context.cast(builder, hi_v, hi, types.intp)
-        with _chunks(context, builder, k, n_lanes) as (c0, _):
-            mask = _lane_mask(builder, builder.sub(k, c0), n_lanes)
+
+        def chunk(c0, mask, vty, zero, align, nonzeros):
             d = _masked_load(builder, builder.gep(da.data, [c0]), mask, zero, align)
-            with cgutils.for_range_slice(builder, lo_i, hi_i, ir.Constant(intp, 1),
-                                         intp=intp) as (v, _):
-                x = _item(context, builder, data, data_v, v)
-                f = context.cast(builder, _item(context, builder, indices, ind_v, v),
-                                 indices.dtype, types.intp)
-                ptr = builder.gep(_row_ptr(context, builder, acc, acc_v, f), [c0])
+
+            def term(x, ptr):
                 a = _masked_load(builder, ptr, mask, zero, align)
                 _masked_store(builder, _fmuladd(builder, _splat(builder, x, vty), d, a),
                               ptr, mask, align)
+            nonzeros(term)
+
+        _row_loops(context, builder, n_lanes, acc, acc_v, data, data_v, indices, ind_v,
+                   lo, lo_v, hi, hi_v, chunk)
         return context.get_dummy_value()
     return codegen
 
