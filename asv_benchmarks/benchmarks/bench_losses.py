@@ -8,6 +8,10 @@ LossGrad.track_speedup_vs_numpy  the NumPy/BLAS reference pipeline's median time
                                  divided by this implementation's, both measured
                                  in this process in alternating blocks
                                  (interleaved_times says why blocks)
+CSRRowLoops.track_ns_per_nonzero the CSR kernel's two row loops alone (the
+                                 scores z = b + sum x_v W[f_v], the scatter
+                                 dW[f_v] += x_v dz; kernels/_simd.py), ns per
+                                 nonzero over 4096 rows at 1% density, k outputs
 LossGradVsGemm.track_gflops      dense gradient flop rate (4*batch*d*k flops)
 LossGradVsGemm.track_fraction_of_gemm
                                  the GEMM probe's median time (NumPy doing the
@@ -175,6 +179,56 @@ class DenseVsCSR:
         t_dense, t_csr = interleaved_medians([self.dense, self.csr])
         return t_dense / t_csr
     track_csr_speedup.unit = "x"
+
+
+class CSRRowLoops:
+    """ns per nonzero of the CSR row loops, each alone, float32.  loop
+    "scores" fills Z = X W + b row by row, "scatter" adds X^T D into dW;
+    "plain" compiles the functions' own text: Numba's loop over the k outputs
+    (what they compile to for layouts the vector loops do not take, and what
+    the CSR kernels ran before kernels/_simd.py)."""
+    params = ([1, 10, 100], ["scores", "scatter"], ["vector", "plain"])
+    param_names = ["n_outputs", "loop", "code"]
+    timeout = 300
+
+    def setup(self, k, loop, code):
+        try:
+            from optkern.kernels import _simd
+        except ImportError:
+            raise NotImplementedError("this optkern has no kernels._simd")
+        from numba import njit
+        n, d = (256, 784) if SMOKE else (4096, 784)
+        X, _, W, b = make_data(n, d, k, "csr")
+        rng = np.random.default_rng(1)
+        D = rng.standard_normal((n, k), dtype=np.float32)
+        Z = np.empty((n, k), np.float32)
+        dW = np.zeros((d, k), np.float32)
+        fn = _simd.csr_row_scores if loop == "scores" else _simd.csr_row_scatter
+        if code == "plain":
+            fn = njit(inline="always")(fn)
+
+        if loop == "scores":
+            @njit
+            def run(data, indices, indptr, W, b, Z, D, dW):
+                for i in range(Z.shape[0]):
+                    fn(data, indices, indptr[i], indptr[i + 1], W, b, Z[i])
+        else:
+            @njit
+            def run(data, indices, indptr, W, b, Z, D, dW):
+                for i in range(D.shape[0]):
+                    fn(data, indices, indptr[i], indptr[i + 1], D[i], dW)
+        args = (X.data, X.indices, X.indptr, W, b, Z, D, dW)
+        run(*args)
+        self.call = lambda: run(*args)
+        self.nnz = X.nnz
+
+    def time_loop(self, k, loop, code):
+        self.call()
+
+    def track_ns_per_nonzero(self, k, loop, code):
+        (t,) = interleaved_medians([self.call])
+        return t / self.nnz * 1e9
+    track_ns_per_nonzero.unit = "ns"
 
 
 class LossGradVsGemm:
