@@ -78,6 +78,8 @@ _local = threading.local()
 
 
 _KERNEL_MODULES = {}
+_CSR_TYPES = tuple(t for t in (getattr(sp, "csr_matrix", None), getattr(sp, "csr_array", None))
+                   if t is not None)
 
 
 def _kernels(name):
@@ -149,32 +151,34 @@ def _all_finite(a):
 
 def _check_X(X, check_input):
     """(kind, X) with kind "dense" or "csr"; X validated (not yet against W)."""
-    if sp.issparse(X):
+    if type(X) in _CSR_TYPES or sp.issparse(X):
         if X.format != "csr":
             warnings.warn(f"X is a scipy.sparse {X.format.upper()} matrix; it is converted "
                           "to CSR on every call: convert it once with X.tocsr()",
                           sp.SparseEfficiencyWarning, stacklevel=3)
             X = X.tocsr()
-        if X.ndim != 2:
-            raise ValueError(f"X must be 2-D, got shape {X.shape}")
-        if X.dtype.char not in "fd":
+        shape = X.shape
+        if len(shape) != 2:
+            raise ValueError(f"X must be 2-D, got shape {shape}")
+        data, indices, indptr = X.data, X.indices, X.indptr
+        if data.dtype.char not in "fd":
             raise TypeError(f"X must hold float32 or float64 values, got {X.dtype}")
-        n = X.shape[0]
-        if X.indptr.shape != (n + 1,) or X.indptr[-1] != X.indices.shape[0] \
-                or X.data.shape != X.indices.shape:
-            raise ValueError(f"X is a malformed CSR matrix for shape {X.shape}: indptr has "
-                             f"{X.indptr.shape[0]} entries, indices {X.indices.shape[0]}, "
-                             f"data {X.data.shape[0]}")
-        if X.indices.dtype.kind not in "iu":
-            raise TypeError(f"X has column indices of dtype {X.indices.dtype}; "
+        nnz = indices.shape[0]
+        if indptr.shape[0] != shape[0] + 1 or indptr.ndim != 1 or indptr[-1] != nnz \
+                or data.shape != indices.shape:
+            raise ValueError(f"X is a malformed CSR matrix for shape {shape}: indptr has "
+                             f"{indptr.shape[0]} entries, indices {nnz}, "
+                             f"data {data.shape[0]}")
+        if indices.dtype.kind not in "iu":
+            raise TypeError(f"X has column indices of dtype {indices.dtype}; "
                             "expected integers")
-        if X.indices.shape[0] and _out_of_range(X.indices, X.shape[1]):
-            raise ValueError(f"X has column indices outside [0, {X.shape[1]}): wrong shape "
+        if nnz and _out_of_range(indices, shape[1]):
+            raise ValueError(f"X has column indices outside [0, {shape[1]}): wrong shape "
                              "for its CSR structure")
         if not X.has_canonical_format:
             raise ValueError("X is a CSR matrix with unsorted or duplicate column indices; "
                              "call X.sum_duplicates() (which also sorts) first")
-        if check_input and not _all_finite(X.data):
+        if check_input and not _all_finite(data):
             raise ValueError("X contains NaN or infinity (pass check_input=False to skip "
                              "this check)")
         return "csr", X
@@ -195,7 +199,7 @@ def _check_params(X, W, b, n_features):
     dt = X.dtype
     if not isinstance(W, np.ndarray):
         raise TypeError(f"W must be a numpy array, got {type(W).__name__}")
-    if W.dtype != dt:
+    if not _same(W.dtype, dt):
         raise TypeError(f"W has dtype {W.dtype} but X has {dt}: they must match "
                         f"(X's dtype is the compute dtype)")
     if W.ndim != 2:
@@ -209,7 +213,7 @@ def _check_params(X, W, b, n_features):
     if b is not None:
         if not isinstance(b, np.ndarray):
             raise TypeError(f"b must be a numpy array or None, got {type(b).__name__}")
-        if b.dtype != dt:
+        if not _same(b.dtype, dt):
             raise TypeError(f"b has dtype {b.dtype} but X has {dt}: they must match")
         if b.shape != (k,):
             raise ValueError(f"b must have shape ({k},) to match W {W.shape}, got {b.shape}")
@@ -304,6 +308,16 @@ def _overlap(a, b):
     return np.may_share_memory(a, b) and np.shares_memory(a, b)
 
 
+def _same(a, b):
+    # dtypes: identity first (NumPy's builtin dtypes are singletons), == after
+    return a is b or a == b
+
+
+def _writeable_c(a):
+    flags = a.flags
+    return flags.c_contiguous and flags.writeable
+
+
 def _check_out(out, W, b):
     dt = W.dtype
     if out is None:
@@ -311,19 +325,19 @@ def _check_out(out, W, b):
     if not isinstance(out, (tuple, list)) or len(out) != 2:
         raise TypeError("out must be a tuple (dW, db)")
     dW, db = out
-    if not isinstance(dW, np.ndarray) or dW.dtype != dt or dW.shape != W.shape:
+    if not isinstance(dW, np.ndarray) or not _same(dW.dtype, dt) or dW.shape != W.shape:
         raise ValueError(f"out[0] (dW) must be a {dt} array of shape {W.shape}, got "
                          + (f"{dW.dtype} {dW.shape}" if isinstance(dW, np.ndarray)
                             else type(dW).__name__))
-    if not dW.flags.c_contiguous or not dW.flags.writeable:
+    if not _writeable_c(dW):
         raise ValueError("out[0] (dW) must be C-contiguous and writeable")
     if b is None:
         if db is not None:
             raise ValueError("out[1] (db) must be None when b is None (no intercept)")
     else:
-        if not isinstance(db, np.ndarray) or db.dtype != dt or db.shape != b.shape:
+        if not isinstance(db, np.ndarray) or not _same(db.dtype, dt) or db.shape != b.shape:
             raise ValueError(f"out[1] (db) must be a {dt} array of shape {b.shape}")
-        if not db.flags.c_contiguous or not db.flags.writeable:
+        if not _writeable_c(db):
             raise ValueError("out[1] (db) must be C-contiguous and writeable")
     if _overlap(dW, W) or (db is not None and _overlap(db, W)):
         raise ValueError("out buffers must not share memory with W")
