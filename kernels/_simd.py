@@ -9,18 +9,18 @@ alias check, and the scores accumulate in memory (a store-to-load chain per
 nonzero).  Numba turns LLVM's SLP vectoriser off (numba#8705), so scalar
 locals do not become vectors either.
 
-The two loops here are written in LLVM IR with one masked vector of
-``LANES`` elements per W row: the scores stay in a register across the row,
-and the loads and stores of a row touch its first k elements only (a masked
-load never reads past the mask, so nothing is padded or copied).  Measured at
-(4096, 784, 10) float32, 1% density (``/tmp`` micro-benchmarks, see
-docs/losses.md): scores 3.7 -> ~1.1 ns and scatter 3.5 -> ~1.3 ns per
-nonzero.
+The two loops here are written in LLVM IR with one masked vector of 4, 8 or
+16 lanes per row of W or acc (16-lane chunks when k > 16): the scores stay in
+a register across the row, and the loads and stores of a row touch its first
+k elements only (a masked load never reads past the mask, so nothing is
+padded or copied).  Per nonzero at k = 10, float32: scores 3.7 -> 1.1 ns,
+scatter 3.5 -> 1.5 ns (asv ``CSRRowLoops`` in bench_losses.py; table in
+docs/losses.md).
 
 ``csr_row_scores`` and ``csr_row_scatter`` are plain functions with Numba
-overloads: for C-contiguous W/acc and z/dz and k <= LANES they run the vector
-loop, otherwise the plain loop (which is also what they are as Python).
-Their sums run in nonzero order, one multiply-add per nonzero (LLVM's
+overloads: for C-contiguous W/acc and z/dz they run the vector loop,
+otherwise the plain loop (which is also what they are as Python).  Their
+sums run in nonzero order, one multiply-add per nonzero (LLVM's
 ``fmuladd``: fused where the target has FMA).
 """
 
@@ -31,9 +31,6 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ._helpers import load
-
-LANES = 16
-
 
 def csr_row_scores(data, indices, lo, hi, W, b, z):
     """z[:] = b + sum over v in [lo, hi) of data[v] * W[indices[v]] (b None: 0)."""
@@ -148,10 +145,11 @@ def _vector_ok(data, indices, M, v):
 def _row_loops(context, builder, n_lanes, M, M_v, data, data_v, indices, ind_v,
                lo, lo_v, hi, hi_v, chunk):
     """The loop structure both intrinsics share.  For each column chunk
-    [c0, c0 + n_lanes) of M's k columns, ``chunk(c0, mask, nonzeros)`` emits
-    the chunk's code; ``nonzeros(body)`` emits the loop over v in [lo, hi)
-    calling ``body(x, ptr)`` with x = data[v] and ptr = &M[indices[v], c0].
-    Returns the vector type, its zero and the alignment for the codegen."""
+    [c0, c0 + n_lanes) of M's k columns, ``chunk(c0, mask, vty, zero, align,
+    nonzeros)`` emits the chunk's code (mask: the lanes below k - c0; vty the
+    vector type, zero its zero, align the element alignment);
+    ``nonzeros(body)`` emits the loop over v in [lo, hi) calling
+    ``body(x, ptr)`` with x = data[v] and ptr = &M[indices[v], c0]."""
     intp = context.get_value_type(types.intp)
     vty = ir.VectorType(context.get_value_type(M.dtype), n_lanes)
     align = M.dtype.bitwidth // 8

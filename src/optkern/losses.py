@@ -229,10 +229,7 @@ def _check_y(spec, y, n, k, dt, check_input):
     if spec.target == "multiclass" and type(y) is np.ndarray and y.dtype.kind in "iu" \
             and y.shape == (n,) and n:
         # the common case (class indices from an encoder), in one compiled pass
-        lo, hi = _int_range(y)
-        if lo < 0 or hi >= k:
-            raise ValueError(f"y must hold class indices in [0, {k}) (W has {k} output "
-                             f"columns); found values in [{lo}, {hi}]")
+        _check_class_range(*_int_range(y), k)
         return y if y.dtype == np.int64 and y.flags.c_contiguous \
             else np.ascontiguousarray(y, dtype=np.int64)
     y = np.asarray(y)
@@ -279,10 +276,15 @@ def _check_y(spec, y, n, k, dt, check_input):
                              "found non-integer or non-finite values")
     elif y.dtype.kind not in "iub":
         raise TypeError(f"y must hold integer class indices, got dtype {y.dtype}")
-    if n and (y.min() < 0 or y.max() >= k):
-        raise ValueError(f"y must hold class indices in [0, {k}) (W has {k} output columns); "
-                         f"found values in [{y.min()}, {y.max()}]")
+    if n:
+        _check_class_range(y.min(), y.max(), k)
     return np.ascontiguousarray(y, dtype=np.int64)
+
+
+def _check_class_range(lo, hi, k):
+    if lo < 0 or hi >= k:
+        raise ValueError(f"y must hold class indices in [0, {k}) (W has {k} output columns); "
+                         f"found values in [{lo}, {hi}]")
 
 
 def _check_sample_weight(sample_weight, n, dt):
