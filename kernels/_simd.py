@@ -9,13 +9,19 @@ alias check, and the scores accumulate in memory (a store-to-load chain per
 nonzero).  Numba turns LLVM's SLP vectoriser off (numba#8705), so scalar
 locals do not become vectors either.
 
-The two loops here are written in LLVM IR with one masked vector of 4, 8 or
-16 lanes per row of W or acc (16-lane chunks when k > 16): the scores stay in
-a register across the row, and the loads and stores of a row touch its first
-k elements only (a masked load never reads past the mask, so nothing is
-padded or copied).  Per nonzero at k = 10, float32: scores 3.7 -> 1.1 ns,
-scatter 3.5 -> 1.5 ns (asv ``CSRRowLoops`` in bench_losses.py; table in
-docs/losses.md).
+The two loops here are written in LLVM IR with explicit vectors: a row of W
+or acc is covered by one to four 256-bit vectors per nonzero (the last one
+masked, and 128-bit when it holds at most half a vector's columns; rows
+longer than four vectors go in chunks of four, each its own pass over the
+row's nonzeros).  The scores stay in registers across the row, and the loads
+and stores of a row touch its first k elements only (a masked load never
+reads past the mask, so nothing is padded or copied).  256 bits because the
+project machine's Zen 4 cores split a 512-bit access in two: one masked
+16-lane vector per nonzero, the first version of this module, cost 1.58 ns a
+nonzero in the scatter at k = 10, float32, 256-bit vectors 1.44, and 9.2 ->
+7.6 ns at k = 100.  Per nonzero at k = 10, float32, against Numba's loop:
+scores 3.7 -> 1.0 ns, scatter 3.5 -> 1.4 ns (asv ``CSRRowLoops`` in
+bench_losses.py; table in docs/losses.md).
 
 ``csr_row_scores`` and ``csr_row_scatter`` are plain functions with Numba
 overloads: for C-contiguous W/acc and z/dz they run the vector loop,
@@ -142,114 +148,173 @@ def _vector_ok(data, indices, M, v):
             and _is_float(M.dtype) and M.dtype == v.dtype == data.dtype)
 
 
-def _row_loops(context, builder, n_lanes, M, M_v, data, data_v, indices, ind_v,
-               lo, lo_v, hi, hi_v, chunk):
-    """The loop structure both intrinsics share.  For each column chunk
-    [c0, c0 + n_lanes) of M's k columns, ``chunk(c0, mask, vty, zero, align,
-    nonzeros)`` emits the chunk's code (mask: the lanes below k - c0; vty the
-    vector type, zero its zero, align the element alignment);
-    ``nonzeros(body)`` emits the loop over v in [lo, hi) calling
-    ``body(x, ptr)`` with x = data[v] and ptr = &M[indices[v], c0]."""
+# 256-bit vectors: the project machine's cores (Zen 4) split a 512-bit load or
+# store in two, and a row of 10 float32 in one 16-lane vector cost 1.48 ns a
+# nonzero in the scatter against 0.77 for 8 lanes at k = 8
+VEC_BYTES = 32
+# at most this many vectors per nonzero (the scores keep one accumulator each)
+MAX_VECTORS = 4     # the overloads' tail dispatch spells out 1..4
+
+
+def _lanes(dtype):
+    return VEC_BYTES * 8 // dtype.bitwidth
+
+
+def _row_loops(context, builder, n_vec, tail, M, M_v, data, data_v, indices, ind_v,
+               lo, lo_v, hi, hi_v, c0_v, piece):
+    """The loop structure both intrinsics share: columns from c0 in n_vec
+    vectors of L lanes (L = _lanes(M.dtype)); with ``tail`` ("full" or
+    "half") the last vector has L or L/2 lanes, masked to the columns below k.
+    ``piece(mask, vty, zero, align)`` returns the code of one vector: a pair
+    ``(before, body)`` of callbacks: ``before(off)`` runs once (off: the
+    vector's first column) and ``body(x, ptr)`` per nonzero with x = data[v]
+    and ptr = &M[indices[v], off]."""
     intp = context.get_value_type(types.intp)
-    vty = ir.VectorType(context.get_value_type(M.dtype), n_lanes)
+    L = _lanes(M.dtype)
+    elem = context.get_value_type(M.dtype)
     align = M.dtype.bitwidth // 8
     Ma = context.make_array(M)(context, builder, M_v)
     k = cgutils.unpack_tuple(builder, Ma.shape)[1]
     lo_i = context.cast(builder, lo_v, lo, types.intp)
     hi_i = context.cast(builder, hi_v, hi, types.intp)
+    bodies, offs = [], []
+    for p in range(n_vec):
+        off = builder.add(c0_v, ir.Constant(intp, p * L))
+        if tail and p == n_vec - 1:
+            lanes = L if tail == "full" else L // 2
+            vty = ir.VectorType(elem, lanes)
+            mask = _lane_mask(builder, builder.sub(k, off), lanes)
+        else:
+            vty = ir.VectorType(elem, L)
+            mask = None
+        before, body = piece(mask, vty, ir.Constant(vty, None), align)
+        before(off)
+        bodies.append(body)
+        offs.append(off)
+    with cgutils.for_range_slice(builder, lo_i, hi_i, ir.Constant(intp, 1),
+                                 intp=intp) as (v, _):
+        x = _item(context, builder, data, data_v, v)
+        f = context.cast(builder, _item(context, builder, indices, ind_v, v),
+                         indices.dtype, types.intp)
+        row = _row_ptr(context, builder, M, M_v, f)
+        for body, off in zip(bodies, offs):
+            body(x, builder.gep(row, [off]))
 
-    def nonzeros(c0, body):
-        with cgutils.for_range_slice(builder, lo_i, hi_i, ir.Constant(intp, 1),
-                                     intp=intp) as (v, _):
-            x = _item(context, builder, data, data_v, v)
-            f = context.cast(builder, _item(context, builder, indices, ind_v, v),
-                             indices.dtype, types.intp)
-            body(x, builder.gep(_row_ptr(context, builder, M, M_v, f), [c0]))
 
-    with cgutils.for_range_slice(builder, ir.Constant(intp, 0), k,
-                                 ir.Constant(intp, n_lanes), intp=intp) as (c0, _):
-        mask = _lane_mask(builder, builder.sub(k, c0), n_lanes)
-        chunk(c0, mask, vty, ir.Constant(vty, None), align,
-              lambda body: nonzeros(c0, body))
+def _load(builder, ptr, mask, zero, align):
+    if mask is None:
+        return builder.load(builder.bitcast(ptr, zero.type.as_pointer()), align=align)
+    return _masked_load(builder, ptr, mask, zero, align)
 
 
-def _scores_codegen(n_lanes, W, b, z, data, indices, lo, hi):
+def _store(builder, value, ptr, mask, align):
+    if mask is None:
+        builder.store(value, builder.bitcast(ptr, value.type.as_pointer()), align=align)
+    else:
+        _masked_store(builder, value, ptr, mask, align)
+
+
+def _scores_codegen(n_vec, tail, W, b, z, data, indices, lo, hi):
     def codegen(context, builder, signature, args):
-        data_v, ind_v, lo_v, hi_v, W_v, b_v, z_v = args
+        data_v, ind_v, lo_v, hi_v, W_v, b_v, z_v, c0_v = args
         za = context.make_array(z)(context, builder, z_v)
-        vty = ir.VectorType(context.get_value_type(W.dtype), n_lanes)
-        acc = cgutils.alloca_once(builder, vty)     # promoted to a register
+        accs, stores = [], []
 
-        def chunk(c0, mask, vty, zero, align, nonzeros):
-            if b is types.none:
-                builder.store(zero, acc)
-            else:
-                ba = context.make_array(b)(context, builder, b_v)
-                builder.store(_masked_load(builder, builder.gep(ba.data, [c0]), mask, zero,
-                                           align), acc)
+        def piece(mask, vty, zero, align):
+            acc = cgutils.alloca_once(builder, vty)     # promoted to a register
 
-            def term(x, wp):
-                w = _masked_load(builder, wp, mask, zero, align)
+            def before(off):
+                if b is types.none:
+                    builder.store(zero, acc)
+                else:
+                    ba = context.make_array(b)(context, builder, b_v)
+                    builder.store(_load(builder, builder.gep(ba.data, [off]), mask, zero,
+                                        align), acc)
+                stores.append(lambda: _store(builder, builder.load(acc),
+                                             builder.gep(za.data, [off]), mask, align))
+
+            def body(x, wp):
+                w = _load(builder, wp, mask, zero, align)
                 builder.store(_fmuladd(builder, _splat(builder, x, vty), w,
                                        builder.load(acc)), acc)
-            nonzeros(term)
-            _masked_store(builder, builder.load(acc), builder.gep(za.data, [c0]), mask,
-                          align)
+            return before, body
 
-        _row_loops(context, builder, n_lanes, W, W_v, data, data_v, indices, ind_v,
-                   lo, lo_v, hi, hi_v, chunk)
+        c0 = context.cast(builder, c0_v, signature.args[7], types.intp)
+        _row_loops(context, builder, n_vec, tail, W, W_v, data, data_v, indices, ind_v,
+                   lo, lo_v, hi, hi_v, c0, piece)
+        for store in stores:
+            store()
         return context.get_dummy_value()
     return codegen
 
 
-def _scatter_codegen(n_lanes, dz, acc, data, indices, lo, hi):
+def _scatter_codegen(n_vec, tail, dz, acc, data, indices, lo, hi):
     def codegen(context, builder, signature, args):
-        data_v, ind_v, lo_v, hi_v, dz_v, acc_v = args
+        data_v, ind_v, lo_v, hi_v, dz_v, acc_v, c0_v = args
         da = context.make_array(dz)(context, builder, dz_v)
 
-        def chunk(c0, mask, vty, zero, align, nonzeros):
-            d = _masked_load(builder, builder.gep(da.data, [c0]), mask, zero, align)
+        def piece(mask, vty, zero, align):
+            d = []
 
-            def term(x, ptr):
-                a = _masked_load(builder, ptr, mask, zero, align)
-                _masked_store(builder, _fmuladd(builder, _splat(builder, x, vty), d, a),
-                              ptr, mask, align)
-            nonzeros(term)
+            def before(off):
+                d.append(_load(builder, builder.gep(da.data, [off]), mask, zero, align))
 
-        _row_loops(context, builder, n_lanes, acc, acc_v, data, data_v, indices, ind_v,
-                   lo, lo_v, hi, hi_v, chunk)
+            def body(x, ptr):
+                a = _load(builder, ptr, mask, zero, align)
+                _store(builder, _fmuladd(builder, _splat(builder, x, vty), d[0], a), ptr,
+                       mask, align)
+            return before, body
+
+        c0 = context.cast(builder, c0_v, signature.args[6], types.intp)
+        _row_loops(context, builder, n_vec, tail, acc, acc_v, data, data_v, indices,
+                   ind_v, lo, lo_v, hi, hi_v, c0, piece)
         return context.get_dummy_value()
     return codegen
 
 
-def _scores_intrinsic(n_lanes):
+def _scores_intrinsic(n_vec, tail):
     @intrinsic
-    def scores_vec(typingctx, data, indices, lo, hi, W, b, z):
-        """z = b + sum_v data[v] W[indices[v]] for W.shape[1] <= n_lanes."""
+    def scores_vec(typingctx, data, indices, lo, hi, W, b, z, c0):
+        """z[c] = b[c] + sum_v data[v] W[indices[v], c] for the n_vec vectors'
+        columns c from c0 (with a tail, the last one masked to c < k)."""
         if not (_vector_ok(data, indices, W, z) and isinstance(lo, types.Integer)
-                and isinstance(hi, types.Integer)
+                and isinstance(hi, types.Integer) and isinstance(c0, types.Integer)
                 and (b is types.none or (isinstance(b, types.Array) and b.ndim == 1
                                           and b.layout == "C" and b.dtype == W.dtype))):
             return None
-        return (types.void(data, indices, lo, hi, W, b, z),
-                _scores_codegen(n_lanes, W, b, z, data, indices, lo, hi))
+        return (types.void(data, indices, lo, hi, W, b, z, c0),
+                _scores_codegen(n_vec, tail, W, b, z, data, indices, lo, hi))
     return scores_vec
 
 
-def _scatter_intrinsic(n_lanes):
+def _scatter_intrinsic(n_vec, tail):
     @intrinsic
-    def scatter_vec(typingctx, data, indices, lo, hi, dz, acc):
-        """acc[indices[v]] += data[v] dz for acc.shape[1] <= n_lanes."""
+    def scatter_vec(typingctx, data, indices, lo, hi, dz, acc, c0):
+        """acc[indices[v], c] += data[v] dz[c] for the n_vec vectors' columns c
+        from c0 (with a tail, the last one masked to c < k)."""
         if not (_vector_ok(data, indices, acc, dz) and isinstance(lo, types.Integer)
-                and isinstance(hi, types.Integer)):
+                and isinstance(hi, types.Integer) and isinstance(c0, types.Integer)):
             return None
-        return (types.void(data, indices, lo, hi, dz, acc),
-                _scatter_codegen(n_lanes, dz, acc, data, indices, lo, hi))
+        return (types.void(data, indices, lo, hi, dz, acc, c0),
+                _scatter_codegen(n_vec, tail, dz, acc, data, indices, lo, hi))
     return scatter_vec
 
 
-_scores4, _scores8, _scores16 = (_scores_intrinsic(m) for m in (4, 8, 16))
-_scatter4, _scatter8, _scatter16 = (_scatter_intrinsic(m) for m in (4, 8, 16))
+def _variants(factory):
+    """The compiled loops of one kind: ``full`` covers MAX_VECTORS*L columns
+    unmasked; ``tails[(n, half)]`` the last 1..MAX_VECTORS*L columns of a row,
+    n vectors with the last one masked, of L/2 lanes when ``half`` (a 128-bit
+    vector for the last few columns: k = 1, float32, 1.34 -> 0.91 ns a nonzero
+    in the scatter)."""
+    tails = {}
+    for n in range(1, MAX_VECTORS + 1):
+        for half in (False, True):
+            tails[n, half] = factory(n, "half" if half else "full")
+    return factory(MAX_VECTORS, None), tails
+
+
+_scores_full, _scores_tails = _variants(lambda n, t: _scores_intrinsic(n, t))
+_scatter_full, _scatter_tails = _variants(lambda n, t: _scatter_intrinsic(n, t))
 
 
 # ------------------------------------------------------------ the overloads
@@ -259,15 +324,38 @@ _scatter4, _scatter8, _scatter16 = (_scatter_intrinsic(m) for m in (4, 8, 16))
 def _ov_scores(data, indices, lo, hi, W, b, z):
     if not _vector_ok(data, indices, W, z):
         return csr_row_scores       # the plain loop
+    L = _lanes(W.dtype)
+    chunk = MAX_VECTORS * L
+    (f1, h1), (f2, h2), (f3, h3), (f4, h4) = (
+        (_scores_tails[n, False], _scores_tails[n, True]) for n in range(1, 5))
 
     def impl(data, indices, lo, hi, W, b, z):
         k = W.shape[1]
-        if k <= 4:
-            _scores4(data, indices, lo, hi, W, b, z)
-        elif k <= 8:
-            _scores8(data, indices, lo, hi, W, b, z)
+        c0 = 0
+        while k - c0 > chunk:
+            _scores_full(data, indices, lo, hi, W, b, z, c0)
+            c0 += chunk
+        r = k - c0                      # 1..chunk columns left
+        half = (r - 1) % L < L // 2     # the last vector's columns fit half of one
+        if r <= L:
+            if half:
+                h1(data, indices, lo, hi, W, b, z, c0)
+            else:
+                f1(data, indices, lo, hi, W, b, z, c0)
+        elif r <= 2 * L:
+            if half:
+                h2(data, indices, lo, hi, W, b, z, c0)
+            else:
+                f2(data, indices, lo, hi, W, b, z, c0)
+        elif r <= 3 * L:
+            if half:
+                h3(data, indices, lo, hi, W, b, z, c0)
+            else:
+                f3(data, indices, lo, hi, W, b, z, c0)
+        elif half:
+            h4(data, indices, lo, hi, W, b, z, c0)
         else:
-            _scores16(data, indices, lo, hi, W, b, z)
+            f4(data, indices, lo, hi, W, b, z, c0)
     return impl
 
 
@@ -275,14 +363,36 @@ def _ov_scores(data, indices, lo, hi, W, b, z):
 def _ov_scatter(data, indices, lo, hi, dz, acc):
     if not _vector_ok(data, indices, acc, dz):
         return csr_row_scatter
+    L = _lanes(acc.dtype)
+    chunk = MAX_VECTORS * L
+    (f1, h1), (f2, h2), (f3, h3), (f4, h4) = (
+        (_scatter_tails[n, False], _scatter_tails[n, True]) for n in range(1, 5))
 
     def impl(data, indices, lo, hi, dz, acc):
         k = acc.shape[1]
-        if k <= 4:
-            _scatter4(data, indices, lo, hi, dz, acc)
-        elif k <= 8:
-            _scatter8(data, indices, lo, hi, dz, acc)
+        c0 = 0
+        while k - c0 > chunk:
+            _scatter_full(data, indices, lo, hi, dz, acc, c0)
+            c0 += chunk
+        r = k - c0
+        half = (r - 1) % L < L // 2
+        if r <= L:
+            if half:
+                h1(data, indices, lo, hi, dz, acc, c0)
+            else:
+                f1(data, indices, lo, hi, dz, acc, c0)
+        elif r <= 2 * L:
+            if half:
+                h2(data, indices, lo, hi, dz, acc, c0)
+            else:
+                f2(data, indices, lo, hi, dz, acc, c0)
+        elif r <= 3 * L:
+            if half:
+                h3(data, indices, lo, hi, dz, acc, c0)
+            else:
+                f3(data, indices, lo, hi, dz, acc, c0)
+        elif half:
+            h4(data, indices, lo, hi, dz, acc, c0)
         else:
-            _scatter16(data, indices, lo, hi, dz, acc)
+            f4(data, indices, lo, hi, dz, acc, c0)
     return impl
-

@@ -1,7 +1,7 @@
 """The explicit-vector CSR row loops (kernels/_simd.py) against NumPy.
 
-They take every output count (4-, 8- and 16-lane masks, several 16-lane
-chunks), both float dtypes, int32 and int64 indices, with and without an
+They take every output count (one to four 256-bit vectors per nonzero, the
+last one masked and 128-bit when it holds few columns; several chunks of four), both float dtypes, int32 and int64 indices, with and without an
 intercept, and fall back to the plain loop for layouts they cannot vector-load
 (a non-contiguous W or z).  A masked load must never touch the columns past
 k: the tests check that the neighbours of every written row stay as they were.
@@ -17,13 +17,15 @@ from numba import njit
 from optkern.kernels._simd import csr_row_scatter, csr_row_scores
 
 
-@njit(cache=True)
+# not cached: Numba's cache of a test file's functions keys on this file only,
+# and would keep running the loops of an older kernels/_simd.py
+@njit
 def _all_scores(data, indices, indptr, W, b, Z):
     for i in range(Z.shape[0]):
         csr_row_scores(data, indices, indptr[i], indptr[i + 1], W, b, Z[i])
 
 
-@njit(cache=True)
+@njit
 def _all_scatter(data, indices, indptr, D, acc):
     for i in range(D.shape[0]):
         csr_row_scatter(data, indices, indptr[i], indptr[i + 1], D[i], acc)
@@ -71,7 +73,9 @@ def test_scores_and_scatter_match_numpy(seed, n, d, k, dtype, density, index_dty
     np.testing.assert_allclose(acc, acc0 + X.T @ D, **_tol(dtype))
 
 
-@pytest.mark.parametrize("k", [1, 4, 5, 8, 9, 16, 17, 33])
+# every k to 70: each tail variant (1-4 vectors, the last full or half width)
+# after 0, 1 and 2 full chunks (32 columns a chunk in float32, 16 in float64)
+@pytest.mark.parametrize("k", range(1, 71))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_masked_rows_do_not_spill(k, dtype):
     """Rows of W and acc are k apart: a lane past k would read or write the

@@ -187,7 +187,7 @@ class CSRRowLoops:
     "plain" compiles the functions' own text: Numba's loop over the k outputs
     (what they compile to for layouts the vector loops do not take, and what
     the CSR kernels ran before kernels/_simd.py)."""
-    params = ([1, 10, 100], ["scores", "scatter"], ["vector", "plain"])
+    params = ([1, 4, 10, 16, 100], ["scores", "scatter"], ["vector", "plain"])
     param_names = ["n_outputs", "loop", "code"]
     timeout = 300
 
