@@ -62,7 +62,8 @@ from optkern.kernels.loss_rules import {loss_fn} as _loss_py
 from optkern.kernels.rules import {prepare_fn} as _prepare_py
 from optkern.kernels.schedule_rules import schedule_factor as _schedule_py
 from optkern.kernels._helpers import (
-    load, store, noise_key_jit, prefetch, with_fast_math, exp_fast, VEC_MIN_OUTPUTS)
+    load, store, noise_key_jit, prefetch, with_fast_math, exp_fast, log_fast,
+    VEC_MIN_OUTPUTS)
 from optkern.kernels.loss_drivers import (
     LANE_ROWS, penalty_add, _scores_tiles, _accumulate_tiles, _to_lanes, lane_buffers)
 from optkern.kernels._simd import csr_row_scores, csr_row_scatter

@@ -89,7 +89,7 @@ LANE_ROWS = 36      # six of the fused kernel's 6-row tiles
 # 15.4 ns a row at 36 lanes, 11.2 at 96), and a CSR block keeps no rows of X
 # in cache between its passes (the dense kernel re-reads its 36 rows for dW,
 # so its blocks must stay small).  The lane buffers hold LANE_CAP lanes.
-CSR_LANE_ROWS = 96
+CSR_LANE_ROWS = 128
 LANE_CAP = max(LANE_ROWS, CSR_LANE_ROWS)
 LANE_SLOTS = 8      # real locals a lane form may have in the loss kernels' scratch
 
@@ -221,6 +221,14 @@ def _penalty_run(w_run, dw_run, alpha, l1_ratio, l1, l2, add):
     one = dt(1)
     r1 = zero
     r2 = zero
+    if l1_ratio == 0:
+        # l2 alone, the common penalty: no sign or |w| (0.86 -> 0.61 us over
+        # a (784, 10) float32 W)
+        for t in range(w_run.shape[0]):
+            w = w_run[t]
+            dw_run[t] = dw_run[t] + a2 * w if add else a2 * w
+            r2 += w * w
+        return l1, l2 + r2
     for t in range(w_run.shape[0]):
         w = w_run[t]
         s = (one if w > zero else zero) - (one if w < zero else zero)
@@ -609,7 +617,7 @@ from numba import njit, prange
 import math
 
 from optkern.kernels.loss_rules import {rule_fn} as _rule_py
-from optkern.kernels._helpers import VEC_MIN_OUTPUTS, exp_fast, with_fast_math
+from optkern.kernels._helpers import VEC_MIN_OUTPUTS, exp_fast, log_fast, with_fast_math
 from optkern.kernels.loss_drivers import (
     ROW_BLOCK, LANE_ROWS, CSR_LANE_ROWS, LANE_CAP, _chunk_views, _lane_views, _shared_WT, _scores_block,
     _accumulate_block, _scores_tiles, _accumulate_tiles, _to_lanes, _csr_row_scores,

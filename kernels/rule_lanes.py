@@ -18,7 +18,8 @@ loss; ``S`` (the data's dtype) and ``SI`` (int64), each (slots, R), hold the
 rule's local variables, one slot per name (``lane_slots``).  Locals follow
 the rules' convention (as the Cython twin types them): names starting with
 ``j`` are integer indices, every other local is a real of the data's dtype;
-``math.exp`` becomes ``_helpers.exp_fast``, which vectorises.  Results agree
+``math.exp`` and ``math.log`` become ``_helpers.exp_fast`` and
+``log_fast``, which vectorise (libm's are a call per lane).  Results agree
 with the row form to rounding, not bit for bit (the row form lets Numba
 carry some locals in float64).
 
@@ -40,7 +41,7 @@ class NotLaneable(Exception):
 
 
 _PARAMS = ("z", "y", "epsilon", "dz")
-_MATH = {"exp": "exp_fast", "log": "math.log", "log1p": "math.log1p"}
+_MATH = {"exp": "exp_fast", "log": "log_fast", "log1p": "math.log1p"}
 _OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Gt: ">",
         ast.GtE: ">=", ast.Lt: "<", ast.LtE: "<=", ast.Eq: "==", ast.NotEq: "!="}
 
@@ -239,7 +240,8 @@ class _Translator:
 
 def lane_source(rule, name):
     """Source of the lane form of the row rule ``rule``, as a function ``name``
-    (its module needs ``math`` and ``exp_fast``); raises NotLaneable."""
+    (its module needs ``math``, ``exp_fast`` and ``log_fast``); raises
+    NotLaneable."""
     return _Translator(rule).source(name)
 
 

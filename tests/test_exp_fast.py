@@ -82,3 +82,66 @@ def test_exp_fast_subnormal_results_are_close_in_absolute_terms(dtype):
     # rounded twice (the two power-of-two factors): within two subnormal steps
     assert np.all(np.abs(got - exact) <= 2 * float(fi.smallest_subnormal))
     assert np.all(got >= 0)
+
+
+# ---------------------------------------------------------------- log_fast
+
+from optkern.kernels._helpers import log_fast  # noqa: E402
+
+
+@njit
+def _log_all(a, out):
+    for i in range(a.shape[0]):
+        out[i] = log_fast(a[i])
+
+
+def _log_ulp_error(dtype, x):
+    got = np.empty_like(x)
+    _log_all(x, got)
+    exact = np.log(x.astype(np.float64 if dtype == np.float32 else np.longdouble))
+    spacing = np.spacing(exact.astype(dtype)).astype(exact.dtype)
+    return np.abs(got.astype(exact.dtype) - exact) / spacing
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_log_fast_is_within_one_ulp(dtype):
+    """Over the whole positive range (subnormals included), near 1 (where the
+    result is small and its relative error shows), and around the reduction's
+    switch at sqrt(2)."""
+    fi = np.finfo(dtype)
+    rng = np.random.default_rng(1)
+    lo, hi = math.log(float(fi.smallest_subnormal)), math.log(float(fi.max))
+    x = np.concatenate([np.exp(rng.uniform(lo, hi, 200_000)),
+                        1.0 + rng.uniform(-1e-3, 1e-3, 50_000),
+                        rng.uniform(0.5, 2.0, 50_000),
+                        np.linspace(math.sqrt(2) * 0.999, math.sqrt(2) * 1.001, 2001),
+                        [fi.max, fi.tiny, fi.smallest_subnormal, 1.0, 2.0, 0.5]])
+    x = x[(x > 0) & np.isfinite(x)].astype(dtype)
+    x = x[x > 0]
+    err = _log_ulp_error(dtype, x)
+    assert err.max() <= 1.0, (err.max(), x[np.argmax(err)])
+    assert err.mean() < 0.1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_log_fast_random_arguments(data):
+    dtype = data.draw(st.sampled_from([np.float32, np.float64]))
+    width = 32 if dtype == np.float32 else 64
+    xs = data.draw(st.lists(st.floats(0.0, None, width=width, exclude_min=True,
+                                      allow_infinity=False, allow_subnormal=True),
+                            min_size=1, max_size=40))
+    assert _log_ulp_error(dtype, np.array(xs, dtype=dtype)).max() <= 1.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_log_fast_edges_follow_ieee(dtype):
+    x = np.array([1.0, 0.0, -0.0, -1.0, -np.inf, np.inf, np.nan], dtype=dtype)
+    got = np.empty_like(x)
+    _log_all(x, got)
+    assert got[0] == 0 and not np.signbit(got[0])
+    assert got[1] == -np.inf and got[2] == -np.inf
+    assert np.isnan(got[3]) and np.isnan(got[4])
+    assert got[5] == np.inf and np.isnan(got[6])
+    # the Python fallback agrees on the edges
+    assert [log_fast(float(v)) for v in x[:3]] == [0.0, -math.inf, -math.inf]

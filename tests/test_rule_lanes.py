@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from numba import njit
 
 from optkern.kernels import rule_lanes
-from optkern.kernels._helpers import exp_fast
+from optkern.kernels._helpers import exp_fast, log_fast
 from optkern.kernels.loss_drivers import LANE_ROWS
 from optkern.kernels.loss_rules import LOSS_RULES
 
@@ -23,7 +23,7 @@ def _compiled(name):
     """(row form, lane form) of a rule, compiled once per test session."""
     if name not in _COMPILED:
         rule = LOSS_RULES[name].rule
-        ns = {"math": math, "exp_fast": exp_fast}
+        ns = {"math": math, "exp_fast": exp_fast, "log_fast": log_fast}
         exec(rule_lanes.lane_source(rule, "lanes"), ns)
         _COMPILED[name] = njit(rule), njit(ns["lanes"])
     return _COMPILED[name]

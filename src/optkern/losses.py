@@ -71,6 +71,8 @@ FUSED_MAX_OUTPUTS = 12
 FUSED_MAX_WEIGHTS = 65_536          # n_features * n_outputs
 
 _METHODS = ("auto", "fused", "blas")
+_L1_RATIO = {"l2": 0.0, "l1": 1.0}
+_INT64 = np.dtype(np.int64)
 _local = threading.local()
 
 
@@ -126,7 +128,7 @@ def _penalty_ratio(penalty, alpha, l1_ratio):
     l1_ratio = _real("l1_ratio", l1_ratio, 0.0, 1.0)
     if penalty is None:
         return 0.0, 0.0
-    return alpha, {"l2": 0.0, "l1": 1.0, "elasticnet": l1_ratio}[penalty]
+    return alpha, _L1_RATIO.get(penalty, l1_ratio)
 
 
 def _out_of_range(a, n):
@@ -230,7 +232,7 @@ def _check_y(spec, y, n, k, dt, check_input):
             and y.shape == (n,) and n:
         # the common case (class indices from an encoder), in one compiled pass
         _check_class_range(*_int_range(y), k)
-        return y if y.dtype == np.int64 and y.flags.c_contiguous \
+        return y if _same(y.dtype, _INT64) and y.flags.c_contiguous \
             else np.ascontiguousarray(y, dtype=np.int64)
     y = np.asarray(y)
     if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
@@ -305,8 +307,13 @@ def _check_sample_weight(sample_weight, n, dt):
     return sw
 
 
-def _overlap(a, b):
-    # the bounds test first: the exact one costs microseconds even when apart
+def _overlap(a, b, a_flags, b_flags):
+    """Whether a and b share memory.  Two different arrays that own their
+    data are two allocations (the common case, np.empty_like buffers: 0.05
+    against 0.28 us for NumPy's bounds test); else NumPy's bounds test, then
+    the exact one (microseconds even when apart)."""
+    if a is not b and a_flags.owndata and b_flags.owndata:
+        return False
     return np.may_share_memory(a, b) and np.shares_memory(a, b)
 
 
@@ -315,8 +322,7 @@ def _same(a, b):
     return a is b or a == b
 
 
-def _writeable_c(a):
-    flags = a.flags
+def _writeable_c(flags):
     return flags.c_contiguous and flags.writeable
 
 
@@ -331,7 +337,8 @@ def _check_out(out, W, b):
         raise ValueError(f"out[0] (dW) must be a {dt} array of shape {W.shape}, got "
                          + (f"{dW.dtype} {dW.shape}" if isinstance(dW, np.ndarray)
                             else type(dW).__name__))
-    if not _writeable_c(dW):
+    dW_flags = dW.flags
+    if not _writeable_c(dW_flags):
         raise ValueError("out[0] (dW) must be C-contiguous and writeable")
     if b is None:
         if db is not None:
@@ -339,9 +346,12 @@ def _check_out(out, W, b):
     else:
         if not isinstance(db, np.ndarray) or not _same(db.dtype, dt) or db.shape != b.shape:
             raise ValueError(f"out[1] (db) must be a {dt} array of shape {b.shape}")
-        if not _writeable_c(db):
+        db_flags = db.flags
+        if not _writeable_c(db_flags):
             raise ValueError("out[1] (db) must be C-contiguous and writeable")
-    if _overlap(dW, W) or (db is not None and _overlap(db, W)):
+    W_flags = W.flags
+    if _overlap(dW, W, dW_flags, W_flags) or (db is not None
+                                             and _overlap(db, W, db_flags, W_flags)):
         raise ValueError("out buffers must not share memory with W")
     return dW, db
 
@@ -459,16 +469,17 @@ def _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db, m
     mod = drv.module_for(spec.name)
     chunks = _n_chunks(n) if parallel else 1
     scratch = _buffer("scratch", (_scratch_size(chunks, d, k),), dt)
-    epsv = dt.type(eps)
+    # epsilon goes as the Python float it is: the kernels convert it to X's
+    # dtype, and Numba types a float faster than a NumPy scalar (0.15 us)
     if kind == "csr":
         if parallel:
             return mod.csr_parallel(X.data, X.indices, X.indptr, y, sw, W, b, alpha, l1r,
-                                    epsv, dW, db, scratch, chunks)
-        return mod.csr_serial(X.data, X.indices, X.indptr, y, sw, W, b, alpha, l1r, epsv,
+                                    eps, dW, db, scratch, chunks)
+        return mod.csr_serial(X.data, X.indices, X.indptr, y, sw, W, b, alpha, l1r, eps,
                               dW, db, scratch)
     if parallel:
-        return mod.dense_parallel(X, y, sw, W, b, alpha, l1r, epsv, dW, db, scratch, chunks)
-    return mod.dense_serial(X, y, sw, W, b, alpha, l1r, epsv, dW, db, scratch)
+        return mod.dense_parallel(X, y, sw, W, b, alpha, l1r, eps, dW, db, scratch, chunks)
+    return mod.dense_serial(X, y, sw, W, b, alpha, l1r, eps, dW, db, scratch)
 
 
 def _launch(n):
@@ -545,7 +556,8 @@ def loss_and_grad(X, y, W, b, loss="softmax", alpha=0.0, penalty="l2", l1_ratio=
     spec = _check_loss(loss)
     alpha, l1r = _penalty_ratio(penalty, alpha, l1_ratio)
     eps = spec.default_epsilon if epsilon is None else _real("epsilon", epsilon)
-    if not isinstance(check_input, (bool, np.bool_)):
+    if check_input is not False and check_input is not True \
+            and not isinstance(check_input, np.bool_):
         raise TypeError(f"check_input must be a bool, got {check_input!r}")
     _backend.validate_name(backend)
     if method not in _METHODS:
