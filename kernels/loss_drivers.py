@@ -475,6 +475,47 @@ def _to_lanes(Zr, m, ZT):
             ZT[j, r] = Zr[r, j]
 
 
+@njit(cache=True, nogil=True, fastmath=_REDUCE_FLAGS)
+def _sum_lanes(row, m):
+    """sum(row[:m]), reassociated (vectorised)."""
+    s = row.dtype.type(0)
+    for r in range(m):
+        s += row[r]
+    return s
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _scale_lanes(DT, loss, sw, i, m, inv_w, Dr, accb, total):
+    """A lane block's tail: DT[:, r] *= w_{i+r} / sum(w), accb += its rows'
+    sums, Dr[:m] = DT^T; returns total + sum_r w_{i+r} loss[r] (in row
+    order).  Scaled and summed in the lane form, each a loop over the lanes
+    (vectorised), then one transpose: 1.5 -> 1.1 us for 256 rows of 10
+    outputs, float32, against a loop over the rows doing all three."""
+    dt = DT.dtype.type
+    k = DT.shape[0]
+    if sw is None:
+        scale = dt(inv_w)
+        for j in range(k):
+            for r in range(m):
+                DT[j, r] = DT[j, r] * scale
+        for r in range(m):
+            total += loss[r]
+    else:
+        for r in range(m):
+            w = float(sw[i + r])
+            total += w * loss[r]
+            loss[r] = w * inv_w         # the row's scale, in the loss slot
+        for j in range(k):
+            for r in range(m):
+                DT[j, r] = DT[j, r] * dt(loss[r])
+    for j in range(k):
+        accb[j] += _sum_lanes(DT[j], m)
+    for r in range(m):
+        for j in range(k):
+            Dr[r, j] = DT[j, r]
+    return total
+
+
 @njit(cache=True, nogil=True)
 def lane_buffers(n_chunks, k, n_real, n_int, dtype):
     """Per-chunk work arrays of a rule's lane form, LANE_ROWS lanes each:
@@ -621,7 +662,7 @@ from optkern.kernels._helpers import VEC_MIN_OUTPUTS, exp_fast, log_fast, with_f
 from optkern.kernels.loss_drivers import (
     ROW_BLOCK, LANE_ROWS, CSR_LANE_ROWS, LANE_CAP, _chunk_views, _lane_views, _shared_WT, _scores_block,
     _accumulate_block, _scores_tiles, _accumulate_tiles, _to_lanes, _csr_row_scores,
-    _csr_row_scatter,
+    _csr_row_scatter, _scale_lanes,
     inverse_weight, penalty_add, penalty_set, transpose_into, reduce_chunks_T, reduce_chunks)
 
 _rule = njit(inline="always", error_model="numpy")(_rule_py)
@@ -986,19 +1027,9 @@ def _block_rule(Zr, y, sw, i, m, eps, inv_w, ZT, DT, loss, S, Dr, accb, total):
     """The rule's lane form on rows i..i+m-1 (their scores in Zr[:m]): Dr[:m]
     gets w_i/sum(w) * dZ, accb their sum; returns total + sum w_i L_i (in
     row order)."""
-    dt = Zr.dtype.type
-    k = Zr.shape[1]
     _to_lanes(Zr, m, ZT)
     _rule_lanes(ZT, y[i:i + m], eps, DT, loss, m, S, _NO_INTS)
-    for r in range(m):
-        w = 1.0 if sw is None else float(sw[i + r])
-        total += w * loss[r]
-        scale = dt(w * inv_w)
-        for j in range(k):
-            g = DT[j, r] * scale
-            Dr[r, j] = g
-            accb[j] += g
-    return total
+    return _scale_lanes(DT, loss, sw, i, m, inv_w, Dr, accb, total)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
