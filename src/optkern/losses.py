@@ -73,6 +73,8 @@ FUSED_MAX_WEIGHTS = 65_536          # n_features * n_outputs
 _METHODS = ("auto", "fused", "blas")
 _L1_RATIO = {"l2": 0.0, "l1": 1.0}
 _INT64 = np.dtype(np.int64)
+_FLOAT32 = np.dtype(np.float32)
+_FLOAT64 = np.dtype(np.float64)
 _local = threading.local()
 
 
@@ -131,13 +133,8 @@ def _penalty_ratio(penalty, alpha, l1_ratio):
     return alpha, _L1_RATIO.get(penalty, l1_ratio)
 
 
-def _out_of_range(a, n):
-    """Whether a non-empty 1-D integer array has values outside [0, n)."""
-    lo, hi = _int_range(a)
-    return lo < 0 or hi >= n
-
-
 def _int_range(a):
+    """(min, max) of a non-empty 1-D integer array, one compiled pass."""
     return _kernels("finite").int_range(a)
 
 
@@ -153,8 +150,9 @@ def _all_finite(a):
 
 def _check_X(X, check_input):
     """(kind, X) with kind "dense" or "csr"; X validated (not yet against W)."""
-    if type(X) in _CSR_TYPES or sp.issparse(X):
-        if X.format != "csr":
+    exact = type(X) in _CSR_TYPES
+    if exact or sp.issparse(X):
+        if not exact and X.format != "csr":
             warnings.warn(f"X is a scipy.sparse {X.format.upper()} matrix; it is converted "
                           "to CSR on every call: convert it once with X.tocsr()",
                           sp.SparseEfficiencyWarning, stacklevel=3)
@@ -174,7 +172,8 @@ def _check_X(X, check_input):
         if indices.dtype.kind not in "iu":
             raise TypeError(f"X has column indices of dtype {indices.dtype}; "
                             "expected integers")
-        if nnz and _out_of_range(indices, shape[1]):
+        lo, hi = _int_range(indices) if nnz else (0, -1)
+        if lo < 0 or hi >= shape[1]:
             raise ValueError(f"X has column indices outside [0, {shape[1]}): wrong shape "
                              "for its CSR structure")
         if not X.has_canonical_format:
@@ -186,7 +185,8 @@ def _check_X(X, check_input):
         return "csr", X
     if not isinstance(X, np.ndarray):
         X = np.asarray(X)
-    if X.dtype not in (np.float32, np.float64):
+    dt = X.dtype
+    if dt is not _FLOAT32 and dt is not _FLOAT64 and dt not in (np.float32, np.float64):
         raise TypeError(f"X must be a float32 or float64 array, got dtype {X.dtype} "
                         "(convert it with X.astype(np.float32) or np.float64)")
     if X.ndim != 2:
@@ -197,23 +197,26 @@ def _check_X(X, check_input):
     return "dense", X
 
 
-def _check_params(X, W, b, n_features):
-    dt = X.dtype
-    if not isinstance(W, np.ndarray):
+def _check_params(X, W, b, n_features, dt=None):
+    """(W, b) C-contiguous, checked against X (of dtype dt: X.dtype)."""
+    if dt is None:
+        dt = X.dtype
+    if type(W) is not np.ndarray and not isinstance(W, np.ndarray):
         raise TypeError(f"W must be a numpy array, got {type(W).__name__}")
     if not _same(W.dtype, dt):
         raise TypeError(f"W has dtype {W.dtype} but X has {dt}: they must match "
                         f"(X's dtype is the compute dtype)")
-    if W.ndim != 2:
-        raise ValueError(f"W must be 2-D (n_features, n_outputs), got shape {W.shape}")
-    if W.shape[0] != n_features:
-        raise ValueError(f"W has {W.shape[0]} rows but X has {n_features} features "
-                         f"(W must be (n_features, n_outputs), got {W.shape})")
-    if W.shape[1] < 1:
+    shape = W.shape
+    if len(shape) != 2:
+        raise ValueError(f"W must be 2-D (n_features, n_outputs), got shape {shape}")
+    if shape[0] != n_features:
+        raise ValueError(f"W has {shape[0]} rows but X has {n_features} features "
+                         f"(W must be (n_features, n_outputs), got {shape})")
+    k = shape[1]
+    if k < 1:
         raise ValueError("W must have at least one output column")
-    k = W.shape[1]
     if b is not None:
-        if not isinstance(b, np.ndarray):
+        if type(b) is not np.ndarray and not isinstance(b, np.ndarray):
             raise TypeError(f"b must be a numpy array or None, got {type(b).__name__}")
         if not _same(b.dtype, dt):
             raise TypeError(f"b has dtype {b.dtype} but X has {dt}: they must match")
@@ -231,7 +234,9 @@ def _check_y(spec, y, n, k, dt, check_input):
     if spec.target == "multiclass" and type(y) is np.ndarray and y.dtype.kind in "iu" \
             and y.shape == (n,) and n:
         # the common case (class indices from an encoder), in one compiled pass
-        _check_class_range(*_int_range(y), k)
+        lo, hi = _int_range(y)
+        if lo < 0 or hi >= k:
+            _check_class_range(lo, hi, k)
         return y if _same(y.dtype, _INT64) and y.flags.c_contiguous \
             else np.ascontiguousarray(y, dtype=np.int64)
     y = np.asarray(y)
@@ -566,11 +571,11 @@ def loss_and_grad(X, y, W, b, loss="softmax", alpha=0.0, penalty="l2", l1_ratio=
     n, d = X.shape
     if n == 0:
         raise ValueError("X has 0 samples")
-    W, b = _check_params(X, W, b, d)
+    dt = X.data.dtype if kind == "csr" else X.dtype
+    W, b = _check_params(X, W, b, d, dt)
     if check_input and not (_all_finite(W) and (b is None or _all_finite(b))):
         raise ValueError("W or b contains NaN or infinity")
     k = W.shape[1]
-    dt = W.dtype
     y = _check_y(spec, y, n, k, dt, check_input)
     sw = _check_sample_weight(sample_weight, n, dt)
     dW, db = _check_out(out, W, b)
