@@ -554,17 +554,15 @@ def reduce_chunks_T(scratch, n_chunks, dW, db):
 
 @njit(cache=True, nogil=True)
 def reduce_chunks(scratch, n_chunks, dW, db):
-    """CSR variant: chunk partials are stored in W's (d, k) layout."""
+    """CSR variant (csr_parallel): dW += the partials of chunks 1.. (in W's
+    (d, k) layout; chunk 0 added its rows to dW itself), db = the sum of
+    every chunk's, in chunk order; returns the loss sum."""
     d, k = dW.shape
     total = 0.0
     for c in range(n_chunks):
         acc, accb, Zb, Db, slot = _chunk_views(scratch, c, d, k)
-        acc2 = acc.reshape((d, k))   # same memory, (d, k) layout for CSR
-        if c == 0:
-            for f in range(d):
-                for j in range(k):
-                    dW[f, j] = acc2[f, j]
-        else:
+        if c > 0:       # chunk 0 accumulated into dW itself
+            acc2 = acc.reshape((d, k))   # same memory, (d, k) layout for CSR
             for f in range(d):
                 for j in range(k):
                     dW[f, j] += acc2[f, j]
@@ -814,14 +812,22 @@ def csr_parallel(data, indices, indptr, y, sw, W, b, alpha, l1_ratio, epsilon, d
     d, k = W.shape
     n = indptr.shape[0] - 1
     inv_w = inverse_weight(sw, n)
+    # chunk 0 adds its rows straight into dW, which starts from the penalty's
+    # gradient (as in csr_serial); the others into zeroed partials, added
+    # after in chunk order: one (d, k) partial less to zero and to copy
+    pen = penalty_set(W, dW, alpha, l1_ratio)
     for c in prange(n_chunks):
         accT, accb, Zb, Db, slot = _chunk_views(scratch, c, d, k)
-        accT[:, :] = 0
+        acc = accT.reshape((d, k))
+        if c == 0:
+            acc = dW
+        else:
+            acc[:, :] = 0
         slot[0] = _csr_rows(data, indices, indptr, y, sw, W, b, epsilon, inv_w,
-                            accT.reshape((d, k)), accb, Zb[0], Db[0], scratch, c,
+                            acc, accb, Zb[0], Db[0], scratch, c,
                             c * n // n_chunks, (c + 1) * n // n_chunks)
     total = reduce_chunks(scratch, n_chunks, dW, db)   # serially: one fork-join only
-    return total * inv_w + penalty_add(W, dW, alpha, l1_ratio)
+    return total * inv_w + pen
 
 
 @ROWS_INPLACE@

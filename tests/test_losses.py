@@ -251,6 +251,40 @@ def test_one_chunk_parallel_equals_serial():
     np.testing.assert_array_equal(out[0][1], out[1][1])
 
 
+@pytest.mark.parametrize("k", [3, 20])      # the lane form (k < 16) and the row form
+@pytest.mark.parametrize("alpha, l1_ratio", [(0.1, 0.0), (0.1, 0.5), (0.0, 0.0)])
+def test_one_chunk_csr_parallel_equals_serial(k, alpha, l1_ratio):
+    """csr_parallel's chunk 0 adds its rows into dW after the penalty, as
+    csr_serial does: with one chunk dW and db are the same bits (the loss
+    passes through the chunk's float32 slot, so it agrees to float32
+    rounding); with two, the same up to the order of the sums."""
+    import scipy.sparse as sp
+    from optkern.kernels import loss_drivers as drv
+    rng = np.random.default_rng(4)
+    X = sp.random(60, 9, density=0.3, format="csr", dtype=np.float32, random_state=4)
+    X.data[:] = rng.standard_normal(X.nnz)
+    W = rng.standard_normal((9, k)).astype(np.float32)
+    b = rng.standard_normal(k).astype(np.float32)
+    y = rng.integers(0, k, 60).astype(np.int64)
+    sw = rng.uniform(0.5, 2.0, 60).astype(np.float32)
+    mod = drv.module_for("softmax")
+    args = (X.data, X.indices, X.indptr, y, sw, W, b, alpha, l1_ratio, 0.1)
+    out = []
+    for fn, extra, chunks in ((mod.csr_serial, (), 1), (mod.csr_parallel, (1,), 1),
+                              (mod.csr_parallel, (2,), 2)):
+        dW = np.full_like(W, np.nan)
+        db = np.full_like(b, np.nan)
+        scratch = np.empty(drv.scratch_size(chunks, 9, k), np.float32)
+        v = fn(*args, dW, db, scratch, *extra)
+        out.append((v, dW, db))
+    assert out[1][0] == pytest.approx(out[0][0], rel=1e-6)
+    np.testing.assert_array_equal(out[1][1], out[0][1])
+    np.testing.assert_array_equal(out[1][2], out[0][2])
+    assert out[2][0] == pytest.approx(out[0][0], rel=1e-6)
+    np.testing.assert_allclose(out[2][1], out[0][1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[2][2], out[0][2], rtol=1e-5, atol=1e-6)
+
+
 def test_out_buffers_are_written_and_returned():
     X, y, W, b, sw = make_problem("softmax", 9, 4, 3, np.float32)
     dW = np.empty_like(W)
