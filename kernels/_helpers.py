@@ -289,15 +289,21 @@ def exp_fast(x):
     return math.exp(x)
 
 
-@overload(exp_fast, inline="always")
-def _ol_exp_fast(x):
-    if isinstance(x, types.Float) and x.bitwidth == 32:
-        return lambda x: _exp_f32(x)
-    if isinstance(x, types.Float):
-        return lambda x: _exp_f64(x)
-    if isinstance(x, (types.Integer, types.Boolean)):
-        return lambda x: _exp_f64(float(x))
-    return None
+def _by_float_width(f32, f64):
+    """An overload body calling f32 on float32 arguments, f64 on float64,
+    integer and boolean ones."""
+    def ol(x):
+        if isinstance(x, types.Float) and x.bitwidth == 32:
+            return lambda x: f32(x)
+        if isinstance(x, types.Float):
+            return lambda x: f64(x)
+        if isinstance(x, (types.Integer, types.Boolean)):
+            return lambda x: f64(float(x))
+        return None
+    return ol
+
+
+overload(exp_fast, inline="always")(_by_float_width(_exp_f32, _exp_f64))
 
 
 # ------------------------------------------------------------------ log
@@ -397,15 +403,7 @@ def log_fast(x):
     return math.log(x) if x > 0 else (-math.inf if x == 0 else math.nan)
 
 
-@overload(log_fast, inline="always")
-def _ol_log_fast(x):
-    if isinstance(x, types.Float) and x.bitwidth == 32:
-        return lambda x: _log_f32(x)
-    if isinstance(x, types.Float):
-        return lambda x: _log_f64(x)
-    if isinstance(x, (types.Integer, types.Boolean)):
-        return lambda x: _log_f64(float(x))
-    return None
+overload(log_fast, inline="always")(_by_float_width(_log_f32, _log_f64))
 
 
 # Where exp_fast pays: only in a loop LLVM vectorises, which needs at least

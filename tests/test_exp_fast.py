@@ -18,15 +18,13 @@ def _exp_all(a, out):
         out[i] = exp_fast(a[i])
 
 
-def _ulp_error(dtype, x):
-    """exp_fast(x) vs exp computed in float64 (float32) or long double (float64),
-    in units of the result's last place; x restricted to normal results."""
+def _ulp_error(dtype, x, compiled=None, exact_fn=np.exp):
+    """compiled(x) (exp_fast) vs exact_fn computed in float64 (float32) or
+    long double (float64), in units of the result's last place; x restricted
+    to normal results."""
     got = np.empty_like(x)
-    _exp_all(x, got)
-    if dtype == np.float32:
-        exact = np.exp(x.astype(np.float64))
-    else:
-        exact = np.exp(x.astype(np.longdouble))
+    (compiled or _exp_all)(x, got)
+    exact = exact_fn(x.astype(np.float64 if dtype == np.float32 else np.longdouble))
     spacing = np.spacing(exact.astype(dtype)).astype(exact.dtype)
     return np.abs(got.astype(exact.dtype) - exact) / spacing
 
@@ -96,11 +94,7 @@ def _log_all(a, out):
 
 
 def _log_ulp_error(dtype, x):
-    got = np.empty_like(x)
-    _log_all(x, got)
-    exact = np.log(x.astype(np.float64 if dtype == np.float32 else np.longdouble))
-    spacing = np.spacing(exact.astype(dtype)).astype(exact.dtype)
-    return np.abs(got.astype(exact.dtype) - exact) / spacing
+    return _ulp_error(dtype, x, _log_all, np.log)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
