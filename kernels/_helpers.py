@@ -316,9 +316,9 @@ overload(exp_fast, inline="always")(_by_float_width(_exp_f32, _exp_f64))
 # with R the atanh series' terms 2 z^i / (2i + 1), z = s^2, i = 1..10 for
 # float64 (|s| <= 0.1716: the first term left out is below 1e-18 of the
 # result), 1..4 for float32; e ln2 is added as e ln2_hi (exact) + e ln2_lo.
-# Computed in float64 for both dtypes (a float32 result is rounded once).  log(0) = -inf, log(x < 0) = NaN,
-# log(inf) = inf, NaN passes through.  tests/test_exp_fast.py measures the
-# error against NumPy's log.
+# Computed in float64 for both dtypes (a float32 result is rounded once).
+# log(0) = -inf, log(x < 0) = NaN, log(inf) = inf, NaN passes through.
+# tests/test_exp_fast.py measures the error against NumPy's log.
 
 @intrinsic
 def _bits_of_float(typingctx, x):
@@ -346,7 +346,7 @@ _ATANH = tuple(2.0 / (2 * i + 1) for i in range(11))    # R's coefficients, inde
 @register_jitable
 def _log_parts(x):
     """(e, f, s, z) of log_fast's reduction of a float64 x > 0 (any x: the
-    edges are fixed by _log_edges)."""
+    edges are fixed by _log_join)."""
     sub = x < _TINY64
     xs = x * _TWO54 if sub else x
     bits = _bits_of_float(xs)

@@ -34,7 +34,7 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic, overload, register_jitable
 
 from ._helpers import load
 
@@ -218,7 +218,7 @@ def _scores_codegen(n_vec, tail, W, b, z, data, indices, lo, hi):
     def codegen(context, builder, signature, args):
         data_v, ind_v, lo_v, hi_v, W_v, b_v, z_v, c0_v = args
         za = context.make_array(z)(context, builder, z_v)
-        accs, stores = [], []
+        stores = []
 
         def piece(mask, vty, zero, align):
             acc = cgutils.alloca_once(builder, vty)     # promoted to a register
@@ -313,8 +313,47 @@ def _variants(factory):
     return factory(MAX_VECTORS, None), tails
 
 
-_scores_full, _scores_tails = _variants(lambda n, t: _scores_intrinsic(n, t))
-_scatter_full, _scatter_tails = _variants(lambda n, t: _scatter_intrinsic(n, t))
+_scores_full, _scores_tails = _variants(_scores_intrinsic)
+_scatter_full, _scatter_tails = _variants(_scatter_intrinsic)
+
+
+def _dispatcher(full, tails, L):
+    """A compiled ``run(k, args)`` covering a row's k columns: full chunks of
+    MAX_VECTORS vectors, then the tail variant for the columns left (1..4
+    vectors, the last half-width when its columns fit half of one); each
+    loop is called as ``loop(*args, c0)``."""
+    chunk = MAX_VECTORS * L
+    (f1, h1), (f2, h2), (f3, h3), (f4, h4) = (
+        (tails[n, False], tails[n, True]) for n in range(1, MAX_VECTORS + 1))
+
+    @register_jitable(inline="always")
+    def run(k, args):
+        c0 = 0
+        while k - c0 > chunk:
+            full(*args, c0)
+            c0 += chunk
+        r = k - c0                      # 1..chunk columns left
+        half = (r - 1) % L < L // 2     # the last vector's columns fit half of one
+        if r <= L:
+            if half:
+                h1(*args, c0)
+            else:
+                f1(*args, c0)
+        elif r <= 2 * L:
+            if half:
+                h2(*args, c0)
+            else:
+                f2(*args, c0)
+        elif r <= 3 * L:
+            if half:
+                h3(*args, c0)
+            else:
+                f3(*args, c0)
+        elif half:
+            h4(*args, c0)
+        else:
+            f4(*args, c0)
+    return run
 
 
 # ------------------------------------------------------------ the overloads
@@ -324,38 +363,10 @@ _scatter_full, _scatter_tails = _variants(lambda n, t: _scatter_intrinsic(n, t))
 def _ov_scores(data, indices, lo, hi, W, b, z):
     if not _vector_ok(data, indices, W, z):
         return csr_row_scores       # the plain loop
-    L = _lanes(W.dtype)
-    chunk = MAX_VECTORS * L
-    (f1, h1), (f2, h2), (f3, h3), (f4, h4) = (
-        (_scores_tails[n, False], _scores_tails[n, True]) for n in range(1, 5))
+    run = _dispatcher(_scores_full, _scores_tails, _lanes(W.dtype))
 
     def impl(data, indices, lo, hi, W, b, z):
-        k = W.shape[1]
-        c0 = 0
-        while k - c0 > chunk:
-            _scores_full(data, indices, lo, hi, W, b, z, c0)
-            c0 += chunk
-        r = k - c0                      # 1..chunk columns left
-        half = (r - 1) % L < L // 2     # the last vector's columns fit half of one
-        if r <= L:
-            if half:
-                h1(data, indices, lo, hi, W, b, z, c0)
-            else:
-                f1(data, indices, lo, hi, W, b, z, c0)
-        elif r <= 2 * L:
-            if half:
-                h2(data, indices, lo, hi, W, b, z, c0)
-            else:
-                f2(data, indices, lo, hi, W, b, z, c0)
-        elif r <= 3 * L:
-            if half:
-                h3(data, indices, lo, hi, W, b, z, c0)
-            else:
-                f3(data, indices, lo, hi, W, b, z, c0)
-        elif half:
-            h4(data, indices, lo, hi, W, b, z, c0)
-        else:
-            f4(data, indices, lo, hi, W, b, z, c0)
+        run(W.shape[1], (data, indices, lo, hi, W, b, z))
     return impl
 
 
@@ -363,36 +374,8 @@ def _ov_scores(data, indices, lo, hi, W, b, z):
 def _ov_scatter(data, indices, lo, hi, dz, acc):
     if not _vector_ok(data, indices, acc, dz):
         return csr_row_scatter
-    L = _lanes(acc.dtype)
-    chunk = MAX_VECTORS * L
-    (f1, h1), (f2, h2), (f3, h3), (f4, h4) = (
-        (_scatter_tails[n, False], _scatter_tails[n, True]) for n in range(1, 5))
+    run = _dispatcher(_scatter_full, _scatter_tails, _lanes(acc.dtype))
 
     def impl(data, indices, lo, hi, dz, acc):
-        k = acc.shape[1]
-        c0 = 0
-        while k - c0 > chunk:
-            _scatter_full(data, indices, lo, hi, dz, acc, c0)
-            c0 += chunk
-        r = k - c0
-        half = (r - 1) % L < L // 2
-        if r <= L:
-            if half:
-                h1(data, indices, lo, hi, dz, acc, c0)
-            else:
-                f1(data, indices, lo, hi, dz, acc, c0)
-        elif r <= 2 * L:
-            if half:
-                h2(data, indices, lo, hi, dz, acc, c0)
-            else:
-                f2(data, indices, lo, hi, dz, acc, c0)
-        elif r <= 3 * L:
-            if half:
-                h3(data, indices, lo, hi, dz, acc, c0)
-            else:
-                f3(data, indices, lo, hi, dz, acc, c0)
-        elif half:
-            h4(data, indices, lo, hi, dz, acc, c0)
-        else:
-            f4(data, indices, lo, hi, dz, acc, c0)
+        run(acc.shape[1], (data, indices, lo, hi, dz, acc))
     return impl

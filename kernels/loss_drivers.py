@@ -86,7 +86,8 @@ ROW_BLOCK = 6
 LANE_ROWS = 36      # six of the fused kernel's 6-row tiles
 # The CSR kernel's blocks are longer: the rule's loops over the lanes run in
 # vectors of 16 and do better with more of them (softmax at k = 10, float32:
-# 15.4 ns a row at 36 lanes, 11.2 at 96), and a CSR block keeps no rows of X
+# 15.4 ns a row at 36 lanes, 11.2 at 96; 128 took another 0.4 us off 256
+# rows, 256 lanes no more), and a CSR block keeps no rows of X
 # in cache between its passes (the dense kernel re-reads its 36 rows for dW,
 # so its blocks must stay small).  The lane buffers hold LANE_CAP lanes.
 CSR_LANE_ROWS = 128
@@ -658,8 +659,8 @@ import math
 from optkern.kernels.loss_rules import {rule_fn} as _rule_py
 from optkern.kernels._helpers import VEC_MIN_OUTPUTS, exp_fast, log_fast, with_fast_math
 from optkern.kernels.loss_drivers import (
-    ROW_BLOCK, LANE_ROWS, CSR_LANE_ROWS, LANE_CAP, _chunk_views, _lane_views, _shared_WT, _scores_block,
-    _accumulate_block, _scores_tiles, _accumulate_tiles, _to_lanes, _csr_row_scores,
+    ROW_BLOCK, LANE_ROWS, CSR_LANE_ROWS, LANE_CAP, _chunk_views, _lane_views, _shared_WT,
+    _scores_block, _accumulate_block, _scores_tiles, _accumulate_tiles, _to_lanes, _csr_row_scores,
     _csr_row_scatter, _scale_lanes,
     inverse_weight, penalty_add, penalty_set, transpose_into, reduce_chunks_T, reduce_chunks)
 
