@@ -218,7 +218,10 @@ class _DaskLinear(BaseEstimator):
         already in the shards' sample weights, callbacks and progress run on
         the client, and the learning rate carries the adaptive factor."""
         p = self._local_params()
-        p.update(callbacks=None, verbose=0, warm_start=True, early_stopping=False)
+        # a worker's divergence is reported to the client, which applies the
+        # user's on_divergence to the round
+        p.update(callbacks=None, verbose=0, warm_start=True, early_stopping=False,
+                 on_divergence="raise")
         if self._classify:
             p["class_weight"] = None
         if lr is not None:
@@ -247,8 +250,9 @@ class _DaskLinear(BaseEstimator):
         the same broadcast state, and warns naming the round."""
         for attempt in range(MAX_ROUND_RETRIES + 1):
             seen = self._seen_workers
-            futures = submit()
+            futures = []
             try:
+                futures = submit()
                 results = client.gather(futures)
                 failure = None
             except _FAULTS as exc:
@@ -276,10 +280,19 @@ class _DaskLinear(BaseEstimator):
     def _fault_warning(self, msg):
         warnings.warn(msg, RuntimeWarning, stacklevel=4)
 
-    def _shard_objective(self, client, ds, model_f, theta, what):
-        th = client.scatter(theta, broadcast=True, hash=False)
-        res = self._round(client, lambda: [client.submit(_worker.shard_loss_grad, s, model_f, th,
-                                                         pure=False) for s in ds.shards], what)
+    def _broadcast_and_submit(self, client, ds, fn, broadcast, *args):
+        """The round's tasks: ``broadcast`` scattered to every worker, then one
+        task per shard (it runs where the shard lives)."""
+        def submit():
+            b = client.scatter(broadcast, broadcast=True, hash=False)
+            return [client.submit(fn, s, b, *(a[j] if isinstance(a, _PerShard) else a
+                                              for a in args), pure=False)
+                    for j, s in enumerate(ds.shards)]
+        return submit
+
+    def _shard_objective(self, client, ds, model, theta, what):
+        res = self._round(client, self._broadcast_and_submit(
+            client, ds, _worker.shard_loss_grad, (model, theta)), what)
         wsum = sum(r[2] for r in res)
         loss = sum(r[0] for r in res) / wsum
         grad = np.sum([r[1] for r in res], axis=0) / wsum
@@ -333,13 +346,12 @@ class _DaskLinear(BaseEstimator):
         n_w = d * k
         alpha = 0.0 if self.penalty is None else float(self.alpha)
         base = self._base_state(ds)
-        model_f = client.scatter((type(local).__name__, self._worker_params(ds), base,
-                                  (d, k, fi)), broadcast=True, hash=False)
+        model = (type(local).__name__, self._worker_params(ds), base, (d, k, fi))
         history, t0, calls = [], time.perf_counter(), [0]
 
         def fun(theta):
             calls[0] += 1
-            loss, grad = self._shard_objective(client, ds, model_f, theta,
+            loss, grad = self._shard_objective(client, ds, model, theta,
                                                f"L-BFGS evaluation {calls[0]}")
             Wd = theta[:n_w].astype(ds.dtype).astype(np.float64)
             return loss + 0.5 * alpha * float(Wd @ Wd), grad + np.concatenate(
@@ -389,8 +401,7 @@ class _DaskLinear(BaseEstimator):
         theta0 = np.zeros(d * k + (k if fi else 0))
         if prev is not None:
             theta0 = np.concatenate([prev._W.ravel(), prev._b if fi else []]).astype(np.float64)
-        model0 = client.scatter((cls_name, self._worker_params(ds), base, (d, k, fi)),
-                                broadcast=True, hash=False)
+        model0 = (cls_name, self._worker_params(ds), base, (d, k, fi))
         start, _ = self._shard_objective(client, ds, model0, theta0, "the starting loss")
         limit = 1e4 * max(float(start), 1e-3)
         history, good = [], None
@@ -405,12 +416,11 @@ class _DaskLinear(BaseEstimator):
                 lr_now = base_lr * schedule.factor(t_now) * plateau
                 model = (cls_name, self._worker_params(ds, lr=base_lr * plateau), state,
                          (d, k, fi))
-                mf = client.scatter(model, broadcast=True, hash=False)
                 t0 = time.perf_counter()
-                seeds = [[seed, r, j] for j in range(len(ds.shards))]
-                results = self._round(client, lambda: [
-                    client.submit(_worker.shard_round, s, mf, sd, self.local_epochs, first_kwargs,
-                                  pure=False) for s, sd in zip(ds.shards, seeds)], what)
+                seeds = _PerShard([seed, r, j] for j in range(len(ds.shards)))
+                results = self._round(client, self._broadcast_and_submit(
+                    client, ds, _worker.shard_round, model, seeds, self.local_epochs,
+                    first_kwargs), what)
                 ok = [x for x in results if x["rows"] > 0]
                 diverged = [x for x in ok if x["diverged"]]
                 new = None
@@ -441,11 +451,10 @@ class _DaskLinear(BaseEstimator):
                 row = {"epoch": r + 1, "loss": loss, "val_score": None, "lr": float(lr_now),
                        "time": time.perf_counter() - t0}
                 if spec_val(self):
-                    vf = client.scatter((cls_name, self._worker_params(ds), state, (d, k, fi)),
-                                        broadcast=True, hash=False)
-                    terms = self._round(client, lambda: [
-                        client.submit(_worker.shard_validation_terms, s, vf, pure=False)
-                        for s in ds.shards], f"{what} (validation)")
+                    terms = self._round(client, self._broadcast_and_submit(
+                        client, ds, _worker.shard_validation_terms,
+                        (cls_name, self._worker_params(ds), state, (d, k, fi))),
+                        f"{what} (validation)")
                     row["val_score"] = _worker.combine_score(terms, self._classify)
                 history.append(row)
                 if progress is not None:
@@ -615,6 +624,10 @@ class _DaskLinear(BaseEstimator):
         return da.from_delayed(total, shape=(), dtype=np.float64)
 
 
+class _PerShard(list):
+    """An argument with one value per shard."""
+
+
 def spec_val(est):
     return bool(est.early_stopping)
 
@@ -665,6 +678,7 @@ class LinearClassifier(ClassifierMixin, _DaskLinear):
     _local_cls = _est.LinearClassifier
     _classify = True
     __init__ = _mirror_init(_est.LinearClassifier)
+    score = _DaskLinear.score      # before ClassifierMixin's in-memory score
 
     def decision_function(self, X):
         return self._map(X, "decision_function")
@@ -681,3 +695,4 @@ class LinearRegressor(RegressorMixin, _DaskLinear):
 
     _local_cls = _est.LinearRegressor
     __init__ = _mirror_init(_est.LinearRegressor)
+    score = _DaskLinear.score      # before RegressorMixin's in-memory score

@@ -197,8 +197,8 @@ def _check(metas, classify, files, infos, classes):
     svmlight = files is not None and files.options["n_features"] is None and \
         all(i.get("format") == "svmlight" for i in infos)
     if len(widths) > 1 and not svmlight:
-        a = next(m for m in full if m["d"] == widths[0])
-        b = next(m for m in full if m["d"] == d)
+        a = full[0]
+        b = next(m for m in full if m["d"] != a["d"])
         _fail(f"partitions have different feature counts: {a['source']} has {a['d']}, "
               f"{b['source']} has {b['d']}")
     if files is not None:

@@ -262,7 +262,7 @@ def _sample_weight(shard):
     return shard.sw
 
 
-def shard_loss_grad(shard, model, theta):
+def shard_loss_grad(shard, model_theta):
     """The shard's share of the full-batch objective at ``theta`` (W and b
     flattened, float64): weighted sums sum_i w_i L_i and sum_i w_i dL_i/dW,
     without the penalty (the client adds it once), and sum_i w_i.
@@ -271,6 +271,7 @@ def shard_loss_grad(shard, model, theta):
     n_features_in_, outputs); the loss and gradient are the estimator's own
     ``_batch_loss_grad``, as its in-memory L-BFGS calls it.
     """
+    model, theta = model_theta
     est = _template(model)
     W, b = _unflatten(theta, model[3], shard.X.dtype)
     if shard.n == 0 or shard.wsum <= 0:
