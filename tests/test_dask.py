@@ -104,15 +104,18 @@ def test_shard_round_is_the_in_memory_partial_fit():
     ref.partial_fit(X, y, classes=[0, 1])
     ref.partial_fit(X, y)
     assert out["loss"] == ref.history_[-1]["loss"]
-    np.testing.assert_array_equal(out["state"]["coef_"], ref.coef_)
+    np.testing.assert_array_equal(out["state"]["_W"], ref._W)
+    assert "coef_" not in out["state"]           # W^T: not sent without averaging
     assert out["state"]["_opt_state"]["state"][0]["step"] == ref._opt_state["state"][0]["step"]
     # and a second round continues from that state like a third partial_fit
     model2 = ("LinearClassifier", dict(params, warm_start=True),
-              dict(out["state"], classes_=np.array([0, 1]), n_features_in_=30), (30, 1, True))
+              dict(out["state"], classes_=np.array([0, 1]), n_features_in_=30,
+                   **okd._coef_state(out["state"]["_W"], out["state"]["_b"], 2)),
+              (30, 1, True))
     out2 = _worker.shard_round(shard, model2, [5, 1, 0], 1, {})
     ref._rng = np.random.default_rng([5, 1, 0])
     ref.partial_fit(X, y)
-    np.testing.assert_array_equal(out2["state"]["coef_"], ref.coef_)
+    np.testing.assert_array_equal(out2["state"]["_W"], ref._W)
 
 
 def test_average_weights_arrays_and_adds_step_counters():
@@ -121,7 +124,7 @@ def test_average_weights_arrays_and_adds_step_counters():
                                                                               "m": np.ones(2)}}}}
     b = {"_t": 12, "_W": np.array([3.0, 5.0]), "_opt_state": {"state": {0: {"step": 12,
                                                                               "m": np.zeros(2)}}}}
-    avg = okd._average([a, b], [0.75, 0.25], base)
+    avg = _worker.average_states([a, b], [3, 1], base)
     _close(avg["_W"], [1.5, 3.5], 0, 1e-15)
     assert avg["_t"] == 16 and avg["_opt_state"]["state"][0]["step"] == 16
     _close(avg["_opt_state"]["state"][0]["m"], [0.75, 0.75], 0, 1e-15)

@@ -148,31 +148,6 @@ def _mirror_init(local_cls):
     return __init__
 
 
-# ------------------------------------------------------- state averaging
-_COUNTERS = ("step", "avg_count", "_t", "t_")
-
-
-def _average(values, weights, base, key=None):
-    """The row-weighted average of the workers' states: arrays and floats are
-    averaged; step counters add up their increments over ``base``; anything
-    else (hyperparameters, seeds, flags) is taken from the first shard."""
-    v0 = values[0]
-    if isinstance(v0, dict):
-        return {k: _average([v[k] for v in values], weights,
-                            base.get(k) if isinstance(base, dict) else None, k) for k in v0}
-    if isinstance(v0, np.ndarray) and v0.dtype.kind == "f":
-        acc = np.zeros(v0.shape, dtype=np.float64)
-        for w, v in zip(weights, values):
-            acc += w * v
-        return acc.astype(v0.dtype)
-    if key in _COUNTERS and isinstance(v0, numbers.Integral) and not isinstance(v0, bool):
-        b = int(base) if isinstance(base, numbers.Integral) else 0
-        return b + sum(int(v) - b for v in values)
-    if isinstance(v0, float):
-        return float(sum(w * v for w, v in zip(weights, values)))
-    return v0
-
-
 def _finite_state(state):
     for k in ("_W", "_b", "coef_", "intercept_"):
         v = state.get(k)
@@ -280,23 +255,26 @@ class _DaskLinear(BaseEstimator):
     def _fault_warning(self, msg):
         warnings.warn(msg, RuntimeWarning, stacklevel=4)
 
-    def _broadcast_and_submit(self, client, ds, fn, broadcast, *args):
-        """The round's tasks: ``broadcast`` scattered to every worker, then one
-        task per shard (it runs where the shard lives)."""
+    def _broadcast_and_submit(self, client, ds, fn, broadcast, *args, reduce=None):
+        """The round's tasks: ``broadcast`` scattered to the workers (Dask
+        copies it along a tree), then one task per shard, where the shard
+        lives.  ``reduce(client, futures, broadcast_future)`` turns them into
+        the futures the client gathers (default: all of them)."""
         def submit():
             b = client.scatter(broadcast, broadcast=True, hash=False)
-            return [client.submit(fn, s, b, *(a[j] if isinstance(a, _PerShard) else a
-                                              for a in args), pure=False)
-                    for j, s in enumerate(ds.shards)]
+            futures = [client.submit(fn, s, b, *(a[j] if isinstance(a, _PerShard) else a
+                                                 for a in args), pure=False)
+                       for j, s in enumerate(ds.shards)]
+            return futures if reduce is None else reduce(client, futures, b)
         return submit
 
     def _shard_objective(self, client, ds, model, theta, what):
-        res = self._round(client, self._broadcast_and_submit(
-            client, ds, _worker.shard_loss_grad, (model, theta)), what)
-        wsum = sum(r[2] for r in res)
-        loss = sum(r[0] for r in res) / wsum
-        grad = np.sum([r[1] for r in res], axis=0) / wsum
-        return loss, grad
+        def tree_sum(client, futures, b):
+            return [_tree(client, _worker.add_objective, futures)]
+
+        (wl, grad, wsum), = self._round(client, self._broadcast_and_submit(
+            client, ds, _worker.shard_loss_grad, (model, theta), reduce=tree_sum), what)
+        return wl / wsum, grad / wsum
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y=None, sample_weight=None):
@@ -418,16 +396,17 @@ class _DaskLinear(BaseEstimator):
                          (d, k, fi))
                 t0 = time.perf_counter()
                 seeds = _PerShard([seed, r, j] for j in range(len(ds.shards)))
-                results = self._round(client, self._broadcast_and_submit(
+                *results, avg = self._round(client, self._broadcast_and_submit(
                     client, ds, _worker.shard_round, model, seeds, self.local_epochs,
-                    first_kwargs), what)
+                    first_kwargs, reduce=_summaries_and_average), what)
                 ok = [x for x in results if x["rows"] > 0]
                 diverged = [x for x in ok if x["diverged"]]
                 new = None
                 if not diverged:
-                    rows = np.array([x["rows"] for x in ok], dtype=np.float64)
-                    w = rows / rows.sum()
-                    avg = _average([x["state"] for x in ok], w, state)
+                    w = np.array([x["rows"] for x in ok], dtype=np.float64)
+                    w /= w.sum()
+                    if "coef_" not in avg:
+                        avg.update(_coef_state(avg["_W"], avg["_b"], base.get("_y_ndim", 2)))
                     new = dict(state, **avg)
                     loss = float(np.dot(w, [x["loss"] for x in ok]))
                 else:
@@ -622,6 +601,27 @@ class _DaskLinear(BaseEstimator):
         if compute:
             return float(get_client(self.client).compute(total).result())
         return da.from_delayed(total, shape=(), dtype=np.float64)
+
+
+def _tree(client, fn, futures):
+    """Reduce ``futures`` with ``fn`` pairwise on the workers, in a binary tree
+    fixed by their order (log2 M steps; the client receives one result)."""
+    level = list(futures)
+    while len(level) > 1:
+        nxt = [client.submit(fn, a, b, pure=False) for a, b in zip(level[::2], level[1::2])]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0]
+
+
+def _summaries_and_average(client, futures, model):
+    """An SGD round's gathered futures: each shard's summary (rows, loss,
+    divergence), then the row-weighted average state reduced on the workers."""
+    summaries = [client.submit(_worker.round_summary, f, pure=False) for f in futures]
+    terms = [client.submit(_worker.weigh_state, f, model, pure=False) for f in futures]
+    total = _tree(client, _worker.add_terms, terms)
+    return summaries + [client.submit(_worker.mean_state, total, model, pure=False)]
 
 
 class _PerShard(list):

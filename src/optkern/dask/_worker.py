@@ -16,6 +16,7 @@ driven through two interfaces only:
 """
 
 import math
+import numbers
 import os
 
 import numpy as np
@@ -285,6 +286,11 @@ def shard_loss_grad(shard, model_theta):
     return float(loss) * shard.wsum, grad * shard.wsum, shard.wsum
 
 
+def add_objective(a, b):
+    """Two shards' (weighted loss, weighted gradient, weight) summed."""
+    return a[0] + b[0], a[1] + b[1], a[2] + b[2]
+
+
 def _template(model):
     cls_name, params, state, _ = model
     return estimator_from_state(cls_name, params, state)
@@ -330,13 +336,115 @@ def shard_round(shard, model, seed, local_epochs, first_call_kwargs):
         out["message"] = str(exc)
         return out
     out["loss"] = float(est.history_[-1]["loss"])
-    out["state"] = {k: v for k, v in _io._fitted_attributes(est).items()
-                    if k in AVERAGED or k in ("_y_ndim", "_k")}
+    # without Polyak averaging coef_/intercept_ are _W/_b transposed: not sent
+    keep = AVERAGED if est.average is not False else AVERAGED[2:]
+    out["state"] = {k: v for k, v in _io._fitted_attributes(est).items() if k in keep}
     return out
 
 
-# what a round sends back and the client averages (row-weighted)
+# what a round's shards average (row-weighted)
 AVERAGED = ("coef_", "intercept_", "_W", "_b", "_t", "t_", "_opt_state")
+
+
+def round_summary(result):
+    """The small part of a round's result the client reads (the state stays
+    on the workers and is reduced there)."""
+    return {k: v for k, v in result.items() if k != "state"}
+
+
+# ------------------------------------------------ averaging, as a tree of tasks
+# A round's states are averaged on the workers, pairwise in a fixed binary
+# tree over the shard indices: the client receives one state whatever the
+# number of workers, and the order of the sums (so every bit of the result)
+# depends only on the number of shards.
+_COUNTERS = ("step", "avg_count", "_t", "t_")
+
+
+class _Sum:
+    """A running weighted sum of arrays or floats (float64), and the dtype to
+    return."""
+
+    __slots__ = ("total", "dtype")
+
+    def __init__(self, total, dtype):
+        self.total, self.dtype = total, dtype
+
+
+class _Count:
+    """A step counter's increments over the round's starting value."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n):
+        self.n = n
+
+
+def _weigh(v, w, base, key=None):
+    if isinstance(v, dict):
+        return {k: _weigh(x, w, base.get(k) if isinstance(base, dict) else None, k)
+                for k, x in v.items()}
+    if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+        return _Sum(w * v.astype(np.float64), v.dtype)
+    if key in _COUNTERS and isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        return _Count(int(v) - (int(base) if isinstance(base, numbers.Integral) else 0))
+    if isinstance(v, float):
+        return _Sum(w * v, None)
+    return v        # hyperparameters, seeds, flags: the first shard's
+
+
+def _add(a, b):
+    if isinstance(a, dict):
+        return {k: _add(a[k], b[k]) for k in a}
+    if isinstance(a, _Sum):
+        return _Sum(a.total + b.total, a.dtype)
+    if isinstance(a, _Count):
+        return _Count(a.n + b.n)
+    return a
+
+
+def _mean(a, wsum, base, key=None):
+    if isinstance(a, dict):
+        return {k: _mean(x, wsum, base.get(k) if isinstance(base, dict) else None, k)
+                for k, x in a.items()}
+    if isinstance(a, _Sum):
+        return (a.total / wsum).astype(a.dtype) if a.dtype is not None else \
+            float(a.total / wsum)
+    if isinstance(a, _Count):
+        return (int(base) if isinstance(base, numbers.Integral) else 0) + a.n
+    return a
+
+
+def weigh_state(result, model):
+    """A shard's state as terms of the row-weighted average (None when the
+    shard had no rows or diverged: the client discards such a round)."""
+    if "state" not in result:
+        return None
+    return (float(result["rows"]), _weigh(result["state"], float(result["rows"]), model[2]))
+
+
+def add_terms(a, b):
+    if a is None or b is None:
+        return a if b is None else b
+    return (a[0] + b[0], _add(a[1], b[1]))
+
+
+def mean_state(terms, model):
+    """The averaged state: arrays and floats weighted by rows, step counters
+    advanced by the sum of every shard's steps (so schedules and bias
+    corrections see one pass over the data per round, as one epoch in
+    memory), anything else from the first shard."""
+    if terms is None:
+        return None
+    return _mean(terms[1], terms[0], model[2])
+
+
+def average_states(states, rows, base):
+    """The same average for states already in one process (tests, the client)."""
+    terms = [(float(r), _weigh(s, float(r), base)) for s, r in zip(states, rows)]
+    acc = terms[0]
+    for t in terms[1:]:
+        acc = add_terms(acc, t)
+    return _mean(acc[1], acc[0], base)
 
 
 # ------------------------------------------------------------------- scoring
