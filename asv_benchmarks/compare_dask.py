@@ -97,8 +97,11 @@ def rss():
 
 
 def _worker_counters(dask_worker):
+    import psutil
+
     return {"managed": int(dask_worker.state.nbytes),
             "sent": int(dask_worker.transfer_outgoing_bytes_total),
+            "rss": int(psutil.Process().memory_info().rss),
             "keys": len(dask_worker.data)}
 
 
@@ -129,13 +132,25 @@ class Cluster:
         self.cluster.close()
 
 
-def run_dask(cl, params, Xte, yte):
+def run_dask(cl, params, Xte, yte, data_bytes):
+    """One distributed fit; SGD fits sample the workers' memory after every
+    round (a callback), so the peak of what they hold during the fit is seen."""
     import optkern.dask as okd
 
     before = cl.counters()
-    base_managed = max(c["managed"] for c in before.values())
-    peak = {"managed": 0}
+    base_managed = {w: c["managed"] for w, c in before.items()}
+    peak = {"managed": 0, "rss": 0, "client_rss": 0}
     r0 = rss()
+
+    def sample(row):
+        now = cl.counters()
+        peak["managed"] = max(peak["managed"], max(c["managed"] - base_managed.get(w, 0)
+                                                   for w, c in now.items()))
+        peak["rss"] = max(peak["rss"], max(c["rss"] for c in now.values()))
+        peak["client_rss"] = max(peak["client_rss"], rss() - r0)
+
+    if params.get("solver", "sgd") == "sgd":
+        params = dict(params, callbacks=[sample])
     t0 = time.perf_counter()
     m = okd.LinearClassifier(client=cl.client, **params).fit(cl.X, cl.y)
     elapsed = time.perf_counter() - t0
@@ -143,11 +158,14 @@ def run_dask(cl, params, Xte, yte):
     sent = sum(after[w]["sent"] - before.get(w, {"sent": 0})["sent"] for w in after)
     local = m.to_local()
     state = {k: getattr(local, k) for k in ("_W", "_b", "_opt_state") if hasattr(local, k)}
-    peak["managed"] = max(c["managed"] for c in after.values()) - base_managed
-    return {"time": elapsed, "rounds": m.n_iter_, "acc": local.score(Xte, yte),
-            "per_round": elapsed / max(m.n_iter_, 1),
-            "broadcast_bytes": len(pickle.dumps(state, protocol=5)),
-            "peer_bytes": sent, "client_rss_delta": rss() - r0}
+    out = {"time": elapsed, "rounds": m.n_iter_, "acc": local.score(Xte, yte),
+           "per_round": elapsed / max(m.n_iter_, 1),
+           "broadcast_bytes": len(pickle.dumps(state, protocol=5)),
+           "peer_bytes": sent, "peer_bytes_per_round": sent / max(m.n_iter_, 1)}
+    if "callbacks" in params:
+        out.update(shard_bytes=data_bytes / cl.m, worker_extra_peak=peak["managed"],
+                   worker_rss_peak=peak["rss"], client_rss_peak=peak["client_rss"])
+    return out
 
 
 def run_local(params, Xtr, ytr, Xte, yte):
@@ -202,6 +220,8 @@ def main(argv=None):
         X, y = make(n)
         Xtr, Xte, ytr, yte = split(X, y, dense)
         nnz = Xtr.nnz / Xtr.shape[0] if sp.issparse(Xtr) else Xtr.shape[1]
+        nbytes = (Xtr.data.nbytes + Xtr.indices.nbytes + Xtr.indptr.nbytes
+                  if sp.issparse(Xtr) else Xtr.nbytes) + ytr.nbytes
         print(f"\n{name}: train {Xtr.shape}, {nnz:.0f} nonzeros a row", flush=True)
         clusters = {m: Cluster(m, Xtr, ytr) for m in ms}
         contenders = [("in-memory sgd", lambda: run_local({"random_state": 0}, Xtr, ytr,
@@ -210,15 +230,19 @@ def main(argv=None):
                                                               Xte, yte))]
         for m in ms:
             contenders.append((f"dask sgd, {m} worker{'s' * (m > 1)}",
-                               lambda m=m: run_dask(clusters[m], {"random_state": 0}, Xte, yte)))
+                               lambda m=m: run_dask(clusters[m], {"random_state": 0}, Xte, yte,
+                                                   nbytes)))
             contenders.append((f"dask lbfgs, {m} worker{'s' * (m > 1)}",
-                               lambda m=m: run_dask(clusters[m], {"solver": "lbfgs"}, Xte, yte)))
+                               lambda m=m: run_dask(clusters[m], {"solver": "lbfgs"}, Xte, yte,
+                                                   nbytes)))
         if have_dask_ml:
             m = 2 if 2 in ms else ms[0]
             contenders.append((f"dask-ml LogisticRegression, {m} workers",
                                lambda m=m: run_dask_ml(clusters[m], Xte, yte)))
         # warm-up (compiles the kernels in every process), then interleaved repeats
         for label, fn in contenders:
+            if label.startswith("dask-ml"):
+                continue            # no JIT to warm; its fits are long
             try:
                 fn()
             except Exception as exc:     # a peer that cannot run this problem
@@ -245,9 +269,14 @@ def main(argv=None):
             table[label] = row
             extra = ""
             if "per_round" in row:
-                extra = (f" {row['per_round'] * 1e3:7.1f} ms/round, broadcast "
+                extra = (f" {row['per_round'] * 1e3:7.1f} ms/round, state "
                          f"{row['broadcast_bytes'] / 2 ** 20:6.2f} MiB, peer "
-                         f"{row['peer_bytes'] / 2 ** 20:6.2f} MiB")
+                         f"{row['peer_bytes_per_round'] / 2 ** 20:6.2f} MiB/round")
+            if "shard_bytes" in row:
+                extra += (f"; memory: shard {row['shard_bytes'] / 2 ** 20:.1f} MiB, worker "
+                          f"holds +{row['worker_extra_peak'] / 2 ** 20:.1f} MiB "
+                          f"(RSS {row['worker_rss_peak'] / 2 ** 20:.0f} MiB), client "
+                          f"+{row['client_rss_peak'] / 2 ** 20:.1f} MiB")
             if "epoch_time" in row:
                 extra = f" {row['epoch_time'] * 1e3:7.1f} ms/epoch"
             print(f"  {label:36s} {row['time']:7.3f} s  ({row['time'] / base:5.2f}x) "

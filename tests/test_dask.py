@@ -80,7 +80,7 @@ def test_shard_loss_grad_is_the_in_memory_objective():
                                    "classify": True}, part)
     theta = rng.standard_normal(7 * 3 + 3)
     model = ("LinearClassifier", est.get_params(), state, (7, 3, True))
-    wl, wg, wsum = _worker.shard_loss_grad(shard, (model, theta))
+    wl, wg, wsum, _ = _worker.shard_loss_grad(shard, (model, theta))
     loss, dW, db = optkern.loss_and_grad(X, y, theta[:21].reshape(7, 3), theta[21:],
                                          loss="softmax", sample_weight=sw)
     assert wsum == pytest.approx(sw.sum())

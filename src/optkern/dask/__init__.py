@@ -61,6 +61,7 @@ import warnings
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.utils import check_random_state
 
 from optkern import estimators as _est
 from optkern import schedules as _sched
@@ -219,10 +220,14 @@ class _DaskLinear(BaseEstimator):
     def _workers(self, client):
         return set(client.scheduler_info(n_workers=-1)["workers"])
 
-    def _round(self, client, submit, what):
+    def _round(self, client, submit, what, placement=None):
         """Gather one round's tasks; a worker lost during it (an error from the
         scheduler, or a worker gone from the cluster) reruns the round from
-        the same broadcast state, and warns naming the round."""
+        the same broadcast state, and warns naming the round.
+
+        ``placement(results)``: the workers that ran the shards' tasks; while
+        it does not change, the cluster is not asked for its workers (a round
+        trip to the scheduler per round)."""
         for attempt in range(MAX_ROUND_RETRIES + 1):
             seen = self._seen_workers
             futures = []
@@ -232,6 +237,10 @@ class _DaskLinear(BaseEstimator):
                 failure = None
             except _FAULTS as exc:
                 failure = f"{type(exc).__name__}: {exc}"
+            where = placement(results) if (failure is None and placement) else None
+            if where is not None and where == self._placement:
+                return results
+            self._placement = where
             now = self._workers(client)
             lost = sorted(seen - now)
             self._seen_workers = now
@@ -261,7 +270,7 @@ class _DaskLinear(BaseEstimator):
         lives.  ``reduce(client, futures, broadcast_future)`` turns them into
         the futures the client gathers (default: all of them)."""
         def submit():
-            b = client.scatter(broadcast, broadcast=True, hash=False)
+            b = _share(client, broadcast)
             futures = [client.submit(fn, s, b, *(a[j] if isinstance(a, _PerShard) else a
                                                  for a in args), pure=False)
                        for j, s in enumerate(ds.shards)]
@@ -272,8 +281,9 @@ class _DaskLinear(BaseEstimator):
         def tree_sum(client, futures, b):
             return [_tree(client, _worker.add_objective, futures)]
 
-        (wl, grad, wsum), = self._round(client, self._broadcast_and_submit(
-            client, ds, _worker.shard_loss_grad, (model, theta), reduce=tree_sum), what)
+        (wl, grad, wsum, _), = self._round(client, self._broadcast_and_submit(
+            client, ds, _worker.shard_loss_grad, (model, theta), reduce=tree_sum), what,
+            placement=lambda res: res[0][3])
         return wl / wsum, grad / wsum
 
     # ------------------------------------------------------------------ fit
@@ -284,13 +294,15 @@ class _DaskLinear(BaseEstimator):
         local = self._validated_local()
         check_workers(client)
         self._seen_workers = self._workers(client)
+        self._placement = None
         ds = _data.prepare(client, X, y, sample_weight, self._classify)
         cw = None
         if self._classify:
             cw = _data.class_weight_factors(self.class_weight, ds.classes, ds.counts)
+        # the seed of every shard's shuffling and validation split
         seed = _est._derived_seed(int(self.random_state)) \
             if isinstance(self.random_state, numbers.Integral) else \
-            int(np.random.default_rng().integers(0, 2 ** 31 - 1))
+            int(check_random_state(self.random_state).randint(0, 2 ** 31 - 1))
         spec = {"d": ds.d, "classes": ds.classes, "class_weight": cw, "classify": self._classify,
                 "validation_fraction": (float(self.validation_fraction)
                                         if self.early_stopping and self.solver == "sgd" else None),
@@ -396,9 +408,11 @@ class _DaskLinear(BaseEstimator):
                          (d, k, fi))
                 t0 = time.perf_counter()
                 seeds = _PerShard([seed, r, j] for j in range(len(ds.shards)))
-                *results, avg = self._round(client, self._broadcast_and_submit(
-                    client, ds, _worker.shard_round, model, seeds, self.local_epochs,
-                    first_kwargs, reduce=_summaries_and_average), what)
+                out, = self._round(client, self._broadcast_and_submit(
+                    client, ds, _worker.shard_round_terms, model, seeds, self.local_epochs,
+                    first_kwargs, reduce=_average_on_workers), what,
+                    placement=lambda res: [x["worker"] for x in res[0]["summaries"]])
+                results, avg = out["summaries"], out["state"]
                 ok = [x for x in results if x["rows"] > 0]
                 diverged = [x for x in ok if x["diverged"]]
                 new = None
@@ -429,7 +443,7 @@ class _DaskLinear(BaseEstimator):
                 state = good = new
                 row = {"epoch": r + 1, "loss": loss, "val_score": None, "lr": float(lr_now),
                        "time": time.perf_counter() - t0}
-                if spec_val(self):
+                if _early_stopping(self):
                     terms = self._round(client, self._broadcast_and_submit(
                         client, ds, _worker.shard_validation_terms,
                         (cls_name, self._worker_params(ds), state, (d, k, fi))),
@@ -440,10 +454,10 @@ class _DaskLinear(BaseEstimator):
                     progress.update(1)
                     progress.set_postfix(loss=f"{loss:.4g}")
                 if isinstance(schedule, _sched.ReduceOnPlateau):
-                    plateau = schedule.update(-row["val_score"] if spec_val(self) else loss)
+                    plateau = schedule.update(-row["val_score"] if _early_stopping(self) else loss)
                 stop = any(cb(dict(row)) is True for cb in callbacks)
                 if self.tol is not None:
-                    if spec_val(self):
+                    if _early_stopping(self):
                         improved = row["val_score"] >= best_score + self.tol
                         best_score = max(best_score, row["val_score"])
                     else:
@@ -615,20 +629,32 @@ def _tree(client, fn, futures):
     return level[0]
 
 
-def _summaries_and_average(client, futures, model):
-    """An SGD round's gathered futures: each shard's summary (rows, loss,
-    divergence), then the row-weighted average state reduced on the workers."""
-    summaries = [client.submit(_worker.round_summary, f, pure=False) for f in futures]
-    terms = [client.submit(_worker.weigh_state, f, model, pure=False) for f in futures]
-    total = _tree(client, _worker.add_terms, terms)
-    return summaries + [client.submit(_worker.mean_state, total, model, pure=False)]
+def _average_on_workers(client, futures, model):
+    """An SGD round's one gathered future: the shards' terms added in a tree
+    and averaged on a worker, with every shard's summary (rows, loss,
+    divergence, worker)."""
+    return [client.submit(_worker.mean_state, _tree(client, _worker.add_terms, futures), model,
+                          pure=False)]
+
+
+# a broadcast object smaller than this travels inside the tasks (one message
+# per task); larger ones are scattered once and copied along a tree
+INLINE_BYTES = 1 << 18
+
+
+def _share(client, obj):
+    from dask.sizeof import sizeof
+
+    if sizeof(obj) < INLINE_BYTES:
+        return obj
+    return client.scatter(obj, broadcast=True, hash=False)
 
 
 class _PerShard(list):
     """An argument with one value per shard."""
 
 
-def spec_val(est):
+def _early_stopping(est):
     return bool(est.early_stopping)
 
 

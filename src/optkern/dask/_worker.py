@@ -276,19 +276,20 @@ def shard_loss_grad(shard, model_theta):
     est = _template(model)
     W, b = _unflatten(theta, model[3], shard.X.dtype)
     if shard.n == 0 or shard.wsum <= 0:
-        return 0.0, np.zeros_like(theta), 0.0
+        return 0.0, np.zeros_like(theta), 0.0, [worker_address()]
     backend = "numpy" if est.backend == "numpy" else (
         est.backend if est.backend in ("numba", "numba-parallel") else "auto")
     y = _encoded(est, shard)
     loss, dW, db = est._batch_loss_grad(shard.X, y, _sample_weight(shard), W, b, backend,
                                         penalize=False)
     grad = np.concatenate([dW.ravel(), db if b is not None else []]).astype(np.float64)
-    return float(loss) * shard.wsum, grad * shard.wsum, shard.wsum
+    return float(loss) * shard.wsum, grad * shard.wsum, shard.wsum, [worker_address()]
 
 
 def add_objective(a, b):
-    """Two shards' (weighted loss, weighted gradient, weight) summed."""
-    return a[0] + b[0], a[1] + b[1], a[2] + b[2]
+    """Two shards' (weighted loss, weighted gradient, weight) summed; the
+    workers that computed them listed in shard order."""
+    return a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3]
 
 
 def _template(model):
@@ -347,8 +348,7 @@ AVERAGED = ("coef_", "intercept_", "_W", "_b", "_t", "t_", "_opt_state")
 
 
 def round_summary(result):
-    """The small part of a round's result the client reads (the state stays
-    on the workers and is reduced there)."""
+    """The small part of a round's result the client reads."""
     return {k: v for k, v in result.items() if k != "state"}
 
 
@@ -414,37 +414,39 @@ def _mean(a, wsum, base, key=None):
     return a
 
 
-def weigh_state(result, model):
-    """A shard's state as terms of the row-weighted average (None when the
-    shard had no rows or diverged: the client discards such a round)."""
-    if "state" not in result:
-        return None
-    return (float(result["rows"]), _weigh(result["state"], float(result["rows"]), model[2]))
+def shard_round_terms(shard, model, seed, local_epochs, first_call_kwargs):
+    """``shard_round``, its state turned into terms of the row-weighted
+    average, with its summary: what the reduction tree adds up."""
+    result = shard_round(shard, model, seed, local_epochs, first_call_kwargs)
+    rows = float(result["rows"])
+    terms = _weigh(result["state"], rows, model[2]) if "state" in result else None
+    return {"rows": rows, "terms": terms, "summaries": [round_summary(result)]}
 
 
 def add_terms(a, b):
-    if a is None or b is None:
-        return a if b is None else b
-    return (a[0] + b[0], _add(a[1], b[1]))
+    """Two subtrees' terms added (None, a shard that diverged, poisons the
+    sum: such a round is discarded); summaries kept in shard order."""
+    terms = None if a["terms"] is None or b["terms"] is None else _add(a["terms"], b["terms"])
+    return {"rows": a["rows"] + b["rows"], "terms": terms,
+            "summaries": a["summaries"] + b["summaries"]}
 
 
-def mean_state(terms, model):
+def mean_state(acc, model):
     """The averaged state: arrays and floats weighted by rows, step counters
     advanced by the sum of every shard's steps (so schedules and bias
     corrections see one pass over the data per round, as one epoch in
-    memory), anything else from the first shard."""
-    if terms is None:
-        return None
-    return _mean(terms[1], terms[0], model[2])
+    memory), anything else from the first shard; and the shards' summaries."""
+    state = None if acc["terms"] is None else _mean(acc["terms"], acc["rows"], model[2])
+    return {"summaries": acc["summaries"], "state": state}
 
 
 def average_states(states, rows, base):
-    """The same average for states already in one process (tests, the client)."""
-    terms = [(float(r), _weigh(s, float(r), base)) for s, r in zip(states, rows)]
-    acc = terms[0]
-    for t in terms[1:]:
-        acc = add_terms(acc, t)
-    return _mean(acc[1], acc[0], base)
+    """The same average for states already in one process (tests)."""
+    acc = None
+    for st, r in zip(states, rows):
+        t = {"rows": float(r), "terms": _weigh(st, float(r), base), "summaries": []}
+        acc = t if acc is None else add_terms(acc, t)
+    return _mean(acc["terms"], acc["rows"], base)
 
 
 # ------------------------------------------------------------------- scoring
