@@ -14,7 +14,7 @@ runs on them too, 75/25 train/test split:
 * text: a bag-of-words generator (``text_like``): Zipf-distributed word
   counts over a 2^18-word vocabulary, ~60 words a document, tf-idf weighted
   and l2-normalised rows, CSR float32; the label is the sign of a sparse
-  linear score plus noise (about 7% label noise).
+  linear score over 2,000 of the 20,000 commonest words, plus noise.
 
 Every cluster is a ``LocalCluster(n_workers=M, threads_per_worker=1)``,
 started once; the training data is persisted on it (one partition per
@@ -62,10 +62,11 @@ def text_like(n, vocab=2 ** 18, words=60, seed=0):
     norms = np.sqrt(np.add.reduceat(X.data ** 2, X.indptr[:-1]))
     X.data /= np.repeat(norms, np.diff(X.indptr)).astype(np.float32)
     w = np.zeros(vocab, np.float32)
-    hot = rng.choice(vocab, 2000, replace=False)
+    hot = perm[rng.choice(20_000, 2000, replace=False)]   # among the 20,000 commonest words
     w[hot] = rng.standard_normal(2000)
     score = X @ w
-    y = (score + 0.1 * rng.standard_normal(n) > np.median(score)).astype(np.int64)
+    noise = 0.3 * score.std() * rng.standard_normal(n)
+    y = (score + noise > np.median(score)).astype(np.int64)
     return X, y
 
 
