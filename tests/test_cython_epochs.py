@@ -27,7 +27,7 @@ REGRESSION = [n for n, s in loss_rules.LOSS_RULES.items() if s.target == "regres
 # is checked below, so a new rule without a case here fails loudly)
 OPTIMIZER_FOR_RULE = {"sgd": "momentum", "sgld": "sgld", "adagrad": "adagrad",
                       "rmsprop": "rmsprop", "adadelta": "adadelta", "adam": "adamw",
-                      "adamax": "adamax", "nadam": "nadam", "radam": "radam"}
+                      "adamax": "adamax", "nadam": "nadam", "radam": "radam", "ftrl": "ftrl"}
 
 # (loss, rule, layout, dtype, fit_intercept, average, extra estimator params):
 # every loss and every rule at least once; dense and CSR, float32 and float64,
@@ -47,6 +47,7 @@ CASES = [
     ("absolute", "adam", "csr", np.float32, False, 2,
      {"optimizer_params": {"amsgrad": True}}),
     ("softmax", "sgld", "csr", np.float32, True, 2, {}),
+    ("log", "ftrl", "csr", np.float64, True, False, {"penalty": "elasticnet"}),
     ("log", "sgd", "dense", np.float64, True, False,
      {"schedule": optkern.schedules.Warmup(optkern.schedules.StepDecay(5, 0.5), 4, 0.1)}),
 ]

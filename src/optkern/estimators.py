@@ -66,6 +66,7 @@ OPTIMIZER_NAMES = {
     "nadam": (_opt.NAdam, 0.01, {}),
     "radam": (_opt.RAdam, 0.01, {}),
     "sgld": (_opt.SGLD, 0.02, {}),
+    "ftrl": (_opt.FTRL, 0.1, {}),
 }
 
 CLASSIFIER_LOSSES = ("softmax", "log", "hinge", "squared_hinge", "modified_huber",
@@ -75,6 +76,7 @@ REGRESSOR_LOSSES = ("squared", "huber", "epsilon_insensitive", "absolute")
 SMOOTH_LOSSES = ("softmax", "log", "squared_hinge", "modified_huber", "squared", "huber")
 PENALTIES = ("l2", "l1", "elasticnet", None)
 SAMPLINGS = ("epoch", "replacement", "sequential")
+_SPARSE_MODES = ("auto", "exact", "lazy", "dense")
 # schedule=None ("adaptive"): stop dividing the rate by 5 below this
 ADAPTIVE_MIN_LR = 1e-6
 
@@ -127,8 +129,9 @@ class _BaseLinear(BaseEstimator):
                  n_iter_no_change=5, early_stopping=False, validation_fraction=0.1,
                  average=False, warm_start=False, random_state=None, backend="auto",
                  verbose=0, callbacks=None, solver="sgd", on_divergence="raise",
-                 epsilon=0.1):
+                 epsilon=0.1, sparse_updates="auto"):
         self.loss = loss
+        self.sparse_updates = sparse_updates
         self.epsilon = epsilon
         self.penalty = penalty
         self.alpha = alpha
@@ -172,6 +175,7 @@ class _BaseLinear(BaseEstimator):
         _choice("solver", self.solver, ("sgd", "lbfgs"))
         _choice("on_divergence", self.on_divergence, ("raise", "warn"))
         _real_param("epsilon", self.epsilon, lo=0.0)
+        _choice("sparse_updates", self.sparse_updates, _SPARSE_MODES)
         _backend.validate_name(self.backend)
         if not (isinstance(self.average, (bool, np.bool_)) or
                 (isinstance(self.average, numbers.Integral) and self.average >= 0)):
@@ -258,9 +262,19 @@ class _BaseLinear(BaseEstimator):
             base_lr = float(self.lr)
         if cls in (_opt.SGD, _opt.SGLD):
             params["seed"] = seed
+        if cls is _opt.FTRL:
+            # the penalty goes to FTRL's own proximal l1/l2 (exact zeros), growing
+            # with the step as the summed gradients do (see _penalty_args)
+            penalty, alpha = self._penalty_args(for_gradient=False)
+            l1r = {"l2": 0.0, "l1": 1.0}.get(penalty, float(self.l1_ratio))
+            params.setdefault("l1_per_step", alpha * l1r)
+            params.setdefault("l2_per_step", alpha * (1.0 - l1r))
         groups = [{"params": [W]}]
         if b is not None:
-            groups.append({"params": [b], "weight_decay": 0.0})
+            # the intercept is not penalised
+            unpenalised = ({"l1": 0.0, "l2": 0.0, "l1_per_step": 0.0, "l2_per_step": 0.0}
+                           if cls is _opt.FTRL else {"weight_decay": 0.0})
+            groups.append({"params": [b], **unpenalised})
         try:
             opt = cls(groups, lr=base_lr, backend=self._optimizer_backend(W.size),
                       average=self.average, **params)
@@ -291,8 +305,14 @@ class _BaseLinear(BaseEstimator):
         """The kernel loss for k outputs (binary problems use one output)."""
         return self.loss
 
-    def _penalty_args(self):
-        if self.penalty is None:
+    def _uses_ftrl(self):
+        return self.solver == "sgd" and (
+            self.optimizer == "ftrl" or isinstance(self.optimizer, _opt.FTRL))
+
+    def _penalty_args(self, for_gradient=True):
+        """(penalty, alpha) of the gradient.  With FTRL the penalty is not in the
+        gradient: FTRL applies it proximally (l1_per_step/l2_per_step)."""
+        if self.penalty is None or (for_gradient and self._uses_ftrl()):
             return "l2", 0.0
         return self.penalty, float(self.alpha)
 
@@ -349,10 +369,26 @@ class _BaseLinear(BaseEstimator):
         """One epoch; returns the mean minibatch loss.  Compiled when possible."""
         from optkern import epochs
 
+        if ctx.sparse_mode != "dense":
+            return self._sparse_epoch(ctx, order, bs)
         runner = epochs.runner_for(self, ctx)
         if runner is not None:
             return runner(order, bs)
         return self._reference_epoch(ctx, order, bs)
+
+    def _sparse_epoch(self, ctx, order, bs):
+        """An epoch whose steps touch only the minibatch's rows of W
+        (``sparse_updates``; kernels/sparse_rules.py says what each mode computes)."""
+        from optkern import sparse_epochs
+
+        if ctx.backend in sparse_epochs.COMPILED:
+            runner = getattr(ctx, "sparse_runner", None)
+            if runner is None:
+                runner = ctx.sparse_runner = sparse_epochs.SparseRunner(
+                    self, ctx, ctx.sparse_mode)
+            return runner(order, bs)
+        from optkern.kernels import sparse_reference
+        return sparse_reference.epoch(self, ctx, order, bs, ctx.sparse_mode)
 
     def _reference_epoch(self, ctx, order, bs):
         """The readable epoch: the specification the compiled epochs follow.
@@ -469,6 +505,8 @@ class _BaseLinear(BaseEstimator):
                        backend=opt.backend if self.backend != "numpy" else "numpy")
         if isinstance(ctx.schedule, _sched.ReduceOnPlateau):
             ctx.schedule.reset()
+        from optkern import sparse_epochs
+        ctx.sparse_mode = sparse_epochs.resolve_mode(self, X, opt, ctx.schedule, ctx.backend)
         adaptive = self.schedule is None or self.schedule == "adaptive"
         history = list(self.history_) if (keep_state and hasattr(self, "history_")) else []
         best_loss, best_score, no_improve = math.inf, -math.inf, 0
@@ -721,8 +759,8 @@ class LinearClassifier(ClassifierMixin, _BaseLinear):
                  n_iter_no_change=5, early_stopping=False, validation_fraction=0.1,
                  average=False, class_weight=None, warm_start=False, random_state=None,
                  backend="auto", verbose=0, callbacks=None, solver="sgd",
-                 on_divergence="raise", epsilon=0.1):
-        super().__init__(loss=loss, epsilon=epsilon, penalty=penalty, alpha=alpha, l1_ratio=l1_ratio,
+                 on_divergence="raise", epsilon=0.1, sparse_updates="auto"):
+        super().__init__(loss=loss, epsilon=epsilon, sparse_updates=sparse_updates, penalty=penalty, alpha=alpha, l1_ratio=l1_ratio,
                          fit_intercept=fit_intercept, optimizer=optimizer, lr=lr,
                          optimizer_params=optimizer_params, schedule=schedule,
                          batch_size=batch_size, sampling=sampling, max_epochs=max_epochs,
@@ -852,8 +890,8 @@ class LinearRegressor(RegressorMixin, _BaseLinear):
                  n_iter_no_change=5, early_stopping=False, validation_fraction=0.1,
                  average=False, warm_start=False, random_state=None, backend="auto",
                  verbose=0, callbacks=None, solver="sgd", on_divergence="raise",
-                 epsilon=0.1):
-        super().__init__(loss=loss, epsilon=epsilon, penalty=penalty, alpha=alpha, l1_ratio=l1_ratio,
+                 epsilon=0.1, sparse_updates="auto"):
+        super().__init__(loss=loss, epsilon=epsilon, sparse_updates=sparse_updates, penalty=penalty, alpha=alpha, l1_ratio=l1_ratio,
                          fit_intercept=fit_intercept, optimizer=optimizer, lr=lr,
                          optimizer_params=optimizer_params, schedule=schedule,
                          batch_size=batch_size, sampling=sampling, max_epochs=max_epochs,

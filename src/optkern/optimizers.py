@@ -29,7 +29,7 @@ from optkern.kernels import _helpers, drivers, reference
 from optkern.kernels.rules import RULES, allocated_states, state_names
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam",
-           "AdamW", "Adamax", "NAdam", "RAdam", "SGLD"]
+           "AdamW", "Adamax", "NAdam", "RAdam", "SGLD", "FTRL"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -912,3 +912,45 @@ class RAdam(_AdamFamily):
         b1, b2 = group["betas"]
         return (group["lr"], b1, b2, group["eps"], group["weight_decay"],
                 group["maximize"], group["decoupled_weight_decay"])
+
+
+class FTRL(Optimizer):
+    """FTRL-Proximal (McMahan et al., KDD 2013, Algorithm 1), per coordinate.
+
+    ``lr`` is the paper's alpha, ``beta`` its beta, ``l1``/``l2`` its lambda_1
+    and lambda_2 (TensorFlow's l2 is half of it); ``lr_power=-0.5`` is the
+    paper's square root (other values <= 0 generalise it, as in TensorFlow).
+    The weights are a function of the per-coordinate state (``linear`` = z,
+    ``accumulator`` = n, which starts at ``initial_accumulator_value``):
+    where the L1 term holds a weight, it is exactly 0.  A coordinate whose
+    gradient is 0 keeps its weight and state, as the paper's loop over the
+    example's nonzero features does, so FTRL's sparse step (``rows=``) is
+    exact.  ``l1_per_step``/``l2_per_step`` (keyword-only, default 0) add
+    ``step * l1_per_step`` to l1 (and so for l2): the penalty of a composite
+    objective, which the estimators use for their ``alpha``.
+    """
+
+    _rule = "ftrl"
+
+    def __init__(self, params, lr=0.1, lr_power=-0.5, beta=1.0, l1=0.0, l2=0.0,
+                 initial_accumulator_value=0.0, *, l1_per_step=0.0, l2_per_step=0.0,
+                 backend="auto", check_finite=True, average=False):
+        super().__init__(params, dict(lr=lr, lr_power=lr_power, beta=beta, l1=l1, l2=l2,
+                                      initial_accumulator_value=initial_accumulator_value,
+                                      l1_per_step=l1_per_step, l2_per_step=l2_per_step),
+                         backend=backend, check_finite=check_finite, average=average)
+
+    def _validate_hyper(self, group, where):
+        self._check_number(group, "lr", where, lo=0.0, lo_open=True)
+        self._check_number(group, "lr_power", where, hi=0.0)
+        self._check_number(group, "beta", where, lo=0.0)
+        for key in ("l1", "l2", "l1_per_step", "l2_per_step"):
+            self._check_number(group, key, where, lo=0.0)
+        self._check_number(group, "initial_accumulator_value", where, lo=0.0)
+
+    def _hyper_tuple(self, group):
+        return (group["lr"], group["lr_power"], group["beta"], group["l1"], group["l2"],
+                group["l1_per_step"], group["l2_per_step"])
+
+    def _state_init(self, group):
+        return {"accumulator": group["initial_accumulator_value"]}
