@@ -44,6 +44,7 @@ from . import loss_rules as _loss_rules
 from . import rules as _update_rules
 from . import schedule_rules as _schedule_rules
 from . import sparse_rules as _sparse_rules
+from ._simd import csr_row_scores
 
 TEMPLATE_VERSION = "1"
 
@@ -64,6 +65,21 @@ def collect_rows(indices, indptr, order, start, stop, slot, touched):
                 touched[nt] = f
                 nt += 1
     return nt
+
+
+@njit(inline="always")
+def row_scores(data, indices, lo, hi, W, Wf, b, z):
+    """z = b + X[i] W: a plain loop for one output (the vector intrinsic's
+    masked loads cost more than they save there), else kernels/_simd.py's."""
+    if W.shape[1] == 1:
+        acc = Wf.dtype.type(0.0)
+        for q in range(lo, hi):
+            acc += data[q] * Wf[indices[q]]
+        if b is not None:
+            acc += b[0]
+        z[0] = acc
+    else:
+        csr_row_scores(data, indices, lo, hi, W, b, z)
 
 
 @njit(inline="always")
@@ -156,9 +172,8 @@ from optkern.kernels.schedule_rules import schedule_factor as _schedule_py
 from optkern.kernels._helpers import (
     load, store, draw, update_average, noise_key_jit, with_fast_math, exp_fast, log_fast,
     VEC_MIN_OUTPUTS)
-from optkern.kernels._simd import csr_row_scores
 from optkern.kernels.sparse_epoch_drivers import (
-    collect_rows, scatter_row, penalty_grad, penalty_value, gap_matrices, cumulative_l1)
+    collect_rows, row_scores, scatter_row, penalty_grad, penalty_value, gap_matrices, cumulative_l1)
 from {update_module} import _loop_serial
 
 _loss = njit(_loss_py)
@@ -171,11 +186,18 @@ _schedule = njit(cache=True)(_schedule_py)
 # the batch pass, shared by both epochs: scores (``scores_scale``: s for the
 # scaled mode), the loss rule, the compact gradient, db
 _BATCH = '''\
-        nt = collect_rows(indices, indptr, order, start, stop, slot, touched)
+        if direct:
+            # one row without repeated features: its nonzeros are the touched rows
+            lo = indptr[order[start]]
+            nt = indptr[order[start] + 1] - lo
+            for u in range(nt):
+                touched[u] = indices[lo + u]
+        else:
+            nt = collect_rows(indices, indptr, order, start, stop, slot, touched)
+            for u in range(nt):
+                for j in range(k):
+                    G[u, j] = 0.0
 {catch_up_touched}
-        for u in range(nt):
-            for j in range(k):
-                G[u, j] = 0.0
         for j in range(k):
             db[j] = 0.0
         lsum = 0.0
@@ -194,16 +216,21 @@ _BATCH = '''\
                     dz[j] *= w
             for j in range(k):
                 db[j] += dz[j]
-            scatter_row(data, indices, lo, hi, slot, dz, G)
+            if direct:
+                for u in range(nt):
+                    for j in range(k):
+                        G[u, j] = data[lo + u] * dz[j]
+            else:
+                scatter_row(data, indices, lo, hi, slot, dz, G)
+        if wsum <= 0.0 or not math.isfinite(lsum):
+            if not direct:
+                for u in range(nt):
+                    slot[touched[u]] = -1
         if wsum <= 0.0:
-            for u in range(nt):
-                slot[touched[u]] = -1
             continue
         inv = 1.0 / ((stop - start) * w_mean)
         batch_loss = lsum * inv
         if not math.isfinite(batch_loss):
-            for u in range(nt):
-                slot[touched[u]] = -1
             return np.nan, step - step0, avg_count, scalarsW, scalarsB
         total += batch_loss * (stop - start)
         weight += stop - start
@@ -232,7 +259,7 @@ _SIGNATURE = '''
 def epoch_{kind}(data, indices, indptr, T, sw, order, batch_size, W, b, {w_states}, {b_states},
              avgW, avgB, userW, userB, scalarsW, scalarsB, step0, avg_start, avg_count0,
              sched, base_lr, plateau, alpha, l1_ratio, epsilon, seed, offW, offB, w_mean,
-             slot, touched, G, z, dz, db, {extra}):
+             slot, touched, G, z, dz, db, unique_rows, {extra}):
     dt = W.dtype.type
     eps = dt(epsilon)
     n = order.shape[0]
@@ -243,6 +270,7 @@ def epoch_{kind}(data, indices, indptr, T, sw, order, batch_size, W, b, {w_state
     avg_count = avg_count0
     total = 0.0
     weight = 0.0
+    direct = batch_size == 1 and unique_rows
 '''
 
 # lazy / linear: ``inv_p`` None = the full penalty (exact), else per-row 1/pi_f;
@@ -270,7 +298,8 @@ _EPOCH_ROWS = _SIGNATURE.format(kind="rows", w_states="{w_states}", b_states="{b
 {state_stores}
                 update_average(avgW, e, p_i, w_avg)
                 Wf[e] = p_i
-            slot[f] = -1
+            if not direct:
+                slot[f] = -1
             if P is not None:
                 last[f] = step
 ''' + _INTERCEPT + '''\
@@ -345,7 +374,8 @@ _EPOCH_SCALED = _SIGNATURE.format(kind="scaled", w_states="{w_states}",
                 if l1 > 0:
                     v, q[e] = cumulative_l1(v, q[e], u_l1)
                 Wf[e] = v
-            slot[f] = -1
+            if not direct:
+                slot[f] = -1
         s = s_new
         if s < {min_scale}:
             for e in range(d * k):
@@ -367,9 +397,9 @@ _EPOCH_SCALED = _SIGNATURE.format(kind="scaled", w_states="{w_states}",
 '''
 
 _SCORES = '''\
-            csr_row_scores(data, indices, lo, hi, W, b, z)'''
+            row_scores(data, indices, lo, hi, W, Wf, b, z)'''
 _SCORES_SCALED = '''\
-            csr_row_scores(data, indices, lo, hi, W, None, z)
+            row_scores(data, indices, lo, hi, W, Wf, None, z)
             for j in range(k):
                 z[j] = z[j] * s
             if b is not None:

@@ -134,23 +134,36 @@ def resolve(mode, rule, user, alpha, l1_ratio, averaging, lr_constant):
 def untouched_matrix(rule, hyper, l2, present):
     """M (m x m, m = 1 + number of states) of one untouched step x <- M x.
 
-    Read off the rule: column j is the rule applied to the unit vector e_j of
-    (p, states...) with the gradient l2 * p (the L2 penalty's) and no noise.
-    ``present`` says which states exist; absent ones get zero rows and
-    columns (they stay 0).  Only meaningful where ``exact_kind`` says
-    "linear" (tests/test_sparse.py checks linearity on random points).
+    Read off the rule: column j is the rule's response to a change of x_j,
+    with the gradient l2 * p (the L2 penalty's) and no noise, around a valid
+    point x0 (the state after two steps of gradient 1 from zero: a centred
+    RMSprop needs square_avg >= grad_avg^2 under its square root, even where a
+    zero gradient makes the root irrelevant).  ``present`` says which states
+    exist; absent ones get zero rows and columns (they stay 0).  Only
+    meaningful where ``exact_kind`` says "linear" (tests/test_sparse.py checks
+    linearity on random points).
     """
     spec = RULES[rule]
     m = 1 + len(state_names(spec))
+    hyper = [float(h) for h in hyper]
+    live = np.array([True] + [bool(x) for x in present])
+
+    def step(x, g):
+        return np.array(spec.rule(x[0], g, *x[1:], *hyper, 0.0), dtype=np.float64) * live
+
+    x0 = np.zeros(m)
+    x0[0] = 1.0
+    for _ in range(2):
+        x0 = step(x0, 1.0)
+    f0 = step(x0, l2 * x0[0])
     M = np.zeros((m, m))
-    live = [True] + [bool(x) for x in present]
     for j in range(m):
         if not live[j]:
             continue
-        x = [0.0] * m
-        x[j] = 1.0
-        out = spec.rule(x[0], l2 * x[0], *x[1:], *[float(h) for h in hyper], 0.0)
-        M[:, j] = [float(v) if live[i] else 0.0 for i, v in enumerate(out)]
+        h = 0.5 * max(abs(x0[j]), 1e-3)
+        x = x0.copy()
+        x[j] += h
+        M[:, j] = (step(x, l2 * x[0]) - f0) / h
     return M
 
 

@@ -81,6 +81,9 @@ class SparseRunner:
         idx_t = np.int32 if d < 2 ** 31 else np.int64
         self.slot = np.full(d, -1, idx_t)
         self.max_row_nnz = int(np.max(np.diff(X.indptr))) if X.shape[0] else 0
+        # sorted and without duplicates (scipy's flag, computed once): a row's
+        # nonzeros are then its distinct touched rows
+        self.unique_rows = bool(X.has_canonical_format)
         self.touched = self.G = None
         self.z, self.dz, self.db = np.zeros(k, dt), np.zeros(k, dt), np.zeros(k, dt)
         self.sampling = estimator.sampling
@@ -222,5 +225,6 @@ class SparseRunner:
         c = self._common(userW)
         result = fn(*self.data, self.T, self.sw, order, int(batch_size), self.ctx.W,
                     self.ctx.b, *c["states"], *c["rest"], self.w_mean, self.slot,
-                    self.touched, self.G, self.z, self.dz, self.db, *extra)
+                    self.touched, self.G, self.z, self.dz, self.db, self.unique_rows,
+                    *extra)
         return self._finish(result)
