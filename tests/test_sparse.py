@@ -371,3 +371,84 @@ def test_fit_does_not_copy_X():
     tracemalloc.stop()
     # model, states, per-feature maps: a few n_features-sized arrays, nothing of X's size
     assert peak < 0.5 * size + 12 * d * 8, (peak, size)
+
+
+# ------------------------------------------------- the optimizer classes' sparse step
+
+CLASS_CASES = [("adam", dict(lr=0.01, amsgrad=True)), ("nadam", dict(lr=0.01)),
+               ("sgd", dict(lr=0.1, momentum=0.9)), ("sgd", dict(lr=0.1, noise=0.01, seed=3)),
+               ("rmsprop", dict(lr=0.01, centered=True)), ("ftrl", dict(lr=0.3, l1=0.05)),
+               ("adagrad", dict(lr=0.1))]
+
+
+def _sparse_run(name, kw, backend, dtype, mode="lazy", average=False, steps=6):
+    d, k = 30, 3
+    W = np.ones((d, k), dtype)
+    b = np.zeros(k, dtype)
+    opt = optkern.OPTIMIZERS[name]([W, b], backend=backend, average=average, **kw)
+    rng = np.random.default_rng(1)
+    for _ in range(steps):
+        rows = rng.choice(d, 5, replace=False)
+        opt.step([rng.standard_normal((5, k)).astype(dtype),
+                  rng.standard_normal(k).astype(dtype)], rows=[rows, None], sparse_updates=mode)
+    return W, b, opt
+
+
+@pytest.mark.parametrize("backend", ["numba", "numba-parallel", "cython", "cuda"])
+@pytest.mark.parametrize("name, kw", CLASS_CASES, ids=[f"{n}-{j}" for j, (n, _) in
+                                                       enumerate(CLASS_CASES)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_sparse_step_of_every_backend_is_the_reference(name, kw, backend, dtype):
+    if backend == "cython" and "cython" not in optkern.available_backends():
+        pytest.skip("Cython kernels not built")
+    W, b, opt = _sparse_run(name, kw, backend, dtype, average=2)
+    Wr, br, ref = _sparse_run(name, kw, "numpy", dtype, average=2)
+    assert_close(W, Wr, dtype, "params")
+    assert_close(b, br, dtype, "intercept")
+    assert_close(opt.averaged_params()[0], ref.averaged_params()[0], dtype, "average")
+
+
+@pytest.mark.parametrize("name, kw", [("ftrl", dict(lr=0.3, l1=0.05, l2=0.1)),
+                                      ("sgd", dict(lr=0.1)), ("adagrad", dict(lr=0.1))])
+def test_sparse_step_is_the_dense_step_where_they_coincide(name, kw):
+    W1, b1, _ = _sparse_run(name, kw, "numba", np.float64, mode="exact")
+    W2, b2, _ = _sparse_run(name, kw, "numba", np.float64, mode="dense")
+    np.testing.assert_array_equal(W1, W2)
+    np.testing.assert_array_equal(b1, b2)
+
+
+def test_sparse_step_leaves_untouched_rows_and_rejects_bad_rows():
+    W = np.ones((10, 2))
+    opt = optkern.Adam([W], lr=0.1)
+    opt.step(np.ones((2, 2)), rows=np.array([1, 4]))
+    assert np.all(W[[0, 2, 3, 5, 6, 7, 8, 9]] == 1) and np.all(W[[1, 4]] < 1)
+    before = W.copy()
+    for rows, grad, what in [(np.array([1, 1]), np.ones((2, 2)), "repeats"),
+                             (np.array([10]), np.ones((1, 2)), "outside"),
+                             (np.array([1]), np.ones((2, 2)), "shape"),
+                             (np.array([1.0]), np.ones((1, 2)), "integer")]:
+        with pytest.raises((ValueError, TypeError), match=what):
+            opt.step(grad, rows=rows)
+    with pytest.raises(ValueError, match="exact"):
+        opt.step(np.ones((1, 2)), rows=np.array([2]), sparse_updates="exact")
+    with pytest.raises(FloatingPointError):
+        opt.step(np.full((1, 2), np.nan), rows=np.array([2]))
+    np.testing.assert_array_equal(W, before)
+    assert opt._groups[0].step == 1
+
+
+def test_functional_row_kernel():
+    from optkern.kernels import adam_rows, adam
+    p = np.ones((8, 3))
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    rows = np.array([2, 5])
+    g = np.arange(6.0).reshape(2, 3)
+    adam_rows(p, g, rows, m, v, None, 1, 1e-2, 0.9, 0.999, 1e-8, 0.0, False, False, True,
+              False)
+    q = np.ones((8, 3))
+    full = np.zeros_like(q)
+    full[rows] = g
+    adam(q, full, np.zeros_like(q), np.zeros_like(q), None, 1, 1e-2, 0.9, 0.999, 1e-8, 0.0,
+         False, False, True, False)
+    np.testing.assert_allclose(p[rows], q[rows], rtol=1e-15)
+    assert np.all(p[[0, 1, 3, 4, 6, 7]] == 1)

@@ -66,7 +66,7 @@ OPTIMIZER_NAMES = {
     "nadam": (_opt.NAdam, 0.01, {}),
     "radam": (_opt.RAdam, 0.01, {}),
     "sgld": (_opt.SGLD, 0.02, {}),
-    "ftrl": (_opt.FTRL, 0.1, {}),
+    "ftrl": (_opt.FTRL, 0.3, {}),
 }
 
 CLASSIFIER_LOSSES = ("softmax", "log", "hinge", "squared_hinge", "modified_huber",
@@ -589,6 +589,10 @@ class _BaseLinear(BaseEstimator):
         schedule = self.schedule
         if schedule is None and self._wide:
             schedule = SPARSE_WIDE_DEFAULTS["schedule"]
+        elif schedule is None and self._uses_ftrl():
+            # FTRL's lr scales its weights (w = -z lr / (beta + sqrt(n)) ...), not
+            # its steps: "adaptive" division would shrink the model; constant
+            schedule = "constant"
         ctx = _Context(X=X, y=y, sw=sw, W=W, b=b, opt=opt, base_lr=base_lr,
                        schedule=_sched.get_schedule(
                            None if schedule == "adaptive" else schedule),
