@@ -27,7 +27,7 @@ from optkern.kernels import rules, sparse_rules
 from conftest import assert_close
 
 
-def _csr(seed, n=70, d=40, density=0.1, empty_rows=True, dtype=np.float64):
+def _csr(seed, n=50, d=40, density=0.1, empty_rows=True, dtype=np.float64):
     """A CSR problem with empty rows, features that occur once and features
     that never occur (the last 5 columns)."""
     rng = np.random.default_rng(seed)
@@ -49,7 +49,7 @@ def _csr(seed, n=70, d=40, density=0.1, empty_rows=True, dtype=np.float64):
 
 
 def _fit(X, y, mode, backend, **kw):
-    kw.setdefault("max_epochs", 3)
+    kw.setdefault("max_epochs", 2)
     kw.setdefault("tol", None)
     kw.setdefault("random_state", 0)
     m = optkern.LinearClassifier(sparse_updates=mode, backend=backend, **kw)
@@ -316,8 +316,10 @@ def test_unsorted_duplicate_and_int64_indices_train_as_the_canonical_matrix():
             cols += [X.indices[q]] * 2
             vals += [X.data[q] * 0.25, X.data[q] * 0.75]
     indptr = np.searchsorted(np.array(rows), np.arange(X.shape[0] + 1))
-    messy = sp.csr_matrix((np.array(vals), np.array(cols, dtype=np.int64), indptr),
-                          shape=X.shape)
+    messy = sp.csr_matrix((np.array(vals), np.array(cols), indptr), shape=X.shape)
+    messy.indices = messy.indices.astype(np.int64)   # scipy picks int32 by itself
+    messy.indptr = messy.indptr.astype(np.int64)
+    messy.has_canonical_format = False
     assert not messy.has_canonical_format and messy.indices.dtype == np.int64
     for batch in (1, 3):
         a = _fit(X, y, "lazy", "numba", optimizer="adam", batch_size=batch)

@@ -752,13 +752,35 @@ class _BaseLinear(BaseEstimator):
         history = []
         t0 = time.perf_counter()
 
+        csr = None
+        if sp.issparse(X) and backend != "numpy":
+            # one compiled pass over the nonzeros per evaluation, validated once
+            from optkern import epochs as _ep
+            from optkern.losses import CSRObjective, LOSSES
+
+            loss_name = self._effective_loss(k)
+            ctx = _Context(y=y, W=W)
+            T = _ep._targets(self, ctx, LOSSES[loss_name].kind, k)
+            penalty, alpha = self._penalty_args()
+            l1r = {"l2": 0.0, "l1": 1.0}.get(penalty, float(self.l1_ratio))
+            csr = CSRObjective(X, T, sw, W, loss_name, alpha, l1r, self.epsilon, backend)
+            dW_buf = np.empty_like(W)
+            db_buf = None if b is None else np.empty_like(b)
+            grad = np.empty(n_w + (k if b is not None else 0))
+
         def fun(theta):
             W[...] = theta[:n_w].reshape(d, k)
             if b is not None:
                 b[...] = theta[n_w:]
+            if csr is not None:
+                loss = csr(W, b, dW_buf, db_buf)
+                grad[:n_w] = dW_buf.reshape(-1)
+                if b is not None:
+                    grad[n_w:] = db_buf
+                return float(loss), grad
             loss, dW, db = self._batch_loss_grad(X, y, sw, W, b, backend)
-            grad = np.concatenate([dW.ravel(), db if b is not None else []]).astype(np.float64)
-            return float(loss), grad
+            grad_ = np.concatenate([dW.ravel(), db if b is not None else []]).astype(np.float64)
+            return float(loss), grad_
 
         def callback(intermediate_result):
             history.append({"epoch": len(history) + 1, "loss": float(intermediate_result.fun),
