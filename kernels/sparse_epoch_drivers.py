@@ -34,6 +34,7 @@ import inspect
 import os
 import sys
 
+import numpy as np
 from numba import njit
 
 from . import _helpers
@@ -91,6 +92,16 @@ def scatter_row(data, indices, lo, hi, slot, dz, G):
         x = data[q]
         for j in range(k):
             G[s, j] += x * dz[j]
+
+
+@njit(cache=True, nogil=True)
+def feature_counts(indices, n_features):
+    """Stored entries per column, without the int64 copy of ``indices`` that
+    np.bincount makes (2 x the index array at 10^7 nonzeros and int32)."""
+    out = np.zeros(n_features, np.int64)
+    for q in range(indices.shape[0]):
+        out[indices[q]] += 1
+    return out
 
 
 @njit(inline="always")
