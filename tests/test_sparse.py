@@ -454,3 +454,26 @@ def test_functional_row_kernel():
          False, False, True, False)
     np.testing.assert_allclose(p[rows], q[rows], rtol=1e-15)
     assert np.all(p[[0, 1, 3, 4, 6, 7]] == 1)
+
+
+def test_hashed_feature_spaces_work_as_they_are():
+    from sklearn.feature_extraction import FeatureHasher
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(400)]
+    docs = [" ".join(rng.choice(words, 12)) for _ in range(120)]
+    y = np.array([int(d.split()[0][1:]) % 3 for d in docs])
+    X = HashingVectorizer(n_features=2 ** 22).transform(docs)         # int32 indices
+    assert X.shape[1] == 2 ** 22 and X.indices.dtype == np.int32
+    a = optkern.LinearClassifier(max_epochs=3, tol=None, random_state=0).fit(X, y)
+    assert a.coef_.shape == (3, 2 ** 22) and a._optimizer_name() == "adagrad"
+    H = FeatureHasher(n_features=2 ** 20, input_type="string").transform(
+        [d.split() for d in docs])
+    H.indices = H.indices.astype(np.int64)
+    H.indptr = H.indptr.astype(np.int64)
+    b = optkern.LinearClassifier(max_epochs=3, tol=None, random_state=0).fit(H, y)
+    c = optkern.LinearClassifier(max_epochs=3, tol=None, random_state=0).fit(
+        sp.csr_matrix(H, dtype=np.float64), y)
+    np.testing.assert_allclose(b.coef_, c.coef_, rtol=1e-12, atol=1e-14)
+    assert b.score(H, y) > 0.5
