@@ -877,7 +877,8 @@ class LinearClassifier(ClassifierMixin, _BaseLinear):
                  average=False, class_weight=None, warm_start=False, random_state=None,
                  backend="auto", verbose=0, callbacks=None, solver="sgd",
                  on_divergence="raise", epsilon=0.1, sparse_updates="auto"):
-        super().__init__(loss=loss, epsilon=epsilon, sparse_updates=sparse_updates, penalty=penalty, alpha=alpha, l1_ratio=l1_ratio,
+        super().__init__(loss=loss, epsilon=epsilon, sparse_updates=sparse_updates,
+                         penalty=penalty, alpha=alpha, l1_ratio=l1_ratio,
                          fit_intercept=fit_intercept, optimizer=optimizer, lr=lr,
                          optimizer_params=optimizer_params, schedule=schedule,
                          batch_size=batch_size, sampling=sampling, max_epochs=max_epochs,
@@ -1008,7 +1009,8 @@ class LinearRegressor(RegressorMixin, _BaseLinear):
                  average=False, warm_start=False, random_state=None, backend="auto",
                  verbose=0, callbacks=None, solver="sgd", on_divergence="raise",
                  epsilon=0.1, sparse_updates="auto"):
-        super().__init__(loss=loss, epsilon=epsilon, sparse_updates=sparse_updates, penalty=penalty, alpha=alpha, l1_ratio=l1_ratio,
+        super().__init__(loss=loss, epsilon=epsilon, sparse_updates=sparse_updates,
+                         penalty=penalty, alpha=alpha, l1_ratio=l1_ratio,
                          fit_intercept=fit_intercept, optimizer=optimizer, lr=lr,
                          optimizer_params=optimizer_params, schedule=schedule,
                          batch_size=batch_size, sampling=sampling, max_epochs=max_epochs,
