@@ -477,3 +477,14 @@ def test_hashed_feature_spaces_work_as_they_are():
         sp.csr_matrix(H, dtype=np.float64), y)
     np.testing.assert_allclose(b.coef_, c.coef_, rtol=1e-12, atol=1e-14)
     assert b.score(H, y) > 0.5
+
+
+def test_bench_sparse_race_row(capsys):
+    from optkern import bench
+
+    assert bench.main(["--sizes", "tiny", "--rows", "sparse", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "sparse: 600 x 2^12, 2 classes" in out and "20 classes" in out
+    for name in ("optkern LinearClassifier() defaults", "SGDClassifier", "LogisticRegression",
+                 "LIBLINEAR", "Vowpal Wabbit", "Snap ML"):
+        assert name in out          # a peer that is not installed is a row with a note
