@@ -66,7 +66,7 @@ OPTIMIZER_NAMES = {
     "nadam": (_opt.NAdam, 0.01, {}),
     "radam": (_opt.RAdam, 0.01, {}),
     "sgld": (_opt.SGLD, 0.02, {}),
-    "ftrl": (_opt.FTRL, 0.3, {}),
+    "ftrl": (_opt.FTRL, 0.1, {}),
 }
 
 CLASSIFIER_LOSSES = ("softmax", "log", "hinge", "squared_hinge", "modified_huber",
