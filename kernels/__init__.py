@@ -15,6 +15,11 @@ in place, and returns the new scalar-state tuple (empty except for NAdam's
 (Polyak averaging in the same pass), ``noise_key``/``noise_offset`` (Gaussian
 noise of SGD/SGLD, a uint64 from ``optkern.kernels.noise_key(seed, step)``).
 
+Each also has a row-indexed form, ``optkern.kernels.<name>_rows(param, grad,
+rows, <states>, step, <hyperparameters>, ...)``: the lazy sparse step on the
+given rows of a C-contiguous (d, k) parameter, grad of shape (len(rows), k)
+(kernels/sparse_drivers.py).
+
 They are Numba dispatchers, so they can be called from Python and from your
 own ``@njit`` functions.  They do NOT check shapes, dtypes or finiteness:
 that is the optimizer classes' job.
@@ -49,11 +54,18 @@ _LOSS_EXPORTS = {
     "predict_csr_parallel": "predict_csr_parallel",
 }
 
-__all__ = (list(KERNEL_NAMES) + list(_LOSS_EXPORTS)
+__all__ = (list(KERNEL_NAMES) + [f"{n}_rows" for n in KERNEL_NAMES] + list(_LOSS_EXPORTS)
            + ["KERNEL_NAMES", "RULES", "LOSS_RULES", "noise_key"])
 
 
 def __getattr__(name):
+    if name.endswith("_rows") and name[:-5] in RULES:
+        # the row-indexed (lazy) form: kernels/sparse_drivers.py
+        from . import sparse_drivers
+
+        fn = sparse_drivers.module_for(name[:-5]).functional
+        globals()[name] = fn
+        return fn
     if name in RULES:
         from . import drivers
 

@@ -186,10 +186,26 @@ def radam(p, g, state, step, *, lr, beta1, beta2, eps, weight_decay, maximize,
         p -= m_hat * lr
 
 
+def ftrl(p, g, state, step, *, lr, lr_power, beta, l1, l2, l1_per_step, l2_per_step):
+    """McMahan et al. (KDD 2013), Algorithm 1, for the coordinates i with g_i != 0
+    (the features present in the example); the others keep w, z and n."""
+    l1 = l1 + l1_per_step * step
+    l2 = l2 + l2_per_step * step
+    z, n = state["linear"], state["accumulator"]
+    i = np.flatnonzero(g)
+    g_i, w_i, n_i = g[i], p[i], n[i]
+    sigma = ((n_i + g_i * g_i) ** -lr_power - n_i ** -lr_power) / lr
+    z[i] += g_i - sigma * w_i
+    n[i] += g_i * g_i
+    z_i, n_i = z[i], n[i]
+    w_new = -(z_i - np.sign(z_i) * l1) / ((beta + n_i ** -lr_power) / lr + l2)
+    p[i] = np.where(np.abs(z_i) <= l1, 0, w_new)
+
+
 UPDATES = {
     "sgd": sgd, "sgld": sgld, "adagrad": adagrad, "rmsprop": rmsprop,
     "adadelta": adadelta, "adam": adam, "adamax": adamax, "nadam": nadam,
-    "radam": radam,
+    "radam": radam, "ftrl": ftrl,
 }
 NOISY = ("sgd", "sgld")
 

@@ -468,3 +468,56 @@ register(RuleSpec(
                 "decoupled"),
     scalar_states=(),
 ))
+
+
+# ---------------------------------------------------------------------------
+# FTRL-Proximal (McMahan et al., "Ad Click Prediction: a View from the
+# Trenches", KDD 2013, Algorithm 1), per coordinate, with n = accumulator and
+# z = linear, alpha = lr and the paper's square root generalised by lr_power
+# (-0.5 is the paper):
+#   sigma = (n_new^(-lr_power) - n^(-lr_power)) / lr,   n_new = n + g^2
+#   z <- z + g - sigma * w;   n <- n_new
+#   w = 0                                           if |z| <= l1
+#     = -(z - sign(z) l1) / ((beta + n^(-lr_power)) / lr + l2)   otherwise
+# The paper updates only the coordinates of the example's nonzero features;
+# here a zero gradient leaves the coordinate (w, z, n) as it is, which is the
+# same for those coordinates, and makes a lazy sparse step, the exact one and
+# the dense one coincide.  The weights are recomputed right after each update
+# (the paper recomputes them at the start of the next round: the same numbers
+# while lr and l1/l2 stay the same).  TF's l2 is half the paper's.
+# ``l1_per_step``/``l2_per_step`` add step*l1_per_step to l1 (and so for l2):
+# the penalty of a composite objective sum_s (f_s(w) + r(w)), as regularized
+# dual averaging applies it; the estimators map their ``alpha`` onto them.
+# ---------------------------------------------------------------------------
+
+
+def ftrl_rule(p, g, linear, accumulator, lr, lr_power, beta, l1, l2, z):
+    if g != 0:
+        n_new = accumulator + g * g
+        if lr_power == -0.5:
+            root_new = math.sqrt(n_new)
+            sigma = (root_new - math.sqrt(accumulator)) / lr
+        else:
+            root_new = n_new ** (-lr_power)
+            sigma = (root_new - accumulator ** (-lr_power)) / lr
+        linear = linear + g - sigma * p
+        accumulator = n_new
+        if abs(linear) <= l1:
+            p = l1 - l1  # an exact zero of the parameter's type
+        else:
+            shrunk = linear - l1 if linear > 0 else linear + l1
+            p = -shrunk / ((beta + root_new) / lr + l2)
+    return p, linear, accumulator
+
+
+def ftrl_prepare(step, scalars, lr, lr_power, beta, l1, l2, l1_per_step, l2_per_step):
+    return (lr, lr_power, beta, l1 + l1_per_step * step, l2 + l2_per_step * step), scalars
+
+
+register(RuleSpec(
+    name="ftrl", rule=ftrl_rule, prepare=ftrl_prepare,
+    states=("linear", "accumulator"),
+    kernel_hyper=("lr", "lr_power", "beta", "l1", "l2"),
+    user_hyper=("lr", "lr_power", "beta", "l1", "l2", "l1_per_step", "l2_per_step"),
+    scalar_states=(),
+))

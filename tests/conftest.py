@@ -133,6 +133,13 @@ OPTION_SETS = {
     "radam-coupled-wd": ("radam", _d(lr=lrs, weight_decay=decays, maximize=True)),
     "radam-decoupled-wd": ("radam", _d(lr=lrs, weight_decay=decays,
                                        decoupled_weight_decay=True)),
+    "ftrl-plain": ("ftrl", _d(lr=st.floats(0.01, 1.0), beta=st.floats(0.0, 2.0))),
+    "ftrl-l1-l2": ("ftrl", _d(lr=st.floats(0.01, 1.0), l1=st.floats(0.0, 0.5),
+                              l2=st.floats(0.0, 1.0),
+                              initial_accumulator_value=st.floats(0.0, 1.0))),
+    "ftrl-lr-power": ("ftrl", _d(lr=st.floats(0.01, 1.0), lr_power=st.floats(-1.0, -0.1),
+                                 initial_accumulator_value=st.floats(0.1, 1.0),
+                                 l1_per_step=st.floats(0.0, 0.01))),
 }
 
 # One fixed, representative option set per optimizer (for tests that do not
@@ -151,6 +158,8 @@ FIXED_OPTIONS = {
     "nadam": [dict(lr=0.01), dict(lr=0.01, weight_decay=0.02, decoupled_weight_decay=True)],
     "radam": [dict(lr=0.01), dict(lr=0.01, weight_decay=0.02, decoupled_weight_decay=True)],
     "sgld": [dict(lr=0.01, noise_scale=0.5, seed=11)],
+    "ftrl": [dict(lr=0.2, l1=0.05, l2=0.1, beta=0.5),
+             dict(lr=0.2, lr_power=-0.7, initial_accumulator_value=0.1, l2_per_step=0.01)],
 }
 
 

@@ -116,6 +116,7 @@ BOWL = {
     "nadam": dict(lr=0.05),
     "radam": dict(lr=0.05),
     "sgld": dict(lr=0.05, noise_scale=1e-4, seed=0),
+    "ftrl": dict(lr=0.5),
 }
 
 

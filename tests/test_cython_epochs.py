@@ -27,7 +27,7 @@ REGRESSION = [n for n, s in loss_rules.LOSS_RULES.items() if s.target == "regres
 # is checked below, so a new rule without a case here fails loudly)
 OPTIMIZER_FOR_RULE = {"sgd": "momentum", "sgld": "sgld", "adagrad": "adagrad",
                       "rmsprop": "rmsprop", "adadelta": "adadelta", "adam": "adamw",
-                      "adamax": "adamax", "nadam": "nadam", "radam": "radam"}
+                      "adamax": "adamax", "nadam": "nadam", "radam": "radam", "ftrl": "ftrl"}
 
 # (loss, rule, layout, dtype, fit_intercept, average, extra estimator params):
 # every loss and every rule at least once; dense and CSR, float32 and float64,
@@ -47,6 +47,7 @@ CASES = [
     ("absolute", "adam", "csr", np.float32, False, 2,
      {"optimizer_params": {"amsgrad": True}}),
     ("softmax", "sgld", "csr", np.float32, True, 2, {}),
+    ("log", "ftrl", "csr", np.float64, True, False, {"penalty": "elasticnet"}),
     ("log", "sgd", "dense", np.float64, True, False,
      {"schedule": optkern.schedules.Warmup(optkern.schedules.StepDecay(5, 0.5), 4, 0.1)}),
 ]
@@ -94,6 +95,8 @@ def _fit(loss, rule, layout, dtype, fit_intercept, average, extra, backend):
     kw = dict(loss=loss, optimizer=OPTIMIZER_FOR_RULE[rule], max_epochs=3, tol=None,
               random_state=5, batch_size=16, fit_intercept=fit_intercept,
               average=average, backend=backend, **extra)
+    if layout == "csr":
+        kw["sparse_updates"] = "dense"  # the dense CSR epoch (tests/test_sparse.py: the others)
     cls = optkern.LinearRegressor if loss in REGRESSION else optkern.LinearClassifier
     return cls(**kw).fit(X, y)
 
@@ -168,7 +171,8 @@ def _user_values(spec):
             "nesterov": 1.0, "maximize": 0.0, "noise": 1.0, "noise_scale": 0.3,
             "lr_decay": 0.01, "eps": 1e-8, "alpha": 0.99, "centered": 1.0, "rho": 0.9,
             "beta1": 0.9, "beta2": 0.999, "amsgrad": 1.0, "bias_correction": 1.0,
-            "decoupled": 1.0, "momentum_decay": 0.004}
+            "decoupled": 1.0, "momentum_decay": 0.004, "lr_power": -0.5, "beta": 1.0,
+            "l1": 0.01, "l2": 0.1, "l1_per_step": 1e-4, "l2_per_step": 1e-3}
     return [vals[name] for name in spec.user_hyper]
 
 

@@ -143,8 +143,8 @@ def _rule_with_loop(p, g, s0, h0, z):
     return p, s0
 
 
-def _rule_with_power(p, g, s0, h0, z):
-    return p - h0 * g ** 2, s0
+def _rule_with_floordiv(p, g, s0, h0, z):
+    return p - h0 * g // 2, s0
 
 
 _SCALE = 2.0
@@ -156,7 +156,7 @@ def _rule_with_global(p, g, s0, h0, z):
 
 @pytest.mark.parametrize("rule, what", [(_rule_with_exp, "math.exp"),
                                         (_rule_with_loop, "For"),
-                                        (_rule_with_power, "Pow"),
+                                        (_rule_with_floordiv, "FloorDiv"),
                                         (_rule_with_global, "global name '_SCALE'")])
 def test_generator_rejects_what_it_cannot_translate(rule, what):
     gen = _load_generate()
@@ -167,7 +167,7 @@ def test_generator_rejects_what_it_cannot_translate(rule, what):
 def test_generator_checks_the_rule_signature():
     gen = _load_generate()
     with pytest.raises(gen.RuleError, match="parameters"):
-        gen._Rule(rules, _fake_spec(_rule_with_power, 2, 1))
+        gen._Rule(rules, _fake_spec(_rule_with_floordiv, 2, 1))
 
 
 # A stand-in rules.py with constructs the real rules do not (yet) use: no

@@ -57,8 +57,8 @@ def _setup(name, kw, dtype, shape, n_steps=15, average=False):
     rule = RULES[RULE_OF.get(name, name)]
     hyper = _user_hyper(name, opt)
     present = allocated_states(rule, dict(zip(rule.user_hyper, hyper)))
-    init = opt.param_groups[0].get("initial_accumulator_value", 0.0)
-    states = tuple(np.full(shape, init if s == "sum" else 0.0, dtype) if s in present else None
+    init = opt._state_init(opt.param_groups[0])   # initial_accumulator_value and the like
+    states = tuple(np.full(shape, init.get(s, 0.0), dtype) if s in present else None
                    for s in state_names(rule))
     keys = None
     if _noisy(name, kw):

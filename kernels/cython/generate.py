@@ -53,8 +53,8 @@ TEMPLATE_VERSION = "1"
 
 # (suffix, C type, NumPy type number name, libc function for each math call)
 CTYPES = (
-    ("f32", "float", "NPY_FLOAT32", {"sqrt": "sqrtf", "fabs": "fabsf"}),
-    ("f64", "double", "NPY_FLOAT64", {"sqrt": "sqrt", "fabs": "fabs"}),
+    ("f32", "float", "NPY_FLOAT32", {"sqrt": "sqrtf", "fabs": "fabsf", "pow": "powf"}),
+    ("f64", "double", "NPY_FLOAT64", {"sqrt": "sqrt", "fabs": "fabs", "pow": "pow"}),
 )
 
 # Cython keywords and names the generated code itself uses: a rule variable
@@ -63,7 +63,7 @@ _RESERVED = frozenset("""
     cdef cpdef ctypedef cimport include inline nogil gil noexcept extern public api
     readonly struct union enum fused const volatile signed unsigned short long int
     char float double bint object sizeof NULL new namespace cppclass except DEF IF
-    ELIF ELSE by sqrt sqrtf fabs fabsf log cos real_t uint64_t int64_t
+    ELIF ELSE by sqrt sqrtf fabs fabsf pow powf log cos real_t uint64_t int64_t
     max_f32 max_f64 min_f32 min_f64 normal mix64
 """.split())
 
@@ -134,7 +134,7 @@ class _Translator:
     def err(self, node, what):
         line = self.fn.__code__.co_firstlineno + getattr(node, "lineno", 1) - 1
         return RuleError(f"{self.where}, line {line}: {what} is not supported in a rule "
-                         "(allowed: arithmetic + - * /, comparisons, and/or/not, "
+                         "(allowed: arithmetic + - * / **, comparisons, and/or/not, "
                          "conditional expressions, if statements, abs, min, max, "
                          "math.sqrt)")
 
@@ -158,6 +158,8 @@ class _Translator:
                 return self.const(node.value)
             raise self.err(node, f"the constant {node.value!r}")
         if isinstance(node, ast.BinOp):
+            if isinstance(node.op, ast.Pow):  # a real power (FTRL's n ** -lr_power)
+                return f"{self.libm['pow']}({e(node.left)}, {e(node.right)})"
             op = _BINOPS.get(type(node.op))
             if op is None:
                 raise self.err(node, f"the operator {type(node.op).__name__}")
@@ -339,7 +341,7 @@ the same source (kernels/rules.py).
 """
 
 from libc.stdint cimport int64_t, uint64_t
-from libc.math cimport sqrt, sqrtf, fabs, fabsf, log, cos
+from libc.math cimport sqrt, sqrtf, fabs, fabsf, pow, powf, log, cos
 
 cdef extern from *:
     """

@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 from ._backend import BACKENDS, available_backends  # noqa: F401
 from .optimizers import (  # noqa: F401
-    SGD, SGLD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, Optimizer, RAdam, RMSprop,
+    FTRL, SGD, SGLD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, Optimizer, RAdam, RMSprop,
 )
 from .losses import loss_and_grad, predict_scores, check_grad, LOSSES  # noqa: F401
 
@@ -28,7 +28,7 @@ from .io import load  # noqa: F401
 OPTIMIZERS = {
     "sgd": SGD, "adagrad": Adagrad, "rmsprop": RMSprop, "adadelta": Adadelta,
     "adam": Adam, "adamw": AdamW, "adamax": Adamax, "nadam": NAdam, "radam": RAdam,
-    "sgld": SGLD,
+    "sgld": SGLD, "ftrl": FTRL,
 }
 
 

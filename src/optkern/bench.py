@@ -60,17 +60,18 @@ SIZES = {
     # update elements, gradient (batch, features, classes), training (rows,
     # features, classes), sampling seconds per row, min samples, training repeats,
     # max epochs and max training seconds per run
-    "full": {"update_n": 1_000_000, "grad": (4096, 784, 10), "train": (100_000, 100, 10),
+    "full": {"sparse": (240_000, 2 ** 18), "update_n": 1_000_000, "grad": (4096, 784, 10), "train": (100_000, 100, 10),
              "min_time": 2.0, "min_reps": 15, "repeats": 3, "max_epochs": 100,
              "max_seconds": 60.0},
-    "quick": {"update_n": 100_000, "grad": (1024, 784, 10), "train": (20_000, 50, 10),
+    "quick": {"sparse": (20_000, 2 ** 16), "update_n": 100_000, "grad": (1024, 784, 10), "train": (20_000, 50, 10),
               "min_time": 0.3, "min_reps": 7, "repeats": 1, "max_epochs": 50,
               "max_seconds": 10.0},
-    "tiny": {"update_n": 1_000, "grad": (64, 32, 4), "train": (600, 10, 3),
+    "tiny": {"sparse": (600, 2 ** 12), "update_n": 1_000, "grad": (64, 32, 4), "train": (600, 10, 3),
              "min_time": 0.005, "min_reps": 3, "repeats": 1, "max_epochs": 10,
              "max_seconds": 5.0},
 }
-ROWS = ("update", "gradient", "training")
+ROWS = ("update", "gradient", "training", "sparse")
+DEFAULT_ROWS = ("update", "gradient", "training")   # "sparse" on request: minutes
 COMPILED = ("numba", "numba-parallel", "cython")
 ALPHA = 1e-4
 # training target: the L-BFGS optimum's test accuracy minus this.  Constant-lr
@@ -511,6 +512,20 @@ def bench_training(n, d, k, repeats, max_epochs, max_seconds):
 # ---------------------------------------------------------------------------
 # output
 # ---------------------------------------------------------------------------
+def bench_sparse(n, d, n_classes, repeats):
+    """The sparse race (optkern.sparse_bench.race): default fits on text-like data."""
+    from optkern import sparse_bench
+
+    row = f"sparse: {n} x 2^{int(np.log2(d))}, {n_classes} classes"
+    out = []
+    for name, kind, med, best, acc, note in sparse_bench.race(n, d, n_classes,
+                                                              repeats=repeats):
+        out.append(Result(row, name, kind, med, best,
+                          detail="" if acc is None else f"test accuracy {acc:.3f}",
+                          note=note))
+    return _finish_row(out)
+
+
 def environment():
     import numba
 
@@ -598,8 +613,11 @@ def add_arguments(parser):
     parser.add_argument("--sizes", choices=tuple(SIZES), default=None,
                         help="problem sizes (default: full, or quick with --quick; tiny is "
                              "for tests)")
-    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
-                        metavar="ROW", help="rows to run: " + ", ".join(ROWS) + " (default: all)")
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(DEFAULT_ROWS),
+                        metavar="ROW", help="rows to run: " + ", ".join(ROWS) +
+                        " (default: " + ", ".join(DEFAULT_ROWS) + "; sparse: the text-like "
+                        "race of optkern.sparse_bench, with LIBLINEAR, Vowpal Wabbit and "
+                        "Snap ML where installed)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="training runs per implementation (median; default: 3, quick: 1)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
@@ -688,6 +706,10 @@ def _run(args):
         progress("training")
         results += bench_training(*cfg["train"], cfg["repeats"], cfg["max_epochs"],
                                   cfg["max_seconds"])
+    if "sparse" in args.rows:
+        for k in (2, 20):
+            progress(f"sparse race, {k} classes")
+            results += bench_sparse(*cfg["sparse"], k, cfg["repeats"])
     info = environment()
     info["sizes"] = size_name
     info["threads_option"] = args.threads

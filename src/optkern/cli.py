@@ -35,7 +35,7 @@ EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # Kept here (not imported) so that building the parser imports neither
 # scikit-learn nor the estimators; tests check they match optkern.estimators.
 OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam",
-                   "adamw", "adamax", "nadam", "radam", "sgld")
+                   "adamw", "adamax", "nadam", "radam", "sgld", "ftrl")
 CLASSIFIER_LOSSES = ("softmax", "log", "hinge", "squared_hinge", "modified_huber",
                      "multiclass_hinge")
 REGRESSOR_LOSSES = ("squared", "huber", "epsilon_insensitive", "absolute")

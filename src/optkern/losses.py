@@ -600,6 +600,46 @@ def loss_and_grad(X, y, W, b, loss="softmax", alpha=0.0, penalty="l2", l1_ratio=
     return float(value), dW, db
 
 
+class CSRObjective:
+    """``loss_and_grad`` on one CSR matrix, validated once, for full-batch
+    solvers (the estimators' ``solver="lbfgs"``).
+
+    ``obj(W, b, dW, db) -> loss`` is one call of the compiled CSR kernel: one
+    pass over the nonzeros (scores, the loss rule, the gradient scatter), no
+    scan of X for validation, no allocation.  ``T`` is in kernel form: (n, k)
+    float targets for per-output losses (k binary one-vs-rest columns in one
+    pass), (n,) int64 class indices for multiclass ones.  The parallel kernel
+    (from CSR_PARALLEL_NNZ_PER_FEATURE nonzeros per feature and thread) keeps
+    a (d, k) partial per thread, added once at the end of the call.
+    """
+
+    def __init__(self, X, T, sw, W, loss, alpha, l1_ratio, epsilon, backend="auto"):
+        spec = _check_loss(loss)
+        kind, X = _check_X(X, True)
+        if kind != "csr":
+            raise TypeError("CSRObjective takes a CSR matrix")
+        self.X, self.T, self.sw = X, T, sw
+        self.alpha, self.l1_ratio = float(alpha), float(l1_ratio)
+        self.eps = spec.default_epsilon if epsilon is None else float(epsilon)
+        d, k = W.shape
+        backend = _resolve_backend(backend, kind, X, k)
+        if backend not in ("numba", "numba-parallel"):
+            backend = "numba"
+        self.mod = _kernels("loss_drivers").module_for(spec.name)
+        self.parallel = backend == "numba-parallel"
+        self.chunks = _n_chunks(X.shape[0]) if self.parallel else 1
+        self.scratch = np.empty(max(_scratch_size(self.chunks, d, k), 1), W.dtype)
+
+    def __call__(self, W, b, dW, db):
+        X = self.X
+        if self.parallel:
+            return self.mod.csr_parallel(X.data, X.indices, X.indptr, self.T, self.sw, W, b,
+                                         self.alpha, self.l1_ratio, self.eps, dW, db,
+                                         self.scratch, self.chunks)
+        return self.mod.csr_serial(X.data, X.indices, X.indptr, self.T, self.sw, W, b,
+                                   self.alpha, self.l1_ratio, self.eps, dW, db, self.scratch)
+
+
 def predict_scores(X, W, b=None, backend="auto", out=None, check_input=True):
     """Decision values X W + b, shape (n_samples, n_outputs), X's dtype."""
     if not isinstance(check_input, (bool, np.bool_)):

@@ -1,0 +1,94 @@
+"""The headline numbers of docs/sparse.md, in one run (issue 12).
+
+    python asv_benchmarks/sparse_race.py [--rows 240000] [--repeats 3] [--plot docs/sparse_epoch_cost.png]
+
+1. The race on the text-like problem (optkern.sparse_bench: Zipf features,
+   l2-normalised rows, labels from a dense random model), 2 and 20 classes at
+   2^18 features: optkern's default fit, scikit-learn's SGDClassifier(loss=
+   "log_loss") and LogisticRegression(), and LIBLINEAR / Vowpal Wabbit / Snap
+   ML where they install (skipped with a note otherwise).
+2. The cost of one epoch at fixed nonzeros (50 000 rows x 45) as n_features
+   grows from 2^16 to 2^22, for the exact (plain SGD) and lazy (Adagrad)
+   epochs, with --plot a picture of it.
+Prints the load average before and after: quote it with the numbers.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+import optkern
+from optkern.sparse_bench import race, text_like
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.bench_sparse import MODES, _epoch_model  # noqa: E402
+
+
+def epoch_sweep(rows, features, repeats):
+    out = {}
+    for d in features:
+        X, y = text_like(rows, d, 2, seed=0, dtype=np.float32)
+        models = {mode: _epoch_model(mode, X, y) for mode in MODES}
+        times = {mode: [] for mode in MODES}
+        for _ in range(repeats):          # interleaved
+            for mode, m in models.items():
+                t0 = time.perf_counter()
+                m.partial_fit(X, y)
+                times[mode].append(time.perf_counter() - t0)
+        for mode in MODES:
+            out[(d, mode)] = float(np.median(times[mode]))
+            print(f"n_features 2^{int(np.log2(d))}  {mode:5s}  epoch {out[(d, mode)] * 1e3:8.1f} ms"
+                  f"  ({1e9 * out[(d, mode)] / X.nnz:.1f} ns per nonzero)", flush=True)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--rows", type=int, default=240_000)
+    p.add_argument("--features", type=int, default=2 ** 18)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--epoch-rows", type=int, default=50_000)
+    p.add_argument("--plot", default=None)
+    p.add_argument("--skip-race", action="store_true")
+    args = p.parse_args(argv)
+    print(f"load average before: {os.getloadavg()}; optkern {optkern.__version__}")
+    if not args.skip_race:
+        for k in (2, 20):
+            print(f"\n{args.rows} rows, 2^{int(np.log2(args.features))} features, {k} classes "
+                  "(80% train, 20% test); median fit time of", args.repeats)
+            for name, kind, med, best, acc, note in race(args.rows, args.features, k,
+                                                         repeats=args.repeats):
+                if med is None:
+                    print(f"  {name:55s} skipped: {note}")
+                else:
+                    print(f"  {name:55s} {med:8.2f} s  test accuracy {acc:.3f}", flush=True)
+    feats = [2 ** 16, 2 ** 18, 2 ** 20, 2 ** 22]
+    sweep = epoch_sweep(args.epoch_rows, feats, args.repeats)
+    for mode in MODES:
+        ts = [sweep[(d, mode)] for d in feats]
+        print(f"{mode}: largest / smallest epoch time over 2^16..2^22 = {max(ts) / min(ts):.2f}")
+    if args.plot:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for mode in MODES:
+            ax.plot(feats, [1e3 * sweep[(d, mode)] for d in feats], marker="o",
+                    label=f"{mode} ({MODES[mode]['optimizer']})")
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("n_features")
+        ax.set_ylabel("one epoch (ms)")
+        ax.set_title(f"{args.epoch_rows} rows x 45 nonzeros, float32, 2 classes")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=100)
+        print("plot:", args.plot)
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

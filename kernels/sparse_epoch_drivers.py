@@ -1,0 +1,521 @@
+"""Compiled training epochs on CSR data whose steps touch only the batch's rows.
+
+The sparse twin of ``epoch_drivers.py``'s CSR layout (which stays as the
+``sparse_updates="dense"`` reference).  For a (loss rule, update rule) pair
+this module writes one source file (the mechanism of ``drivers.py``) holding
+
+``epoch_rows``
+    the "lazy" and "linear" modes of ``kernels/sparse_rules.py``.  Each
+    minibatch: the rows of W its features touch are listed once (``slot``
+    maps a feature to its place in the compact gradient ``G``, so nothing is
+    n_features x n_outputs but W and the states); with the tables ``P``/``S``
+    (linear mode, or averaging) the touched rows are first brought up to date
+    (``last`` holds the step each row is current at); then the scores and the
+    loss rule per row, the compact gradient, and the update rule (the same
+    scalar rule every target compiles) on the touched rows' elements, with
+    the penalty's gradient (divided by pi_f in lazy mode: ``inv_p``), then
+    the intercept's dense update.  At the end every row is brought up to date.
+``epoch_scaled``
+    the "scaled" mode (plain SGD): W holds V with W = s V during the epoch;
+    the rule runs on s*V with the L2 coefficient as its weight decay, and the
+    cumulative L1 penalty clips the touched weights.  At the end W = s V and
+    every weight gets the L1 amount it is owed.
+
+A step costs O(nnz_batch x k + k), independent of n_features; the epoch adds
+O(n_features x k) once, at its end.  The epoch's loss is the mean minibatch
+data loss plus the penalty of the weights at the end of the epoch (the dense
+epoch adds the penalty of each step's weights, which would cost a pass over W
+per step).  Arguments: see ``_EPOCH_ROWS``; the glue is ``optkern.sparse_epochs``.
+"""
+
+import hashlib
+import importlib.util
+import inspect
+import os
+import sys
+
+import numpy as np
+from numba import njit
+
+from . import _helpers
+from . import _simd
+from . import drivers as _drivers
+from . import epoch_drivers as _epoch_drivers
+from . import loss_rules as _loss_rules
+from . import rules as _update_rules
+from . import schedule_rules as _schedule_rules
+from . import sparse_rules as _sparse_rules
+from ._simd import csr_row_scores
+
+TEMPLATE_VERSION = "1"
+
+
+# ------------------------------------------------------------ shared pieces
+# (compiled into the generated epochs; not cached on their own)
+
+@njit(inline="always")
+def collect_rows(indices, indptr, order, start, stop, slot, touched):
+    """List the features of rows order[start:stop] once each; slot[f] = its place."""
+    nt = 0
+    for r in range(start, stop):
+        i = order[r]
+        for q in range(indptr[i], indptr[i + 1]):
+            f = indices[q]
+            if slot[f] < 0:
+                slot[f] = nt
+                touched[nt] = f
+                nt += 1
+    return nt
+
+
+@njit(inline="always")
+def row_scores(data, indices, lo, hi, W, Wf, b, z):
+    """z = b + X[i] W: a plain loop for one output (the vector intrinsic's
+    masked loads cost more than they save there), else kernels/_simd.py's."""
+    if W.shape[1] == 1:
+        acc = Wf.dtype.type(0.0)
+        for q in range(lo, hi):
+            acc += data[q] * Wf[indices[q]]
+        if b is not None:
+            acc += b[0]
+        z[0] = acc
+    else:
+        csr_row_scores(data, indices, lo, hi, W, b, z)
+
+
+@njit(inline="always")
+def scatter_row(data, indices, lo, hi, slot, dz, G):
+    """G[slot[f]] += x_f * dz for the row's nonzeros."""
+    k = dz.shape[0]
+    for q in range(lo, hi):
+        s = slot[indices[q]]
+        x = data[q]
+        for j in range(k):
+            G[s, j] += x * dz[j]
+
+
+@njit(cache=True, nogil=True)
+def feature_counts(indices, n_features):
+    """Stored entries per column, without the int64 copy of ``indices`` that
+    np.bincount makes (2 x the index array at 10^7 nonzeros and int32)."""
+    out = np.zeros(n_features, np.int64)
+    for q in range(indices.shape[0]):
+        out[indices[q]] += 1
+    return out
+
+
+@njit(inline="always")
+def penalty_grad(w, alpha, l1_ratio):
+    """The penalty's (sub)gradient at w (sign(0) = 0), as the dense path's."""
+    sgn = 1.0 if w > 0 else (-1.0 if w < 0 else 0.0)
+    return alpha * (l1_ratio * sgn + (1.0 - l1_ratio) * w)
+
+
+@njit(cache=True, nogil=True)
+def penalty_value(Wf, alpha, l1_ratio):
+    if alpha == 0:
+        return 0.0
+    a1 = 0.0
+    a2 = 0.0
+    for e in range(Wf.shape[0]):
+        w = float(Wf[e])
+        a1 += abs(w)
+        a2 += w * w
+    return alpha * (l1_ratio * a1 + 0.5 * (1.0 - l1_ratio) * a2)
+
+
+@njit(inline="always")
+def gap_matrices(gap, P, S, A, Ssum, tmp, want_sum):
+    """A = M^gap and (want_sum) Ssum = sum_{t=1}^{gap} M^t from the tables."""
+    m = A.shape[0]
+    for a in range(m):
+        for c in range(m):
+            A[a, c] = 1.0 if a == c else 0.0
+            Ssum[a, c] = 0.0
+    j = 0
+    g = gap
+    while g > 0:
+        if g & 1:
+            if want_sum:
+                for a in range(m):
+                    for c in range(m):
+                        acc = 0.0
+                        for e in range(m):
+                            acc += A[a, e] * S[j, e, c]
+                        Ssum[a, c] += acc
+            for a in range(m):
+                for c in range(m):
+                    acc = 0.0
+                    for e in range(m):
+                        acc += A[a, e] * P[j, e, c]
+                    tmp[a, c] = acc
+            for a in range(m):
+                for c in range(m):
+                    A[a, c] = tmp[a, c]
+        g >>= 1
+        j += 1
+
+
+@njit(inline="always")
+def cumulative_l1(v, q, u):
+    """Tsuruoka et al.'s clip (sparse_rules.cumulative_l1), compiled."""
+    z = v
+    if v > 0:
+        v = max(0.0, v - (u + q))
+    elif v < 0:
+        v = min(0.0, v + (u - q))
+    return v, q + (v - z)
+
+
+# ------------------------------------------------------------------ template
+
+_HEADER = '''\
+# Generated by optkern.kernels.sparse_epoch_drivers: loss {loss!r}, update {update!r}.
+# Do not edit.  sources hash: {digest}  template version: {version}
+import math
+
+import numpy as np
+from numba import njit
+
+from optkern.kernels.loss_rules import {loss_fn} as _loss_py
+from optkern.kernels.rules import {rule_fn} as _rule_py, {prepare_fn} as _prepare_py
+from optkern.kernels.schedule_rules import schedule_factor as _schedule_py
+from optkern.kernels._helpers import (
+    load, store, draw, update_average, noise_key_jit, with_fast_math, exp_fast, log_fast,
+    VEC_MIN_OUTPUTS)
+from optkern.kernels.sparse_epoch_drivers import (
+    collect_rows, row_scores, scatter_row, penalty_grad, penalty_value, gap_matrices, cumulative_l1)
+from {update_module} import _loop_serial
+
+_loss = njit(_loss_py)
+{loss_vec}
+_rule = njit(inline="always")(_rule_py)
+_prepare = njit(cache=True)(_prepare_py)
+_schedule = njit(cache=True)(_schedule_py)
+'''
+
+# the batch pass, shared by both epochs: scores (``scores_scale``: s for the
+# scaled mode), the loss rule, the compact gradient, db
+_BATCH = '''\
+        if direct:
+            # one row without repeated features: its nonzeros are the touched rows
+            lo = indptr[order[start]]
+            nt = indptr[order[start] + 1] - lo
+            for u in range(nt):
+                touched[u] = indices[lo + u]
+        else:
+            nt = collect_rows(indices, indptr, order, start, stop, slot, touched)
+            for u in range(nt):
+                for j in range(k):
+                    G[u, j] = 0.0
+{catch_up_touched}
+        for j in range(k):
+            db[j] = 0.0
+        lsum = 0.0
+        wsum = 0.0
+        for r in range(start, stop):
+            i = order[r]
+            w = sw[i]
+            lo = indptr[i]
+            hi = indptr[i + 1]
+{scores}
+{loss}
+            lsum += w * l
+            wsum += w
+            if w != 1.0:
+                for j in range(k):
+                    dz[j] *= w
+            for j in range(k):
+                db[j] += dz[j]
+            if direct:
+                for u in range(nt):
+                    for j in range(k):
+                        G[u, j] = data[lo + u] * dz[j]
+            else:
+                scatter_row(data, indices, lo, hi, slot, dz, G)
+        if wsum <= 0.0 or not math.isfinite(lsum):
+            if not direct:
+                for u in range(nt):
+                    slot[touched[u]] = -1
+        if wsum <= 0.0:
+            continue
+        inv = 1.0 / ((stop - start) * w_mean)
+        batch_loss = lsum * inv
+        if not math.isfinite(batch_loss):
+            return np.nan, step - step0, avg_count, scalarsW, scalarsB
+        total += batch_loss * (stop - start)
+        weight += stop - start
+        lr = base_lr * _schedule(sched[0], float(step), sched[1], sched[2], sched[3],
+                                 sched[4], sched[5]) * plateau
+        step += 1
+        key = noise_key_jit(seed, step)
+        hyperW, scalarsW = _prepare(step, scalarsW, lr, {user_w})
+        averaging = avg_start >= 0 and step > avg_start
+        w_avg = 1.0 / (avg_count + 1) if averaging else 0.0
+{unpack}
+'''
+
+_INTERCEPT = '''\
+        if b is not None:
+            hyperB, scalarsB = _prepare(step, scalarsB, lr, {user_b})
+            for j in range(k):
+                db[j] = db[j] * inv
+            _loop_serial(b, db, {b_states}, avgB, hyperB, w_avg, key, offB)
+        if averaging:
+            avg_count += 1
+'''
+
+_SIGNATURE = '''
+@njit(cache=True, nogil=True, error_model="numpy")
+def epoch_{kind}(data, indices, indptr, T, sw, order, batch_size, W, b, {w_states}, {b_states},
+             avgW, avgB, userW, userB, scalarsW, scalarsB, step0, avg_start, avg_count0,
+             sched, base_lr, plateau, alpha, l1_ratio, epsilon, seed, offW, offB, w_mean,
+             slot, touched, G, z, dz, db, unique_rows, {extra}):
+    dt = W.dtype.type
+    eps = dt(epsilon)
+    n = order.shape[0]
+    d = W.shape[0]
+    k = W.shape[1]
+    Wf = W.reshape(d * k)
+    step = step0
+    avg_count = avg_count0
+    total = 0.0
+    weight = 0.0
+    direct = batch_size == 1 and unique_rows
+'''
+
+# lazy / linear: ``inv_p`` None = the full penalty (exact), else per-row 1/pi_f;
+# ``P`` None = no tables (lazy without averaging: nothing to catch up)
+_EPOCH_ROWS = _SIGNATURE.format(kind="rows", w_states="{w_states}", b_states="{b_states}",
+                                extra="inv_p, P, S, last, A, Ssum, tmp, x, y") + '''\
+    want_sum = avgW is not None
+    if P is not None:
+        for f in range(d):
+            last[f] = step0
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+''' + _BATCH + '''\
+        for u in range(nt):
+            f = touched[u]
+            scale = 1.0
+            if inv_p is not None:
+                scale = inv_p[f]
+            for j in range(k):
+                e = f * k + j
+                p_e = Wf[e]
+                g = dt(G[u, j] * inv + penalty_grad(p_e, alpha, l1_ratio) * scale)
+                zz = dt(draw(key, offW + e, 0.0))
+                p_i, {state_outs} = _rule(p_e, g, {state_loads}, {hyper_w}, zz)
+{state_stores}
+                update_average(avgW, e, p_i, w_avg)
+                Wf[e] = p_i
+            if not direct:
+                slot[f] = -1
+            if P is not None:
+                last[f] = step
+''' + _INTERCEPT + '''\
+    if P is not None:
+        for f in range(d):
+{catch_up_row}
+    mean = total / weight if weight > 0.0 else 0.0
+    return mean + penalty_value(Wf, alpha, l1_ratio), step - step0, avg_count, scalarsW, \\
+        scalarsB
+'''
+
+# bring row f from step last[f] to ``step``: x <- M^gap x, the average with
+# the skipped iterates (those after avg_start)
+_CATCH_UP_ROW = '''\
+gap = step - last[f]
+if gap > 0:
+    pre = 0
+    if want_sum:
+        first_avg = max(last[f], avg_start)
+        pre = min(max(first_avg - last[f], 0), gap)
+    for part in range(2):
+        g_part = pre if part == 0 else gap - pre
+        if g_part == 0:
+            continue
+        summing = want_sum and part == 1
+        gap_matrices(g_part, P, S, A, Ssum, tmp, summing)
+        c0 = float(max(last[f] + pre - avg_start, 0)) if summing else 0.0
+        for j in range(k):
+            e = f * k + j
+            x[0] = Wf[e]
+{load_x}
+            for a in range(x.shape[0]):
+                acc = 0.0
+                for c in range(x.shape[0]):
+                    acc += A[a, c] * x[c]
+                y[a] = acc
+            if avgW is not None:
+                if summing:
+                    s_p = 0.0
+                    for c in range(x.shape[0]):
+                        s_p += Ssum[0, c] * x[c]
+                    avgW[e] = dt((c0 * avgW[e] + s_p) / (c0 + g_part))
+            Wf[e] = dt(y[0])
+{store_y}
+    last[f] = step'''
+
+_EPOCH_SCALED = _SIGNATURE.format(kind="scaled", w_states="{w_states}",
+                                  b_states="{b_states}", extra="l1, q") + '''\
+    # W = s V; u: the L1 amount (in V's units) every weight is owed so far
+    s = 1.0
+    u_l1 = 0.0
+    if l1 > 0:
+        for e in range(d * k):
+            q[e] = 0.0
+    one = dt(1.0)
+    zero = dt(0.0)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+''' + _BATCH + '''\
+        # the shrink of this step, read off the rule (1 - lr * weight_decay)
+        c_t, {state_outs} = _rule(one, zero, {zero_states}, {hyper_w}, zero)
+        s_new = s * c_t
+        if l1 > 0:
+            u_l1 += lr * l1 / s_new
+        for u in range(nt):
+            f = touched[u]
+            for j in range(k):
+                e = f * k + j
+                g = dt(G[u, j] * inv)
+                p_i, {state_outs} = _rule(dt(s * Wf[e]), g, {state_loads}, {hyper_w}, zero)
+                v = p_i / s_new
+                if l1 > 0:
+                    v, q[e] = cumulative_l1(v, q[e], u_l1)
+                Wf[e] = v
+            if not direct:
+                slot[f] = -1
+        s = s_new
+        if s < {min_scale}:
+            for e in range(d * k):
+                Wf[e] = Wf[e] * s
+            if l1 > 0:
+                for e in range(d * k):
+                    q[e] = q[e] * s
+                u_l1 *= s
+            s = 1.0
+''' + _INTERCEPT + '''\
+    for e in range(d * k):
+        v = float(Wf[e])
+        if l1 > 0:
+            v, _ = cumulative_l1(v, float(q[e]), u_l1)
+        Wf[e] = v * s
+    mean = total / weight if weight > 0.0 else 0.0
+    return mean + penalty_value(Wf, alpha, l1_ratio), step - step0, avg_count, scalarsW, \\
+        scalarsB
+'''
+
+_SCORES = '''\
+            row_scores(data, indices, lo, hi, W, Wf, b, z)'''
+_SCORES_SCALED = '''\
+            row_scores(data, indices, lo, hi, W, Wf, None, z)
+            for j in range(k):
+                z[j] = z[j] * s
+            if b is not None:
+                for j in range(k):
+                    z[j] += b[j]'''
+
+_CATCH_UP_TOUCHED = '''\
+        if P is not None:
+            for u in range(nt):
+                f = touched[u]
+{catch_up_row}'''
+
+
+# scaled mode: a touched weight first gets the L1 amount it is owed so far, so
+# that its scores and its step see what the dense algorithm's weight holds
+_CLIP_TOUCHED = '''\
+        if l1 > 0:
+            for u in range(nt):
+                f = touched[u]
+                for j in range(k):
+                    e = f * k + j
+                    v, q[e] = cumulative_l1(float(Wf[e]), float(q[e]), u_l1)
+                    Wf[e] = v'''
+
+
+def _indent(text, n):
+    pad = " " * n
+    return "\n".join(pad + line if line else line for line in text.split("\n"))
+
+
+def _source(loss_name, rule_name):
+    loss = _loss_rules.LOSS_RULES[loss_name]
+    spec = _update_rules.RULES[rule_name]
+    update_mod = _drivers.module_for(rule_name)
+    states = _update_rules.state_names(spec)
+    ns = len(states)
+    n_user = len(spec.user_hyper)
+    w_states = ", ".join(f"sW{j}" for j in range(ns))
+    b_states = ", ".join(f"sB{j}" for j in range(ns))
+    nh = len(spec.kernel_hyper)
+    hyper_w = ", ".join(f"h{j}" for j in range(nh))
+    fill = dict(
+        w_states=w_states, b_states=b_states, hyper_w=hyper_w,
+        state_outs=", ".join(f"s{j}_i" for j in range(ns)),
+        state_loads=", ".join(f"load(sW{j}, e, dt(0.0))" for j in range(ns)),
+        state_stores=_indent("\n".join(f"store(sW{j}, e, s{j}_i)" for j in range(ns)), 16),
+        zero_states=", ".join("zero" for _ in range(ns)),
+        user_w=", ".join(f"userW[{j}]" for j in range(1, n_user)),
+        user_b=", ".join(f"userB[{j}]" for j in range(1, n_user)),
+        min_scale=repr(_sparse_rules.MIN_SCALE),
+        unpack=_indent("\n".join(f"h{j} = dt(hyperW[{j}])" for j in range(nh)), 8),
+    )
+    load_x = "\n".join(f"x[{1 + j}] = load(sW{j}, e, 0.0)" for j in range(ns))
+    store_y = "\n".join(f"store(sW{j}, e, dt(y[{1 + j}]))" for j in range(ns))
+    catch = _CATCH_UP_ROW.replace("{load_x}", _indent(load_x, 12)).replace(
+        "{store_y}", _indent(store_y, 12))
+    loss_body = (_epoch_drivers._SCALAR_LOSS if loss.kind == "scalar"
+                 else _epoch_drivers._ROW_LOSS)
+    parts = []
+    for kind, template, scores in (("rows", _EPOCH_ROWS, _SCORES),
+                                   ("scaled", _EPOCH_SCALED, _SCORES_SCALED)):
+        text = template.replace("{catch_up_touched}", _CLIP_TOUCHED if kind == "scaled" else
+                                _CATCH_UP_TOUCHED.replace("{catch_up_row}",
+                                                          _indent(catch, 16)))
+        text = text.replace("{catch_up_row}", _indent(catch, 12))
+        text = text.replace("{scores}", scores).replace("{loss}", loss_body)
+        for key, value in fill.items():
+            text = text.replace("{" + key + "}", value)
+        parts.append(text)
+    with open(update_mod.__file__, encoding="utf-8") as fh:
+        update_text = fh.read()
+    digest = hashlib.sha256(
+        (inspect.getsource(_loss_rules) + inspect.getsource(_schedule_rules) + update_text
+         + inspect.getsource(_update_rules) + inspect.getsource(_helpers)
+         + inspect.getsource(_simd) + inspect.getsource(_epoch_drivers)
+         + inspect.getsource(sys.modules[__name__])).encode()).hexdigest()[:16]
+    head = _HEADER.format(
+        loss=loss_name, update=rule_name, digest=digest, version=TEMPLATE_VERSION,
+        loss_fn=loss.rule.__name__, rule_fn=spec.rule.__name__,
+        prepare_fn=spec.prepare.__name__, update_module=update_mod.__name__,
+        loss_vec=("_loss_vec = njit(fastmath={\"reassoc\", \"contract\"})"
+                  "(with_fast_math(_loss_py))\n" if loss.kind == "row" else ""))
+    return head + "\n".join(parts)
+
+
+_MODULES = {}
+
+
+def module_for(loss_name, rule_name):
+    """Import (generating if needed) the sparse epoch module of this pair."""
+    key = (loss_name, rule_name)
+    mod = _MODULES.get(key)
+    if mod is not None:
+        return mod
+    if loss_name not in _loss_rules.LOSS_RULES:
+        raise ValueError(f"unknown loss {loss_name!r}")
+    if rule_name not in _update_rules.RULES:
+        raise ValueError(f"unknown update rule {rule_name!r}")
+    path = os.path.join(_drivers.generated_dir(),
+                        f"optkern_sparse_epoch_{loss_name}_{rule_name}.py")
+    _drivers._write_if_changed(path, _source(loss_name, rule_name))
+    modname = f"optkern.kernels._generated_sparse_epoch_{loss_name}_{rule_name}"
+    ispec = importlib.util.spec_from_file_location(modname, path)
+    mod = importlib.util.module_from_spec(ispec)
+    sys.modules[modname] = mod
+    ispec.loader.exec_module(mod)
+    _MODULES[key] = mod
+    return mod

@@ -1,0 +1,231 @@
+"""Glue between the estimators and the sparse compiled epochs.
+
+``SparseRunner(estimator, ctx, kind)`` trains one epoch on CSR data in one
+compiled call of ``kernels/sparse_epoch_drivers.py`` ("lazy", "linear" or
+"scaled": ``kernels/sparse_rules.py`` says what each computes), on the
+optimizer's own state arrays, and brings the optimizer's bookkeeping up to
+date as ``optkern.epochs`` does.  Everything the fit needs beyond the
+optimizer's state (the feature -> slot map, the compact gradient, the lazy
+penalty's per-row factors, the catch-up tables) is O(n_features) or
+O(nonzeros in a minibatch x n_outputs), allocated once per fit: nothing of
+the size n_features x n_outputs but W and its states, nothing of the size of X.
+
+``resolve_mode(estimator, X, opt, schedule)`` turns ``sparse_updates`` into
+the mode a fit runs ("dense" for dense X).
+"""
+
+import numpy as np
+import scipy.sparse as sp
+
+from optkern import epochs as _epochs
+from optkern.kernels import epoch_drivers, sparse_epoch_drivers
+from optkern.kernels import sparse_rules as _sr
+from optkern.kernels.rules import state_names
+
+# backends on which a fit runs the compiled sparse epoch (the Cython build has
+# no sparse twin yet: "cython" runs the Numba one)
+COMPILED = ("numba", "numba-parallel", "cython")
+
+
+def _user(opt, gi=0):
+    return dict(zip(opt._spec.user_hyper, opt._hyper_tuple(opt.param_groups[gi])))
+
+
+def resolve_mode(estimator, X, opt, schedule, backend):
+    """"dense", "lazy", "scaled" or "linear" for this fit (see sparse_rules)."""
+    mode = estimator.sparse_updates
+    if not sp.issparse(X) or mode == "dense":
+        return "dense"
+    if backend == "cuda":
+        if mode not in ("auto", "dense"):
+            raise ValueError(f"sparse_updates={mode!r} runs on the CPU backends; the "
+                             "'cuda' estimator path is the dense reference loop")
+        return "dense"
+    penalty, alpha = estimator._penalty_args()
+    l1r = {"l2": 0.0, "l1": 1.0}.get(penalty, float(estimator.l1_ratio))
+    lr_constant = _sr.lr_constant_within_epoch(schedule)
+    return _sr.resolve(mode, opt._spec.name, _user(opt), alpha, l1r,
+                       opt.average_start is not None, lr_constant)
+
+
+def feature_counts(X):
+    """Stored entries per feature (an explicit zero counts; a duplicate counts
+    twice): one compiled pass over indices, no copy of them."""
+    return sparse_epoch_drivers.feature_counts(X.indices, X.shape[1])
+
+
+class SparseRunner:
+    def __init__(self, estimator, ctx, kind):
+        from optkern.losses import LOSSES
+
+        W, opt = ctx.W, ctx.opt
+        d, k = W.shape
+        self.ctx, self.kind = ctx, kind
+        self.loss_name = estimator._effective_loss(k)
+        spec = LOSSES[self.loss_name]
+        self.T = _epochs._targets(estimator, ctx, spec.kind, k)
+        X = ctx.X
+        self.X = X
+        self.data = (X.data, X.indices, X.indptr)
+        self.rule = opt._spec.name
+        self.mod = sparse_epoch_drivers.module_for(self.loss_name, self.rule)
+        penalty, alpha = estimator._penalty_args()
+        self.alpha = alpha
+        self.l1_ratio = {"l2": 0.0, "l1": 1.0}.get(penalty, float(estimator.l1_ratio))
+        eps = getattr(estimator, "epsilon", None)
+        self.epsilon = float(spec.default_epsilon if eps is None else eps)
+        self.sw = ctx.sw
+        self.w_mean = float(np.mean(ctx.sw))
+        self.gW = opt._groups[0]
+        self.gB = opt._groups[1] if ctx.b is not None else None
+        dt = W.dtype
+        idx_t = np.int32 if d < 2 ** 31 else np.int64
+        self.slot = np.full(d, -1, idx_t)
+        self.max_row_nnz = int(np.max(np.diff(X.indptr))) if X.shape[0] else 0
+        # sorted and without duplicates (scipy's flag, computed once): a row's
+        # nonzeros are then its distinct touched rows
+        self.unique_rows = bool(X.has_canonical_format)
+        self.touched = self.G = None
+        self.z, self.dz, self.db = np.zeros(k, dt), np.zeros(k, dt), np.zeros(k, dt)
+        self.sampling = estimator.sampling
+        self.counts = None
+        self.inv_p = None
+        self.inv_p_batch = None
+        nstates = len(state_names(opt._spec))
+        self.m = 1 + nstates
+        self.last = None
+        self.A = np.zeros((self.m, self.m))
+        self.Ssum = np.zeros((self.m, self.m))
+        self.tmp = np.zeros((self.m, self.m))
+        self.x = np.zeros(self.m)
+        self.y = np.zeros(self.m)
+        self.q = np.zeros(d * k if (kind == "scaled" and alpha * self.l1_ratio > 0) else 1, dt)
+
+    def _buffers(self, batch_size):
+        d, k = self.ctx.W.shape
+        need = max(1, min(d, batch_size * max(self.max_row_nnz, 1)))
+        if self.G is None or self.G.shape[0] < need:
+            self.G = np.zeros((need, k), self.ctx.W.dtype)
+            self.touched = np.zeros(need, self.slot.dtype)
+
+    def _lazy_scales(self, batch_size):
+        if self.inv_p_batch != batch_size:
+            if self.counts is None:
+                self.counts = feature_counts(self.X)
+            self.inv_p = _sr.lazy_scales(self.counts, self.X.shape[0], batch_size,
+                                         self.sampling, self.ctx.W.dtype)
+            self.inv_p_batch = batch_size
+        return self.inv_p
+
+    def _tables(self, user, lr, n_steps):
+        """(P, S) of this epoch's untouched step, or (None, None) when it is the
+        identity and nothing is averaged (nothing to catch up)."""
+        opt = self.ctx.opt
+        g = self.gW
+        present = [s is not None for s in g.state_list]
+        step = max(g.step, 1) + 1  # a step after the first (sparse_rules.first_step_dense)
+        hyper, _ = opt._spec.prepare(step, g.scalars, lr, *user[1:])
+        M = _sr.untouched_matrix(self.rule, hyper, self.alpha * (1.0 - self.l1_ratio),
+                                 present)
+        if np.array_equal(M[np.ix_(*[np.flatnonzero([True] + present)] * 2)],
+                          np.eye(1 + sum(present))) and opt.average_start is None:
+            return None, None
+        if self.last is None:
+            self.last = np.zeros(self.ctx.W.shape[0], np.int64)
+        return _sr.power_tables(M, n_steps + 1)
+
+    def _dense_first_step(self, order, batch_size):
+        """The first step of a fresh optimizer on every row (the dense CSR epoch
+        on the first minibatch): sparse_rules.first_step_dense.  Allocates one
+        n_features x n_outputs gradient, once."""
+        d, k = self.ctx.W.shape
+        dt = self.ctx.W.dtype
+        fn = epoch_drivers.module_for(self.loss_name, self.rule, "csr").epoch_serial
+        c = self._common(self.ctx.opt._prepared_hyper(0, self.gW))
+        scratch = (np.zeros((1, d, k), dt), np.zeros((1, k), dt), np.zeros((1, k), dt),
+                   np.zeros((1, k), dt), np.zeros(1), np.zeros(1))
+        result = fn(*self.data, self.T, self.sw, order[:batch_size], int(batch_size), 1,
+                    self.ctx.W, self.ctx.b, *scratch, *c["states"], *c["rest"],
+                    _epochs.PARALLEL_MIN_WORK, self.w_mean)
+        return self._finish(result)
+
+    def _common(self, userW):
+        """The arguments every epoch takes, from the states to offB."""
+        ctx, opt = self.ctx, self.ctx.opt
+        gW, gB = self.gW, self.gB
+        userB = opt._prepared_hyper(1, gB) if gB is not None else userW
+        statesW = [None if s is None else s[0] for s in gW.state_list]
+        statesB = [None if (gB is None or s is None) else s[0]
+                   for s in (gB.state_list if gB is not None else gW.state_list)]
+        avg_start = -1 if opt.average_start is None else opt.average_start
+        seed = np.uint64(opt.seed) if (opt._noisy and opt._noise_on(userW)) else None
+        sched = ctx.schedule.encode()
+        rest = (gW.avg[0] if gW.avg is not None else None,
+                gB.avg[0] if (gB is not None and gB.avg is not None) else None,
+                tuple(float(v) for v in userW), tuple(float(v) for v in userB), gW.scalars,
+                gB.scalars if gB is not None else gW.scalars, gW.step, avg_start,
+                gW.avg_count, (float(sched[0]),) + tuple(float(v) for v in sched[1:]),
+                float(ctx.base_lr), float(ctx.plateau), self.alpha, self.l1_ratio,
+                self.epsilon, seed, int(gW.offsets[0]),
+                int(gB.offsets[0]) if gB is not None else 0)
+        return {"states": statesW + statesB, "rest": rest}
+
+    def _finish(self, result):
+        mean, steps, avg_count, scalarsW, scalarsB = result
+        for g, scalars in ((self.gW, scalarsW), (self.gB, scalarsB)):
+            if g is None:
+                continue
+            g.step += int(steps)
+            g.avg_count = int(avg_count)
+            g.scalars = tuple(float(v) for v in scalars)
+        self.ctx.t += int(steps)
+        return float(mean)
+
+    def __call__(self, order, batch_size):
+        ctx, opt = self.ctx, self.ctx.opt
+        order = np.ascontiguousarray(order, dtype=np.int64)
+        self._buffers(batch_size)
+        user = opt._prepared_hyper(0, self.gW)
+        lead = None
+        if self.kind == "linear" and self.gW.step == 0 \
+                and _sr.first_step_dense(self.rule, _user(opt)):
+            lead = self._dense_first_step(order, batch_size)
+            order = order[batch_size:]
+            if order.shape[0] == 0:
+                return lead
+        n_steps = -(-order.shape[0] // batch_size)
+        inv_p = P = S = None
+        extra = ()
+        if self.kind == "lazy":
+            if self.alpha > 0:
+                inv_p = self._lazy_scales(batch_size)
+            if opt.average_start is not None:
+                P, S = _sr.power_tables(np.eye(self.m), n_steps + 1)
+                if self.last is None:
+                    self.last = np.zeros(ctx.W.shape[0], np.int64)
+        elif self.kind == "linear":
+            lr = ctx.base_lr * ctx.schedule.factor(ctx.t) * ctx.plateau
+            P, S = self._tables(user, lr, n_steps)
+        if self.kind == "scaled":
+            fn = self.mod.epoch_scaled
+            wd = opt._spec.user_hyper.index("weight_decay")
+            user = tuple(v + self.alpha * (1.0 - self.l1_ratio) if j == wd else v
+                         for j, v in enumerate(user))
+            extra = (float(self.alpha * self.l1_ratio), self.q)
+        else:
+            fn = self.mod.epoch_rows
+            extra = (inv_p, P, S, self.last if self.last is not None else
+                     np.zeros(1, np.int64), self.A, self.Ssum, self.tmp, self.x, self.y)
+        mean = self._run(fn, order, batch_size, user, extra)
+        if lead is not None and np.isfinite(mean):
+            n_rest = order.shape[0]
+            mean = (lead * batch_size + mean * n_rest) / (batch_size + n_rest)
+        return mean
+
+    def _run(self, fn, order, batch_size, userW, extra):
+        c = self._common(userW)
+        result = fn(*self.data, self.T, self.sw, order, int(batch_size), self.ctx.W,
+                    self.ctx.b, *c["states"], *c["rest"], self.w_mean, self.slot,
+                    self.touched, self.G, self.z, self.dz, self.db, self.unique_rows,
+                    *extra)
+        return self._finish(result)
