@@ -157,6 +157,12 @@ def _finite_state(state):
     return True
 
 
+def _sparse_wide(ds):
+    """optkern.estimators.sparse_wide on the whole distributed data set."""
+    return bool(ds.sparse and ds.n and ds.d >= _est.SPARSE_WIDE_MIN_FEATURES
+                and ds.nnz <= _est.SPARSE_WIDE_MAX_DENSITY * ds.n * ds.d)
+
+
 class _DaskLinear(BaseEstimator):
     _local_cls = None
     _classify = False
@@ -189,11 +195,33 @@ class _DaskLinear(BaseEstimator):
             state["_k"] = self._k(ds)
         return state
 
+    def _resolved_params(self, ds):
+        """The in-memory parameters with the data-dependent "auto" defaults
+        resolved on the whole data set, as the in-memory estimator resolves
+        them on the concatenated data (optimizer, alpha = 1/n_samples on
+        sparse wide data, and the sparse-wide rate, batch size and schedule);
+        a worker resolving them on its own shard would use its shard's rows."""
+        p = self._local_params()
+        wide = _sparse_wide(ds)
+        defaults = _est.SPARSE_WIDE_DEFAULTS
+        if p["alpha"] == "auto":
+            p["alpha"] = 1.0 / ds.n if wide else _est.DENSE_DEFAULT_ALPHA
+        if p["optimizer"] == "auto":
+            p["optimizer"] = defaults["optimizer"] if wide else _est.DENSE_DEFAULT_OPTIMIZER
+            if wide and p["lr"] is None and "lr" not in (p["optimizer_params"] or {}):
+                p["lr"] = defaults["lr"]
+        if wide:
+            if p["batch_size"] == "auto":
+                p["batch_size"] = defaults["batch_size"]
+            if p["schedule"] is None:
+                p["schedule"] = defaults["schedule"]
+        return p
+
     def _worker_params(self, ds, lr=None):
         """The in-memory parameters the workers train with: class weights are
         already in the shards' sample weights, callbacks and progress run on
         the client, and the learning rate carries the adaptive factor."""
-        p = self._local_params()
+        p = self._resolved_params(ds)
         # a worker's divergence is reported to the client, which applies the
         # user's on_divergence to the round
         p.update(callbacks=None, verbose=0, warm_start=True, early_stopping=False,
@@ -208,13 +236,14 @@ class _DaskLinear(BaseEstimator):
             p["optimizer_params"] = op
         return p
 
-    def _base_lr(self):
-        if self.lr is not None:
-            return float(self.lr)
-        op = self.optimizer_params or {}
-        if isinstance(self.optimizer, str):
-            return float(_est.OPTIMIZER_NAMES[self.optimizer][1])
-        return float(op.get("lr", self.optimizer.param_groups[0]["lr"]))
+    def _base_lr(self, ds):
+        p = self._resolved_params(ds)
+        if p["lr"] is not None:
+            return float(p["lr"])
+        op = p["optimizer_params"] or {}
+        if isinstance(p["optimizer"], str):
+            return float(op.get("lr", _est.OPTIMIZER_NAMES[p["optimizer"]][1]))
+        return float(op.get("lr", p["optimizer"].param_groups[0]["lr"]))
 
     # --------------------------------------------------------------- rounds
     def _workers(self, client):
@@ -334,7 +363,7 @@ class _DaskLinear(BaseEstimator):
 
         d, k, fi = ds.d, self._k(ds), bool(self.fit_intercept)
         n_w = d * k
-        alpha = 0.0 if self.penalty is None else float(self.alpha)
+        alpha = 0.0 if self.penalty is None else float(self._resolved_params(ds)["alpha"])
         base = self._base_state(ds)
         model = (type(local).__name__, self._worker_params(ds), base, (d, k, fi))
         history, t0, calls = [], time.perf_counter(), [0]
@@ -380,12 +409,13 @@ class _DaskLinear(BaseEstimator):
             state.update({k_: copy.deepcopy(v) for k_, v in _worker.fitted_state(prev).items()
                           if k_ in ("coef_", "intercept_", "_W", "_b", "_y_ndim", "_k")})
         first_kwargs = {"classes": ds.classes} if self._classify else {}
-        schedule = _sched.get_schedule(None if self.schedule == "adaptive" else self.schedule)
+        sched_param = self._resolved_params(ds)["schedule"]
+        schedule = _sched.get_schedule(None if sched_param == "adaptive" else sched_param)
         schedule = copy.deepcopy(schedule)
         if isinstance(schedule, _sched.ReduceOnPlateau):
             schedule.reset()
-        adaptive = self.schedule is None or self.schedule == "adaptive"
-        base_lr = self._base_lr()
+        adaptive = sched_param is None or sched_param == "adaptive"
+        base_lr = self._base_lr(ds)
         plateau = 1.0
         # a loss above this counts as diverged: 1e4 times the starting objective
         theta0 = np.zeros(d * k + (k if fi else 0))
@@ -512,6 +542,8 @@ class _DaskLinear(BaseEstimator):
         here."""
         local = self._local_cls(**self._local_params())
         _worker.restore_state(local, state)
+        if getattr(ds, "n", None):   # the "auto" defaults partial_fit would continue with
+            local._sparse_wide_fit, local._fit_rows = _sparse_wide(ds), ds.n
         if ds.feature_names is not None:
             local.feature_names_in_ = np.asarray(ds.feature_names, dtype=object)
         for k in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:

@@ -210,7 +210,8 @@ def _check(metas, classify, files, infos, classes):
     if len(y_cols) > 1:
         _fail(f"partitions have y with different numbers of outputs: {sorted(y_cols, key=str)}")
     ds = Dataset(n=sum(m["n"] for m in full), d=int(d), dtype=np.dtype(dtypes[0]),
-                 sparse=full[0]["sparse"], y_cols=y_cols.pop(), classes=None, counts=None,
+                 sparse=full[0]["sparse"], nnz=sum(m["nnz"] for m in full),
+                 y_cols=y_cols.pop(), classes=None, counts=None,
                  n_partitions=len(metas), n_empty=len(metas) - len(full))
     if classify:
         labels = np.unique(np.concatenate([m["labels"] for m in full]))

@@ -151,6 +151,7 @@ def part_meta(part, classify):
     n, d = X.shape
     meta = {"source": src, "n": int(n), "d": int(d), "dtype": str(X.dtype),
             "sparse": bool(sp.issparse(X)), "nbytes": part.__sizeof__(),
+            "nnz": int(X.nnz) if sp.issparse(X) else int(n) * int(d),
             "y_n": None if y is None else int(y.shape[0]),
             "y_ndim": None if y is None else int(y.ndim),
             "y_cols": None if y is None or y.ndim == 1 else int(y.shape[1]),
