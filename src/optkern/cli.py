@@ -226,6 +226,38 @@ def _check_output(path, option):
         raise UsageError(f"{option} {path}: the directory {directory} is not writable")
 
 
+def _same_file(a, b):
+    """True when paths ``a`` and ``b`` name one file: the same path, a symlink
+    to it or a hard link (compared by device and inode, as ``os.path.samefile``
+    does, but without raising for a path that does not exist yet)."""
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        # an output that does not exist yet cannot be an input; two outputs
+        # that do not exist yet are the same file when their paths resolve alike
+        return os.path.realpath(a) == os.path.realpath(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _refuse_overwriting_inputs(outputs, inputs):
+    """Usage error (exit 2, before any work) when an output would replace an
+    input file or another output.  ``outputs``: [(option, path)], ``inputs``:
+    [(what, path)]; None paths are skipped."""
+    outputs = [(o, p) for o, p in outputs if p is not None]
+    inputs = [(w, p) for w, p in inputs if p is not None]
+    for i, (option, out) in enumerate(outputs):
+        for what, inp in inputs:
+            if _same_file(out, inp):
+                how = "" if os.path.abspath(out) == os.path.abspath(inp) else \
+                    " (through a link)"
+                raise UsageError(f"{option} {out} is the same file as the {what} {inp}{how}; "
+                                 "refusing to overwrite an input: choose another output path")
+        for option2, out2 in outputs[:i]:
+            if _same_file(out, out2):
+                raise UsageError(f"{option} {out} and {option2} {out2} are the same file; "
+                                 "choose different output paths")
+
+
 def _check_input(path, what="file"):
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such {what}")
@@ -624,6 +656,8 @@ def cmd_train(args):
     from optkern import io
 
     _check_output(args.output, "-o/--output")
+    _refuse_overwriting_inputs([("-o/--output", args.output)],
+                               [("data file", args.data), ("test file", args.test)])
     _check_input(args.data, "data file")
     if args.test:
         _check_input(args.test, "data file")
@@ -704,6 +738,8 @@ def cmd_predict(args):
     from optkern import io
 
     _check_output(args.output, "-o/--output")
+    _refuse_overwriting_inputs([("-o/--output", args.output)],
+                               [("model file", args.model), ("data file", args.data)])
     est, extra = _load_model(args.model)
     if args.proba and not _has_proba(est):
         kind = f"loss={est.loss!r}" if hasattr(est, "loss") else type(est).__name__
@@ -755,6 +791,7 @@ def cmd_trajectories(args):
         raise UsageError("give -o FILE.png and/or --animate FILE.gif")
     _check_plot_file(args.output, "-o/--output")
     _check_plot_file(args.animate, "--animate", allowed=["gif"])
+    _refuse_overwriting_inputs([("-o/--output", args.output), ("--animate", args.animate)], [])
     fn = tr.get_function(args.function)
     lrs = dict(args.lr)
     for name in lrs:
@@ -802,6 +839,7 @@ def cmd_lr_sweep(args):
     from sklearn.exceptions import ConvergenceWarning
 
     _check_plot_file(args.output, "-o/--output")
+    _refuse_overwriting_inputs([("-o/--output", args.output)], [("data file", args.data)])
     if not args.lr_min < args.lr_max:
         raise UsageError(f"--lr-min ({args.lr_min:g}) must be below --lr-max "
                          f"({args.lr_max:g})")
@@ -959,6 +997,8 @@ def cmd_bench(args):
     """optkern side by side with NumPy, PyTorch and scikit-learn (optkern.bench)."""
     from optkern import bench
 
+    _refuse_overwriting_inputs([("--plot", getattr(args, "plot", None)),
+                                ("--json", getattr(args, "json", None))], [])
     return bench.run(args)
 
 
