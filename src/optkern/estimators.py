@@ -21,7 +21,8 @@ scipy.optimize's L-BFGS-B on the compiled ``loss_and_grad``.
 
 After each epoch: the training loss (mean of the minibatch losses, penalty
 included), the validation score when ``early_stopping``, convergence by
-``tol``/``n_iter_no_change`` (scikit-learn's rule), callbacks, and the
+``tol``/``n_iter_no_change`` (scikit-learn's rule), callbacks (each called
+with the epoch's history row; one returning ``False`` stops), and the
 divergence check: a non-finite loss restores the weights of the last finite
 epoch and raises FloatingPointError naming the epoch (``on_divergence="warn"``
 warns and keeps those weights instead).  KeyboardInterrupt during fit leaves
@@ -168,6 +169,15 @@ def _derived_seed(random_state):
     Generator.  Cached: seeding a RandomState costs ~0.1 ms, a tenth of a
     small fit."""
     return int(np.random.RandomState(random_state).randint(0, 2 ** 31 - 1))
+
+
+def _run_callbacks(callbacks, row):
+    """Call every callback with its own copy of the epoch's history row (all
+    of them, every epoch: one callback's answer never skips the next one);
+    True when any returned False, which stops training as the README says.
+    Any other return value (None, True, ...) continues."""
+    answers = [cb(dict(row)) for cb in (callbacks or ())]
+    return any(a is False or (isinstance(a, np.bool_) and not a) for a in answers)
 
 
 class TrainingDiverged(FloatingPointError):
@@ -655,7 +665,7 @@ class _BaseLinear(BaseEstimator):
                 if isinstance(ctx.schedule, _sched.ReduceOnPlateau):
                     ctx.plateau = ctx.schedule.update(
                         -row["val_score"] if X_val is not None else loss)
-                stop = any(cb(dict(row)) is True for cb in (self.callbacks or ()))
+                stop = _run_callbacks(self.callbacks, row)
                 if self.tol is not None and not partial:
                     if X_val is not None:
                         improved = row["val_score"] >= best_score + self.tol
@@ -786,6 +796,8 @@ class _BaseLinear(BaseEstimator):
             history.append({"epoch": len(history) + 1, "loss": float(intermediate_result.fun),
                             "val_score": None, "lr": None,
                             "time": time.perf_counter() - t0})
+            if _run_callbacks(self.callbacks, history[-1]):
+                raise StopIteration  # scipy >= 1.11: ends the minimisation at this iterate
 
         theta0 = np.concatenate([W.ravel(), b if b is not None else []]).astype(np.float64)
         res = minimize(fun, theta0, jac=True, method="L-BFGS-B", callback=callback,
