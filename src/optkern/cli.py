@@ -142,6 +142,15 @@ def _nonneg_int(value):
     return v
 
 
+def _memory_limit(value):
+    from optkern import _memory
+    try:
+        _memory.parse_memory_limit(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def _batch_size(value):
     if value.lower() in ("full", "none", "all"):
         return None
@@ -593,7 +602,12 @@ def _decide_task(args, y, path):
 def _make_estimator(args, task, epoch_callback):
     """The estimator for ``args``: options the user did not give are left to the
     estimator's own defaults (so the command line and the Python API agree)."""
+    from optkern import _memory
     from optkern.estimators import LinearClassifier, LinearRegressor
+
+    if getattr(args, "memory_limit", None) is not None:
+        # the estimators read it when a fit starts (optkern._memory)
+        os.environ[_memory.MEMORY_LIMIT_ENV] = args.memory_limit
 
     params = {}
     for name, value in (("alpha", args.alpha), ("l1_ratio", args.l1_ratio),
@@ -1089,6 +1103,10 @@ def _model_options(p, sweep=False):
                    help="(default: float64)")
     g.add_argument("--seed", type=int, default=0, help="random seed: shuffling, noise, "
                                                        "validation split (default: 0)")
+    g.add_argument("--memory-limit", type=_memory_limit, default=None, metavar="SIZE",
+                   help="refuse a model (weights, optimizer state, fit buffers) larger than "
+                        "this: bytes with K/M/G/T (64G), a fraction of the available memory "
+                        "(0.9) or none (default: $OPTKERN_MEMORY_LIMIT, else 0.8)")
 
 
 def build_parser():

@@ -580,6 +580,7 @@ class _BaseLinear(BaseEstimator):
         n, d = X.shape
         dtype = X.dtype
         k = self._n_outputs()
+        self._check_fit_memory(X, k)
         keep_state = partial and hasattr(self, "_opt_state")
         reuse = (keep_state or self.warm_start) and hasattr(self, "_W") and \
             self._W.shape == (d, k) and self._W.dtype == dtype and \
@@ -703,6 +704,27 @@ class _BaseLinear(BaseEstimator):
                           "convergence; consider raising max_epochs", ConvergenceWarning,
                           stacklevel=2)
         return self
+
+    def _check_fit_memory(self, X, k):
+        """ModelTooLargeError before anything is allocated (optkern._memory)."""
+        from optkern import _memory
+        from optkern.kernels.rules import RULES
+
+        n, d = X.shape
+        if sp.issparse(X):
+            rows = 0
+        elif self.solver == "lbfgs":
+            rows = n
+        else:
+            rows = min(n, self._batch_size(n) or n)
+        if isinstance(self.optimizer, _opt.Optimizer):
+            cls = type(self.optimizer)
+        else:
+            cls = OPTIMIZER_NAMES[self._optimizer_name()][0]
+        _memory.check_fit_memory(d, k, X.dtype, len(RULES[cls._rule].states),
+                                 solver=self.solver, average=self.average,
+                                 intercept=bool(self.fit_intercept), batch_rows=rows,
+                                 what=f"{type(self).__name__}.fit")
 
     def _divergence_limit(self, X, y, sw, W, b):
         """A loss above this counts as diverged (as does NaN/inf): 1e4 times the

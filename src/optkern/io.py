@@ -477,6 +477,18 @@ def detect_format(path):
                         f"content; pass --format (one of {', '.join(DATA_FORMATS)})")
 
 
+MAX_FEATURE_INDEX = 2 ** 31 - 1   # scikit-learn's svmlight reader stores int32 indices
+_ECHO = 80                          # characters of a bad token shown in an error message
+
+
+def _short(token):
+    """repr of a token from a file, at most ~80 characters (a 10 MB token is not echoed)."""
+    text = str(token)
+    if len(text) <= _ECHO:
+        return repr(text)
+    return repr(text[:_ECHO]) + f"... ({len(text)} characters)"
+
+
 def _check_svmlight_lines(path):
     """Find the first malformed svmlight line; raise DataFileError naming it."""
     path = os.fspath(path)
@@ -491,31 +503,35 @@ def _check_svmlight_lines(path):
                 for part in label.split(","):
                     float(part)
             except ValueError:
-                raise DataFileError(f"{path}, line {lineno}: the label {label!r} is not a "
+                raise DataFileError(f"{path}, line {lineno}: the label {_short(label)} is not a "
                                     "number") from None
             if ":" in label:
-                raise DataFileError(f"{path}, line {lineno}: the line starts with {label!r}, "
+                raise DataFileError(f"{path}, line {lineno}: the line starts with {_short(label)}, "
                                     "not with a label")
             last = -1
             for tok in tokens[1:]:
                 idx, sep, val = tok.partition(":")
                 if not sep:
-                    raise DataFileError(f"{path}, line {lineno}: {tok!r} is not of the form "
+                    raise DataFileError(f"{path}, line {lineno}: {_short(tok)} is not of the form "
                                         "index:value")
                 if idx == "qid":
                     continue
                 try:
                     i = int(idx)
                 except ValueError:
-                    raise DataFileError(f"{path}, line {lineno}: feature index {idx!r} is not "
+                    raise DataFileError(f"{path}, line {lineno}: feature index {_short(idx)} is not "
                                         "an integer") from None
                 try:
                     float(val)
                 except ValueError:
-                    raise DataFileError(f"{path}, line {lineno}: feature value {val!r} (of "
-                                        f"index {idx}) is not a number") from None
+                    raise DataFileError(f"{path}, line {lineno}: feature value {_short(val)} (of "
+                                        f"index {_short(idx)}) is not a number") from None
                 if i < 0:
                     raise DataFileError(f"{path}, line {lineno}: negative feature index {i}")
+                if i > MAX_FEATURE_INDEX:
+                    raise DataFileError(f"{path}, line {lineno}: feature index {_short(idx)} "
+                                        f"is too large (at most {MAX_FEATURE_INDEX}); hash or "
+                                        "renumber the features")
                 if i <= last:
                     raise DataFileError(f"{path}, line {lineno}: feature indices must be "
                                         f"increasing ({i} after {last})")
@@ -530,7 +546,7 @@ def _load_svmlight(path, n_features, zero_based, dtype):
     path = os.fspath(path)
     try:
         X, y = load_svmlight_file(path, zero_based=True, dtype=dtype)
-    except (ValueError, RuntimeError, OSError, UnicodeError, EOFError) as exc:
+    except (ValueError, RuntimeError, OSError, UnicodeError, EOFError, OverflowError) as exc:
         _check_svmlight_lines(path)  # names the line when it can find it
         raise DataFileError(f"{path}: not a valid svmlight/libsvm file ({exc})") from None
     X = X.tocsr()
@@ -623,9 +639,9 @@ def _load_csv(path, label_column, delimiter, dtype, n_features):
                 continue
             v = _parse_number(field)
             if v is None:
-                name = f" ({header[c]!r})" if header else ""
+                name = f" ({_short(header[c])})" if header else ""
                 raise DataFileError(f"{path}, line {lineno}: column {c + 1}{name} holds "
-                                    f"{field!r}, not a number")
+                                    f"{_short(field)}, not a number")
             X[i, j] = v
             j += 1
     y = None
