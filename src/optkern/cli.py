@@ -31,6 +31,14 @@ import warnings
 import numpy as np
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process killed by it
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that ``atomic_write`` and every
+    ``finally`` clean up (the default action would kill the process and leave
+    a temporary file beside the output).  Not a KeyboardInterrupt: the
+    estimators' "keep the last epoch" handling does not swallow it."""
 
 # Kept here (not imported) so that building the parser imports neither
 # scikit-learn nor the estimators; tests check they match optkern.estimators.
@@ -666,11 +674,49 @@ def _fit(est, X, y, prefix):
     return est
 
 
+def _interrupted_path(args):
+    """Where --save-interrupted writes: its PATH, or NAME.interrupted.npz beside -o."""
+    if args.save_interrupted is None:
+        return None
+    if args.save_interrupted != "auto":
+        return args.save_interrupted
+    if args.output is None:
+        raise UsageError("--save-interrupted without a PATH needs -o/--output (the partial "
+                         "model is saved beside it); give --save-interrupted PATH")
+    stem, ext = os.path.splitext(args.output)
+    return f"{stem}.interrupted{ext or '.npz'}"
+
+
+@contextlib.contextmanager
+def _noting_sigint(flag):
+    """Record a SIGINT in ``flag`` and raise KeyboardInterrupt as usual (the
+    estimator then keeps its last completed epoch and returns)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        flag.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def cmd_train(args):
     from optkern import io
 
     _check_output(args.output, "-o/--output")
-    _refuse_overwriting_inputs([("-o/--output", args.output)],
+    partial_path = _interrupted_path(args)
+    _check_output(partial_path, "--save-interrupted")
+    _refuse_overwriting_inputs([("-o/--output", args.output),
+                                ("--save-interrupted", partial_path)],
                                [("data file", args.data), ("test file", args.test)])
     _check_input(args.data, "data file")
     if args.test:
@@ -722,9 +768,13 @@ def cmd_train(args):
         elif np.asarray(test[1]).dtype == object:
             raise DataError(f"{args.test}: the labels are not numbers; regression needs numbers")
     t0 = time.perf_counter()
-    _fit(est, X, y, "optkern train")
+    interrupted = []
+    with _noting_sigint(interrupted):
+        _fit(est, X, y, "optkern train")
     elapsed = time.perf_counter() - t0
     est.set_params(callbacks=None)
+    if interrupted:
+        return _after_interrupt(est, args, partial_path, info)
     print(f"trained: {est.n_iter_} epochs in {elapsed:.3f} s")
     print(f"train: {_format_metrics(metrics(est, X, y))}")
     if test is not None:
@@ -743,6 +793,39 @@ def cmd_train(args):
             raise DataError(f"cannot save the model: {exc}") from None
         print(f"model saved to {args.output}")
     return EXIT_OK
+
+
+def _after_interrupt(est, args, partial_path, info):
+    """Ctrl-C during training: -o stays as it was; the last completed epoch's
+    model is saved only to --save-interrupted's path; exit status 130."""
+    from optkern import io
+
+    epochs = getattr(est, "n_iter_", 0)
+    kept = f"; {args.output} was not touched" if args.output else ""
+    if partial_path is None:
+        hint = "--save-interrupted PATH" if args.output is None else \
+            f"--save-interrupted (it would write {_interrupted_path_hint(args.output)})"
+        _err(f"optkern train: interrupted after {epochs} epochs{kept}; the partial model "
+             f"was not saved (pass {hint} to keep it)")
+        return EXIT_INTERRUPTED
+    if not hasattr(est, "coef_") or epochs == 0:
+        _err(f"optkern train: interrupted before the first epoch ended{kept}; nothing to save")
+        return EXIT_INTERRUPTED
+    extra = {"data": info, "trained_on": os.path.basename(args.data),
+             "interrupted_after_epochs": int(epochs)}
+    try:
+        with _reported_warnings("optkern train"):
+            io.save(est, partial_path, extra=extra)
+    except (TypeError, ValueError, OSError) as exc:
+        raise DataError(f"interrupted, and the partial model cannot be saved: {exc}") from None
+    _err(f"optkern train: interrupted after {epochs} epochs{kept}; the partial model was "
+         f"saved to {partial_path}")
+    return EXIT_INTERRUPTED
+
+
+def _interrupted_path_hint(output):
+    stem, ext = os.path.splitext(output)
+    return f"{stem}.interrupted{ext or '.npz'}"
 
 
 # ---------------------------------------------------------------------------
@@ -1151,6 +1234,10 @@ def build_parser():
     p.add_argument("-o", "--output", metavar="MODEL", default=None,
                    help="save the model here (.npz; written atomically)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument("--save-interrupted", nargs="?", const="auto", default=None, metavar="PATH",
+                   help="on Ctrl-C, save the model of the last completed epoch here "
+                        "(without PATH: beside -o, as NAME.interrupted.npz); -o is never "
+                        "touched by an interrupted run, which exits with status 130")
     _data_options(p)
     _model_options(p)
     p.set_defaults(func=cmd_train)
@@ -1253,6 +1340,26 @@ def build_parser():
     return parser
 
 
+@contextlib.contextmanager
+def _terminate_cleanly():
+    """SIGTERM raises Terminated in the main thread while a command runs."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None):
     """Run the command line; returns the exit status (0, 1 data, 2 usage)."""
     parser = build_parser()
@@ -1265,13 +1372,17 @@ def main(argv=None):
         return EXIT_USAGE
     prefix = f"optkern {args.command}"
     try:
-        return args.func(args) or EXIT_OK
+        with _terminate_cleanly():
+            return args.func(args) or EXIT_OK
     except CLIError as exc:
         _err(f"{prefix}: error: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
-        _err(f"{prefix}: interrupted")
+        _err(f"{prefix}: interrupted; no output was written or changed")
         return EXIT_INTERRUPTED
+    except Terminated:
+        _err(f"{prefix}: terminated; no output was written or changed")
+        return EXIT_TERMINATED
     except BrokenPipeError:  # e.g. `optkern predict ... | head`
         with contextlib.suppress(OSError):
             sys.stdout = open(os.devnull, "w")
