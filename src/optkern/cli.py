@@ -159,6 +159,26 @@ def _memory_limit(value):
     return value
 
 
+MAX_PIXELS = 10_000  # a 200,000-pixel-wide canvas was a raw MemoryError
+
+
+def _pixels(value):
+    v = _positive_int(value)
+    if v > MAX_PIXELS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_PIXELS}, got {value}")
+    return v
+
+
+def _finite_float(value):
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value[:80]!r} is not a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
+    return v
+
+
 def _batch_size(value):
     if value.lower() in ("full", "none", "all"):
         return None
@@ -345,6 +365,16 @@ def format_label(v):
     if isinstance(v, (np.integer,)):
         return str(int(v))
     return str(v)
+
+
+def _csv_row(fields):
+    """One CSV line, quoted where a field needs it (a class named 'a,b')."""
+    import csv
+    import io as _io
+
+    buf = _io.StringIO()
+    csv.writer(buf, lineterminator="").writerow(list(fields))
+    return buf.getvalue()
 
 
 def _table(header, rows):
@@ -791,6 +821,9 @@ def cmd_train(args):
                 io.save(est, args.output, extra=extra)
         except (TypeError, ValueError) as exc:
             raise DataError(f"cannot save the model: {exc}") from None
+        except OSError as exc:   # disk full, quota, permissions: the old file is kept
+            raise DataError(f"cannot save the model to {args.output}: "
+                            f"{exc.strerror or exc}; {args.output} was not changed") from None
         print(f"model saved to {args.output}")
     return EXIT_OK
 
@@ -845,7 +878,7 @@ def cmd_predict(args):
     X, _, _ = _read_like_training(args.data, args, extra, est.n_features_in_)
     if args.proba:
         proba = est.predict_proba(X)
-        lines = [",".join(format_label(c) for c in est.classes_)]
+        lines = [_csv_row(format_label(c) for c in est.classes_)]
         lines += [",".join(repr(float(p)) for p in row) for row in proba]
     else:
         pred = est.predict(X)
@@ -855,8 +888,12 @@ def cmd_predict(args):
             lines = [format_label(v) for v in pred]
     text = "\n".join(lines) + "\n"
     if args.output:
-        with io.atomic_write(args.output, "w") as fh:
-            fh.write(text)
+        try:
+            with io.atomic_write(args.output, "w") as fh:
+                fh.write(text)
+        except OSError as exc:
+            raise DataError(f"cannot write {args.output}: {exc.strerror or exc}; "
+                            f"{args.output} was not changed") from None
         _err(f"{len(lines) - bool(args.proba)} predictions written to {args.output}")
     else:
         sys.stdout.write(text)
@@ -1279,7 +1316,7 @@ def build_parser():
                    metavar="NAME=LR", help="learning rate for one optimizer (repeatable)")
     p.add_argument("--steps", type=_nonneg_int, default=None,
                    help="steps per optimizer (default: per function)")
-    p.add_argument("--start", type=float, nargs=2, default=None, metavar=("X", "Y"),
+    p.add_argument("--start", type=_finite_float, nargs=2, default=None, metavar=("X", "Y"),
                    help="start point (default: per function)")
     p.add_argument("--backend", choices=("numba", "numpy", "cython"), default="numba",
                    help="(default: numba)")
@@ -1290,9 +1327,11 @@ def build_parser():
     p.add_argument("--frames", type=_positive_int, default=40,
                    help="animation frames (default: 40)")
     p.add_argument("--fps", type=_positive_int, default=12, help="(default: 12)")
-    p.add_argument("--width", type=_positive_int, default=800, help="pixels (default: 800)")
-    p.add_argument("--height", type=_positive_int, default=600, help="pixels (default: 600)")
-    p.add_argument("--dpi", type=_positive_int, default=100, help="(default: 100)")
+    p.add_argument("--width", type=_pixels, default=800, help="pixels, at most "
+                   f"{MAX_PIXELS} (default: 800)")
+    p.add_argument("--height", type=_pixels, default=600, help="pixels, at most "
+                   f"{MAX_PIXELS} (default: 600)")
+    p.add_argument("--dpi", type=_pixels, default=100, help="(default: 100)")
     p.set_defaults(func=cmd_trajectories)
 
     p = sub.add_parser("lr-sweep", formatter_class=_Formatter,

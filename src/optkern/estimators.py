@@ -675,7 +675,7 @@ class _BaseLinear(BaseEstimator):
                     self._finish(W, b, history, ctx, opt, epoch0 + epoch, rng)
                     msg = (f"training diverged at epoch {epoch0 + epoch + 1}: the loss became "
                            f"{loss} (lr={lr_now:g}); the weights of epoch {epoch0 + epoch} "
-                           "were kept. Try a lower learning rate (lr=...).")
+                           f"were kept. {self._divergence_hint(lr_now)}")
                     if self.on_divergence == "warn":
                         warnings.warn(msg, RuntimeWarning, stacklevel=3)
                         return self
@@ -730,12 +730,40 @@ class _BaseLinear(BaseEstimator):
         finally:
             if progress is not None:
                 progress.close()
+        self._warn_state_overflow(opt)
         self._finish(W, b, history, ctx, opt, len(history), rng)
         if not (converged or partial or interrupted or self.tol is None):
             warnings.warn(f"maximum number of epochs ({max_epochs}) reached before "
                           "convergence; consider raising max_epochs", ConvergenceWarning,
                           stacklevel=2)
         return self
+
+    def _divergence_hint(self, lr):
+        """What to change: the penalty when alpha * lr alone overshoots (the
+        penalty's step multiplies the weights by 1 - lr * alpha), else lr."""
+        penalty, alpha = self._penalty_args()
+        if alpha > 0 and alpha * lr >= 1.0:
+            return (f"The penalty is the likely cause: alpha={alpha:g} times lr={lr:g} is "
+                    f">= 1, so each step's {penalty} penalty overshoots; lower alpha "
+                    "(alpha=...).")
+        return "Try a lower learning rate (lr=...)."
+
+    def _warn_state_overflow(self, opt):
+        """Adam-like second moments overflow to inf when gradients exceed ~1e154
+        (float64): the steps g/sqrt(v) then become 0 and the fit "converges"
+        where it started.  Say so instead of staying silent."""
+        for g in opt._groups:
+            for name, arrs in getattr(g, "states", {}).items():
+                for a in arrs or ():
+                    if isinstance(a, np.ndarray) and a.dtype.kind == "f" and \
+                            not np.all(np.isfinite(a)):
+                        warnings.warn(
+                            f"the optimizer's {name} overflowed to infinity (gradients of "
+                            "about 1e154 or more in float64, 1e19 in float32): the steps of "
+                            "those weights became 0 and training stalled; scale the "
+                            "features (e.g. sklearn.preprocessing.StandardScaler)",
+                            RuntimeWarning, stacklevel=4)
+                        return
 
     def _check_fit_memory(self, X, k):
         """ModelTooLargeError before anything is allocated (optkern._memory)."""

@@ -757,13 +757,44 @@ def _strip_compression(path):
     return base
 
 
+def _compression(path):
+    """"gz", "bz2" or None, from the file's magic bytes (a gzip file named
+    data.svm is still gzip), else from the name."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(3)
+    except OSError:
+        magic = b""
+    if magic[:2] == b"\x1f\x8b":
+        return "gz"
+    if magic == b"BZh":
+        return "bz2"
+    return None
+
+
 def _open_text(path):
-    p = os.fspath(path).lower()
-    if p.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    if p.endswith(".bz2"):
-        return bz2.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, "r", encoding="utf-8", errors="replace", newline="")
+    # utf-8-sig: a byte-order mark is dropped instead of glued to the first field
+    kind = _compression(path)
+    if kind == "gz":
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
+    if kind == "bz2":
+        return bz2.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
+    return open(path, "r", encoding="utf-8-sig", errors="replace", newline="")
+
+
+def _open_binary_for_svmlight(path):
+    """A binary file object for scikit-learn's svmlight reader: decompressed by
+    magic bytes, with a UTF-8 byte-order mark skipped."""
+    kind = _compression(path)
+    fh = gzip.open(path, "rb") if kind == "gz" else bz2.open(path, "rb") if kind == "bz2" \
+        else open(path, "rb")
+    try:
+        if fh.read(3) != b"\xef\xbb\xbf":
+            fh.seek(0)
+    except BaseException:
+        fh.close()
+        raise
+    return fh
 
 
 def detect_format(path):
@@ -853,7 +884,8 @@ def _load_svmlight(path, n_features, zero_based, dtype):
 
     path = os.fspath(path)
     try:
-        X, y = load_svmlight_file(path, zero_based=True, dtype=dtype)
+        with _open_binary_for_svmlight(path) as fh:
+            X, y = load_svmlight_file(fh, zero_based=True, dtype=dtype)
     except (ValueError, RuntimeError, OSError, UnicodeError, EOFError, OverflowError) as exc:
         _check_svmlight_lines(path)  # names the line when it can find it
         raise DataFileError(f"{path}: not a valid svmlight/libsvm file ({exc})") from None
@@ -1060,10 +1092,17 @@ def _load_npz(path, label_column, dtype, n_features):
         raise DataFileError(f"{path}: X must be 2-D, got shape {np.shape(X)}")
     if y is not None and (np.ndim(y) not in (1, 2) or len(y) != X.shape[0]):
         raise DataFileError(f"{path}: y has shape {np.shape(y)} but X has {X.shape[0]} rows")
+    if y is not None and y.dtype.kind in "US":
+        y = y.astype(str).astype(object)     # text labels, as a CSV's
+    elif y is not None and y.dtype.kind not in "fiub":
+        raise DataFileError(f"{path}: y has dtype {y.dtype}; labels must be numbers or text")
     return _as_float(X, path, dtype), y, {"format": "npz"}
 
 
 def _as_float(X, path, dtype):
+    if getattr(X, "dtype", None) is not None and np.dtype(X.dtype).kind == "c":
+        raise DataFileError(f"{path}: the features are complex numbers; optkern fits real "
+                            "features (split them into real and imaginary columns)")
     try:
         if sp.issparse(X):
             return X.astype(dtype).tocsr()
