@@ -1128,12 +1128,19 @@ def load_data(path, *, fmt=None, label_column=None, delimiter=None, n_features=N
     fmt = fmt or detect_format(path)
     if fmt not in DATA_FORMATS:
         raise ValueError(f"format {fmt!r} is not one of {DATA_FORMATS}")
-    if fmt == "svmlight":
-        X, y, info = _load_svmlight(path, n_features, zero_based, dtype)
-    elif fmt == "csv":
-        X, y, info = _load_csv(path, label_column, delimiter, dtype, n_features)
-    else:
-        X, y, info = _load_npz(path, label_column, dtype, n_features)
+    try:
+        if fmt == "svmlight":
+            X, y, info = _load_svmlight(path, n_features, zero_based, dtype)
+        elif fmt == "csv":
+            X, y, info = _load_csv(path, label_column, delimiter, dtype, n_features)
+        else:
+            X, y, info = _load_npz(path, label_column, dtype, n_features)
+    except (EOFError, zlib.error, OSError, UnicodeError) as exc:
+        # a truncated .gz/.bz2, a damaged archive: the file, not a traceback
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise DataFileError(f"{path}: cannot be read ({type(exc).__name__}: "
+                            f"{str(exc)[:200]})") from None
     if X.shape[0] == 0:
         raise DataFileError(f"{path}: no rows")
     values = X.data if sp.issparse(X) else X
