@@ -681,8 +681,7 @@ def _check_attributes(attrs, name, path):
             bad("_opt_state", "must be a dict or None")
         for where, v in _walk(st, "_opt_state"):
             if where.endswith(".step") and not _is_count(v):
-                bad(where[len("_opt_state") + 1:] if False else where, "must be a "
-                    f"non-negative integer, got {str(v)[:80]!r}")
+                bad(where, f"must be a non-negative integer, got {str(v)[:80]!r}")
             if isinstance(v, np.ndarray) and v.dtype.kind == "f" and not np.all(np.isfinite(v)):
                 bad(where, "holds NaN or infinity")
     if name == "LinearClassifier":
