@@ -1380,6 +1380,22 @@ def build_parser():
 
 
 @contextlib.contextmanager
+def _memory_limit_restored():
+    """--memory-limit sets OPTKERN_MEMORY_LIMIT for this command only (main()
+    may be called in-process, e.g. by tests or notebooks)."""
+    from optkern import _memory
+
+    before = os.environ.get(_memory.MEMORY_LIMIT_ENV)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_memory.MEMORY_LIMIT_ENV, None)
+        else:
+            os.environ[_memory.MEMORY_LIMIT_ENV] = before
+
+
+@contextlib.contextmanager
 def _terminate_cleanly():
     """SIGTERM raises Terminated in the main thread while a command runs."""
     import signal
@@ -1411,7 +1427,7 @@ def main(argv=None):
         return EXIT_USAGE
     prefix = f"optkern {args.command}"
     try:
-        with _terminate_cleanly():
+        with _terminate_cleanly(), _memory_limit_restored():
             return args.func(args) or EXIT_OK
     except CLIError as exc:
         _err(f"{prefix}: error: {exc}")
