@@ -421,3 +421,23 @@ def test_worker_killed_mid_fit_retries_the_round(client):
     assert c.n_iter_ == 6
     np.testing.assert_array_equal(c.coef_, a.coef_)
     client.wait_for_workers(2, timeout=60)
+
+
+@pytest.mark.parametrize("solver", ["sgd", "lbfgs"])
+def test_callback_false_stops_and_every_callback_runs(client, solver):
+    # issue 16: README "return False to stop"; one callback never skips another
+    X, y = load_breast_cancer(return_X_y=True)
+    seen = {"a": [], "b": []}
+
+    def a(row):
+        seen["a"].append(row["epoch"])
+        return True
+
+    def b(row):
+        seen["b"].append(row["epoch"])
+        return row["epoch"] != 2
+
+    m = okd.LinearClassifier(callbacks=[a, b], max_epochs=10 ** 9, tol=None, solver=solver,
+                             backend="numpy", random_state=0).fit(*_dask(_scaled(X), y))
+    assert seen == {"a": [1, 2], "b": [1, 2]}
+    assert m.n_iter_ == 2

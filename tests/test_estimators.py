@@ -253,7 +253,8 @@ def test_keyboard_interrupt_keeps_the_last_completed_epoch():
 
 def test_callback_can_stop_training():
     X, y = _small_problem()
-    model = optkern.LinearClassifier(callbacks=[lambda row: row["epoch"] >= 2], tol=None,
+    # README: "return False to stop"
+    model = optkern.LinearClassifier(callbacks=[lambda row: row["epoch"] < 2], tol=None,
                                      max_epochs=100).fit(X, y)
     assert model.n_iter_ == 2 and len(model.history_) == 2
     assert set(model.history_[0]) == {"epoch", "loss", "val_score", "lr", "time"}

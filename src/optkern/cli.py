@@ -31,6 +31,14 @@ import warnings
 import numpy as np
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process killed by it
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that ``atomic_write`` and every
+    ``finally`` clean up (the default action would kill the process and leave
+    a temporary file beside the output).  Not a KeyboardInterrupt: the
+    estimators' "keep the last epoch" handling does not swallow it."""
 
 # Kept here (not imported) so that building the parser imports neither
 # scikit-learn nor the estimators; tests check they match optkern.estimators.
@@ -142,6 +150,35 @@ def _nonneg_int(value):
     return v
 
 
+def _memory_limit(value):
+    from optkern import _memory
+    try:
+        _memory.parse_memory_limit(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+MAX_PIXELS = 10_000  # a 200,000-pixel-wide canvas was a raw MemoryError
+
+
+def _pixels(value):
+    v = _positive_int(value)
+    if v > MAX_PIXELS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_PIXELS}, got {value}")
+    return v
+
+
+def _finite_float(value):
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value[:80]!r} is not a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
+    return v
+
+
 def _batch_size(value):
     if value.lower() in ("full", "none", "all"):
         return None
@@ -226,6 +263,38 @@ def _check_output(path, option):
         raise UsageError(f"{option} {path}: the directory {directory} is not writable")
 
 
+def _same_file(a, b):
+    """True when paths ``a`` and ``b`` name one file: the same path, a symlink
+    to it or a hard link (compared by device and inode, as ``os.path.samefile``
+    does, but without raising for a path that does not exist yet)."""
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        # an output that does not exist yet cannot be an input; two outputs
+        # that do not exist yet are the same file when their paths resolve alike
+        return os.path.realpath(a) == os.path.realpath(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _refuse_overwriting_inputs(outputs, inputs):
+    """Usage error (exit 2, before any work) when an output would replace an
+    input file or another output.  ``outputs``: [(option, path)], ``inputs``:
+    [(what, path)]; None paths are skipped."""
+    outputs = [(o, p) for o, p in outputs if p is not None]
+    inputs = [(w, p) for w, p in inputs if p is not None]
+    for i, (option, out) in enumerate(outputs):
+        for what, inp in inputs:
+            if _same_file(out, inp):
+                how = "" if os.path.abspath(out) == os.path.abspath(inp) else \
+                    " (through a link)"
+                raise UsageError(f"{option} {out} is the same file as the {what} {inp}{how}; "
+                                 "refusing to overwrite an input: choose another output path")
+        for option2, out2 in outputs[:i]:
+            if _same_file(out, out2):
+                raise UsageError(f"{option} {out} and {option2} {out2} are the same file; "
+                                 "choose different output paths")
+
+
 def _check_input(path, what="file"):
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such {what}")
@@ -296,6 +365,16 @@ def format_label(v):
     if isinstance(v, (np.integer,)):
         return str(int(v))
     return str(v)
+
+
+def _csv_row(fields):
+    """One CSV line, quoted where a field needs it (a class named 'a,b')."""
+    import csv
+    import io as _io
+
+    buf = _io.StringIO()
+    csv.writer(buf, lineterminator="").writerow(list(fields))
+    return buf.getvalue()
 
 
 def _table(header, rows):
@@ -561,7 +640,12 @@ def _decide_task(args, y, path):
 def _make_estimator(args, task, epoch_callback):
     """The estimator for ``args``: options the user did not give are left to the
     estimator's own defaults (so the command line and the Python API agree)."""
+    from optkern import _memory
     from optkern.estimators import LinearClassifier, LinearRegressor
+
+    if getattr(args, "memory_limit", None) is not None:
+        # the estimators read it when a fit starts (optkern._memory)
+        os.environ[_memory.MEMORY_LIMIT_ENV] = args.memory_limit
 
     params = {}
     for name, value in (("alpha", args.alpha), ("l1_ratio", args.l1_ratio),
@@ -620,10 +704,50 @@ def _fit(est, X, y, prefix):
     return est
 
 
+def _interrupted_path(args):
+    """Where --save-interrupted writes: its PATH, or NAME.interrupted.npz beside -o."""
+    if args.save_interrupted is None:
+        return None
+    if args.save_interrupted != "auto":
+        return args.save_interrupted
+    if args.output is None:
+        raise UsageError("--save-interrupted without a PATH needs -o/--output (the partial "
+                         "model is saved beside it); give --save-interrupted PATH")
+    stem, ext = os.path.splitext(args.output)
+    return f"{stem}.interrupted{ext or '.npz'}"
+
+
+@contextlib.contextmanager
+def _noting_sigint(flag):
+    """Record a SIGINT in ``flag`` and raise KeyboardInterrupt as usual (the
+    estimator then keeps its last completed epoch and returns)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        flag.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def cmd_train(args):
     from optkern import io
 
     _check_output(args.output, "-o/--output")
+    partial_path = _interrupted_path(args)
+    _check_output(partial_path, "--save-interrupted")
+    _refuse_overwriting_inputs([("-o/--output", args.output),
+                                ("--save-interrupted", partial_path)],
+                               [("data file", args.data), ("test file", args.test)])
     _check_input(args.data, "data file")
     if args.test:
         _check_input(args.test, "data file")
@@ -674,9 +798,13 @@ def cmd_train(args):
         elif np.asarray(test[1]).dtype == object:
             raise DataError(f"{args.test}: the labels are not numbers; regression needs numbers")
     t0 = time.perf_counter()
-    _fit(est, X, y, "optkern train")
+    interrupted = []
+    with _noting_sigint(interrupted):
+        _fit(est, X, y, "optkern train")
     elapsed = time.perf_counter() - t0
     est.set_params(callbacks=None)
+    if interrupted:
+        return _after_interrupt(est, args, partial_path, info)
     print(f"trained: {est.n_iter_} epochs in {elapsed:.3f} s")
     print(f"train: {_format_metrics(metrics(est, X, y))}")
     if test is not None:
@@ -693,8 +821,44 @@ def cmd_train(args):
                 io.save(est, args.output, extra=extra)
         except (TypeError, ValueError) as exc:
             raise DataError(f"cannot save the model: {exc}") from None
+        except OSError as exc:   # disk full, quota, permissions: the old file is kept
+            raise DataError(f"cannot save the model to {args.output}: "
+                            f"{exc.strerror or exc}; {args.output} was not changed") from None
         print(f"model saved to {args.output}")
     return EXIT_OK
+
+
+def _after_interrupt(est, args, partial_path, info):
+    """Ctrl-C during training: -o stays as it was; the last completed epoch's
+    model is saved only to --save-interrupted's path; exit status 130."""
+    from optkern import io
+
+    epochs = getattr(est, "n_iter_", 0)
+    kept = f"; {args.output} was not touched" if args.output else ""
+    if partial_path is None:
+        hint = "--save-interrupted PATH" if args.output is None else \
+            f"--save-interrupted (it would write {_interrupted_path_hint(args.output)})"
+        _err(f"optkern train: interrupted after {epochs} epochs{kept}; the partial model "
+             f"was not saved (pass {hint} to keep it)")
+        return EXIT_INTERRUPTED
+    if not hasattr(est, "coef_") or epochs == 0:
+        _err(f"optkern train: interrupted before the first epoch ended{kept}; nothing to save")
+        return EXIT_INTERRUPTED
+    extra = {"data": info, "trained_on": os.path.basename(args.data),
+             "interrupted_after_epochs": int(epochs)}
+    try:
+        with _reported_warnings("optkern train"):
+            io.save(est, partial_path, extra=extra)
+    except (TypeError, ValueError, OSError) as exc:
+        raise DataError(f"interrupted, and the partial model cannot be saved: {exc}") from None
+    _err(f"optkern train: interrupted after {epochs} epochs{kept}; the partial model was "
+         f"saved to {partial_path}")
+    return EXIT_INTERRUPTED
+
+
+def _interrupted_path_hint(output):
+    stem, ext = os.path.splitext(output)
+    return f"{stem}.interrupted{ext or '.npz'}"
 
 
 # ---------------------------------------------------------------------------
@@ -704,6 +868,8 @@ def cmd_predict(args):
     from optkern import io
 
     _check_output(args.output, "-o/--output")
+    _refuse_overwriting_inputs([("-o/--output", args.output)],
+                               [("model file", args.model), ("data file", args.data)])
     est, extra = _load_model(args.model)
     if args.proba and not _has_proba(est):
         kind = f"loss={est.loss!r}" if hasattr(est, "loss") else type(est).__name__
@@ -712,7 +878,7 @@ def cmd_predict(args):
     X, _, _ = _read_like_training(args.data, args, extra, est.n_features_in_)
     if args.proba:
         proba = est.predict_proba(X)
-        lines = [",".join(format_label(c) for c in est.classes_)]
+        lines = [_csv_row(format_label(c) for c in est.classes_)]
         lines += [",".join(repr(float(p)) for p in row) for row in proba]
     else:
         pred = est.predict(X)
@@ -722,8 +888,12 @@ def cmd_predict(args):
             lines = [format_label(v) for v in pred]
     text = "\n".join(lines) + "\n"
     if args.output:
-        with io.atomic_write(args.output, "w") as fh:
-            fh.write(text)
+        try:
+            with io.atomic_write(args.output, "w") as fh:
+                fh.write(text)
+        except OSError as exc:
+            raise DataError(f"cannot write {args.output}: {exc.strerror or exc}; "
+                            f"{args.output} was not changed") from None
         _err(f"{len(lines) - bool(args.proba)} predictions written to {args.output}")
     else:
         sys.stdout.write(text)
@@ -755,6 +925,7 @@ def cmd_trajectories(args):
         raise UsageError("give -o FILE.png and/or --animate FILE.gif")
     _check_plot_file(args.output, "-o/--output")
     _check_plot_file(args.animate, "--animate", allowed=["gif"])
+    _refuse_overwriting_inputs([("-o/--output", args.output), ("--animate", args.animate)], [])
     fn = tr.get_function(args.function)
     lrs = dict(args.lr)
     for name in lrs:
@@ -802,6 +973,7 @@ def cmd_lr_sweep(args):
     from sklearn.exceptions import ConvergenceWarning
 
     _check_plot_file(args.output, "-o/--output")
+    _refuse_overwriting_inputs([("-o/--output", args.output)], [("data file", args.data)])
     if not args.lr_min < args.lr_max:
         raise UsageError(f"--lr-min ({args.lr_min:g}) must be below --lr-max "
                          f"({args.lr_max:g})")
@@ -959,6 +1131,8 @@ def cmd_bench(args):
     """optkern side by side with NumPy, PyTorch and scikit-learn (optkern.bench)."""
     from optkern import bench
 
+    _refuse_overwriting_inputs([("--plot", getattr(args, "plot", None)),
+                                ("--json", getattr(args, "json", None))], [])
     return bench.run(args)
 
 
@@ -1049,6 +1223,10 @@ def _model_options(p, sweep=False):
                    help="(default: float64)")
     g.add_argument("--seed", type=int, default=0, help="random seed: shuffling, noise, "
                                                        "validation split (default: 0)")
+    g.add_argument("--memory-limit", type=_memory_limit, default=None, metavar="SIZE",
+                   help="refuse a model (weights, optimizer state, fit buffers) larger than "
+                        "this: bytes with K/M/G/T (64G), a fraction of the available memory "
+                        "(0.9) or none (default: $OPTKERN_MEMORY_LIMIT, else 0.8)")
 
 
 def build_parser():
@@ -1093,6 +1271,10 @@ def build_parser():
     p.add_argument("-o", "--output", metavar="MODEL", default=None,
                    help="save the model here (.npz; written atomically)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument("--save-interrupted", nargs="?", const="auto", default=None, metavar="PATH",
+                   help="on Ctrl-C, save the model of the last completed epoch here "
+                        "(without PATH: beside -o, as NAME.interrupted.npz); -o is never "
+                        "touched by an interrupted run, which exits with status 130")
     _data_options(p)
     _model_options(p)
     p.set_defaults(func=cmd_train)
@@ -1134,7 +1316,7 @@ def build_parser():
                    metavar="NAME=LR", help="learning rate for one optimizer (repeatable)")
     p.add_argument("--steps", type=_nonneg_int, default=None,
                    help="steps per optimizer (default: per function)")
-    p.add_argument("--start", type=float, nargs=2, default=None, metavar=("X", "Y"),
+    p.add_argument("--start", type=_finite_float, nargs=2, default=None, metavar=("X", "Y"),
                    help="start point (default: per function)")
     p.add_argument("--backend", choices=("numba", "numpy", "cython"), default="numba",
                    help="(default: numba)")
@@ -1145,9 +1327,11 @@ def build_parser():
     p.add_argument("--frames", type=_positive_int, default=40,
                    help="animation frames (default: 40)")
     p.add_argument("--fps", type=_positive_int, default=12, help="(default: 12)")
-    p.add_argument("--width", type=_positive_int, default=800, help="pixels (default: 800)")
-    p.add_argument("--height", type=_positive_int, default=600, help="pixels (default: 600)")
-    p.add_argument("--dpi", type=_positive_int, default=100, help="(default: 100)")
+    p.add_argument("--width", type=_pixels, default=800, help="pixels, at most "
+                   f"{MAX_PIXELS} (default: 800)")
+    p.add_argument("--height", type=_pixels, default=600, help="pixels, at most "
+                   f"{MAX_PIXELS} (default: 600)")
+    p.add_argument("--dpi", type=_pixels, default=100, help="(default: 100)")
     p.set_defaults(func=cmd_trajectories)
 
     p = sub.add_parser("lr-sweep", formatter_class=_Formatter,
@@ -1195,6 +1379,42 @@ def build_parser():
     return parser
 
 
+@contextlib.contextmanager
+def _memory_limit_restored():
+    """--memory-limit sets OPTKERN_MEMORY_LIMIT for this command only (main()
+    may be called in-process, e.g. by tests or notebooks)."""
+    from optkern import _memory
+
+    before = os.environ.get(_memory.MEMORY_LIMIT_ENV)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_memory.MEMORY_LIMIT_ENV, None)
+        else:
+            os.environ[_memory.MEMORY_LIMIT_ENV] = before
+
+
+@contextlib.contextmanager
+def _terminate_cleanly():
+    """SIGTERM raises Terminated in the main thread while a command runs."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None):
     """Run the command line; returns the exit status (0, 1 data, 2 usage)."""
     parser = build_parser()
@@ -1207,13 +1427,17 @@ def main(argv=None):
         return EXIT_USAGE
     prefix = f"optkern {args.command}"
     try:
-        return args.func(args) or EXIT_OK
+        with _terminate_cleanly(), _memory_limit_restored():
+            return args.func(args) or EXIT_OK
     except CLIError as exc:
         _err(f"{prefix}: error: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
-        _err(f"{prefix}: interrupted")
+        _err(f"{prefix}: interrupted; no output was written or changed")
         return EXIT_INTERRUPTED
+    except Terminated:
+        _err(f"{prefix}: terminated; no output was written or changed")
+        return EXIT_TERMINATED
     except BrokenPipeError:  # e.g. `optkern predict ... | head`
         with contextlib.suppress(OSError):
             sys.stdout = open(os.devnull, "w")

@@ -21,7 +21,8 @@ scipy.optimize's L-BFGS-B on the compiled ``loss_and_grad``.
 
 After each epoch: the training loss (mean of the minibatch losses, penalty
 included), the validation score when ``early_stopping``, convergence by
-``tol``/``n_iter_no_change`` (scikit-learn's rule), callbacks, and the
+``tol``/``n_iter_no_change`` (scikit-learn's rule), callbacks (each called
+with the epoch's history row; one returning ``False`` stops), and the
 divergence check: a non-finite loss restores the weights of the last finite
 epoch and raises FloatingPointError naming the epoch (``on_divergence="warn"``
 warns and keeps those weights instead).  KeyboardInterrupt during fit leaves
@@ -168,6 +169,47 @@ def _derived_seed(random_state):
     Generator.  Cached: seeding a RandomState costs ~0.1 ms, a tenth of a
     small fit."""
     return int(np.random.RandomState(random_state).randint(0, 2 ** 31 - 1))
+
+
+def _run_callbacks(callbacks, row):
+    """Call every callback with its own copy of the epoch's history row (all
+    of them, every epoch: one callback's answer never skips the next one);
+    True when any returned False, which stops training as the README says.
+    Any other return value (None, True, ...) continues."""
+    answers = [cb(dict(row)) for cb in (callbacks or ())]
+    return any(a is False or (isinstance(a, np.bool_) and not a) for a in answers)
+
+
+# A compiled epoch holds the interpreter until it returns, so Ctrl-C (a Python
+# signal handler) waits for it.  Epochs of more multiply-adds than this run as
+# blocks of whole minibatches, one compiled call each, so an interrupt is
+# answered within one block (~0.1 s at 1 GFLOP/s); the steps, their order and
+# the weights are those of one call (the loss is summed per block).
+EPOCH_BLOCK_WORK = 10 ** 8
+
+
+def _block_rows(X, k, batch_size):
+    """Rows per compiled call: a multiple of the batch size near EPOCH_BLOCK_WORK."""
+    n = X.shape[0]
+    per_row = (X.nnz / max(n, 1) if sp.issparse(X) else X.shape[1]) * max(k, 1)
+    steps = int(EPOCH_BLOCK_WORK // max(per_row * batch_size, 1))
+    return max(steps, 1) * batch_size
+
+
+def _blocked_epoch(runner, order, batch_size, block):
+    """``runner(order, batch_size)`` in blocks of ``block`` rows; the row-weighted
+    mean loss, as one call computes it (NaN as soon as a block diverges)."""
+    n = order.shape[0]
+    if n <= block:
+        return runner(order, batch_size)
+    total = 0.0
+    for start in range(0, n, block):
+        part = order[start:start + block]
+        mean = runner(part, batch_size)
+        if not math.isfinite(mean):
+            return mean
+        total += mean * part.shape[0]
+    return total / n
 
 
 class TrainingDiverged(FloatingPointError):
@@ -458,7 +500,7 @@ class _BaseLinear(BaseEstimator):
             return self._sparse_epoch(ctx, order, bs)
         runner = epochs.runner_for(self, ctx)
         if runner is not None:
-            return runner(order, bs)
+            return _blocked_epoch(runner, order, bs, _block_rows(ctx.X, ctx.W.shape[1], bs))
         return self._reference_epoch(ctx, order, bs)
 
     def _sparse_epoch(self, ctx, order, bs):
@@ -570,6 +612,7 @@ class _BaseLinear(BaseEstimator):
         n, d = X.shape
         dtype = X.dtype
         k = self._n_outputs()
+        self._check_fit_memory(X, k)
         keep_state = partial and hasattr(self, "_opt_state")
         reuse = (keep_state or self.warm_start) and hasattr(self, "_W") and \
             self._W.shape == (d, k) and self._W.dtype == dtype and \
@@ -632,7 +675,7 @@ class _BaseLinear(BaseEstimator):
                     self._finish(W, b, history, ctx, opt, epoch0 + epoch, rng)
                     msg = (f"training diverged at epoch {epoch0 + epoch + 1}: the loss became "
                            f"{loss} (lr={lr_now:g}); the weights of epoch {epoch0 + epoch} "
-                           "were kept. Try a lower learning rate (lr=...).")
+                           f"were kept. {self._divergence_hint(lr_now)}")
                     if self.on_divergence == "warn":
                         warnings.warn(msg, RuntimeWarning, stacklevel=3)
                         return self
@@ -655,7 +698,7 @@ class _BaseLinear(BaseEstimator):
                 if isinstance(ctx.schedule, _sched.ReduceOnPlateau):
                     ctx.plateau = ctx.schedule.update(
                         -row["val_score"] if X_val is not None else loss)
-                stop = any(cb(dict(row)) is True for cb in (self.callbacks or ()))
+                stop = _run_callbacks(self.callbacks, row)
                 if self.tol is not None and not partial:
                     if X_val is not None:
                         improved = row["val_score"] >= best_score + self.tol
@@ -687,12 +730,61 @@ class _BaseLinear(BaseEstimator):
         finally:
             if progress is not None:
                 progress.close()
+        self._warn_state_overflow(opt)
         self._finish(W, b, history, ctx, opt, len(history), rng)
         if not (converged or partial or interrupted or self.tol is None):
             warnings.warn(f"maximum number of epochs ({max_epochs}) reached before "
                           "convergence; consider raising max_epochs", ConvergenceWarning,
                           stacklevel=2)
         return self
+
+    def _divergence_hint(self, lr):
+        """What to change: the penalty when alpha * lr alone overshoots (the
+        penalty's step multiplies the weights by 1 - lr * alpha), else lr."""
+        penalty, alpha = self._penalty_args()
+        if alpha > 0 and alpha * lr >= 1.0:
+            return (f"The penalty is the likely cause: alpha={alpha:g} times lr={lr:g} is "
+                    f">= 1, so each step's {penalty} penalty overshoots; lower alpha "
+                    "(alpha=...).")
+        return "Try a lower learning rate (lr=...)."
+
+    def _warn_state_overflow(self, opt):
+        """Adam-like second moments overflow to inf when gradients exceed ~1e154
+        (float64): the steps g/sqrt(v) then become 0 and the fit "converges"
+        where it started.  Say so instead of staying silent."""
+        for g in opt._groups:
+            for name, arrs in getattr(g, "states", {}).items():
+                for a in arrs or ():
+                    if isinstance(a, np.ndarray) and a.dtype.kind == "f" and \
+                            not np.all(np.isfinite(a)):
+                        warnings.warn(
+                            f"the optimizer's {name} overflowed to infinity (gradients of "
+                            "about 1e154 or more in float64, 1e19 in float32): the steps of "
+                            "those weights became 0 and training stalled; scale the "
+                            "features (e.g. sklearn.preprocessing.StandardScaler)",
+                            RuntimeWarning, stacklevel=4)
+                        return
+
+    def _check_fit_memory(self, X, k):
+        """ModelTooLargeError before anything is allocated (optkern._memory)."""
+        from optkern import _memory
+        from optkern.kernels.rules import RULES
+
+        n, d = X.shape
+        if sp.issparse(X):
+            rows = 0
+        elif self.solver == "lbfgs":
+            rows = n
+        else:
+            rows = min(n, self._batch_size(n) or n)
+        if isinstance(self.optimizer, _opt.Optimizer):
+            cls = type(self.optimizer)
+        else:
+            cls = OPTIMIZER_NAMES[self._optimizer_name()][0]
+        _memory.check_fit_memory(d, k, X.dtype, len(RULES[cls._rule].states),
+                                 solver=self.solver, average=self.average,
+                                 intercept=bool(self.fit_intercept), batch_rows=rows,
+                                 what=f"{type(self).__name__}.fit")
 
     def _divergence_limit(self, X, y, sw, W, b):
         """A loss above this counts as diverged (as does NaN/inf): 1e4 times the
@@ -786,6 +878,8 @@ class _BaseLinear(BaseEstimator):
             history.append({"epoch": len(history) + 1, "loss": float(intermediate_result.fun),
                             "val_score": None, "lr": None,
                             "time": time.perf_counter() - t0})
+            if _run_callbacks(self.callbacks, history[-1]):
+                raise StopIteration  # scipy >= 1.11: ends the minimisation at this iterate
 
         theta0 = np.concatenate([W.ravel(), b if b is not None else []]).astype(np.float64)
         res = minimize(fun, theta0, jac=True, method="L-BFGS-B", callback=callback,

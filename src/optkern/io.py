@@ -45,6 +45,7 @@ import os
 import tempfile
 import warnings
 import zipfile
+import zlib
 
 import numpy as np
 import scipy.sparse as sp
@@ -126,6 +127,9 @@ class _Encoder:
             n += 1
             key = f"{name}#{n}"
         info["__array__"] = key
+        # checked against the entry's .npy header before it is read (load)
+        info["shape"] = [int(x) for x in a.shape]
+        info["dtype"] = a.dtype.str
         self.arrays[key] = a
         return info
 
@@ -234,8 +238,15 @@ def _decode(v, arrays, where):
         if not (isinstance(cls, type) and issubclass(cls, _opt.Optimizer)):
             raise ModelFileError(f"{where}: unknown optimizer {v['__optimizer__']!r}")
         args = {k: _decode(x, arrays, where) for k, x in v["args"].items()}
-        # a template only: the estimator reads its class and hyperparameters
-        return cls(np.zeros(1), **args)
+        # a template only: the estimator reads its class and hyperparameters.
+        # Built on NumPy whatever the file says (a file never chooses a device);
+        # the requested name is kept, validated, for the estimator and re-saving.
+        requested = args.pop("backend", "auto")
+        from optkern import _backend
+        _backend.validate_name(requested)
+        opt = cls(np.zeros(1), backend="numpy", **args)
+        opt.backend_requested = requested
+        return opt
     return {k: _decode(x, arrays, where) for k, x in v.items()}
 
 
@@ -316,7 +327,8 @@ def _open_archive(path):
                              f"{'; it is empty' if not magic else ''})")
     try:
         data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
+            NotImplementedError, RuntimeError) as exc:
         raise ModelFileError(f"{path} is corrupt or truncated (a damaged .npz archive: "
                              f"{exc})") from None
     if not isinstance(data, np.lib.npyio.NpzFile):
@@ -325,35 +337,213 @@ def _open_archive(path):
     return data
 
 
-def _read_all(path):
-    path = os.fspath(path)
-    data = _open_archive(path)
-    with data:
-        if META_KEY not in data.files:
-            raise ModelFileError(f"{path} is an .npz archive but not an optkern model file "
-                                 f"(no {META_KEY!r} entry; it holds {sorted(data.files)[:10]})")
+# Limits for files from strangers (docs/cli.md, "Trust model").
+MAX_METADATA_BYTES = 16 * 2 ** 20     # the JSON entry
+MAX_DEPTH = 32                        # nesting of the JSON metadata
+MAX_ARRAY_BYTES_ENV = "OPTKERN_MAX_MODEL_BYTES"
+_TOP_KEYS = {"format": str, "format_version": int, "optkern_version": str, "estimator": str,
+             "params": dict, "attributes": dict, "extra": dict}
+# the only attributes a model file may set: what fit sets (io._fitted_attributes)
+_FITTED = {"n_features_in_", "feature_names_in_", "classes_", "coef_", "intercept_",
+           "n_iter_", "history_", "t_", "_y_ndim", "_k", "_W", "_b", "_t", "_opt_state",
+           "_rng"}
+_ALLOWED_KINDS = "fiubU"              # float, int, unsigned, bool, unicode: no objects
+
+
+def _max_array_bytes():
+    """Bytes all of a model file's arrays may take: OPTKERN_MAX_MODEL_BYTES, else the
+    memory limit of optkern._memory (80% of the available memory by default)."""
+    from optkern import _memory
+
+    raw = os.environ.get(MAX_ARRAY_BYTES_ENV)
+    if raw:
+        kind, value = _memory.parse_memory_limit(raw)
+        if kind == "bytes":
+            return value
+        if kind == "none":
+            return None
+    limit, _ = _memory.memory_limit()
+    return limit
+
+
+class _Archive:
+    """A model file opened lazily: only the entries the metadata names are read,
+    each after its .npy header (shape, dtype) has been checked."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.budget = _max_array_bytes()
+        self.used = 0
+        _open_archive(self.path).close()    # kind checks: magic bytes, .npy vs .npz
         try:
-            arrays = {k: data[k] for k in data.files}
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-            raise ModelFileError(f"{path} is corrupt (an entry cannot be read: {exc})") from None
-    raw = arrays.pop(META_KEY)
+            self.zf = zipfile.ZipFile(self.path)
+            self.infos = {i.filename: i for i in self.zf.infolist()}
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error,
+                NotImplementedError, RuntimeError) as exc:
+            raise ModelFileError(f"{self.path} is corrupt or truncated (a damaged .npz "
+                                 f"archive: {exc})") from None
+
+    def close(self):
+        self.zf.close()
+
+    def __contains__(self, key):
+        return key + ".npy" in self.infos
+
+    def names(self):
+        return sorted(n[:-4] if n.endswith(".npy") else n for n in self.infos)
+
+    def read(self, key, where, max_bytes=None, expect=None):
+        """The array ``key`` after checking its header: dtype kind, size against the
+        budget (and ``max_bytes``), shape/dtype against ``expect`` when given."""
+        info = self.infos.get(key + ".npy")
+        if info is None:
+            raise ModelFileError(f"{self.path}: {where}: the metadata refers to an array "
+                                 f"{key!r} that is not in the file (corrupt file)")
+        fmt = np.lib.format
+        try:
+            with self.zf.open(info) as fh:
+                version = fmt.read_magic(fh)
+                if version == (1, 0):
+                    shape, fortran, dtype = fmt.read_array_header_1_0(fh)
+                elif version == (2, 0):
+                    shape, fortran, dtype = fmt.read_array_header_2_0(fh)
+                else:
+                    raise ValueError(f".npy format version {version}")
+                if dtype.hasobject or dtype.kind not in _ALLOWED_KINDS or dtype.fields:
+                    raise ModelFileError(f"{self.path}: {where}: array of dtype {dtype} is "
+                                         "not allowed in a model file")
+                count = math.prod(shape)
+                nbytes = count * dtype.itemsize
+                if expect is not None:
+                    want_shape, want_dtype = expect
+                    if want_shape is not None and tuple(shape) != tuple(want_shape):
+                        raise ModelFileError(f"{self.path}: {where}: the array has shape "
+                                             f"{tuple(shape)} but the metadata says "
+                                             f"{tuple(want_shape)}")
+                    if want_dtype is not None and dtype != np.dtype(want_dtype):
+                        raise ModelFileError(f"{self.path}: {where}: the array has dtype "
+                                             f"{dtype} but the metadata says {want_dtype}")
+                limit = max_bytes if max_bytes is not None else None
+                if limit is not None and nbytes > limit:
+                    raise ModelFileError(f"{self.path}: {where}: the array claims shape "
+                                         f"{tuple(shape)} ({nbytes} bytes), more than the "
+                                         f"{limit} bytes allowed for it")
+                if self.budget is not None and self.used + nbytes > self.budget:
+                    raise ModelFileError(
+                        f"{self.path}: {where}: the arrays would take {self.used + nbytes} "
+                        f"bytes, above the limit of {self.budget} ({MAX_ARRAY_BYTES_ENV} or "
+                        "the memory limit); refusing to read it")
+                if info.file_size != fh.tell() + nbytes:
+                    raise ModelFileError(f"{self.path}: {where}: the array's header says "
+                                         f"{nbytes} bytes of data but the entry holds "
+                                         f"{info.file_size - fh.tell()} (corrupt file)")
+                data = fh.read(nbytes)
+        except ModelFileError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- numpy's header parser and zlib raise
+            # many kinds (ValueError, SyntaxError, tokenize.TokenError, zlib.error, ...);
+            # on bytes from a stranger every one of them means "corrupt"
+            raise ModelFileError(f"{self.path}: {where}: the entry {key!r} cannot be read "
+                                 f"({type(exc).__name__}: {str(exc)[:200]})") from None
+        if len(data) != nbytes:
+            raise ModelFileError(f"{self.path}: {where}: the entry {key!r} is truncated")
+        self.used += nbytes
+        a = np.frombuffer(data, dtype=dtype, count=count)
+        a = a.reshape(shape, order="F" if fortran else "C")
+        return np.array(a, order="C")   # writeable, owned
+
+
+def _depth(v, limit, where):
+    stack = [(v, 1)]
+    while stack:
+        x, d = stack.pop()
+        if d > limit:
+            raise ModelFileError(f"{where}: the metadata is nested deeper than {limit} levels")
+        if isinstance(x, dict):
+            stack.extend((y, d + 1) for y in x.values())
+        elif isinstance(x, list):
+            stack.extend((y, d + 1) for y in x)
+
+
+def _read_meta(path, archive):
+    if META_KEY not in archive:
+        raise ModelFileError(f"{path} is an .npz archive but not an optkern model file "
+                             f"(no {META_KEY!r} entry; it holds {archive.names()[:10]})")
+    raw = archive.read(META_KEY, "metadata", max_bytes=MAX_METADATA_BYTES)
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise ModelFileError(f"{path} is corrupt (its metadata entry is not bytes)")
     try:
         meta = json.loads(raw.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
-        raise ModelFileError(f"{path} is corrupt (its metadata is not valid JSON: {exc})") \
-            from None
+        raise ModelFileError(f"{path} is corrupt (its metadata is not valid JSON: "
+                             f"{str(exc)[:200]})") from None
+    except RecursionError:
+        raise ModelFileError(f"{path}: the metadata is nested too deeply") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise ModelFileError(f"{path} is not an optkern model file (its metadata does not say "
                              f"format={FORMAT_NAME!r})")
     version = meta.get("format_version")
-    if not isinstance(version, int) or version < 1:
-        raise ModelFileError(f"{path} is corrupt (format_version={version!r})")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ModelFileError(f"{path} is corrupt (format_version={str(version)[:80]!r})")
     if version > FORMAT_VERSION:
         raise ModelFileError(
-            f"{path} was written by a newer optkern (optkern {meta.get('optkern_version', '?')}, "
+            f"{path} was written by a newer optkern (optkern "
+            f"{str(meta.get('optkern_version', '?'))[:40]}, "
             f"model format version {version}); this optkern reads format versions up to "
             f"{FORMAT_VERSION}: upgrade optkern to load it")
+    _depth(meta, MAX_DEPTH, path)
+    for key, value in meta.items():
+        if key not in _TOP_KEYS:
+            raise ModelFileError(f"{path}: unknown metadata field {key[:80]!r}")
+        if not isinstance(value, _TOP_KEYS[key]):
+            raise ModelFileError(f"{path}: metadata field {key!r} must be a "
+                                 f"{_TOP_KEYS[key].__name__}, got {type(value).__name__}")
+    return meta
+
+
+def _read_all(path):
+    """(metadata, arrays): only the arrays the metadata refers to, header-checked."""
+    path = os.fspath(path)
+    archive = _Archive(path)
+    try:
+        meta = _read_meta(path, archive)
+        arrays = {}
+        for where, info in _array_refs(meta):
+            key = info.get("__array__")
+            if not isinstance(key, str):
+                raise ModelFileError(f"{path}: {where}: array reference {str(key)[:80]!r} is "
+                                     "not an entry name")
+            if key == META_KEY:
+                raise ModelFileError(f"{path}: {where}: refers to the metadata entry")
+            if key in arrays:
+                continue
+            expect = None
+            if "shape" in info or "dtype" in info:
+                shape = info.get("shape")
+                try:
+                    expect = (None if shape is None else tuple(int(x) for x in shape),
+                              None if info.get("dtype") is None else np.dtype(info["dtype"]))
+                except (TypeError, ValueError):
+                    raise ModelFileError(f"{path}: {where}: bad shape/dtype in the metadata") \
+                        from None
+            arrays[key] = archive.read(key, where, expect=expect)
+    finally:
+        archive.close()
     return meta, arrays
+
+
+def _array_refs(meta):
+    """(where, reference dict) of every {"__array__": ...} in the metadata."""
+    stack = [(k, v) for k, v in meta.items()]
+    while stack:
+        where, v = stack.pop()
+        if isinstance(v, dict):
+            if "__array__" in v:
+                yield where, v
+            else:
+                stack.extend((f"{where}.{k}", x) for k, x in v.items())
+        elif isinstance(v, list):
+            stack.extend((f"{where}.{i}", x) for i, x in enumerate(v))
 
 
 def read_metadata(path):
@@ -362,8 +552,12 @@ def read_metadata(path):
     out = dict(meta)
     try:
         out["extra"] = _decode(meta.get("extra", {}), arrays, os.fspath(path))
-    except (TypeError, ValueError, KeyError) as exc:
-        raise ModelFileError(f"{os.fspath(path)} is corrupt ({exc})") from None
+    except ModelFileError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError,
+            NotImplementedError, RecursionError, OverflowError) as exc:
+        raise ModelFileError(f"{os.fspath(path)}: extra cannot be read ({str(exc)[:200]})") \
+            from None
     return out
 
 
@@ -372,49 +566,153 @@ def load(path):
     return load_with_metadata(path)[0]
 
 
+_DECODE_ERRORS = (TypeError, ValueError, KeyError, AttributeError, IndexError,
+                  NotImplementedError, RecursionError, OverflowError, ZeroDivisionError)
+
+
 def load_with_metadata(path):
-    """``(estimator, extra)``: the model and the ``extra`` dict given to ``save``."""
+    """``(estimator, extra)``: the model and the ``extra`` dict given to ``save``.
+
+    Safe on files from strangers (docs/cli.md, "Trust model"): only the
+    entries the metadata names are read, each after its header; the metadata
+    is validated (known fields, parameters the estimator accepts and
+    validates, fitted attributes only, consistent shapes, finite weights,
+    sorted unique classes, non-negative counts); anything else is a
+    ``ModelFileError`` naming the field.  No device is chosen: an optimizer
+    template is built on the NumPy backend whatever the file says.
+    """
     from optkern import estimators
 
     path = os.fspath(path)
     meta, arrays = _read_all(path)
     name = meta.get("estimator")
     if name not in ESTIMATORS:
-        raise ModelFileError(f"{path}: unknown estimator {name!r} (expected one of "
+        raise ModelFileError(f"{path}: unknown estimator {str(name)[:80]!r} (expected one of "
                              f"{list(ESTIMATORS)})")
     cls = getattr(estimators, name)
+    est = cls()
+    valid = est.get_params(deep=False)
+    raw_params = meta.get("params", {})
+    unknown = sorted(set(raw_params) - set(valid))
+    if unknown:
+        raise ModelFileError(f"{path}: params {[u[:80] for u in unknown[:5]]} are not "
+                             f"parameters of {name} in this optkern version")
+    raw_attrs = meta.get("attributes", {})
+    bad = sorted(set(raw_attrs) - _FITTED)
+    if bad:
+        raise ModelFileError(f"{path}: attributes {[b[:80] for b in bad[:5]]} are not fitted "
+                             f"attributes of {name}; a model file may set only "
+                             f"{sorted(_FITTED)}")
+    params = {}
+    for k, v in raw_params.items():
+        try:
+            params[k] = _decode(v, arrays, f"{path}: params.{k}")
+        except ModelFileError:
+            raise
+        except _DECODE_ERRORS as exc:
+            raise ModelFileError(f"{path}: params.{k} cannot be restored "
+                                 f"({type(exc).__name__}: {str(exc)[:200]})") from None
     try:
-        params = _decode(meta.get("params", {}), arrays, path)
-        attributes = _decode(meta.get("attributes", {}), arrays, path)
-        est = cls()
-        valid = est.get_params(deep=False)
-        unknown = set(params) - set(valid)
-        if unknown:
-            raise ModelFileError(f"{path}: parameters {sorted(unknown)} are not parameters of "
-                                 f"{name} in this optkern version")
         est.set_params(**params)
-    except ModelFileError:
-        raise
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise ModelFileError(f"{path} is corrupt (its parameters cannot be restored: "
-                             f"{exc})") from None
+        est._validate_params()
+    except _DECODE_ERRORS as exc:
+        raise ModelFileError(f"{path}: invalid params ({str(exc)[:300]})") from None
+    attributes = {}
+    for k, v in raw_attrs.items():
+        try:
+            attributes[k] = _decode(v, arrays, f"{path}: attributes.{k}")
+        except ModelFileError:
+            raise
+        except _DECODE_ERRORS as exc:
+            raise ModelFileError(f"{path}: attributes.{k} cannot be restored "
+                                 f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    _check_attributes(attributes, name, path)
     for k, v in attributes.items():
         setattr(est, k, v)
     _check_consistent(est, path)
     try:
-        extra = _decode(meta.get("extra", {}), arrays, path)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise ModelFileError(f"{path} is corrupt ({exc})") from None
+        extra = _decode(meta.get("extra", {}), arrays, f"{path}: extra")
+    except ModelFileError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise ModelFileError(f"{path}: extra cannot be restored ({str(exc)[:200]})") from None
     return est, extra if isinstance(extra, dict) else {}
+
+
+def _is_count(v):
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)) and v >= 0
+
+
+def _check_attributes(attrs, name, path):
+    """Types and values of the fitted attributes, before any is set."""
+    def bad(field, msg):
+        raise ModelFileError(f"{path}: attributes.{field} {msg}")
+
+    for field in ("coef_", "intercept_", "n_features_in_"):
+        if field not in attrs:
+            bad(field, "is missing")
+    for field in ("n_features_in_", "n_iter_", "t_", "_t", "_k"):
+        if field in attrs and not _is_count(attrs[field]):
+            bad(field, f"must be a non-negative integer, got {str(attrs[field])[:80]!r}")
+    if attrs["n_features_in_"] < 1:
+        bad("n_features_in_", "must be at least 1")
+    if "_y_ndim" in attrs and attrs["_y_ndim"] not in (1, 2):
+        bad("_y_ndim", f"must be 1 or 2, got {str(attrs['_y_ndim'])[:80]!r}")
+    for field in ("coef_", "intercept_", "_W", "_b"):
+        if field not in attrs or (field == "_b" and attrs[field] is None):
+            continue
+        a = attrs[field]
+        if not isinstance(a, np.ndarray) or a.dtype.kind != "f":
+            bad(field, "must be a float array")
+        if not np.all(np.isfinite(a)):
+            bad(field, "holds NaN or infinity")
+    if "history_" in attrs:
+        h = attrs["history_"]
+        if not isinstance(h, list) or not all(isinstance(r, dict) for r in h):
+            bad("history_", "must be a list of dicts")
+    if "feature_names_in_" in attrs:
+        f = attrs["feature_names_in_"]
+        if not isinstance(f, np.ndarray) or f.ndim != 1 or \
+                len(f) != attrs["n_features_in_"]:
+            bad("feature_names_in_", "must be one name per feature")
+    if "_opt_state" in attrs and attrs["_opt_state"] is not None:
+        st = attrs["_opt_state"]
+        if not isinstance(st, dict):
+            bad("_opt_state", "must be a dict or None")
+        for where, v in _walk(st, "_opt_state"):
+            if where.endswith(".step") and not _is_count(v):
+                bad(where, f"must be a non-negative integer, got {str(v)[:80]!r}")
+            if isinstance(v, np.ndarray) and v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+                bad(where, "holds NaN or infinity")
+    if name == "LinearClassifier":
+        c = attrs.get("classes_")
+        if not isinstance(c, np.ndarray) or c.ndim != 1 or len(c) < 2:
+            bad("classes_", "must be a 1-D array of at least 2 classes")
+        if c.dtype.kind == "f" and not np.all(np.isfinite(c)):
+            bad("classes_", "holds NaN or infinity")
+        try:
+            ordered = bool(np.all(c[1:] > c[:-1]))
+        except TypeError:
+            ordered = False
+        if not ordered:
+            bad("classes_", "must be sorted and unique (as fit makes it)")
+
+
+def _walk(v, where):
+    stack = [(where, v)]
+    while stack:
+        w, x = stack.pop()
+        yield w, x
+        if isinstance(x, dict):
+            stack.extend((f"{w}.{k}", y) for k, y in x.items())
+        elif isinstance(x, (list, tuple)):
+            stack.extend((f"{w}.{i}", y) for i, y in enumerate(x))
 
 
 def _check_consistent(est, path):
     def bad(msg):
         raise ModelFileError(f"{path} is corrupt ({msg})")
 
-    for k in ("coef_", "intercept_", "n_features_in_"):
-        if not hasattr(est, k):
-            bad(f"no {k}")
     coef = est.coef_
     if not isinstance(coef, np.ndarray) or coef.dtype.kind != "f" or coef.ndim not in (1, 2):
         bad("coef_ is not a 1-D or 2-D float array")
@@ -423,13 +721,22 @@ def _check_consistent(est, path):
     n_out = 1 if coef.ndim == 1 else coef.shape[0]
     if np.shape(est.intercept_) != (n_out,):
         bad(f"intercept_ has shape {np.shape(est.intercept_)}, expected ({n_out},)")
+    if est.intercept_.dtype != coef.dtype:
+        bad(f"intercept_ is {est.intercept_.dtype} but coef_ is {coef.dtype}")
+    W = getattr(est, "_W", None)
+    if W is not None and (W.shape != (coef.shape[-1], n_out) or W.dtype != coef.dtype):
+        bad(f"_W has shape {W.shape}, expected {(coef.shape[-1], n_out)}")
+    b = getattr(est, "_b", None)
+    if b is not None and (b.shape != (n_out,) or b.dtype != coef.dtype):
+        bad(f"_b has shape {b.shape}, expected ({n_out},)")
     if type(est).__name__ == "LinearClassifier":
-        classes = getattr(est, "classes_", None)
-        if classes is None or np.ndim(classes) != 1 or len(classes) < 2:
-            bad("classes_ is missing or has fewer than 2 classes")
+        classes = est.classes_
         expected = 1 if len(classes) == 2 else len(classes)
         if n_out != expected:
             bad(f"{len(classes)} classes but coef_ has {n_out} rows")
+        if getattr(est, "loss", None) in ("log", "hinge", "squared_hinge", "modified_huber") \
+                and len(classes) > 2 and n_out != len(classes):
+            bad("a binary loss with more than 2 classes needs one row per class")
 
 
 # ---------------------------------------------------------------------------
@@ -449,13 +756,44 @@ def _strip_compression(path):
     return base
 
 
+def _compression(path):
+    """"gz", "bz2" or None, from the file's magic bytes (a gzip file named
+    data.svm is still gzip), else from the name."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(3)
+    except OSError:
+        magic = b""
+    if magic[:2] == b"\x1f\x8b":
+        return "gz"
+    if magic == b"BZh":
+        return "bz2"
+    return None
+
+
 def _open_text(path):
-    p = os.fspath(path).lower()
-    if p.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    if p.endswith(".bz2"):
-        return bz2.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, "r", encoding="utf-8", errors="replace", newline="")
+    # utf-8-sig: a byte-order mark is dropped instead of glued to the first field
+    kind = _compression(path)
+    if kind == "gz":
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
+    if kind == "bz2":
+        return bz2.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
+    return open(path, "r", encoding="utf-8-sig", errors="replace", newline="")
+
+
+def _open_binary_for_svmlight(path):
+    """A binary file object for scikit-learn's svmlight reader: decompressed by
+    magic bytes, with a UTF-8 byte-order mark skipped."""
+    kind = _compression(path)
+    fh = gzip.open(path, "rb") if kind == "gz" else bz2.open(path, "rb") if kind == "bz2" \
+        else open(path, "rb")
+    try:
+        if fh.read(3) != b"\xef\xbb\xbf":
+            fh.seek(0)
+    except BaseException:
+        fh.close()
+        raise
+    return fh
 
 
 def detect_format(path):
@@ -477,6 +815,18 @@ def detect_format(path):
                         f"content; pass --format (one of {', '.join(DATA_FORMATS)})")
 
 
+MAX_FEATURE_INDEX = 2 ** 31 - 1   # scikit-learn's svmlight reader stores int32 indices
+_ECHO = 80                          # characters of a bad token shown in an error message
+
+
+def _short(token):
+    """repr of a token from a file, at most ~80 characters (a 10 MB token is not echoed)."""
+    text = str(token)
+    if len(text) <= _ECHO:
+        return repr(text)
+    return repr(text[:_ECHO]) + f"... ({len(text)} characters)"
+
+
 def _check_svmlight_lines(path):
     """Find the first malformed svmlight line; raise DataFileError naming it."""
     path = os.fspath(path)
@@ -491,31 +841,35 @@ def _check_svmlight_lines(path):
                 for part in label.split(","):
                     float(part)
             except ValueError:
-                raise DataFileError(f"{path}, line {lineno}: the label {label!r} is not a "
+                raise DataFileError(f"{path}, line {lineno}: the label {_short(label)} is not a "
                                     "number") from None
             if ":" in label:
-                raise DataFileError(f"{path}, line {lineno}: the line starts with {label!r}, "
+                raise DataFileError(f"{path}, line {lineno}: the line starts with {_short(label)}, "
                                     "not with a label")
             last = -1
             for tok in tokens[1:]:
                 idx, sep, val = tok.partition(":")
                 if not sep:
-                    raise DataFileError(f"{path}, line {lineno}: {tok!r} is not of the form "
+                    raise DataFileError(f"{path}, line {lineno}: {_short(tok)} is not of the form "
                                         "index:value")
                 if idx == "qid":
                     continue
                 try:
                     i = int(idx)
                 except ValueError:
-                    raise DataFileError(f"{path}, line {lineno}: feature index {idx!r} is not "
+                    raise DataFileError(f"{path}, line {lineno}: feature index {_short(idx)} is not "
                                         "an integer") from None
                 try:
                     float(val)
                 except ValueError:
-                    raise DataFileError(f"{path}, line {lineno}: feature value {val!r} (of "
-                                        f"index {idx}) is not a number") from None
+                    raise DataFileError(f"{path}, line {lineno}: feature value {_short(val)} (of "
+                                        f"index {_short(idx)}) is not a number") from None
                 if i < 0:
                     raise DataFileError(f"{path}, line {lineno}: negative feature index {i}")
+                if i > MAX_FEATURE_INDEX:
+                    raise DataFileError(f"{path}, line {lineno}: feature index {_short(idx)} "
+                                        f"is too large (at most {MAX_FEATURE_INDEX}); hash or "
+                                        "renumber the features")
                 if i <= last:
                     raise DataFileError(f"{path}, line {lineno}: feature indices must be "
                                         f"increasing ({i} after {last})")
@@ -529,8 +883,9 @@ def _load_svmlight(path, n_features, zero_based, dtype):
 
     path = os.fspath(path)
     try:
-        X, y = load_svmlight_file(path, zero_based=True, dtype=dtype)
-    except (ValueError, RuntimeError, OSError, UnicodeError, EOFError) as exc:
+        with _open_binary_for_svmlight(path) as fh:
+            X, y = load_svmlight_file(fh, zero_based=True, dtype=dtype)
+    except (ValueError, RuntimeError, OSError, UnicodeError, EOFError, OverflowError) as exc:
         _check_svmlight_lines(path)  # names the line when it can find it
         raise DataFileError(f"{path}: not a valid svmlight/libsvm file ({exc})") from None
     X = X.tocsr()
@@ -623,9 +978,9 @@ def _load_csv(path, label_column, delimiter, dtype, n_features):
                 continue
             v = _parse_number(field)
             if v is None:
-                name = f" ({header[c]!r})" if header else ""
+                name = f" ({_short(header[c])})" if header else ""
                 raise DataFileError(f"{path}, line {lineno}: column {c + 1}{name} holds "
-                                    f"{field!r}, not a number")
+                                    f"{_short(field)}, not a number")
             X[i, j] = v
             j += 1
     y = None
@@ -736,10 +1091,17 @@ def _load_npz(path, label_column, dtype, n_features):
         raise DataFileError(f"{path}: X must be 2-D, got shape {np.shape(X)}")
     if y is not None and (np.ndim(y) not in (1, 2) or len(y) != X.shape[0]):
         raise DataFileError(f"{path}: y has shape {np.shape(y)} but X has {X.shape[0]} rows")
+    if y is not None and y.dtype.kind in "US":
+        y = y.astype(str).astype(object)     # text labels, as a CSV's
+    elif y is not None and y.dtype.kind not in "fiub":
+        raise DataFileError(f"{path}: y has dtype {y.dtype}; labels must be numbers or text")
     return _as_float(X, path, dtype), y, {"format": "npz"}
 
 
 def _as_float(X, path, dtype):
+    if getattr(X, "dtype", None) is not None and np.dtype(X.dtype).kind == "c":
+        raise DataFileError(f"{path}: the features are complex numbers; optkern fits real "
+                            "features (split them into real and imaginary columns)")
     try:
         if sp.issparse(X):
             return X.astype(dtype).tocsr()
@@ -765,12 +1127,19 @@ def load_data(path, *, fmt=None, label_column=None, delimiter=None, n_features=N
     fmt = fmt or detect_format(path)
     if fmt not in DATA_FORMATS:
         raise ValueError(f"format {fmt!r} is not one of {DATA_FORMATS}")
-    if fmt == "svmlight":
-        X, y, info = _load_svmlight(path, n_features, zero_based, dtype)
-    elif fmt == "csv":
-        X, y, info = _load_csv(path, label_column, delimiter, dtype, n_features)
-    else:
-        X, y, info = _load_npz(path, label_column, dtype, n_features)
+    try:
+        if fmt == "svmlight":
+            X, y, info = _load_svmlight(path, n_features, zero_based, dtype)
+        elif fmt == "csv":
+            X, y, info = _load_csv(path, label_column, delimiter, dtype, n_features)
+        else:
+            X, y, info = _load_npz(path, label_column, dtype, n_features)
+    except (EOFError, zlib.error, OSError, UnicodeError) as exc:
+        # a truncated .gz/.bz2, a damaged archive: the file, not a traceback
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise DataFileError(f"{path}: cannot be read ({type(exc).__name__}: "
+                            f"{str(exc)[:200]})") from None
     if X.shape[0] == 0:
         raise DataFileError(f"{path}: no rows")
     values = X.data if sp.issparse(X) else X

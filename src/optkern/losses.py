@@ -331,7 +331,7 @@ def _writeable_c(flags):
     return flags.c_contiguous and flags.writeable
 
 
-def _check_out(out, W, b):
+def _check_out(out, W, b, others=()):
     dt = W.dtype
     if out is None:
         return None, None
@@ -358,6 +358,20 @@ def _check_out(out, W, b):
     if _overlap(dW, W, dW_flags, W_flags) or (db is not None
                                              and _overlap(db, W, db_flags, W_flags)):
         raise ValueError("out buffers must not share memory with W")
+    # every other input, and the two buffers with each other (issue 16: out=(dW,
+    # dW[0]) returned a wrong dW); bounds first, the exact test only on a hit
+    bufs = [("out[0] (dW)", dW, dW_flags)] + \
+        ([] if db is None else [("out[1] (db)", db, db_flags)])
+    if db is not None and _overlap(dW, db, dW_flags, db_flags):
+        raise ValueError("out[0] (dW) and out[1] (db) share memory; give separate buffers")
+    for what, arr in others:
+        if not isinstance(arr, np.ndarray):
+            continue
+        flags = arr.flags
+        for name, buf, buf_flags in bufs:
+            if _overlap(buf, arr, buf_flags, flags):
+                raise ValueError(f"{name} shares memory with {what}; the output buffers "
+                                 "must be separate from every input")
     return dW, db
 
 
@@ -578,7 +592,9 @@ def loss_and_grad(X, y, W, b, loss="softmax", alpha=0.0, penalty="l2", l1_ratio=
     k = W.shape[1]
     y = _check_y(spec, y, n, k, dt, check_input)
     sw = _check_sample_weight(sample_weight, n, dt)
-    dW, db = _check_out(out, W, b)
+    xs = (("X.data", X.data), ("X.indices", X.indices), ("X.indptr", X.indptr)) \
+        if kind == "csr" else (("X", X),)
+    dW, db = _check_out(out, W, b, xs + (("y", y), ("sample_weight", sw), ("b", b)))
     backend = _resolve_backend(backend, kind, X, k)
     # ---- validated: from here on the output buffers are written
     if dW is None:

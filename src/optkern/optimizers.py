@@ -60,6 +60,56 @@ class _Group:
                  "dtype", "shapes", "kernel")
 
 
+def _host_view(a):
+    """The NumPy array behind ``a``: itself, or the one numba's CUDA simulator keeps."""
+    if isinstance(a, np.ndarray):
+        return a
+    ary = getattr(a, "_ary", None)
+    return ary if isinstance(ary, np.ndarray) else None
+
+
+def _device_bounds(a):
+    """[lo, hi) byte addresses of a CUDA array (its __cuda_array_interface__)."""
+    iface = getattr(a, "__cuda_array_interface__", None)
+    if iface is None:
+        return None
+    ptr, shape = iface["data"][0], tuple(iface["shape"])
+    itemsize = np.dtype(iface["typestr"]).itemsize
+    strides = iface.get("strides")
+    if strides is None:
+        strides, acc = [], itemsize
+        for n in reversed(shape):
+            strides.insert(0, acc)
+            acc *= n
+    if any(n == 0 for n in shape):
+        return ptr, ptr
+    lo = ptr + sum(min(0, (n - 1) * st) for n, st in zip(shape, strides))
+    hi = ptr + sum(max(0, (n - 1) * st) for n, st in zip(shape, strides)) + itemsize
+    return lo, hi
+
+
+def arrays_overlap(a, b):
+    """Whether two arrays (host, or CUDA device arrays) share memory.  Bounds
+    first; NumPy's exact test only when the bounds overlap (and two different
+    arrays that each own their data are two allocations: no test at all)."""
+    if a is b:
+        return True
+    ha, hb = _host_view(a), _host_view(b)
+    if ha is not None and hb is not None:
+        if ha is not hb and ha.flags.owndata and hb.flags.owndata:
+            return False
+        if not np.may_share_memory(ha, hb):
+            return False
+        try:
+            return bool(np.shares_memory(ha, hb, max_work=10 ** 6))
+        except getattr(np, "exceptions", np).TooHardError:
+            return True
+    ba, bb = _device_bounds(a), _device_bounds(b)
+    if ba is None or bb is None:
+        return False
+    return ba[0] < bb[1] and bb[0] < ba[1]
+
+
 class Optimizer:
     """Base class.  Subclasses set ``_rule`` and implement ``_user_hyper``."""
 
@@ -137,6 +187,7 @@ class Optimizer:
             self._check_device_params(arrays, gi)
         else:
             self._check_host_params(arrays, gi, seen)
+        self._check_params_disjoint(arrays, gi)
         g.dtype = np.dtype(arrays[0].dtype)
         g.arrays = arrays
         g.size = int(sum(int(np.prod(a.shape)) for a in arrays))
@@ -211,6 +262,30 @@ class Optimizer:
             _flat_view(a, name)
         if len({id(a) for a in arrays}) != len(arrays):
             raise ValueError(f"param_groups[{gi}] lists the same array twice")
+
+    def _param_names(self):
+        for gi, grp in enumerate(self._groups):
+            for i, a in enumerate(grp.arrays):
+                yield (f"params[{i}]" if gi == 0 else
+                       f"param_groups[{gi}]['params'][{i}]"), a
+
+    def _check_params_disjoint(self, arrays, gi):
+        """Overlapping views as two parameters would be updated twice: refused."""
+        def name(i):
+            return f"params[{i}]" if gi == 0 else f"param_groups[{gi}]['params'][{i}]"
+        earlier = list(self._param_names())
+        for i, a in enumerate(arrays):
+            for other, b in earlier + [(name(j), arrays[j]) for j in range(i)]:
+                if a is not b and arrays_overlap(a, b):
+                    raise ValueError(f"{name(i)} shares memory with {other} (overlapping "
+                                     "views); every parameter must be separate memory")
+
+    def _check_grad_disjoint(self, gr, pos):
+        """A gradient that overlaps a parameter changes while it is read."""
+        for other, p in self._param_names():
+            if arrays_overlap(gr, p):
+                raise ValueError(f"grads[{pos}] shares memory with {other}; pass a gradient "
+                                 "in its own memory (the parameters are updated in place)")
 
     def _check_device_params(self, arrays, gi):
         dtypes = {np.dtype(a.dtype) for a in arrays}
@@ -320,6 +395,7 @@ class Optimizer:
             device = g.device or self.backend == "cuda"
             for i, shape in enumerate(g.shapes):
                 gr = items[pos]
+                self._check_grad_disjoint(gr, pos)
                 if device:
                     out.append(self._cuda_grad(g, i, gr, f"grads[{pos}]"))
                 elif not isinstance(gr, np.ndarray):
@@ -416,6 +492,7 @@ class Optimizer:
             for i, a in enumerate(g.arrays):
                 r, gr = rows[pos], items[pos]
                 name = f"rows[{pos}]"
+                self._check_grad_disjoint(gr, pos)
                 if r is None:
                     out.append((g, i, None, gr, pos))
                     pos += 1

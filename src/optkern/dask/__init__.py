@@ -379,6 +379,8 @@ class _DaskLinear(BaseEstimator):
         def callback(intermediate_result):
             history.append({"epoch": len(history) + 1, "loss": float(intermediate_result.fun),
                             "val_score": None, "lr": None, "time": time.perf_counter() - t0})
+            if _est._run_callbacks(self.callbacks, history[-1]):
+                raise StopIteration  # scipy >= 1.11: ends the minimisation at this iterate
 
         prev = self._warm(ds, k)
         W0 = prev._W if prev is not None else np.zeros((d, k), ds.dtype)
@@ -485,7 +487,7 @@ class _DaskLinear(BaseEstimator):
                     progress.set_postfix(loss=f"{loss:.4g}")
                 if isinstance(schedule, _sched.ReduceOnPlateau):
                     plateau = schedule.update(-row["val_score"] if _early_stopping(self) else loss)
-                stop = any(cb(dict(row)) is True for cb in callbacks)
+                stop = _est._run_callbacks(callbacks, row)
                 if self.tol is not None:
                     if _early_stopping(self):
                         improved = row["val_score"] >= best_score + self.tol
