@@ -53,18 +53,32 @@ def main(argv=None):
     p.add_argument("--epoch-rows", type=int, default=50_000)
     p.add_argument("--plot", default=None)
     p.add_argument("--skip-race", action="store_true")
+    p.add_argument("--classes", default="2,20", help="comma-separated class counts")
+    p.add_argument("--skip", default="", help="comma-separated name parts of contenders to skip")
+    p.add_argument("--once", default="LogisticRegression,LIBLINEAR",
+                   help="contenders fitted in the first repeat only (slow references)")
+    p.add_argument("--extra", default="", help="more optkern rows: ';'-separated dicts, "
+                   "e.g. \"dict(n_iter_no_change=1)\"")
+    p.add_argument("--skip-sweep", action="store_true")
     args = p.parse_args(argv)
     print(f"load average before: {os.getloadavg()}; optkern {optkern.__version__}")
     if not args.skip_race:
-        for k in (2, 20):
+        extra = [eval(e, {"__builtins__": {}}, {"dict": dict})   # noqa: S307
+                 for e in args.extra.split(";") if e.strip()]
+        for k in [int(c) for c in args.classes.split(",")]:
             print(f"\n{args.rows} rows, 2^{int(np.log2(args.features))} features, {k} classes "
                   "(80% train, 20% test); median fit time of", args.repeats)
-            for name, kind, med, best, acc, note in race(args.rows, args.features, k,
-                                                         repeats=args.repeats):
+            for name, kind, med, best, acc, note in race(
+                    args.rows, args.features, k, repeats=args.repeats, extra_optkern=extra,
+                    skip=[x for x in args.skip.split(",") if x],
+                    once=[x for x in args.once.split(",") if x]):
                 if med is None:
                     print(f"  {name:55s} skipped: {note}")
                 else:
                     print(f"  {name:55s} {med:8.2f} s  test accuracy {acc:.3f}", flush=True)
+    if args.skip_sweep:
+        print(f"load average after: {os.getloadavg()}")
+        return
     feats = [2 ** 16, 2 ** 18, 2 ** 20, 2 ** 22]
     sweep = epoch_sweep(args.epoch_rows, feats, args.repeats)
     for mode in MODES:
