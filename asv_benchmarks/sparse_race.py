@@ -45,6 +45,43 @@ def epoch_sweep(rows, features, repeats):
     return out
 
 
+def per_example(rows, features, repeats, epochs=5):
+    """Per-example SGD on CSR: optkern's exact plain-SGD epoch (batch_size=1,
+    the scaled-weight trick) against SGDClassifier's loop, ``epochs`` epochs
+    each at the same alpha, interleaved; wall and process CPU medians."""
+    import warnings
+
+    from sklearn.linear_model import SGDClassifier
+
+    from optkern.sparse_bench import split
+
+    X, y = text_like(rows, features, 2, seed=0)
+    Xtr, ytr, _, _ = split(X, y)
+    fits = {
+        "optkern sgd exact, batch 1": lambda: optkern.LinearClassifier(
+            optimizer="sgd", lr=0.01, batch_size=1, sparse_updates="exact", alpha=1e-4,
+            max_epochs=epochs, tol=None, random_state=0),
+        "scikit-learn SGDClassifier": lambda: SGDClassifier(
+            loss="log_loss", alpha=1e-4, max_iter=epochs, tol=None, random_state=0),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fits["optkern sgd exact, batch 1"]().fit(Xtr[:200], ytr[:200])
+        wall = {k: [] for k in fits}
+        cpu = {k: [] for k in fits}
+        for _ in range(repeats):
+            for name, make in fits.items():
+                t0, c0 = time.perf_counter(), time.process_time()
+                make().fit(Xtr, ytr)
+                wall[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+    print(f"\nper-example SGD, {Xtr.shape[0]} x 2^{int(np.log2(features))}, {epochs} epochs, "
+          f"{Xtr.nnz} nonzeros; medians of {repeats} interleaved")
+    for name in fits:
+        print(f"  {name:30s} wall {np.median(wall[name]):7.3f} s  cpu "
+              f"{np.median(cpu[name]):7.3f} s", flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--rows", type=int, default=240_000)
@@ -60,6 +97,8 @@ def main(argv=None):
     p.add_argument("--extra", default="", help="more optkern rows: ';'-separated dicts, "
                    "e.g. \"dict(n_iter_no_change=1)\"")
     p.add_argument("--skip-sweep", action="store_true")
+    p.add_argument("--per-example", action="store_true",
+                   help="also time per-example SGD against SGDClassifier's loop")
     args = p.parse_args(argv)
     print(f"load average before: {os.getloadavg()}; optkern {optkern.__version__}")
     if not args.skip_race:
@@ -76,6 +115,8 @@ def main(argv=None):
                     print(f"  {name:55s} skipped: {note}")
                 else:
                     print(f"  {name:55s} {med:8.2f} s  test accuracy {acc:.3f}", flush=True)
+    if args.per_example:
+        per_example(args.rows, args.features, args.repeats)
     if args.skip_sweep:
         print(f"load average after: {os.getloadavg()}")
         return
