@@ -717,6 +717,9 @@ class _BaseLinear(BaseEstimator):
         finally:
             if progress is not None:
                 progress.close()
+        # the last good epoch's copies are dead: free them before _finish makes
+        # coef_ and the saved state (model-sized each)
+        del good_W, good_b, good_state
         self._finish(W, b, history, ctx, opt, len(history), rng)
         if not (converged or partial or interrupted or self.tol is None):
             warnings.warn(f"maximum number of epochs ({max_epochs}) reached before "
