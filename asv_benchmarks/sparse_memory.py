@@ -41,9 +41,12 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     # (built from its arrays: sp.random(200, 2^22, ...) samples cell ids from a
     # 200 x 2^22 range with an array of that size, GBs that would set ru_maxrss)
+    # (a narrow one: the compiled code does not depend on n_features, and a
+    # warm-up at 2^22 x 100 outputs would itself set the peak)
+    dw = min(d, 2 ** 13)
     small = sp.csr_matrix((rng.random(200 * m, dtype=np.float32),
-                           rng.integers(0, d, 200 * m, dtype=np.int32),
-                           np.arange(0, 200 * m + 1, m)), shape=(200, d))
+                           rng.integers(0, dw, 200 * m, dtype=np.int32),
+                           np.arange(0, 200 * m + 1, m)), shape=(200, dw))
     optkern.LinearClassifier(max_epochs=1).fit(small, rng.integers(0, args.classes, 200))
     indptr = np.arange(0, n * m + 1, m, dtype=np.int32 if n * m < 2 ** 31 else np.int64)
     X = sp.csr_matrix((rng.random(n * m, dtype=np.float32),
