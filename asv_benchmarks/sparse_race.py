@@ -9,7 +9,8 @@
    ML where they install (skipped with a note otherwise).
 2. The cost of one epoch at fixed nonzeros (50 000 rows x 45) as n_features
    grows from 2^16 to 2^22, for the exact (plain SGD) and lazy (Adagrad)
-   epochs, with --plot a picture of it.
+   epochs (the median epoch of a fit, history_["time"]), with --plot a
+   picture of it.
 Prints the load average before and after: quote it with the numbers.
 """
 
@@ -28,21 +29,62 @@ from benchmarks.bench_sparse import MODES, _epoch_model  # noqa: E402
 
 
 def epoch_sweep(rows, features, repeats):
+    """Median time of one epoch inside a fit (``history_[i]["time"]``: the
+    compiled epoch and its glue, without the per-fit set-up that
+    ``partial_fit`` repeats on every call: validation, the lazy penalty's
+    per-feature factors, the model-sized copies) of ``repeats`` epochs."""
+    import warnings
+
     out = {}
     for d in features:
         X, y = text_like(rows, d, 2, seed=0, dtype=np.float32)
-        models = {mode: _epoch_model(mode, X, y) for mode in MODES}
-        times = {mode: [] for mode in MODES}
-        for _ in range(repeats):          # interleaved
-            for mode, m in models.items():
-                t0 = time.perf_counter()
-                m.partial_fit(X, y)
-                times[mode].append(time.perf_counter() - t0)
         for mode in MODES:
-            out[(d, mode)] = float(np.median(times[mode]))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _epoch_model(mode, X, y)          # compile / load
+                m = optkern.LinearClassifier(random_state=0, max_epochs=repeats, tol=None,
+                                             **MODES[mode]).fit(X, y)
+            out[(d, mode)] = float(np.median([h["time"] for h in m.history_]))
             print(f"n_features 2^{int(np.log2(d))}  {mode:5s}  epoch {out[(d, mode)] * 1e3:8.1f} ms"
                   f"  ({1e9 * out[(d, mode)] / X.nnz:.1f} ns per nonzero)", flush=True)
     return out
+
+
+def per_example(rows, features, repeats, epochs=5):
+    """Per-example SGD on CSR: optkern's exact plain-SGD epoch (batch_size=1,
+    the scaled-weight trick) against SGDClassifier's loop, ``epochs`` epochs
+    each at the same alpha, interleaved; wall and process CPU medians."""
+    import warnings
+
+    from sklearn.linear_model import SGDClassifier
+
+    from optkern.sparse_bench import split
+
+    X, y = text_like(rows, features, 2, seed=0)
+    Xtr, ytr, _, _ = split(X, y)
+    fits = {
+        "optkern sgd exact, batch 1": lambda: optkern.LinearClassifier(
+            optimizer="sgd", lr=0.01, batch_size=1, sparse_updates="exact", alpha=1e-4,
+            max_epochs=epochs, tol=None, random_state=0),
+        "scikit-learn SGDClassifier": lambda: SGDClassifier(
+            loss="log_loss", alpha=1e-4, max_iter=epochs, tol=None, random_state=0),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fits["optkern sgd exact, batch 1"]().fit(Xtr[:200], ytr[:200])
+        wall = {k: [] for k in fits}
+        cpu = {k: [] for k in fits}
+        for _ in range(repeats):
+            for name, make in fits.items():
+                t0, c0 = time.perf_counter(), time.process_time()
+                make().fit(Xtr, ytr)
+                wall[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+    print(f"\nper-example SGD, {Xtr.shape[0]} x 2^{int(np.log2(features))}, {epochs} epochs, "
+          f"{Xtr.nnz} nonzeros; medians of {repeats} interleaved")
+    for name in fits:
+        print(f"  {name:30s} wall {np.median(wall[name]):7.3f} s  cpu "
+              f"{np.median(cpu[name]):7.3f} s", flush=True)
 
 
 def main(argv=None):
@@ -53,18 +95,36 @@ def main(argv=None):
     p.add_argument("--epoch-rows", type=int, default=50_000)
     p.add_argument("--plot", default=None)
     p.add_argument("--skip-race", action="store_true")
+    p.add_argument("--classes", default="2,20", help="comma-separated class counts")
+    p.add_argument("--skip", default="", help="comma-separated name parts of contenders to skip")
+    p.add_argument("--once", default="LogisticRegression,LIBLINEAR",
+                   help="contenders fitted in the first repeat only (slow references)")
+    p.add_argument("--extra", default="", help="more optkern rows: ';'-separated dicts, "
+                   "e.g. \"dict(n_iter_no_change=1)\"")
+    p.add_argument("--skip-sweep", action="store_true")
+    p.add_argument("--per-example", action="store_true",
+                   help="also time per-example SGD against SGDClassifier's loop")
     args = p.parse_args(argv)
     print(f"load average before: {os.getloadavg()}; optkern {optkern.__version__}")
     if not args.skip_race:
-        for k in (2, 20):
+        extra = [eval(e, {"__builtins__": {}}, {"dict": dict})   # noqa: S307
+                 for e in args.extra.split(";") if e.strip()]
+        for k in [int(c) for c in args.classes.split(",")]:
             print(f"\n{args.rows} rows, 2^{int(np.log2(args.features))} features, {k} classes "
                   "(80% train, 20% test); median fit time of", args.repeats)
-            for name, kind, med, best, acc, note in race(args.rows, args.features, k,
-                                                         repeats=args.repeats):
+            for name, kind, med, best, acc, note in race(
+                    args.rows, args.features, k, repeats=args.repeats, extra_optkern=extra,
+                    skip=[x for x in args.skip.split(",") if x],
+                    once=[x for x in args.once.split(",") if x]):
                 if med is None:
                     print(f"  {name:55s} skipped: {note}")
                 else:
                     print(f"  {name:55s} {med:8.2f} s  test accuracy {acc:.3f}", flush=True)
+    if args.per_example:
+        per_example(args.rows, args.features, args.repeats)
+    if args.skip_sweep:
+        print(f"load average after: {os.getloadavg()}")
+        return
     feats = [2 ** 16, 2 ** 18, 2 ** 20, 2 ** 22]
     sweep = epoch_sweep(args.epoch_rows, feats, args.repeats)
     for mode in MODES:

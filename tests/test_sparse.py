@@ -492,3 +492,34 @@ def test_bench_sparse_race_row(capsys):
     for name in ("optkern LinearClassifier() defaults", "SGDClassifier", "LogisticRegression",
                  "LIBLINEAR", "Vowpal Wabbit", "Snap ML"):
         assert name in out          # a peer that is not installed is a row with a note
+
+
+@pytest.mark.parametrize("name,kw", [("adagrad", dict(lr=0.1)), ("adam", dict(lr=0.01)),
+                                     ("sgd", dict(lr=0.1, momentum=0.9))])
+@pytest.mark.parametrize("average", [False, True])
+def test_snapshot_into_reuses_buffers_and_restores(name, kw, average):
+    # the estimators keep the last good epoch's optimizer state in the arrays
+    # of the previous snapshot (no model-sized allocation per epoch)
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((40, 3))
+    b = rng.standard_normal(3)
+    opt = optkern.OPTIMIZERS[name]([W, b], average=average, **kw)
+    opt.step([rng.standard_normal(W.shape), rng.standard_normal(b.shape)])
+    snap = opt._snapshot()
+    opt.step([rng.standard_normal(W.shape), rng.standard_normal(b.shape)])
+    expect = opt.state_dict()
+    reused = E._snapshot_into(opt, snap)
+    arrays = lambda s: [a for g in s[1] for st in g[0] if st is not None for a in st] + \
+        [a for g in s[1] if g[1] is not None for a in g[1]]     # noqa: E731
+    assert all(x is y for x, y in zip(arrays(reused), arrays(snap)))
+    assert len(arrays(reused)) == len(arrays(snap)) > 0
+    for _ in range(2):
+        opt.step([rng.standard_normal(W.shape), rng.standard_normal(b.shape)])
+    opt._restore(reused)
+    got = opt.state_dict()
+    for i, st in expect["state"].items():
+        for key, v in st.items():
+            if isinstance(v, np.ndarray):
+                np.testing.assert_array_equal(got["state"][i][key], v)
+            else:
+                assert got["state"][i][key] == v

@@ -126,6 +126,33 @@ def _check_csr_structure(X):
                              f"shape's [0, {d})")
 
 
+def _snapshot_into(opt, snap):
+    """``opt._snapshot()`` written into the arrays of an earlier snapshot ``snap``
+    of the same optimizer (no new model-sized allocation per epoch); a fresh
+    snapshot when ``snap`` does not have that layout."""
+    kind, data = snap
+    if kind != "host" or len(data) != len(opt._groups):
+        return opt._snapshot()
+    out = []
+    for g, (states, avg, _, _, _) in zip(opt._groups, data):
+        if len(states) != len(g.state_list) or (avg is None) != (g.avg is None):
+            return opt._snapshot()
+        for arrs, saved in zip(g.state_list, states):
+            if (arrs is None) != (saved is None) or (
+                    arrs is not None and len(arrs) != len(saved)) or (
+                    arrs is not None and any(a.shape != v.shape or a.dtype != v.dtype
+                                             for a, v in zip(arrs, saved))):
+                return opt._snapshot()
+            if arrs is not None:
+                for a, v in zip(arrs, saved):
+                    np.copyto(v, a)
+        if avg is not None:
+            for a, v in zip(g.avg, avg):
+                np.copyto(v, a)
+        out.append((states, avg, g.step, g.avg_count, g.scalars))
+    return ("host", out)
+
+
 def sparse_wide(X):
     """Whether X gets the sparse, wide defaults (see SPARSE_WIDE_DEFAULTS)."""
     if not sp.issparse(X) or X.shape[0] == 0:
@@ -683,12 +710,15 @@ class _BaseLinear(BaseEstimator):
                 good_W[...] = W
                 if b is not None:
                     good_b[...] = b
-                good_state = opt._snapshot()
+                good_state = _snapshot_into(opt, good_state)
                 row = {"epoch": epoch0 + epoch + 1, "loss": float(loss), "val_score": None,
                        "lr": float(lr_now), "time": elapsed}
                 # coef_/intercept_ show this epoch's model to the validation score
-                # and to callbacks
-                self._finish(W, b, history, ctx, opt, epoch0 + epoch + 1, rng, final=False)
+                # and to callbacks; nothing else reads them before the fit ends
+                # (W.T is a model-sized copy: skipped when no one looks)
+                if X_val is not None or self.callbacks:
+                    self._finish(W, b, history, ctx, opt, epoch0 + epoch + 1, rng,
+                                 final=False)
                 if X_val is not None:
                     row["val_score"] = float(self.score(X_val, y_val))
                 history.append(row)
@@ -731,6 +761,9 @@ class _BaseLinear(BaseEstimator):
             if progress is not None:
                 progress.close()
         self._warn_state_overflow(opt)
+        # the last good epoch's copies are dead: free them before _finish makes
+        # coef_ and the saved state (model-sized each)
+        del good_W, good_b, good_state
         self._finish(W, b, history, ctx, opt, len(history), rng)
         if not (converged or partial or interrupted or self.tol is None):
             warnings.warn(f"maximum number of epochs ({max_epochs}) reached before "

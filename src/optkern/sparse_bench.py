@@ -14,8 +14,8 @@ its defaults, scikit-learn's ``SGDClassifier(loss="log_loss")`` and
 (``liblinear-multicore``, ``-s 0 -n 2``), Vowpal Wabbit (``vowpalwabbit``, 5
 passes of logistic or one-against-all, its text parsing included) and Snap ML
 (``snapml.LogisticRegression(n_jobs=2)``); a peer that does not import is a
-row with a note.  Each fit is timed alone (median of ``repeats``) and scored
-on the held-out rows.
+row with a note.  Each fit is timed alone, the contenders interleaved
+(median of ``repeats``), and scored on the held-out rows.
 """
 
 import statistics
@@ -67,15 +67,6 @@ def split(X, y, test_fraction=0.2, seed=0):
     m = int(X.shape[0] * (1 - test_fraction))
     tr, te = idx[:m], idx[m:]
     return X[tr], y[tr], X[te], y[te]
-
-
-def _time(fit, repeats):
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fit()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times), out
 
 
 def _sklearn(est_factory):
@@ -157,8 +148,9 @@ def _snapml(n_classes):
     return fit, None
 
 
-def contenders(n_classes, n_features, optkern_params=None):
-    """(name, kind, fit or None, note) for the race."""
+def contenders(n_classes, n_features, optkern_params=None, extra_optkern=()):
+    """(name, kind, fit or None, note) for the race.  ``extra_optkern``: more
+    optkern rows, each a dict of LinearClassifier parameters."""
     from sklearn.linear_model import LogisticRegression, SGDClassifier
 
     import optkern
@@ -167,6 +159,13 @@ def contenders(n_classes, n_features, optkern_params=None):
     rows = [
         ("optkern LinearClassifier() defaults", "optkern",
          _sklearn(lambda: optkern.LinearClassifier(random_state=0, **params)), ""),
+    ]
+    for extra in extra_optkern:
+        label = ", ".join(f"{k}={v!r}" for k, v in extra.items())
+        rows.append((f"optkern LinearClassifier({label})", "optkern",
+                     _sklearn(lambda extra=extra: optkern.LinearClassifier(
+                         random_state=0, **{**params, **extra})), ""))
+    rows += [
         ("scikit-learn SGDClassifier(loss='log_loss')", "peer",
          _sklearn(lambda: SGDClassifier(loss="log_loss", random_state=0)), ""),
         ("scikit-learn LogisticRegression()", "peer",
@@ -181,8 +180,14 @@ def contenders(n_classes, n_features, optkern_params=None):
     return rows
 
 
-def race(n, n_features, n_classes, repeats=1, seed=0, optkern_params=None, skip=()):
-    """[(name, kind, median_s, best_s, accuracy, note)] on one text-like problem."""
+def race(n, n_features, n_classes, repeats=1, seed=0, optkern_params=None, skip=(),
+         extra_optkern=(), once=()):
+    """[(name, kind, median_s, best_s, accuracy, note)] on one text-like problem.
+
+    The contenders are interleaved: each repeat fits every contender once, in
+    turn, so a change of the machine's load hits all of them alike.  Names
+    containing a string of ``once`` are fitted in the first repeat only (the
+    slow references)."""
     import optkern
 
     X, y = text_like(n, n_features, n_classes, seed=seed)
@@ -190,14 +195,25 @@ def race(n, n_features, n_classes, repeats=1, seed=0, optkern_params=None, skip=
     m = min(200, Xtr.shape[0])
     with warnings.catch_warnings():     # compile or load the epoch before timing
         warnings.simplefilter("ignore")
-        optkern.LinearClassifier(max_epochs=1, **dict(optkern_params or {})).fit(
-            Xtr[:m], ytr[:m])
+        for extra in ({},) + tuple(extra_optkern):
+            optkern.LinearClassifier(**{**dict(optkern_params or {}), **extra,
+                                        "max_epochs": 1}).fit(Xtr[:m], ytr[:m])
+    rows = contenders(n_classes, n_features, optkern_params, extra_optkern)
+    times = [[] for _ in rows]
+    acc = [None] * len(rows)
+    for rep in range(repeats):
+        for j, (name, kind, fit, note) in enumerate(rows):
+            if fit is None or any(s in name for s in skip) or \
+                    (rep > 0 and any(s in name for s in once)):
+                continue
+            t0 = time.perf_counter()
+            predict = fit(Xtr, ytr)
+            times[j].append(time.perf_counter() - t0)
+            acc[j] = float(np.mean(predict(Xte) == yte))
     out = []
-    for name, kind, fit, note in contenders(n_classes, n_features, optkern_params):
-        if fit is None or any(s in name for s in skip):
+    for j, (name, kind, fit, note) in enumerate(rows):
+        if not times[j]:
             out.append((name, kind, None, None, None, note or "skipped"))
-            continue
-        med, best, predict = _time(lambda: fit(Xtr, ytr), repeats)
-        acc = float(np.mean(predict(Xte) == yte))
-        out.append((name, kind, med, best, acc, note))
+        else:
+            out.append((name, kind, statistics.median(times[j]), min(times[j]), acc[j], note))
     return out
