@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from hypothesis import given, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import optkern
 from optkern import _backend, _jit
@@ -79,6 +79,9 @@ def _loss_problem(loss, n, d, k, dtype, rng, csr):
     return X, y, W, b
 
 
+# the fixture only patches a threshold and restores the mode per call: safe
+# to share between examples
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(loss=st.sampled_from(sorted(LOSSES)), csr=st.booleans(),
        dtype=st.sampled_from([np.float32, np.float64]), n=st.integers(1, 40),
        d=st.integers(1, 30), k=st.sampled_from([1, 3, 20]),
