@@ -181,6 +181,39 @@ def test_loss_and_grad_nan_raises_before_out_on_either_path(served):
         assert (out[0] == 7).all() and (out[1] == 7).all()
 
 
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(loss=st.sampled_from(sorted(LOSSES)), csr=st.booleans(),
+       dtype=st.sampled_from([np.float32, np.float64]), k=st.sampled_from([1, 3, 20]),
+       bad=st.sampled_from([np.nan, np.inf, -np.inf]), zero_w=st.booleans(),
+       zero_weight_row=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_non_finite_X_raises_before_out_on_either_path(served, loss, csr, dtype, k, bad,
+                                                       zero_w, zero_weight_row, seed):
+    # the default call finds a NaN/inf in X through the kernel's own result
+    # (optkern.losses.loss_and_grad): wherever it sits, even with W = 0, in a
+    # row of zero weight, or with a loss whose derivative is 0 there
+    rng = np.random.default_rng(seed)
+    n, d = 37, 11
+    X, y, W, b = _loss_problem(loss, n, d, k, dtype, rng, False)
+    i, j = rng.integers(0, n), rng.integers(0, d)
+    X[i, j] = bad
+    if zero_w:
+        W[...] = 0
+    sw = np.ones(n, dtype)
+    if zero_weight_row:
+        sw[i] = 0
+    if csr:
+        X = sp.csr_matrix(X)
+    out = (np.full_like(W, 7), np.full_like(b, 7))
+    for mode in ("aot", "sync"):
+        for method in ("auto", "blas") if not csr else ("auto",):
+            def call():
+                with pytest.raises(ValueError, match="X contains NaN"):
+                    optkern.loss_and_grad(X, y, W, b, loss=loss, sample_weight=sw, out=out,
+                                          method=method)
+            served(mode, call)
+            assert (out[0] == 7).all() and (out[1] == 7).all()
+
+
 FITS = [
     ("softmax", "adam", "dense", np.float32, {}),
     ("hinge", "sgd", "dense", np.float64, {}),
