@@ -131,6 +131,47 @@ def _fmt(t):
     return f"{t * 1e3:.1f} ms" if t < 1 else f"{t:.2f} s"
 
 
+DEFAULT_CALL_SHAPES = ((4096, 784, 10), (512, 1000, 1000), (1024, 4096, 100))
+
+
+def default_call(repeat=30):
+    """Item 2 of issue 13: ``loss_and_grad`` with default arguments against
+    the same call with ``check_input=False`` (float32 softmax, alpha=1e-4,
+    out= given to both), interleaved, medians; warm kernels."""
+    import numpy as np
+
+    import optkern
+    rows = []
+    for n, d, k in DEFAULT_CALL_SHAPES:
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((n, d)).astype(np.float32)
+        y = rng.integers(0, k, n)
+        W = (0.01 * rng.standard_normal((d, k))).astype(np.float32)
+        b = np.zeros(k, np.float32)
+        out = (np.empty_like(W), np.empty_like(b))
+        calls = {"default": lambda: optkern.loss_and_grad(X, y, W, b, alpha=1e-4, out=out),
+                 "check_input=False": lambda: optkern.loss_and_grad(
+                     X, y, W, b, alpha=1e-4, out=out, check_input=False)}
+        for f in calls.values():        # compile / load, outside the timing
+            f()
+        from optkern import _jit
+        _jit.wait(900)                  # the Numba kernels, not their twins
+        for f in calls.values():
+            f()
+        times = {name: [] for name in calls}
+        for _ in range(repeat):
+            for name, f in calls.items():
+                t0 = time.perf_counter()
+                f()
+                times[name].append(time.perf_counter() - t0)
+        med = {name: statistics.median(v) for name, v in times.items()}
+        rows.append(((n, d, k), med["default"], med["check_input=False"]))
+    print("| (n, d, k) float32 softmax | default | check_input=False | ratio |")
+    print("|---|---|---|---|")
+    for shape, a, c in rows:
+        print(f"| {shape} | {a * 1e3:.3f} ms | {c * 1e3:.3f} ms | {a / c:.2f} |")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", nargs="*", default=None, help="entry names: " + ", ".join(ENTRIES))
@@ -138,7 +179,14 @@ def main(argv=None):
     ap.add_argument("--settle", action="store_true",
                     help="let background compiles finish before the cold process exits")
     ap.add_argument("--repeat", type=int, default=1, help="cold processes per entry (median)")
+    ap.add_argument("--default-call", action="store_true",
+                    help="instead: the default loss_and_grad against check_input=False")
     args = ap.parse_args(argv)
+    if args.default_call:
+        print(f"load average before: {os.getloadavg()}", flush=True)
+        default_call()
+        print(f"load average after: {os.getloadavg()}")
+        return
     names = args.only or list(ENTRIES)
     print(f"load average before: {os.getloadavg()}", flush=True)
     rows = []
