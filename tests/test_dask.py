@@ -176,6 +176,33 @@ def test_lbfgs_multiclass_csr_float32_with_weights(client):
     assert m.score(Xd, yd) == pytest.approx(ref.score(X, y), abs=0.003)
 
 
+def test_auto_defaults_resolved_on_the_whole_data(client):
+    """alpha="auto" and optimizer="auto" resolve as the in-memory estimator
+    resolves them on the concatenated data: on sparse, wide data alpha is
+    1/n_samples of all shards (not of one), and the sparse-wide optimizer,
+    rate, batch size and schedule apply; L-BFGS then finds the same model."""
+    rng = np.random.default_rng(3)
+    n, d = 600, 8192
+    X = sp.random(n, d, density=0.002, format="csr", random_state=3, dtype=np.float64)
+    y = (X @ rng.standard_normal(d) > 0).astype(int)
+    Xd, yd = _dask(X, y, parts=3)
+    m = okd.LinearClassifier(solver="lbfgs").fit(Xd, yd)
+    ref = optkern.LinearClassifier(solver="lbfgs").fit(X, y)
+    _close(m.coef_, ref.coef_, 1e-3, 1e-4)
+    from optkern.dask import _data
+    ds = _data.Dataset(n=n, d=d, sparse=True, nnz=X.nnz)
+    p = okd.LinearClassifier()._resolved_params(ds)
+    wide = optkern.estimators.SPARSE_WIDE_DEFAULTS
+    assert p["alpha"] == pytest.approx(1.0 / n)
+    assert (p["optimizer"], p["lr"], p["batch_size"], p["schedule"]) == (
+        wide["optimizer"], wide["lr"], wide["batch_size"], wide["schedule"])
+    dense = okd.LinearClassifier(lr=0.05)._resolved_params(
+        _data.Dataset(n=n, d=20, sparse=False, nnz=n * 20))
+    assert (dense["alpha"], dense["optimizer"], dense["lr"], dense["batch_size"]) == (
+        optkern.estimators.DENSE_DEFAULT_ALPHA, optkern.estimators.DENSE_DEFAULT_OPTIMIZER,
+        0.05, "auto")
+
+
 def test_lbfgs_regressor_dataframe(client):
     dd = pytest.importorskip("dask.dataframe")
     import pandas as pd
