@@ -38,7 +38,6 @@ benchmarks that force the twin's path).
 """
 
 import base64
-import fcntl
 import importlib
 import inspect
 import json
@@ -323,11 +322,18 @@ class _compile_lock:
 
     def __enter__(self):
         self.fh = open(_lock_path(), "a")
+        try:
+            import fcntl
+        except ImportError:     # no flock (Windows): Numba's own renames only
+            self.fcntl = None
+            return self
+        self.fcntl = fcntl
         fcntl.flock(self.fh, fcntl.LOCK_EX)
         return self
 
     def __exit__(self, *exc):
-        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        if self.fcntl is not None:
+            self.fcntl.flock(self.fh, self.fcntl.LOCK_UN)
         self.fh.close()
 
 
