@@ -2,6 +2,8 @@
 
 timeraw_import_optkern     ``import optkern`` (NumPy and Numba imported by the
                            untimed setup, so this is optkern's own import)
+FirstCallAuto.timeraw_first_call
+    every public entry point with backend="auto" (the JIT service), cold and warm
 FirstCall.timeraw_first_call
     what="step": constructing ``optkern.Adam`` on 1e3 float32 elements and its
                  first ``step``: loading (warm) or compiling (cold) the
@@ -62,6 +64,78 @@ _STMT = {
     "fit": "LinearClassifier(optimizer='adam', max_epochs=2, tol=None, random_state=0, "
            "backend={backend!r}).fit(X, y)\n",
 }
+
+
+# FirstCallAuto: every public entry point with backend="auto" (the JIT
+# service, optkern._jit: the Cython twin serves while Numba compiles in the
+# compile server).  Its set-up loads the data; the cold process also stops the
+# compile server when it exits (a leftover server would load the next sample).
+_DIGITS = textwrap.dedent("""
+    import numpy as np
+    import optkern
+    from sklearn.datasets import load_digits
+    _d = load_digits()
+    X = (_d.data / 16.0).astype(np.float32)
+    y = _d.target.astype(np.int64)
+    W = np.zeros((64, 10), np.float32)
+    b = np.zeros(10, np.float32)
+""")
+_STOP_SERVER = textwrap.dedent("""
+    def _stop_server():
+        try:
+            from optkern import _jit
+            pid = _jit.server_pid()
+            if pid:
+                os.kill(pid, 9)
+        except Exception:
+            pass
+    atexit.register(_stop_server)
+""")
+_AUTO = {
+    "loss_and_grad": (_DIGITS, "optkern.loss_and_grad(X, y, W, b, loss='softmax', alpha=1e-4)"),
+    "loss_and_grad_csr": (_DIGITS + "import scipy.sparse as sp\nXs = sp.csr_matrix(X)\n",
+                          "optkern.loss_and_grad(Xs, y, W, b, loss='softmax', alpha=1e-4)"),
+    "predict_scores": (_DIGITS, "optkern.predict_scores(X, W + 1, b)"),
+    "fit": (_DIGITS, "optkern.LinearClassifier(random_state=0).fit(X, y)"),
+    "fit_lbfgs": (_DIGITS, "optkern.LinearClassifier(solver='lbfgs', random_state=0).fit(X, y)"),
+    "fit_rmsprop_csr": (_DIGITS + "import scipy.sparse as sp\nXs = sp.csr_matrix(X)\n",
+                        "optkern.LinearClassifier(optimizer='rmsprop', random_state=0).fit(Xs, y)"),
+    "fit_hinge_sgd": (_DIGITS, "optkern.LinearClassifier(loss='hinge', optimizer='sgd', "
+                               "random_state=0).fit(X, y)"),
+    "step_adam_1e6": (textwrap.dedent("""
+        import numpy as np
+        import optkern
+        p = np.zeros(1_000_000, np.float32)
+        g = np.full(1_000_000, 1e-3, np.float32)
+        opt = optkern.Adam([p], lr=1e-3)
+    """), "opt.step([g])"),
+}
+
+
+class FirstCallAuto:
+    """First call of each public entry point with backend="auto", in a fresh
+    process, on an empty (cold) or populated (warm) cache; see
+    asv_benchmarks/first_call.py for the same as a table."""
+    params = [["warm", "cold"], list(_AUTO)]
+    param_names = ["cache", "what"]
+    timeout = 600
+    repeat = (1, 3, 60.0)
+    number = 1
+    warmup_time = 0
+
+    def setup(self, cache, what):
+        try:
+            import optkern._jit  # noqa: F401
+        except ImportError:
+            raise NotImplementedError("this optkern has no JIT service") from None
+        if cache == "warm" and not SMOKE:
+            setup, stmt = _AUTO[what]
+            code = setup + stmt + "\nfrom optkern import _jit\n_jit.wait(600)\n"
+            subprocess.run([sys.executable, "-c", code], check=True, timeout=self.timeout)
+
+    def timeraw_first_call(self, cache, what):
+        setup, stmt = _AUTO[what]
+        return stmt, (_COLD + _STOP_SERVER if cache == "cold" else "") + setup
 
 
 def timeraw_import_optkern():

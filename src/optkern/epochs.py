@@ -15,7 +15,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from optkern import _backend
+from optkern import _backend, _jit
 from optkern.kernels import epoch_drivers
 from optkern.kernels.rules import state_names
 
@@ -81,9 +81,18 @@ class _Runner:
             epochs_mod = _backend.cython_module("epochs")
             if epochs_mod is not None:
                 self.fn = epochs_mod.epoch_for(loss_name, opt._spec.name, layout)
+        # backend="auto" chose a Numba epoch: its Cython twin trains while the
+        # Numba one is not compiled (optkern._jit), decided on the first epoch
+        # and kept for the whole fit (one kernel per fit, one trajectory)
+        self.twin = None
         if self.fn is None:
             mod = epoch_drivers.module_for(loss_name, opt._spec.name, layout)
             self.fn = mod.epoch_parallel if parallel else mod.epoch_serial
+            if getattr(estimator, "backend", None) == "auto":
+                epochs_mod = _backend.cython_module("epochs")
+                if epochs_mod is not None:
+                    self.twin = epochs_mod.epoch_for(loss_name, opt._spec.name, layout)
+        self.key = ("epoch", loss_name, opt._spec.name, layout, parallel, W.dtype.char)
         self.n_chunks = numba.get_num_threads() if parallel else 1
         dt = W.dtype
         c = self.n_chunks
@@ -112,7 +121,7 @@ class _Runner:
         avgB = gB.avg[0] if (gB is not None and gB.avg is not None) else None
         seed = np.uint64(opt.seed) if (opt._noisy and opt._noise_on(userW)) else None
         sched = ctx.schedule.encode()
-        result = self.fn(
+        args = (
             *self.data_args, self.T, self.sw, np.ascontiguousarray(order, dtype=np.int64),
             int(batch_size), self.n_chunks, ctx.W, ctx.b, *self.scratch,
             *statesW, *statesB, avgW, avgB, userW, userB, gW.scalars,
@@ -121,6 +130,11 @@ class _Runner:
             float(ctx.plateau), self.alpha, self.l1_ratio, self.epsilon, seed,
             int(gW.offsets[0]), int(gB.offsets[0]) if gB is not None else 0,
             PARALLEL_MIN_WORK, self.w_mean)
+        if self.twin is not None:
+            if not _jit.ready(self.key + (seed is None, avgW is None), self.fn, args):
+                self.fn = self.twin
+            self.twin = None
+        result = self.fn(*args)
         mean, steps, avg_count, scalarsW, scalarsB = result
         for g, scalars in ((gW, scalarsW), (gB, scalarsB)):
             if g is None:

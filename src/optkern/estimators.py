@@ -45,7 +45,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data, _check_sample_weight
 from sklearn.utils._available_if import available_if
 
-from optkern import _backend
+from optkern import _backend, _jit
 from optkern import optimizers as _opt
 from optkern import schedules as _sched
 
@@ -120,7 +120,8 @@ def _check_csr_structure(X):
     if n and np.any(np.diff(indptr) < 0):
         raise ValueError("X is a malformed CSR matrix: indptr decreases")
     if indices.shape[0]:
-        lo, hi = finite.int_range(indices)
+        from optkern.losses import _int_range
+        lo, hi = _int_range(indices)
         if lo < 0 or hi >= d:
             raise ValueError(f"X has column indices in [{lo}, {hi}], outside its declared "
                              f"shape's [0, {d})")
@@ -540,7 +541,16 @@ class _BaseLinear(BaseEstimator):
             if runner is None:
                 runner = ctx.sparse_runner = sparse_epochs.SparseRunner(
                     self, ctx, ctx.sparse_mode)
-            return runner(order, bs)
+                # no ahead-of-time twin of the sparse epochs: while they are not
+                # compiled, backend="auto" trains this fit with their NumPy
+                # reference (the same algorithm) and the compile server compiles
+                # them by fitting a copy on a few rows (optkern._jit)
+                runner.reference = self.backend == "auto" and \
+                    not sparse_epochs.compiled_for(runner) and \
+                    _jit.warm_up_call(sparse_epochs.warm_up, *sparse_epochs.warm_up_args(
+                        self, ctx))
+            if not runner.reference:
+                return runner(order, bs)
         from optkern.kernels import sparse_reference
         return sparse_reference.epoch(self, ctx, order, bs, ctx.sparse_mode)
 

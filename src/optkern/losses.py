@@ -45,7 +45,7 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 
-from optkern import _backend
+from optkern import _backend, _jit
 from optkern.kernels import loss_rules as _rules
 
 __all__ = ["loss_and_grad", "predict_scores", "check_grad", "LOSSES", "PENALTIES"]
@@ -134,8 +134,12 @@ def _penalty_ratio(penalty, alpha, l1_ratio):
 
 
 def _int_range(a):
-    """(min, max) of a non-empty 1-D integer array, one compiled pass."""
-    return _kernels("finite").int_range(a)
+    """(min, max) of a non-empty 1-D integer array, one compiled pass (NumPy's
+    two reductions while the compiled scan is not loaded yet: optkern._jit)."""
+    fn = _kernels("finite").int_range
+    if _jit.ready(("int_range", a.dtype.char, a.flags.writeable), fn, (a,)):
+        return fn(a)
+    return a.min(), a.max()
 
 
 def _all_finite(a):
@@ -145,7 +149,11 @@ def _all_finite(a):
     flat = a.ravel(order="K")
     if not flat.flags.c_contiguous:
         flat = np.ascontiguousarray(flat)
-    return finite.first_nonfinite((flat,)) < 0
+    args = ((flat,),)
+    if _jit.ready(("first_nonfinite", flat.dtype.char, flat.flags.writeable),
+                  finite.first_nonfinite, args):
+        return finite.first_nonfinite(*args) < 0
+    return bool(np.isfinite(flat).all())
 
 
 def _check_X(X, check_input):
@@ -445,7 +453,50 @@ def _resolve_backend(backend, kind, X, k):
     return chosen
 
 
-def _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db, method):
+def _jit_key(what, spec, kind, parallel, X, y, sw, W, b):
+    """A cheap name for a loss kernel's Numba signature (optkern._jit)."""
+    xs = X.data if kind == "csr" else X
+    return (what, spec.name, kind, parallel, xs.dtype.char, xs.flags.writeable,
+            X.indices.dtype.char if kind == "csr" else X.flags.c_contiguous,
+            y.dtype.char, y.flags.writeable, sw is None, b is None, W.flags.writeable)
+
+
+def _twin_serves(key, fn, args):
+    """backend="auto" chose a Numba kernel: whether its Cython twin serves
+    this call instead, because the Numba one is not compiled yet."""
+    return _backend.cython_module("losses") is not None and not _jit.ready(key, fn, args)
+
+
+def _inverse_weight(sw, n):
+    drv = _kernels("loss_drivers")
+    if _jit.ready(("inverse_weight", sw is None), drv.inverse_weight, (sw, n)):
+        return drv.inverse_weight(sw, n)
+    t = float(n) if sw is None else float(np.sum(sw, dtype=np.float64))
+    return 1.0 / t if t > 0 else 0.0
+
+
+def _penalty_add(W, dW, alpha, l1r):
+    """loss_drivers.penalty_add, or the same formula in NumPy while that is
+    not compiled (agrees to rounding: the compiled one sums in runs)."""
+    drv = _kernels("loss_drivers")
+    args = (W, dW, alpha, l1r)
+    if _jit.ready(("penalty_add", W.dtype.char, W.flags.writeable), drv.penalty_add, args):
+        return drv.penalty_add(*args)
+    if alpha == 0:
+        return 0.0
+    dt = W.dtype.type
+    W64 = W.astype(np.float64)
+    value = alpha * (l1r * np.abs(W64).sum() + 0.5 * (1.0 - l1r) * np.dot(W64.ravel(),
+                                                                          W64.ravel()))
+    grad = dt(alpha * (1.0 - l1r)) * W
+    if l1r != 0:
+        grad += dt(alpha * l1r) * np.sign(W)
+    dW += grad
+    return float(value)
+
+
+def _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db, method,
+                 auto=False, serial=False):
     drv = _kernels("loss_drivers")
     dt = W.dtype
     n = X.shape[0]
@@ -453,10 +504,20 @@ def _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db, m
     parallel = backend == "numba-parallel"
     cy = _backend.cython_module("losses") if backend == "cython" else None
     if method == "blas":
+        if auto and cy is None:
+            mod = drv.module_for(spec.name)
+            rows_args = (np.empty((1, k), dt), y[:1], None if sw is None else sw[:1], b,
+                         dt.type(eps), 1.0, np.empty(1))
+            if _twin_serves(_jit_key("rows", spec, kind, False, X, y, sw, W, b),
+                            mod.rows_inplace, rows_args):
+                cy = _backend.cython_module("losses")
         Z = _buffer("Z", (n, k), dt)
-        np.matmul(X, W, out=Z)
+        with np.errstate(invalid="ignore", over="ignore"):
+            # as quiet as the compiled kernels: a NaN/inf in X is reported by
+            # the caller's check (ValueError), not as a RuntimeWarning first
+            np.matmul(X, W, out=Z)
         row_loss = _buffer("row_loss", (n,), np.float64)
-        inv_w = drv.inverse_weight(sw, n)
+        inv_w = _inverse_weight(sw, n)
         # the row pass runs serially even on the parallel backends: right after
         # a multi-threaded BLAS call, BLAS's spinning threads and a second
         # thread pool fight for the cores (measured: 0.5-0.8x of serial on 2
@@ -466,10 +527,11 @@ def _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db, m
         else:
             mod = drv.module_for(spec.name)
             total = mod.rows_inplace(Z, y, sw, b, dt.type(eps), inv_w, row_loss)
-        np.matmul(X.T, Z, out=dW)
+        with np.errstate(invalid="ignore", over="ignore"):
+            np.matmul(X.T, Z, out=dW)
         if db is not None:
             np.sum(Z, axis=0, out=db)
-        return total * inv_w + drv.penalty_add(W, dW, alpha, l1r)
+        return total * inv_w + _penalty_add(W, dW, alpha, l1r)
     if cy is not None:
         import numba
         # OpenMP threads only for work the parallel Numba kernels would get
@@ -478,7 +540,7 @@ def _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db, m
         # on one (the estimators' divergence threshold, 128 x 1 x 10)
         work = (X.nnz if kind == "csr" else n * d) * k
         threads = max(1, min(numba.get_num_threads(), n)) \
-            if cy.OPENMP and work >= _backend.PARALLEL_MIN_SIZE else 1
+            if cy.OPENMP and work >= _backend.PARALLEL_MIN_SIZE and not serial else 1
         scratch = _buffer("scratch", (_scratch_size(threads, d, k),), dt)
         if kind == "csr":
             return cy.csr_loss_grad(spec.name, X.data, X.indices, X.indptr, y, sw, W, b,
@@ -492,13 +554,25 @@ def _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db, m
     # dtype, and Numba types a float faster than a NumPy scalar (0.15 us)
     if kind == "csr":
         if parallel:
-            return mod.csr_parallel(X.data, X.indices, X.indptr, y, sw, W, b, alpha, l1r,
-                                    eps, dW, db, scratch, chunks)
-        return mod.csr_serial(X.data, X.indices, X.indptr, y, sw, W, b, alpha, l1r, eps,
-                              dW, db, scratch)
-    if parallel:
-        return mod.dense_parallel(X, y, sw, W, b, alpha, l1r, eps, dW, db, scratch, chunks)
-    return mod.dense_serial(X, y, sw, W, b, alpha, l1r, eps, dW, db, scratch)
+            fn, args = mod.csr_parallel, (X.data, X.indices, X.indptr, y, sw, W, b, alpha,
+                                          l1r, eps, dW, db, scratch, chunks)
+        else:
+            fn, args = mod.csr_serial, (X.data, X.indices, X.indptr, y, sw, W, b, alpha, l1r,
+                                        eps, dW, db, scratch)
+    elif parallel:
+        fn, args = mod.dense_parallel, (X, y, sw, W, b, alpha, l1r, eps, dW, db, scratch,
+                                        chunks)
+    else:
+        fn, args = mod.dense_serial, (X, y, sw, W, b, alpha, l1r, eps, dW, db, scratch)
+    if auto and _twin_serves(_jit_key("fused", spec, kind, parallel, X, y, sw, W, b),
+                             fn, args):
+        # the same rule, ahead of time: no compile stall (optkern._jit); on
+        # one thread, as the serial Numba kernel would run, and because the
+        # compile server holds a core (an OpenMP barrier waiting for a
+        # descheduled thread cost 14 ms a call on digits, against 1 ms)
+        return _cpu_compute("cython", spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db,
+                            method, serial=True)
+    return fn(*args)
 
 
 def _launch(n):
@@ -581,20 +655,32 @@ def loss_and_grad(X, y, W, b, loss="softmax", alpha=0.0, penalty="l2", l1_ratio=
     _backend.validate_name(backend)
     if method not in _METHODS:
         raise ValueError(f"method={method!r}: choose one of {list(_METHODS)}")
-    kind, X = _check_X(X, check_input)
+    # On the CPU kernels the NaN/inf check of X rides on the kernel's
+    # own pass: a non-finite input makes the loss or the gradient non-finite
+    # (IEEE: nan*w and inf*0 are NaN, and no kernel skips a stored entry or
+    # a zero-weight row), so the kernel writes into a private buffer, and
+    # only a non-finite result pays for the scans that name the argument
+    # (before ``out`` is written).  A separate scan of X cost more than the
+    # fused kernel itself (issue 13: 2.3-5.2 ms against 0.93 ms).
+    probe = bool(check_input) and backend != "numpy" and backend != "cuda"
+    kind, X = _check_X(X, check_input and not probe)
     n, d = X.shape
     if n == 0:
         raise ValueError("X has 0 samples")
     dt = X.data.dtype if kind == "csr" else X.dtype
     W, b = _check_params(X, W, b, d, dt)
-    if check_input and not (_all_finite(W) and (b is None or _all_finite(b))):
-        raise ValueError("W or b contains NaN or infinity")
+    if check_input:
+        # W and b are scanned apart: n times smaller than X, and a NaN in a
+        # column of W that no stored entry of a CSR X reaches would not
+        # show in the result
+        _check_params_finite(W, b)
     k = W.shape[1]
     y = _check_y(spec, y, n, k, dt, check_input)
     sw = _check_sample_weight(sample_weight, n, dt)
     xs = (("X.data", X.data), ("X.indices", X.indices), ("X.indptr", X.indptr)) \
         if kind == "csr" else (("X", X),)
     dW, db = _check_out(out, W, b, xs + (("y", y), ("sample_weight", sw), ("b", b)))
+    auto = backend == "auto"
     backend = _resolve_backend(backend, kind, X, k)
     # ---- validated: from here on the output buffers are written
     if dW is None:
@@ -612,8 +698,31 @@ def loss_and_grad(X, y, W, b, loss="softmax", alpha=0.0, penalty="l2", l1_ratio=
         value = _cuda_compute(spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db)
         return float(value), dW, db
     m = choose_method(kind, X, k, method)
-    value = _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db, m)
+    if not probe:
+        value = _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db,
+                             m, auto)
+        return float(value), dW, db
+    if out is None:
+        pdW, pdb = dW, db           # our own arrays: nothing to protect
+    else:
+        pdW = _buffer("probe_dW", W.shape, dt)
+        pdb = None if db is None else _buffer("probe_db", (k,), dt)
+    value = _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, pdW, pdb, m,
+                         auto)
+    if not (math.isfinite(value) and _all_finite(pdW) and (pdb is None or _all_finite(pdb))):
+        # name the argument, as the scan before the call did; finite inputs
+        # that overflow return their non-finite result, as before
+        _check_X(X, True)
+    if pdW is not dW:
+        np.copyto(dW, pdW)
+        if db is not None:
+            np.copyto(db, pdb)
     return float(value), dW, db
+
+
+def _check_params_finite(W, b):
+    if not (_all_finite(W) and (b is None or _all_finite(b))):
+        raise ValueError("W or b contains NaN or infinity")
 
 
 class CSRObjective:
@@ -638,6 +747,7 @@ class CSRObjective:
         self.alpha, self.l1_ratio = float(alpha), float(l1_ratio)
         self.eps = spec.default_epsilon if epsilon is None else float(epsilon)
         d, k = W.shape
+        auto = backend == "auto"
         backend = _resolve_backend(backend, kind, X, k)
         if backend not in ("numba", "numba-parallel"):
             backend = "numba"
@@ -645,9 +755,27 @@ class CSRObjective:
         self.parallel = backend == "numba-parallel"
         self.chunks = _n_chunks(X.shape[0]) if self.parallel else 1
         self.scratch = np.empty(max(_scratch_size(self.chunks, d, k), 1), W.dtype)
+        self.name = spec.name
+        # the Cython twin serves while the Numba kernel compiles (optkern._jit);
+        # decided on the first call and kept for the whole solve
+        self.twin = None if auto else False
 
     def __call__(self, W, b, dW, db):
         X = self.X
+        if self.twin is None:
+            fn = self.mod.csr_parallel if self.parallel else self.mod.csr_serial
+            args = (X.data, X.indices, X.indptr, self.T, self.sw, W, b, self.alpha,
+                    self.l1_ratio, self.eps, dW, db, self.scratch) + \
+                ((self.chunks,) if self.parallel else ())
+            key = ("csr_objective", self.name, self.parallel, X.data.dtype.char,
+                   X.indices.dtype.char, self.T.dtype.char, self.sw is None, b is None)
+            self.twin = _backend.cython_module("losses") is not None and \
+                not _jit.ready(key, fn, args)
+        if self.twin:
+            cy = _backend.cython_module("losses")
+            return cy.csr_loss_grad(self.name, X.data, X.indices, X.indptr, self.T, self.sw,
+                                    W, b, self.alpha, self.l1_ratio, self.eps, dW, db,
+                                    self.scratch, 1)
         if self.parallel:
             return self.mod.csr_parallel(X.data, X.indices, X.indptr, self.T, self.sw, W, b,
                                          self.alpha, self.l1_ratio, self.eps, dW, db,
@@ -670,11 +798,15 @@ def predict_scores(X, W, b=None, backend="auto", out=None, check_input=True):
             raise ValueError(f"out must be a {W.dtype} array of shape ({n}, {k})")
         if not out.flags.c_contiguous or not out.flags.writeable:
             raise ValueError("out must be C-contiguous and writeable")
+    auto = backend == "auto"
     backend = _resolve_backend(backend, kind, X, k)
     if out is None:
         out = np.empty((n, k), W.dtype)
     if n == 0:
         return out
+    if auto and backend in ("numba", "numba-parallel") and \
+            _backend.cython_module("losses") is not None:
+        backend = _predict_server(backend, kind, X, W, b, out)
     if backend == "numpy" or backend == "cuda":
         # CUDA: scores are one BLAS-shaped product; the host computes them
         from optkern.kernels import loss_reference as ref
@@ -706,6 +838,27 @@ def predict_scores(X, W, b=None, backend="auto", out=None, check_input=True):
     WT = _buffer("WT", (k, d), W.dtype)
     (drv.predict_dense_parallel if parallel else drv.predict_dense)(X, W, b, out, WT)
     return out
+
+
+def _predict_server(backend, kind, X, W, b, out):
+    """backend="auto": "cython" while the Numba predict kernel is not compiled."""
+    from optkern.kernels import loss_drivers as drv
+    parallel = backend == "numba-parallel"
+    k = W.shape[1]
+    if kind == "csr":
+        fn = drv.predict_csr_parallel if parallel else drv.predict_csr
+        args = (X.data, X.indices, X.indptr, W, b, out)
+        xs = X.data
+    elif choose_method(kind, X, k) == "blas":
+        return backend           # BLAS, nothing to compile
+    else:
+        fn = drv.predict_dense_parallel if parallel else drv.predict_dense
+        args = (X, W, b, out, _buffer("WT", (k, X.shape[1]), W.dtype))
+        xs = X
+    key = ("predict", kind, parallel, xs.dtype.char, xs.flags.writeable,
+           X.indices.dtype.char if kind == "csr" else X.flags.c_contiguous,
+           b is None, W.flags.writeable)
+    return backend if _jit.ready(key, fn, args) else "cython"
 
 
 def check_grad(X, y, W, b, loss="softmax", alpha=0.0, penalty="l2", l1_ratio=0.15,

@@ -24,7 +24,7 @@ import numbers
 
 import numpy as np
 
-from optkern import _backend
+from optkern import _backend, _jit
 from optkern.kernels import _helpers, drivers, reference
 from optkern.kernels.rules import RULES, allocated_states, state_names
 
@@ -57,7 +57,35 @@ class _Group:
 
     __slots__ = ("arrays", "flat", "orders", "states", "state_list", "avg", "offsets",
                  "step", "avg_count", "scalars", "validated", "user", "device", "size",
-                 "dtype", "shapes", "kernel")
+                 "dtype", "shapes", "kernel", "finite_ready")
+
+
+class _ServedStep:
+    """A group's step for backend="auto" on a Numba kernel: its Cython twin
+    (the same rule, checked equal in tests/test_jit.py) serves the steps
+    until ``optkern._jit`` reports the Numba kernel compiled, then Numba."""
+
+    __slots__ = ("numba_fn", "cython_fn", "name", "parallel", "group", "ready")
+
+    def __init__(self, numba_fn, cython_fn, name, parallel, group):
+        self.numba_fn, self.cython_fn = numba_fn, cython_fn
+        self.name, self.parallel, self.group = name, parallel, group
+        self.ready = {}
+
+    def __call__(self, *args):
+        # the signature varies only with averaging (avg None or not) and noise
+        # (key None or not); the rest is fixed for the group
+        variant = (args[-5] is None, args[-2] is None)
+        if variant in self.ready:
+            return self.numba_fn(*args)
+        g = self.group
+        key = ("step", self.name, self.parallel, g.dtype.char, len(g.flat),
+               tuple(s is None for s in g.state_list), variant,
+               all(a.flags.writeable for a in args[1]))
+        if _jit.ready(key, self.numba_fn, args):
+            self.ready[variant] = True
+            return self.numba_fn(*args)
+        return self.cython_fn(*args)
 
 
 def _host_view(a):
@@ -181,6 +209,7 @@ class Optimizer:
         if any(device) and not all(device):
             raise TypeError(f"param_groups[{gi}]: mix of host and device arrays")
         g = _Group()
+        g.finite_ready = False
         g.device = all(device)
         seen = {id(a) for grp in self._groups for a in grp.arrays}
         if g.device:
@@ -227,15 +256,24 @@ class Optimizer:
         backend = self.backend
         if backend in ("numba", "numba-parallel"):
             mod = drivers.module_for(self._spec.name)
-            return mod.parallel if backend == "numba-parallel" else mod.serial
+            fn = mod.parallel if backend == "numba-parallel" else mod.serial
+            if self.backend_requested == "auto" and _backend.cython_module() is not None:
+                # the Cython twin serves the steps until the Numba kernel is
+                # compiled (optkern._jit): no compile stall on a first step
+                return _ServedStep(fn, self._cython_step(g), self._spec.name,
+                                   backend == "numba-parallel", g)
+            return fn
         if backend == "cython":
-            fn = getattr(_backend.cython_module(), self._spec.name)
-            parallel = g.size >= _backend.PARALLEL_MIN_SIZE
-
-            def cython_step(*args):
-                return fn(*args, parallel)
-            return cython_step
+            return self._cython_step(g)
         return None
+
+    def _cython_step(self, g):
+        fn = getattr(_backend.cython_module(), self._spec.name)
+        parallel = g.size >= _backend.PARALLEL_MIN_SIZE
+
+        def cython_step(*args):
+            return fn(*args, parallel)
+        return cython_step
 
     def _check_host_params(self, arrays, gi, seen):
         dtype = None
@@ -669,8 +707,13 @@ class Optimizer:
         for g, fg in zip(self._groups, flat_grads):
             if g.device or self.backend == "cuda":
                 bad = finite.first_nonfinite_cuda(fg)
-            else:
+            elif g.finite_ready or _jit.ready(
+                    ("first_nonfinite", g.dtype.char, len(fg),
+                     all(a.flags.writeable for a in fg)), finite.first_nonfinite, (fg,)):
+                g.finite_ready = True
                 bad = finite.first_nonfinite(fg)
+            else:   # NumPy while the compiled scan is not loaded (optkern._jit)
+                bad = next((i for i, a in enumerate(fg) if not np.isfinite(a).all()), -1)
             if bad >= 0:
                 raise FloatingPointError(
                     f"grads[{pos + bad}] contains NaN or inf; parameters and optimizer "

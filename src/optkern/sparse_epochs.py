@@ -54,7 +54,46 @@ def feature_counts(X):
     return sparse_epoch_drivers.feature_counts(X.indices, X.shape[1])
 
 
+def compiled_for(runner):
+    """Whether this runner's Numba kernels are loaded or in the disk cache
+    (optkern._jit): the epoch, and the feature counts of the lazy mode."""
+    from optkern import _jit
+    fn = runner.mod.epoch_scaled if runner.kind == "scaled" else runner.mod.epoch_rows
+    need = [fn]
+    if runner.kind == "lazy" and runner.alpha > 0:
+        need.append(sparse_epoch_drivers.feature_counts)
+    if runner.kind == "linear":
+        need.append(epoch_drivers.module_for(runner.loss_name, runner.rule, "csr").epoch_serial)
+    return all(_jit.compiled(d) for d in need)
+
+
+def warm_up_args(estimator, ctx):
+    """(params, X, y) of a small fit that runs the same kernels: a few rows
+    holding every class (so the same loss), class weights dropped (they only
+    scale the sample weights)."""
+    y = ctx.y
+    rows = np.arange(min(y.shape[0], 64))
+    if y.ndim == 1 and y.dtype.kind in "iu":
+        rows = np.union1d(rows, np.unique(y, return_index=True)[1])
+    params = estimator.get_params()
+    if "class_weight" in params:
+        params["class_weight"] = None
+    return params, ctx.X[rows], y[rows]
+
+
+def warm_up(params, X, y):
+    """Run in the compile server: fit a copy of the estimator on a few rows,
+    compiling (into Numba's disk cache) the sparse epoch a fit with these
+    parameters runs."""
+    from optkern.estimators import LinearClassifier, LinearRegressor
+    cls = LinearRegressor if "class_weight" not in params else LinearClassifier
+    cls(**dict(params, max_epochs=2, tol=None, early_stopping=False, verbose=0,
+               callbacks=None)).fit(X, y)
+
+
 class SparseRunner:
+    reference = False
+
     def __init__(self, estimator, ctx, kind):
         from optkern.losses import LOSSES
 

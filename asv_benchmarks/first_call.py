@@ -1,0 +1,228 @@
+"""First call against warm call of every public entry point (issue 13).
+
+Each entry point runs in a fresh interpreter whose Numba cache and
+generated-driver directory (NUMBA_CACHE_DIR, OPTKERN_CACHE_DIR) point at an
+empty temporary directory: the first call there is what a new user meets
+after ``pip install``.  The same process then times the call again (the
+"second" column: everything loaded).  A second fresh process on the now
+populated cache times the first call again ("warm first": a user's next run).
+
+Only the call is timed (imports and data set-up are not).  With the JIT
+service (``optkern._jit``) a cold call is served by the ahead-of-time Cython
+kernel while a compile-server process fills the cache; ``--settle`` waits,
+after the timed calls, for those compiles to finish before the process exits,
+so that the warm process sees the cache a longer-running program would have
+left (without it a short program leaves the compiles running detached, and
+the warm column shows whatever they finished by then).
+
+    python asv_benchmarks/first_call.py [--only NAME ...] [--demo] [--settle] [--repeat R]
+
+prints a Markdown table (median over R cold processes; the load average is
+printed with it).  ``--demo`` adds ``optkern demo`` (a whole process, timed
+from outside: start-up included, cold and warm).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+_DIGITS = """
+from sklearn.datasets import load_digits
+_d = load_digits()
+X = (_d.data / 16.0).astype(np.float32)
+y = _d.target.astype(np.int64)
+"""
+
+# name -> (set-up code, the call)
+ENTRIES = {
+    "loss_and_grad": (_DIGITS + """
+W = np.zeros((64, 10), np.float32); b = np.zeros(10, np.float32)
+""", "optkern.loss_and_grad(X, y, W, b, loss='softmax', alpha=1e-4)",
+        "`loss_and_grad` softmax, digits float32"),
+    "loss_and_grad_csr": (_DIGITS + """
+import scipy.sparse as sp
+Xs = sp.csr_matrix(X)
+W = np.zeros((64, 10), np.float32); b = np.zeros(10, np.float32)
+""", "optkern.loss_and_grad(Xs, y, W, b, loss='softmax', alpha=1e-4)",
+        "`loss_and_grad` softmax, digits CSR float32"),
+    "predict_scores": (_DIGITS + """
+W = np.ones((64, 10), np.float32); b = np.zeros(10, np.float32)
+""", "optkern.predict_scores(X, W, b)", "`predict_scores`, digits float32"),
+    "fit_default": (_DIGITS, "optkern.LinearClassifier(random_state=0).fit(X, y)",
+                    "`LinearClassifier().fit`, digits"),
+    "fit_lbfgs": (_DIGITS, "optkern.LinearClassifier(solver='lbfgs', random_state=0).fit(X, y)",
+                  "`LinearClassifier(solver='lbfgs').fit`, digits"),
+    "fit_rmsprop_csr": (_DIGITS + """
+import scipy.sparse as sp
+Xs = sp.csr_matrix(X)
+""", "optkern.LinearClassifier(optimizer='rmsprop', random_state=0).fit(Xs, y)",
+        "`LinearClassifier(optimizer='rmsprop').fit`, digits CSR"),
+    "fit_hinge_sgd": (_DIGITS,
+                      "optkern.LinearClassifier(loss='hinge', optimizer='sgd', "
+                      "random_state=0).fit(X, y)",
+                      "`LinearClassifier(loss='hinge', optimizer='sgd').fit`, digits"),
+    "fit_huber": ("""
+from sklearn.datasets import load_diabetes
+_d = load_diabetes()
+X = _d.data.astype(np.float64); y = (_d.target - _d.target.mean()) / _d.target.std()
+""", "optkern.LinearRegressor(loss='huber', random_state=0).fit(X, y)",
+        "`LinearRegressor(loss='huber').fit`, diabetes"),
+    "adam_step": ("""
+p = np.zeros(1_000_000, np.float32); g = np.full(1_000_000, 1e-3, np.float32)
+opt = optkern.Adam([p], lr=1e-3)
+""", "opt.step([g])", "`Adam(...).step`, 1e6 float32"),
+}
+
+_CHILD = """
+import json, time, sys
+import numpy as np
+import optkern
+{setup}
+t0 = time.perf_counter()
+{call}
+t1 = time.perf_counter()
+{call}
+t2 = time.perf_counter()
+served = None
+try:
+    from optkern import _jit
+    served = _jit.stats()
+    if {settle}:
+        _jit.wait(timeout=600)
+except ImportError:
+    pass
+print("RESULT " + json.dumps({{"first": t1 - t0, "second": t2 - t1, "served": served}}))
+"""
+
+
+def _env(cache):
+    env = dict(os.environ)
+    env["NUMBA_CACHE_DIR"] = os.path.join(cache, "numba")
+    env["OPTKERN_CACHE_DIR"] = os.path.join(cache, "generated")
+    return env
+
+
+def _run_child(name, cache, settle):
+    setup, call, _ = ENTRIES[name]
+    code = _CHILD.format(setup=textwrap.dedent(setup), call=call, settle=settle)
+    out = subprocess.run([sys.executable, "-c", code], env=_env(cache), capture_output=True,
+                         text=True, timeout=900)
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"{name} failed:\n{out.stderr[-3000:]}")
+
+
+def _run_demo(cache):
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "optkern", "demo"], env=_env(cache), check=True,
+                   capture_output=True, timeout=1800)
+    return time.perf_counter() - t0
+
+
+def _fmt(t):
+    return f"{t * 1e3:.1f} ms" if t < 1 else f"{t:.2f} s"
+
+
+DEFAULT_CALL_SHAPES = ((4096, 784, 10), (512, 1000, 1000), (1024, 4096, 100))
+
+
+def default_call(repeat=30):
+    """Item 2 of issue 13: ``loss_and_grad`` with default arguments against
+    the same call with ``check_input=False`` (float32 softmax, alpha=1e-4,
+    out= given to both), interleaved, medians; warm kernels."""
+    import numpy as np
+
+    import optkern
+    rows = []
+    for n, d, k in DEFAULT_CALL_SHAPES:
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((n, d)).astype(np.float32)
+        y = rng.integers(0, k, n)
+        W = (0.01 * rng.standard_normal((d, k))).astype(np.float32)
+        b = np.zeros(k, np.float32)
+        out = (np.empty_like(W), np.empty_like(b))
+        calls = {"default": lambda: optkern.loss_and_grad(X, y, W, b, alpha=1e-4, out=out),
+                 "check_input=False": lambda: optkern.loss_and_grad(
+                     X, y, W, b, alpha=1e-4, out=out, check_input=False)}
+        for f in calls.values():        # compile / load, outside the timing
+            f()
+        from optkern import _jit
+        _jit.wait(900)                  # the Numba kernels, not their twins
+        for f in calls.values():
+            f()
+        times = {name: [] for name in calls}
+        for _ in range(repeat):
+            for name, f in calls.items():
+                t0 = time.perf_counter()
+                f()
+                times[name].append(time.perf_counter() - t0)
+        med = {name: statistics.median(v) for name, v in times.items()}
+        rows.append(((n, d, k), med["default"], med["check_input=False"]))
+    print("| (n, d, k) float32 softmax | default | check_input=False | ratio |")
+    print("|---|---|---|---|")
+    for shape, a, c in rows:
+        print(f"| {shape} | {a * 1e3:.3f} ms | {c * 1e3:.3f} ms | {a / c:.2f} |")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", nargs="*", default=None, help="entry names: " + ", ".join(ENTRIES))
+    ap.add_argument("--demo", action="store_true", help="also time `optkern demo`")
+    ap.add_argument("--settle", action="store_true",
+                    help="let background compiles finish before the cold process exits")
+    ap.add_argument("--repeat", type=int, default=1, help="cold processes per entry (median)")
+    ap.add_argument("--default-call", action="store_true",
+                    help="instead: the default loss_and_grad against check_input=False")
+    args = ap.parse_args(argv)
+    if args.default_call:
+        print(f"load average before: {os.getloadavg()}", flush=True)
+        default_call()
+        print(f"load average after: {os.getloadavg()}")
+        return
+    names = args.only or list(ENTRIES)
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    rows = []
+    for name in names:
+        firsts, seconds, warms, served = [], [], [], None
+        for _ in range(args.repeat):
+            cache = tempfile.mkdtemp(prefix="optkern-first-call-")
+            try:
+                cold = _run_child(name, cache, args.settle)
+                warm = _run_child(name, cache, False)
+            finally:
+                shutil.rmtree(cache, ignore_errors=True)
+            firsts.append(cold["first"])
+            seconds.append(cold["second"])
+            warms.append(warm["first"])
+            served = cold["served"]
+        row = (ENTRIES[name][2], statistics.median(firsts), statistics.median(warms),
+               statistics.median(seconds), served)
+        rows.append(row)
+        print(f"{name}: cold first {_fmt(row[1])}, warm first {_fmt(row[2])}, "
+              f"second {_fmt(row[3])}, served {served}", flush=True)
+    if args.demo:
+        cache = tempfile.mkdtemp(prefix="optkern-first-call-")
+        try:
+            cold = _run_demo(cache)
+            warm = _run_demo(cache)
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+        rows.append(("`optkern demo` (whole process)", cold, warm, float("nan"), None))
+    print(f"\nload average after: {os.getloadavg()}\n")
+    print("| entry point | first call, empty cache | first call, warm cache | second call |")
+    print("|---|---|---|---|")
+    for label, cold, warm, second, _ in rows:
+        sec = "" if second != second else _fmt(second)
+        print(f"| {label} | {_fmt(cold)} | {_fmt(warm)} | {sec} |")
+
+
+if __name__ == "__main__":
+    main()

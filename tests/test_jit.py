@@ -1,0 +1,385 @@
+"""The JIT service (optkern._jit): results never depend on which kernel served.
+
+backend="auto" calls are served by the Cython twin while the Numba kernel is
+not compiled and by Numba afterwards.  Here each path is forced ("aot": the
+twin; "sync": Numba) and the two are compared with each other and with the
+NumPy reference, for the loss kernels (every loss, dense and CSR, fused and
+BLAS, float32 and float64), predict_scores, every optimizer's step, and the
+estimators' compiled epochs (dense, CSR, the sparse epochs' NumPy reference,
+L-BFGS on CSR).  The compile server is tested in fresh processes with an
+empty cache: the first call is served by the twin and the next by Numba; a
+server killed mid-compile leaves a cache that a new process uses; two servers
+compiling the same kernel at once leave a usable entry.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import optkern
+from optkern import _backend, _jit
+from optkern.losses import LOSSES
+
+pytestmark = pytest.mark.skipif(
+    _backend.cython_module("losses") is None or _backend.cython_module() is None
+    or _backend.cython_module("epochs") is None,
+    reason="the Cython twins are not built")
+
+
+@pytest.fixture
+def served(monkeypatch):
+    """run(mode, fn): fn() with the service forced to ``mode``; returns
+    (result, calls the twin served, calls Numba served).  "auto" sends even
+    small problems to Numba here (as it does from CYTHON_MAX_SIZE elements),
+    so that the small test problems exercise the served path."""
+    monkeypatch.setattr(_backend, "CYTHON_MAX_SIZE", 0)
+
+    def run(mode, fn):
+        old = _jit.set_mode(mode)
+        _jit.forget()
+        before = _jit.stats()
+        try:
+            out = fn()
+        finally:
+            _jit.set_mode(old)
+            _jit.forget()
+        after = _jit.stats()
+        return out, after["twin"] - before["twin"], after["numba"] - before["numba"]
+    return run
+
+
+def _tol(dtype):
+    return dict(rtol=2e-4, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-11)
+
+
+def _loss_problem(loss, n, d, k, dtype, rng, csr):
+    spec = LOSSES[loss]
+    if spec.target == "binary":
+        k = 1
+        y = rng.integers(0, 2, n)
+    elif spec.target == "multiclass":
+        k = max(k, 2)
+        y = rng.integers(0, k, n)
+    else:
+        y = rng.standard_normal((n, k)).astype(dtype)
+    X = rng.standard_normal((n, d)).astype(dtype)
+    if csr:
+        X[rng.random((n, d)) < 0.7] = 0
+        X = sp.csr_matrix(X)
+    W = (0.3 * rng.standard_normal((d, k))).astype(dtype)
+    b = (0.1 * rng.standard_normal(k)).astype(dtype)
+    return X, y, W, b
+
+
+# the fixture only patches a threshold and restores the mode per call: safe
+# to share between examples
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(loss=st.sampled_from(sorted(LOSSES)), csr=st.booleans(),
+       dtype=st.sampled_from([np.float32, np.float64]), n=st.integers(1, 40),
+       d=st.integers(1, 30), k=st.sampled_from([1, 3, 20]),
+       weighted=st.booleans(), alpha=st.sampled_from([0.0, 1e-2]),
+       penalty=st.sampled_from(["l2", "l1", "elasticnet"]), seed=st.integers(0, 2 ** 16))
+def test_loss_and_grad_same_whichever_kernel_serves(served, loss, csr, dtype, n, d, k,
+                                                    weighted, alpha, penalty, seed):
+    rng = np.random.default_rng(seed)
+    X, y, W, b = _loss_problem(loss, n, d, k, dtype, rng, csr)
+    sw = rng.random(n).astype(dtype) + 0.1 if weighted else None
+    kw = dict(loss=loss, alpha=alpha, penalty=penalty, sample_weight=sw)
+    twin, n_twin, _ = served("aot", lambda: optkern.loss_and_grad(X, y, W, b, **kw))
+    numba, _, n_numba = served("sync", lambda: optkern.loss_and_grad(X, y, W, b, **kw))
+    ref = optkern.loss_and_grad(X, y, W, b, backend="numpy", **kw)
+    assert n_twin > 0 and n_numba > 0        # each path really ran
+    tol = _tol(dtype)
+    for got in (twin, numba):
+        assert got[1].dtype == dtype
+        np.testing.assert_allclose(got[0], ref[0], **tol)
+        np.testing.assert_allclose(got[1], ref[1], **tol)
+        np.testing.assert_allclose(got[2], ref[2], **tol)
+    np.testing.assert_allclose(twin[1], numba[1], **tol)
+
+
+@pytest.mark.parametrize("csr", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_predict_scores_same_whichever_kernel_serves(served, csr, dtype):
+    rng = np.random.default_rng(3)
+    X, _, W, b = _loss_problem("squared", 50, 17, 4, dtype, rng, csr)
+    twin, n_twin, _ = served("aot", lambda: optkern.predict_scores(X, W, b))
+    numba, _, n_numba = served("sync", lambda: optkern.predict_scores(X, W, b))
+    ref = optkern.predict_scores(X, W, b, backend="numpy")
+    assert n_twin > 0 and n_numba > 0
+    np.testing.assert_allclose(twin, ref, **_tol(dtype))
+    np.testing.assert_allclose(numba, ref, **_tol(dtype))
+
+
+OPTIMIZERS = [(optkern.SGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
+              (optkern.SGD, dict(lr=0.1, noise=0.01, seed=3)),
+              (optkern.Adagrad, {}), (optkern.RMSprop, dict(centered=True, momentum=0.5)),
+              (optkern.Adadelta, {}), (optkern.Adam, dict(amsgrad=True)),
+              (optkern.AdamW, {}), (optkern.Adamax, {}), (optkern.NAdam, {}),
+              (optkern.RAdam, {}), (optkern.SGLD, dict(lr=1e-3, seed=1)),
+              (optkern.FTRL, dict(l1=0.01))]
+
+
+@pytest.mark.parametrize("cls, kw", OPTIMIZERS, ids=[c.__name__ + str(i)
+                                                     for i, (c, _) in enumerate(OPTIMIZERS)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [100, 3000])
+def test_optimizer_step_same_whichever_kernel_serves(served, cls, kw, dtype, size):
+    rng = np.random.default_rng(size)
+    p0 = rng.standard_normal(size).astype(dtype)
+    grads = [rng.standard_normal(size).astype(dtype) for _ in range(6)]
+
+    def run():
+        p = p0.copy()
+        opt = cls([p], average=2, **kw)
+        for g in grads:
+            opt.step([g])
+        return p, opt.averaged_params()[0], opt.state_dict()
+
+    (pt, at, st_t), n_twin, _ = served("aot", run)
+    (pn, an, st_n), _, _ = served("sync", run)
+    assert n_twin > 0
+    np.testing.assert_allclose(pt, pn, **_tol(dtype))
+    np.testing.assert_allclose(at, an, **_tol(dtype))
+    for key, value in st_n["state"][0].items():
+        np.testing.assert_allclose(np.asarray(st_t["state"][0][key], dtype=np.float64),
+                                   np.asarray(value, dtype=np.float64), **_tol(dtype))
+
+
+def test_check_finite_raises_on_either_path(served):
+    p = np.zeros(20_000, np.float32)
+    g = np.zeros(20_000, np.float32)
+    g[123] = np.nan
+    for mode in ("aot", "sync"):
+        opt = optkern.Adam([p])
+
+        def step(opt=opt):
+            with pytest.raises(FloatingPointError, match=r"grads\[0\]"):
+                opt.step([g])
+        served(mode, step)
+        assert not p.any()
+
+
+def test_loss_and_grad_nan_raises_before_out_on_either_path(served):
+    rng = np.random.default_rng(0)
+    X, y, W, b = _loss_problem("softmax", 30, 5, 3, np.float32, rng, False)
+    X[4, 2] = np.inf
+    out = (np.full_like(W, 7), np.full_like(b, 7))
+    for mode in ("aot", "sync"):
+        def call():
+            with pytest.raises(ValueError, match="X contains NaN"):
+                optkern.loss_and_grad(X, y, W, b, out=out)
+        served(mode, call)
+        assert (out[0] == 7).all() and (out[1] == 7).all()
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(loss=st.sampled_from(sorted(LOSSES)), csr=st.booleans(),
+       dtype=st.sampled_from([np.float32, np.float64]), k=st.sampled_from([1, 3, 20]),
+       bad=st.sampled_from([np.nan, np.inf, -np.inf]), zero_w=st.booleans(),
+       zero_weight_row=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_non_finite_X_raises_before_out_on_either_path(served, loss, csr, dtype, k, bad,
+                                                       zero_w, zero_weight_row, seed):
+    # the default call finds a NaN/inf in X through the kernel's own result
+    # (optkern.losses.loss_and_grad): wherever it sits, even with W = 0, in a
+    # row of zero weight, or with a loss whose derivative is 0 there
+    rng = np.random.default_rng(seed)
+    n, d = 37, 11
+    X, y, W, b = _loss_problem(loss, n, d, k, dtype, rng, False)
+    i, j = rng.integers(0, n), rng.integers(0, d)
+    X[i, j] = bad
+    if zero_w:
+        W[...] = 0
+    sw = np.ones(n, dtype)
+    if zero_weight_row:
+        sw[i] = 0
+    if csr:
+        X = sp.csr_matrix(X)
+    out = (np.full_like(W, 7), np.full_like(b, 7))
+    for mode in ("aot", "sync"):
+        for method in ("auto", "blas") if not csr else ("auto",):
+            def call():
+                with pytest.raises(ValueError, match="X contains NaN"):
+                    optkern.loss_and_grad(X, y, W, b, loss=loss, sample_weight=sw, out=out,
+                                          method=method)
+            served(mode, call)
+            assert (out[0] == 7).all() and (out[1] == 7).all()
+
+
+FITS = [
+    ("softmax", "adam", "dense", np.float32, {}),
+    ("hinge", "sgd", "dense", np.float64, {}),
+    ("log", "rmsprop", "csr", np.float32, {"sparse_updates": "dense"}),
+    ("softmax", "rmsprop", "csr", np.float64, {}),          # the sparse (lazy) epoch
+    ("squared_hinge", "sgd", "csr", np.float64, {}),        # the sparse "scaled" epoch
+    ("huber", "adagrad", "dense", np.float32, {}),
+    ("softmax", "adam", "dense", np.float64, {"solver": "lbfgs"}),
+    ("log", "adam", "csr", np.float64, {"solver": "lbfgs"}),
+]
+
+
+@pytest.mark.parametrize("loss, optimizer, layout, dtype, extra", FITS,
+                         ids=[f"{f[0]}-{f[1]}-{f[2]}-{np.dtype(f[3]).name}-{len(f[4])}"
+                              for f in FITS])
+def test_fit_same_whichever_kernel_serves(served, loss, optimizer, layout, dtype, extra):
+    rng = np.random.default_rng(11)
+    n, d = 120, 12
+    X = rng.standard_normal((n, d)).astype(dtype)
+    if layout == "csr":
+        X[rng.random((n, d)) < 0.6] = 0
+        X = sp.csr_matrix(X)
+    regression = LOSSES[loss].target == "regression"
+    if regression:
+        y = rng.standard_normal(n)
+        cls = optkern.LinearRegressor
+    else:
+        y = rng.integers(0, 3 if loss in ("softmax", "multiclass_hinge") else 2, n)
+        cls = optkern.LinearClassifier
+
+    def fit():
+        return cls(loss=loss, optimizer=optimizer, max_epochs=4, tol=None, random_state=2,
+                   batch_size=16, **extra).fit(X, y)
+
+    twin, n_twin, _ = served("aot", fit)
+    numba, _, _ = served("sync", fit)
+    if extra.get("solver") != "lbfgs" and not (layout == "csr" and "sparse_updates" not in extra):
+        assert n_twin > 0        # the Cython epoch (sparse epochs: their NumPy reference)
+    tol = _tol(dtype) if extra.get("solver") != "lbfgs" else dict(rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(twin.coef_, numba.coef_, **tol)
+    np.testing.assert_allclose(twin.intercept_, numba.intercept_, **tol)
+    assert twin.n_iter_ == numba.n_iter_
+
+
+# ------------------------------------------------------ the compile server
+
+
+def _python(code, cache, mode="background", timeout=300):
+    env = dict(os.environ, NUMBA_CACHE_DIR=os.path.join(cache, "numba"),
+               OPTKERN_CACHE_DIR=os.path.join(cache, "generated"), OPTKERN_JIT=mode)
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+_PREDICT = """
+import numpy as np, optkern
+from optkern import _jit
+rng = np.random.default_rng(0)
+X = rng.standard_normal((40, 9)); W = rng.standard_normal((9, 3)); b = rng.standard_normal(3)
+ref = X @ W + b
+"""
+
+
+def test_first_call_is_served_by_the_twin_then_numba_takes_over(tmp_path):
+    out = _python(_PREDICT + """
+s0 = _jit.stats()
+a = optkern.predict_scores(X, W, b)
+s1 = _jit.stats()
+assert s1["twin"] > s0["twin"] and s1["pending"] >= 1, s1
+assert _jit.wait(timeout=240)
+c = optkern.predict_scores(X, W, b)
+s2 = _jit.stats()
+assert s2["numba"] > s1["numba"], s2
+np.testing.assert_allclose(a, ref, rtol=1e-12)
+np.testing.assert_allclose(c, ref, rtol=1e-12)
+print("OK")
+""", str(tmp_path))
+    assert "OK" in out
+    # the next process finds the kernel in the disk cache: Numba from its first call
+    out = _python(_PREDICT + """
+s0 = _jit.stats()
+np.testing.assert_allclose(optkern.predict_scores(X, W, b), ref, rtol=1e-12)
+assert _jit.stats()["numba"] > s0["numba"] and _jit.stats()["pending"] == 0, _jit.stats()
+print("OK")
+""", str(tmp_path))
+    assert "OK" in out
+
+
+_SERVER_REQUEST = """
+import base64, json, pickle, sys
+import numpy as np
+from numba import typeof
+from optkern.kernels import loss_drivers as drv
+X = np.ones((5, 4)); W = np.ones((4, 3))
+args = (X, W, None, np.empty((5, 3)), np.empty((3, 4)))
+sig = tuple(typeof(a) for a in args)
+fn = drv.predict_dense.py_func
+print(json.dumps({"id": 1, "module": fn.__module__, "path": fn.__code__.co_filename,
+                  "qualname": fn.__qualname__,
+                  "sig": base64.b64encode(pickle.dumps(sig)).decode("ascii")}))
+"""
+
+
+def _server_env(cache):
+    return dict(os.environ, NUMBA_CACHE_DIR=os.path.join(cache, "numba"),
+                OPTKERN_CACHE_DIR=os.path.join(cache, "generated"), OPTKERN_JIT="sync")
+
+
+def _start_server(cache, request):
+    proc = subprocess.Popen([sys.executable, "-m", "optkern._jit"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_server_env(cache))
+    proc.stdin.write(request)
+    proc.stdin.flush()
+    return proc
+
+
+_USE_CACHED = _PREDICT + """
+from optkern.kernels import loss_drivers as drv
+from numba import typeof
+args = (X, W, b, np.empty((40, 3)), np.empty((3, 9)))
+sig = tuple(typeof(a) for a in args)
+loaded = _jit._load_cached(drv.predict_dense, sig)
+drv.predict_dense(*args)           # compiles here if the entry was not there
+np.testing.assert_allclose(args[3], ref, rtol=1e-12)
+print("LOADED" if loaded else "MISS")
+"""
+
+
+@pytest.mark.parametrize("delay", [0.5, 1.5, 3.0])
+def test_server_killed_mid_compile_leaves_a_usable_cache(tmp_path, delay):
+    cache = str(tmp_path)
+    request = _python(_SERVER_REQUEST, cache, mode="sync")
+    # the request's signature has b=None; the checks below use the same call
+    # with b given too: both must work whatever the kill left behind
+    proc = _start_server(cache, request)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    out = _python(_USE_CACHED, cache, mode="sync")
+    assert "LOADED" in out or "MISS" in out
+    # a new server compiles it completely; a process then loads it from the cache
+    proc = _start_server(cache, request)
+    proc.stdin.close()
+    reply = proc.stdout.read()
+    assert proc.wait(timeout=300) == 0
+    assert '"status": "ok"' in reply, reply + proc.stderr.read()
+    out = _python(_USE_CACHED.replace("b, np.empty((40, 3))", "None, np.empty((40, 3))")
+                  .replace("ref, rtol", "X @ W, rtol"), cache, mode="sync")
+    assert "LOADED" in out
+
+
+def test_two_servers_compiling_the_same_kernel_at_once(tmp_path):
+    cache = str(tmp_path)
+    request = _python(_SERVER_REQUEST, cache, mode="sync")
+    procs = [_start_server(cache, request) for _ in range(2)]
+    for proc in procs:
+        proc.stdin.close()
+    for proc in procs:
+        reply = proc.stdout.read()
+        assert proc.wait(timeout=300) == 0
+        assert '"status": "ok"' in reply, reply + proc.stderr.read()
+    out = _python(_USE_CACHED.replace("b, np.empty((40, 3))", "None, np.empty((40, 3))")
+                  .replace("ref, rtol", "X @ W, rtol"), cache, mode="sync")
+    assert "LOADED" in out
+    leftovers = [f for _, _, files in os.walk(cache) for f in files if ".tmp." in f]
+    assert not leftovers
