@@ -788,7 +788,7 @@ class _BaseLinear(BaseEstimator):
         if alpha > 0 and alpha * lr >= 1.0:
             return (f"The penalty is the likely cause: alpha={alpha:g} times lr={lr:g} is "
                     f">= 1, so each step's {penalty} penalty overshoots; lower alpha "
-                    "(alpha=...).")
+                    "(alpha=...) or use a lower learning rate (lr=...).")
         return "Try a lower learning rate (lr=...)."
 
     def _warn_state_overflow(self, opt):
