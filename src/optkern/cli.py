@@ -103,21 +103,24 @@ def _backend_name(value):
     return _name("backend", _backends())(value)
 
 
-def _positive_float(value):
+def _number(value, cast=float):
+    """``cast(value)``, or the usage error naming the (shortened) token."""
     try:
-        v = float(value)
+        return cast(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+        kind = "a number" if cast is float else "an integer"
+        raise argparse.ArgumentTypeError(f"{value[:80]!r} is not {kind}") from None
+
+
+def _positive_float(value):
+    v = _number(value)
     if not (math.isfinite(v) and v > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
     return v
 
 
 def _nonneg_float(value):
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    v = _number(value)
     if not (math.isfinite(v) and v >= 0):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value}")
     return v
@@ -131,20 +134,14 @@ def _fraction(value):
 
 
 def _positive_int(value):
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    v = _number(value, int)
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
     return v
 
 
 def _nonneg_int(value):
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    v = _number(value, int)
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
     return v
@@ -170,10 +167,7 @@ def _pixels(value):
 
 
 def _finite_float(value):
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value[:80]!r} is not a number") from None
+    v = _number(value)
     if not math.isfinite(v):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
     return v

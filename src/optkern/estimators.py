@@ -164,6 +164,31 @@ def sparse_wide(X):
 ADAPTIVE_MIN_LR = 1e-6
 
 
+class _Stall:
+    """scikit-learn's stopping rule, per epoch (in memory) or round (dask):
+    no improvement by ``tol`` of the training loss (or of the validation
+    score, when there is one) for ``n_iter_no_change`` epochs in a row."""
+
+    def __init__(self, tol, n_iter_no_change):
+        self.tol, self.patience = tol, n_iter_no_change
+        self.best_loss, self.best_score, self.no_improve = math.inf, -math.inf, 0
+
+    def stalled(self, loss, val_score=None):
+        """Record one epoch; True when the run has stalled (the count then
+        restarts, for a caller that continues with a smaller rate)."""
+        if val_score is not None:
+            improved = val_score >= self.best_score + self.tol
+            self.best_score = max(self.best_score, val_score)
+        else:
+            improved = loss <= self.best_loss - self.tol
+            self.best_loss = min(self.best_loss, loss)
+        self.no_improve = 0 if improved else self.no_improve + 1
+        if self.no_improve >= self.patience:
+            self.no_improve = 0
+            return True
+        return False
+
+
 def _choice(name, value, choices):
     if value not in choices:
         import difflib
@@ -684,7 +709,7 @@ class _BaseLinear(BaseEstimator):
         ctx.sparse_mode = sparse_epochs.resolve_mode(self, X, opt, ctx.schedule, ctx.backend)
         adaptive = schedule is None or schedule == "adaptive"
         history = list(self.history_) if (keep_state and hasattr(self, "history_")) else []
-        best_loss, best_score, no_improve = math.inf, -math.inf, 0
+        stall = _Stall(self.tol, self.n_iter_no_change)
         good_W, good_b = W.copy(), None if b is None else b.copy()
         good_state = opt._snapshot()
         epoch0 = len(history)
@@ -739,23 +764,15 @@ class _BaseLinear(BaseEstimator):
                     ctx.plateau = ctx.schedule.update(
                         -row["val_score"] if X_val is not None else loss)
                 stop = _run_callbacks(self.callbacks, row)
-                if self.tol is not None and not partial:
-                    if X_val is not None:
-                        improved = row["val_score"] >= best_score + self.tol
-                        best_score = max(best_score, row["val_score"])
+                if self.tol is not None and not partial and stall.stalled(
+                        loss, row["val_score"] if X_val is not None else None):
+                    if adaptive and base_lr * ctx.plateau > ADAPTIVE_MIN_LR:
+                        # scikit-learn's "adaptive": a stalled run continues
+                        # with a five times smaller rate
+                        ctx.plateau /= 5.0
                     else:
-                        improved = loss <= best_loss - self.tol
-                        best_loss = min(best_loss, loss)
-                    no_improve = 0 if improved else no_improve + 1
-                    if no_improve >= self.n_iter_no_change:
-                        if adaptive and base_lr * ctx.plateau > ADAPTIVE_MIN_LR:
-                            # scikit-learn's "adaptive": a stalled run continues
-                            # with a five times smaller rate
-                            ctx.plateau /= 5.0
-                            no_improve = 0
-                        else:
-                            converged = True
-                            break
+                        converged = True
+                        break
                 if stop:
                     converged = True
                     break

@@ -570,6 +570,20 @@ _DECODE_ERRORS = (TypeError, ValueError, KeyError, AttributeError, IndexError,
                   NotImplementedError, RecursionError, OverflowError, ZeroDivisionError)
 
 
+def _decode_section(raw, arrays, path, section):
+    """Decode every entry of the metadata's ``section``; any failure is a
+    ModelFileError naming ``section.key``."""
+    out = {}
+    for k, v in raw.items():
+        try:
+            out[k] = _decode(v, arrays, f"{path}: {section}.{k}")
+        except ModelFileError:
+            raise
+        except _DECODE_ERRORS as exc:
+            raise ModelFileError(f"{path}: {section}.{k} cannot be restored "
+                                 f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    return out
+
 def load_with_metadata(path):
     """``(estimator, extra)``: the model and the ``extra`` dict given to ``save``.
 
@@ -603,29 +617,13 @@ def load_with_metadata(path):
         raise ModelFileError(f"{path}: attributes {[b[:80] for b in bad[:5]]} are not fitted "
                              f"attributes of {name}; a model file may set only "
                              f"{sorted(_FITTED)}")
-    params = {}
-    for k, v in raw_params.items():
-        try:
-            params[k] = _decode(v, arrays, f"{path}: params.{k}")
-        except ModelFileError:
-            raise
-        except _DECODE_ERRORS as exc:
-            raise ModelFileError(f"{path}: params.{k} cannot be restored "
-                                 f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    params = _decode_section(raw_params, arrays, path, "params")
     try:
         est.set_params(**params)
         est._validate_params()
     except _DECODE_ERRORS as exc:
         raise ModelFileError(f"{path}: invalid params ({str(exc)[:300]})") from None
-    attributes = {}
-    for k, v in raw_attrs.items():
-        try:
-            attributes[k] = _decode(v, arrays, f"{path}: attributes.{k}")
-        except ModelFileError:
-            raise
-        except _DECODE_ERRORS as exc:
-            raise ModelFileError(f"{path}: attributes.{k} cannot be restored "
-                                 f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    attributes = _decode_section(raw_attrs, arrays, path, "attributes")
     _check_attributes(attributes, name, path)
     for k, v in attributes.items():
         setattr(est, k, v)

@@ -427,7 +427,7 @@ class _DaskLinear(BaseEstimator):
         start, _ = self._shard_objective(client, ds, model0, theta0, "the starting loss")
         limit = 1e4 * max(float(start), 1e-3)
         history, good = [], None
-        best_loss, best_score, no_improve = math.inf, -math.inf, 0
+        stall = _est._Stall(self.tol, self.n_iter_no_change)
         converged = False
         callbacks = self.callbacks or ()
         progress = self._progress()
@@ -488,21 +488,13 @@ class _DaskLinear(BaseEstimator):
                 if isinstance(schedule, _sched.ReduceOnPlateau):
                     plateau = schedule.update(-row["val_score"] if _early_stopping(self) else loss)
                 stop = _est._run_callbacks(callbacks, row)
-                if self.tol is not None:
-                    if _early_stopping(self):
-                        improved = row["val_score"] >= best_score + self.tol
-                        best_score = max(best_score, row["val_score"])
+                if self.tol is not None and stall.stalled(
+                        loss, row["val_score"] if _early_stopping(self) else None):
+                    if adaptive and base_lr * plateau > _est.ADAPTIVE_MIN_LR:
+                        plateau /= 5.0
                     else:
-                        improved = loss <= best_loss - self.tol
-                        best_loss = min(best_loss, loss)
-                    no_improve = 0 if improved else no_improve + 1
-                    if no_improve >= self.n_iter_no_change:
-                        if adaptive and base_lr * plateau > _est.ADAPTIVE_MIN_LR:
-                            plateau /= 5.0
-                            no_improve = 0
-                        else:
-                            converged = True
-                            break
+                        converged = True
+                        break
                 if stop:
                     converged = True
                     break
