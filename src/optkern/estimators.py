@@ -224,6 +224,16 @@ def _derived_seed(random_state):
     return int(np.random.RandomState(random_state).randint(0, 2 ** 31 - 1))
 
 
+def _n_states(optimizer):
+    """State arrays per parameter of an optimizer instance or name (the memory
+    check's count: Adam 2, SGD 0, ...)."""
+    from optkern.kernels.rules import RULES
+
+    cls = type(optimizer) if isinstance(optimizer, _opt.Optimizer) else \
+        OPTIMIZER_NAMES[optimizer][0]
+    return len(RULES[cls._rule].states)
+
+
 def _run_callbacks(callbacks, row):
     """Call every callback with its own copy of the epoch's history row (all
     of them, every epoch: one callback's answer never skips the next one);
@@ -828,7 +838,6 @@ class _BaseLinear(BaseEstimator):
     def _check_fit_memory(self, X, k):
         """ModelTooLargeError before anything is allocated (optkern._memory)."""
         from optkern import _memory
-        from optkern.kernels.rules import RULES
 
         n, d = X.shape
         if sp.issparse(X):
@@ -837,11 +846,9 @@ class _BaseLinear(BaseEstimator):
             rows = n
         else:
             rows = min(n, self._batch_size(n) or n)
-        if isinstance(self.optimizer, _opt.Optimizer):
-            cls = type(self.optimizer)
-        else:
-            cls = OPTIMIZER_NAMES[self._optimizer_name()][0]
-        _memory.check_fit_memory(d, k, X.dtype, len(RULES[cls._rule].states),
+        opt = self.optimizer if isinstance(self.optimizer, _opt.Optimizer) else \
+            self._optimizer_name()
+        _memory.check_fit_memory(d, k, X.dtype, _n_states(opt),
                                  solver=self.solver, average=self.average,
                                  intercept=bool(self.fit_intercept), batch_rows=rows,
                                  what=f"{type(self).__name__}.fit")

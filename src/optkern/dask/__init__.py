@@ -64,7 +64,6 @@ from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.utils import check_random_state
 
 from optkern import estimators as _est
-from optkern import optimizers as _opt
 from optkern import schedules as _sched
 from optkern.dask import _data, _worker
 from optkern.dask._data import DataFiles
@@ -355,11 +354,9 @@ class _DaskLinear(BaseEstimator):
         holds the model, the round's averaged state and (L-BFGS) scipy's
         vectors; each worker's partial_fit checks its own memory again."""
         from optkern import _memory
-        from optkern.kernels.rules import RULES
 
-        opt = self._resolved_params(ds)["optimizer"]
-        cls = type(opt) if isinstance(opt, _opt.Optimizer) else _est.OPTIMIZER_NAMES[opt][0]
-        _memory.check_fit_memory(ds.d, self._k(ds), ds.dtype, len(RULES[cls._rule].states),
+        _memory.check_fit_memory(ds.d, self._k(ds), ds.dtype,
+                                 _est._n_states(self._resolved_params(ds)["optimizer"]),
                                  solver=self.solver, average=self.average,
                                  intercept=bool(self.fit_intercept),
                                  what=f"optkern.dask.{type(self).__name__}.fit")
