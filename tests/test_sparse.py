@@ -523,3 +523,69 @@ def test_snapshot_into_reuses_buffers_and_restores(name, kw, average):
                 np.testing.assert_array_equal(got["state"][i][key], v)
             else:
                 assert got["state"][i][key] == v
+
+
+# (optimizer, options, mode) covering the three compiled kinds: lazy, linear
+# (catch-up state across blocks, the dense first step, averaging) and scaled
+# (the scale and the cumulative L1 amount across blocks)
+BLOCK_CASES = [
+    ("adagrad", dict(alpha=1e-2), "lazy"),
+    ("adam", dict(alpha=1e-2, average=2), "lazy"),
+    ("momentum", dict(alpha=1e-2, average=3), "exact"),
+    ("sgd", dict(alpha=2e-2, penalty="elasticnet", l1_ratio=0.6), "exact"),
+]
+
+
+@pytest.mark.parametrize("name, kw, mode", BLOCK_CASES,
+                         ids=[f"{n}-{m}-{j}" for j, (n, _, m) in enumerate(BLOCK_CASES)])
+@settings(max_examples=2, deadline=None)
+@given(seed=st.integers(0, 10_000), batch=st.sampled_from([1, 3, 7]),
+       dtype=st.sampled_from([np.float32, np.float64]), work=st.integers(1, 400))
+def test_blocked_sparse_epoch_is_the_one_call_epoch(name, kw, mode, seed, batch, dtype, work):
+    """Ctrl-C needs the epoch in several compiled calls (issue 16): blocks of a
+    few minibatches give the same weights and state as one call, and the same
+    loss up to the per-block summation."""
+    X, _, y = _csr(seed, dtype=dtype)
+    kw = dict(kw, optimizer=name, batch_size=batch, max_epochs=2)
+    one = _fit(X, y, mode, "numba", **kw)
+    assert E._block_rows(X, 3, batch, work) < X.shape[0]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(E, "SPARSE_EPOCH_BLOCK_WORK", work)
+        blocked = _fit(X, y, mode, "numba", **kw)
+    np.testing.assert_array_equal(blocked.coef_, one.coef_)
+    np.testing.assert_array_equal(blocked.intercept_, one.intercept_)
+    sa, sb = blocked._opt_state["state"], one._opt_state["state"]
+    assert sa.keys() == sb.keys()
+    for g in sa:
+        assert sa[g].keys() == sb[g].keys()
+        for key in sa[g]:
+            np.testing.assert_array_equal(sa[g][key], sb[g][key])
+    np.testing.assert_allclose([h["loss"] for h in blocked.history_],
+                               [h["loss"] for h in one.history_], rtol=1e-5 if dtype ==
+                               np.float32 else 1e-10)
+
+
+def test_blocked_sparse_epoch_answers_an_interrupt(monkeypatch):
+    """A KeyboardInterrupt between two blocks of a sparse epoch: the fit keeps
+    the last whole epoch's model (the estimators' Ctrl-C rule)."""
+    X, y, _ = _csr(5)
+    monkeypatch.setattr(E, "SPARSE_EPOCH_BLOCK_WORK", 30)
+    per_epoch = -(-X.shape[0] // E._block_rows(X, 1, 4, 30))
+    assert per_epoch > 2
+    from optkern import sparse_epochs
+    calls = []
+    real = sparse_epochs.SparseRunner._run
+
+    def run(self, *a, **k):
+        calls.append(1)
+        if len(calls) == per_epoch + 2:      # the second epoch's second block
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(sparse_epochs.SparseRunner, "_run", run)
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        m = _fit(X, y, "lazy", "numba", optimizer="adagrad", batch_size=4, max_epochs=5)
+    monkeypatch.setattr(sparse_epochs.SparseRunner, "_run", real)
+    ref = _fit(X, y, "lazy", "numba", optimizer="adagrad", batch_size=4, max_epochs=1)
+    assert len(m.history_) == 1
+    np.testing.assert_array_equal(m.coef_, ref.coef_)

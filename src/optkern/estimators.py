@@ -239,13 +239,19 @@ def _run_callbacks(callbacks, row):
 # answered within one block (~0.1 s at 1 GFLOP/s); the steps, their order and
 # the weights are those of one call (the loss is summed per block).
 EPOCH_BLOCK_WORK = 10 ** 8
+# The sparse epochs' steps cost tens of ns per nonzero and output (random
+# accesses to W and its state, the rule per element): blocks of ~10^7
+# nonzeros x outputs answer Ctrl-C within ~1 s.
+SPARSE_EPOCH_BLOCK_WORK = 10 ** 7
 
 
-def _block_rows(X, k, batch_size):
-    """Rows per compiled call: a multiple of the batch size near EPOCH_BLOCK_WORK."""
+def _block_rows(X, k, batch_size, work=None):
+    """Rows per compiled call: a multiple of the batch size near ``work``
+    multiply-adds (EPOCH_BLOCK_WORK)."""
+    work = EPOCH_BLOCK_WORK if work is None else work
     n = X.shape[0]
     per_row = (X.nnz / max(n, 1) if sp.issparse(X) else X.shape[1]) * max(k, 1)
-    steps = int(EPOCH_BLOCK_WORK // max(per_row * batch_size, 1))
+    steps = int(work // max(per_row * batch_size, 1))
     return max(steps, 1) * batch_size
 
 
@@ -575,7 +581,8 @@ class _BaseLinear(BaseEstimator):
                     _jit.warm_up_call(sparse_epochs.warm_up, *sparse_epochs.warm_up_args(
                         self, ctx))
             if not runner.reference:
-                return runner(order, bs)
+                return runner(order, bs, block=_block_rows(
+                    ctx.X, ctx.W.shape[1], bs, SPARSE_EPOCH_BLOCK_WORK))
         from optkern.kernels import sparse_reference
         return sparse_reference.epoch(self, ctx, order, bs, ctx.sparse_mode)
 
