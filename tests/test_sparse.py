@@ -358,6 +358,35 @@ def test_sparse_wide_defaults():
     assert dense._optimizer_name() == "adam" and dense._alpha_value() == 1e-4
     narrow = sp.csr_matrix(X[:, :100])
     assert not E.sparse_wide(narrow)
+    assert m._n_iter_no_change() == 1 and dense._n_iter_no_change() == 5
+
+
+@pytest.mark.parametrize("wide", [True, False])
+def test_sparse_wide_default_stops_at_the_first_epoch_without_improvement(wide):
+    """n_iter_no_change="auto": on sparse, wide data the fit stops after the
+    first epoch whose loss does not improve by tol (the loss history says
+    where); elsewhere scikit-learn's 5 epochs in a row."""
+    rng = np.random.default_rng(1)
+    X = sp.random(400, 5000, density=0.003, format="csr", random_state=1)
+    y = (X @ rng.standard_normal(5000) > 0).astype(int)
+    if not wide:
+        X = sp.csr_matrix(X[:, :200].toarray() + 0.01)     # dense enough: not "wide"
+    m = optkern.LinearClassifier(random_state=0, tol=1e-2, max_epochs=60).fit(X, y)
+    losses = [h["loss"] for h in m.history_]
+    patience = 1 if wide else 5
+    best, misses, stop = np.inf, 0, None
+    for e, loss in enumerate(losses):
+        misses = 0 if loss <= best - 1e-2 else misses + 1
+        best = min(best, loss)
+        if misses >= patience:
+            stop = e + 1
+            break
+    if wide:
+        assert stop == len(losses)
+    else:    # the adaptive rate continues after a stall: at least 5 epochs then
+        assert stop is not None and stop <= len(losses) and len(losses) >= 6
+    with pytest.raises(ValueError, match="n_iter_no_change"):
+        optkern.LinearClassifier(n_iter_no_change="never").fit(X, y)
 
 
 def test_fit_does_not_copy_X():
