@@ -47,7 +47,7 @@ from . import schedule_rules as _schedule_rules
 from . import sparse_rules as _sparse_rules
 from ._simd import csr_row_scores
 
-TEMPLATE_VERSION = "2"
+TEMPLATE_VERSION = "3"
 
 
 # ------------------------------------------------------------ shared pieces
@@ -84,9 +84,9 @@ def row_scores(data, indices, lo, hi, W, Wf, b, z):
 
 
 @njit(inline="always")
-def scatter_row(data, indices, lo, hi, slot, dz, G):
-    """G[slot[f]] += x_f * dz for the row's nonzeros."""
-    k = dz.shape[0]
+def scatter_row(data, indices, lo, hi, slot, dz, G, k):
+    """G[slot[f]] += x_f * dz for the row's nonzeros (k = dz's length, a
+    literal 1 in the one-output epochs)."""
     for q in range(lo, hi):
         s = slot[indices[q]]
         x = data[q]
@@ -232,7 +232,7 @@ _BATCH = '''\
                     for j in range(k):
                         G[u, j] = data[lo + u] * dz[j]
             else:
-                scatter_row(data, indices, lo, hi, slot, dz, G)
+                scatter_row(data, indices, lo, hi, slot, dz, G, k)
         if wsum <= 0.0 or not math.isfinite(lsum):
             if not direct:
                 for u in range(nt):
@@ -494,6 +494,12 @@ def _source(loss_name, rule_name):
         for key, value in fill.items():
             text = text.replace("{" + key + "}", value)
         parts.append(text)
+        # the one-output twin (binary losses, regression): k a literal 1, so
+        # the compiler drops every loop over the outputs (the same arithmetic
+        # in the same order: the same weights as the general epoch)
+        one = text.replace(f"def epoch_{kind}(", f"def epoch_{kind}_k1(", 1)
+        assert one.count("    k = W.shape[1]\n") == 1
+        parts.append(one.replace("    k = W.shape[1]\n", "    k = 1\n"))
     with open(update_mod.__file__, encoding="utf-8") as fh:
         update_text = fh.read()
     digest = hashlib.sha256(

@@ -618,3 +618,49 @@ def test_blocked_sparse_epoch_answers_an_interrupt(monkeypatch):
     ref = _fit(X, y, "lazy", "numba", optimizer="adagrad", batch_size=4, max_epochs=1)
     assert len(m.history_) == 1
     np.testing.assert_array_equal(m.coef_, ref.coef_)
+
+
+# one output: binary classifiers (log, hinge) and regression (squared), in the
+# lazy, linear (catch-up tables) and scaled kinds
+K1_CASES = [
+    ("log", "adagrad", dict(alpha=1e-2), "lazy"),
+    ("hinge", "adam", dict(alpha=1e-2, average=2), "lazy"),
+    ("log", "momentum", dict(alpha=1e-2), "exact"),
+    ("hinge", "sgd", dict(alpha=2e-2, penalty="elasticnet", l1_ratio=0.5), "exact"),
+    ("squared", "adagrad", dict(alpha=1e-2), "lazy"),
+    ("squared", "sgd", dict(alpha=1e-2, average=True), "exact"),
+]
+
+
+@pytest.mark.parametrize("loss, name, kw, mode", K1_CASES,
+                         ids=[f"{lo}-{n}-{m}" for lo, n, _, m in K1_CASES])
+@settings(max_examples=2, deadline=None)
+@given(seed=st.integers(0, 10_000), batch=st.sampled_from([1, 4]),
+       dtype=st.sampled_from([np.float32, np.float64]),
+       lr=st.sampled_from([0.01, 0.05]))
+def test_one_output_epoch_is_the_general_epoch(loss, name, kw, mode, seed, batch, dtype, lr):
+    """The k = 1 twins (epoch_rows_k1, epoch_scaled_k1) give the weights of the
+    general epoch bit for bit, and agree with the NumPy sparse reference."""
+    from optkern.kernels import sparse_epoch_drivers as sed
+
+    X, y2, _ = _csr(seed, dtype=dtype)
+    if loss == "squared":
+        y = np.asarray(X @ np.linspace(-1, 1, X.shape[1])).ravel()
+        cls = optkern.LinearRegressor
+    else:
+        y = y2
+        cls = optkern.LinearClassifier
+    kw = dict(kw, loss=loss, optimizer=name, batch_size=batch, lr=lr, max_epochs=2, tol=None,
+              random_state=seed, sparse_updates=mode)
+    got = cls(backend="numba", **kw).fit(X, y)
+    with pytest.MonkeyPatch.context() as mp:     # the general epoch on one output
+        for mod in list(sed._MODULES.values()):
+            mp.setattr(mod, "epoch_rows_k1", mod.epoch_rows)
+            mp.setattr(mod, "epoch_scaled_k1", mod.epoch_scaled)
+        general = cls(backend="numba", **kw).fit(X, y)
+    np.testing.assert_array_equal(got.coef_, general.coef_)
+    np.testing.assert_array_equal(got.intercept_, general.intercept_)
+    ref = cls(backend="numpy", **kw).fit(X, y)
+    tol = dict(rtol=2e-4, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(got.coef_, ref.coef_, **tol)
+    np.testing.assert_allclose(got.intercept_, ref.intercept_, **tol)

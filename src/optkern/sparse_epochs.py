@@ -59,6 +59,8 @@ def compiled_for(runner):
     (optkern._jit): the epoch, and the feature counts of the lazy mode."""
     from optkern import _jit
     fn = runner.mod.epoch_scaled if runner.kind == "scaled" else runner.mod.epoch_rows
+    if runner.ctx.W.shape[1] == 1:
+        fn = runner.mod.epoch_scaled_k1 if runner.kind == "scaled" else runner.mod.epoch_rows_k1
     need = [fn]
     if runner.kind == "lazy" and runner.alpha > 0:
         need.append(sparse_epoch_drivers.feature_counts)
@@ -251,14 +253,15 @@ class SparseRunner:
         elif self.kind == "linear":
             lr = ctx.base_lr * ctx.schedule.factor(ctx.t) * ctx.plateau
             P, S = self._tables(user, lr, n_steps)
+        one = ctx.W.shape[1] == 1      # the one-output twins (no loops over outputs)
         if self.kind == "scaled":
-            fn = self.mod.epoch_scaled
+            fn = self.mod.epoch_scaled_k1 if one else self.mod.epoch_scaled
             wd = opt._spec.user_hyper.index("weight_decay")
             user = tuple(v + self.alpha * (1.0 - self.l1_ratio) if j == wd else v
                          for j, v in enumerate(user))
             extra = (float(self.alpha * self.l1_ratio), self.q, self.carry)
         else:
-            fn = self.mod.epoch_rows
+            fn = self.mod.epoch_rows_k1 if one else self.mod.epoch_rows
             extra = (inv_p, P, S, self.last if self.last is not None else
                      np.zeros(1, np.int64), self.A, self.Ssum, self.tmp, self.x, self.y)
         mean = self._blocks(fn, order, batch_size, user, extra, block)
