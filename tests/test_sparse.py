@@ -624,11 +624,9 @@ def test_blocked_sparse_epoch_answers_an_interrupt(monkeypatch):
 # lazy, linear (catch-up tables) and scaled kinds
 K1_CASES = [
     ("log", "adagrad", dict(alpha=1e-2), "lazy"),
-    ("hinge", "adam", dict(alpha=1e-2, average=2), "lazy"),
     ("log", "momentum", dict(alpha=1e-2), "exact"),
     ("hinge", "sgd", dict(alpha=2e-2, penalty="elasticnet", l1_ratio=0.5), "exact"),
     ("squared", "adagrad", dict(alpha=1e-2), "lazy"),
-    ("squared", "sgd", dict(alpha=1e-2, average=True), "exact"),
 ]
 
 

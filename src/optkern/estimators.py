@@ -247,9 +247,9 @@ def _run_callbacks(callbacks, row):
 # the weights are those of one call (the loss is summed per block).
 EPOCH_BLOCK_WORK = 10 ** 8
 # The sparse epochs' steps cost tens of ns per nonzero and output (random
-# accesses to W and its state, the rule per element): blocks of ~10^7
+# accesses to W and its state, the rule per element): blocks of ~5 x 10^6
 # nonzeros x outputs answer Ctrl-C within ~1 s.
-SPARSE_EPOCH_BLOCK_WORK = 10 ** 7
+SPARSE_EPOCH_BLOCK_WORK = 5 * 10 ** 6
 
 
 def _block_rows(X, k, batch_size, work=None):
