@@ -21,6 +21,15 @@ this module writes one source file (the mechanism of ``drivers.py``) holding
     cumulative L1 penalty clips the touched weights.  At the end W = s V and
     every weight gets the L1 amount it is owed.
 
+Both take ``start, stop`` right after ``order``: they train on the rows
+order[start:stop] (a multiple of batch_size, or the epoch's tail) and resume
+where the previous call stopped, so an epoch can run in blocks (Ctrl-C is
+answered between them): the catch-up timestamps are set when start == 0, the
+end-of-epoch pass and the penalty's value run when stop == n, and
+``epoch_scaled`` keeps (s, u) in ``carry`` between calls.  Each has a
+one-output twin (``epoch_rows_k1``, ``epoch_scaled_k1``): the same source
+with k a literal 1, the same arithmetic.
+
 A step costs O(nnz_batch x k + k), independent of n_features; the epoch adds
 O(n_features x k) once, at its end.  The epoch's loss is the mean minibatch
 data loss plus the penalty of the weights at the end of the epoch (the dense
