@@ -50,6 +50,30 @@ def epoch_sweep(rows, features, repeats):
     return out
 
 
+def accuracy_by_epoch(rows, features, n_classes, epochs, seeds=(0, 1)):
+    """The default fit with ``tol=None``: training loss and test accuracy after
+    every epoch (a callback scores ``coef_``), per seed of the row order --
+    the measurement that chose ``n_iter_no_change="auto"`` on sparse, wide
+    data (docs/sparse.md, "Stopping")."""
+    import warnings
+
+    from optkern.sparse_bench import split
+
+    X, y = text_like(rows, features, n_classes, seed=0)
+    Xtr, ytr, Xte, yte = split(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optkern.LinearClassifier(max_epochs=1).fit(Xtr[:500], ytr[:500])   # compile / load
+        for seed in seeds:
+            clf = optkern.LinearClassifier(random_state=seed, max_epochs=epochs, tol=None)
+            accs = []
+            clf.callbacks = [lambda row: accs.append(clf.score(Xte, yte))]
+            clf.fit(Xtr, ytr)
+            for h, a in zip(clf.history_, accs):
+                print(f"  {n_classes} classes, seed {seed}: epoch {h['epoch']:2d}  loss "
+                      f"{h['loss']:.5f}  test accuracy {a:.4f}  ({h['time']:.2f} s)", flush=True)
+
+
 def per_example(rows, features, repeats, epochs=5):
     """Per-example SGD on CSR: optkern's exact plain-SGD epoch (batch_size=1,
     the scaled-weight trick) against SGDClassifier's loop, ``epochs`` epochs
@@ -104,6 +128,9 @@ def main(argv=None):
     p.add_argument("--skip-sweep", action="store_true")
     p.add_argument("--per-example", action="store_true",
                    help="also time per-example SGD against SGDClassifier's loop")
+    p.add_argument("--accuracy-by-epoch", type=int, default=0, metavar="EPOCHS",
+                   help="also print the default fit's loss and test accuracy after each of "
+                   "EPOCHS epochs (tol=None), for each of --classes")
     args = p.parse_args(argv)
     print(f"load average before: {os.getloadavg()}; optkern {optkern.__version__}")
     if not args.skip_race:
@@ -122,6 +149,9 @@ def main(argv=None):
                     print(f"  {name:55s} {med:8.2f} s  test accuracy {acc:.3f}", flush=True)
     if args.per_example:
         per_example(args.rows, args.features, args.repeats)
+    if args.accuracy_by_epoch:
+        for k in [int(c) for c in args.classes.split(",")]:
+            accuracy_by_epoch(args.rows, args.features, k, args.accuracy_by_epoch)
     if args.skip_sweep:
         print(f"load average after: {os.getloadavg()}")
         return

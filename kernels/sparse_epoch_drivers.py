@@ -21,6 +21,15 @@ this module writes one source file (the mechanism of ``drivers.py``) holding
     cumulative L1 penalty clips the touched weights.  At the end W = s V and
     every weight gets the L1 amount it is owed.
 
+Both take ``start, stop`` right after ``order``: they train on the rows
+order[start:stop] (a multiple of batch_size, or the epoch's tail) and resume
+where the previous call stopped, so an epoch can run in blocks (Ctrl-C is
+answered between them): the catch-up timestamps are set when start == 0, the
+end-of-epoch pass and the penalty's value run when stop == n, and
+``epoch_scaled`` keeps (s, u) in ``carry`` between calls.  Each has a
+one-output twin (``epoch_rows_k1``, ``epoch_scaled_k1``): the same source
+with k a literal 1, the same arithmetic.
+
 A step costs O(nnz_batch x k + k), independent of n_features; the epoch adds
 O(n_features x k) once, at its end.  The epoch's loss is the mean minibatch
 data loss plus the penalty of the weights at the end of the epoch (the dense
@@ -47,7 +56,7 @@ from . import schedule_rules as _schedule_rules
 from . import sparse_rules as _sparse_rules
 from ._simd import csr_row_scores
 
-TEMPLATE_VERSION = "1"
+TEMPLATE_VERSION = "3"
 
 
 # ------------------------------------------------------------ shared pieces
@@ -84,9 +93,9 @@ def row_scores(data, indices, lo, hi, W, Wf, b, z):
 
 
 @njit(inline="always")
-def scatter_row(data, indices, lo, hi, slot, dz, G):
-    """G[slot[f]] += x_f * dz for the row's nonzeros."""
-    k = dz.shape[0]
+def scatter_row(data, indices, lo, hi, slot, dz, G, k):
+    """G[slot[f]] += x_f * dz for the row's nonzeros (k = dz's length, a
+    literal 1 in the one-output epochs)."""
     for q in range(lo, hi):
         s = slot[indices[q]]
         x = data[q]
@@ -199,12 +208,12 @@ _schedule = njit(cache=True)(_schedule_py)
 _BATCH = '''\
         if direct:
             # one row without repeated features: its nonzeros are the touched rows
-            lo = indptr[order[start]]
-            nt = indptr[order[start] + 1] - lo
+            lo = indptr[order[r0]]
+            nt = indptr[order[r0] + 1] - lo
             for u in range(nt):
                 touched[u] = indices[lo + u]
         else:
-            nt = collect_rows(indices, indptr, order, start, stop, slot, touched)
+            nt = collect_rows(indices, indptr, order, r0, r1, slot, touched)
             for u in range(nt):
                 for j in range(k):
                     G[u, j] = 0.0
@@ -213,7 +222,7 @@ _BATCH = '''\
             db[j] = 0.0
         lsum = 0.0
         wsum = 0.0
-        for r in range(start, stop):
+        for r in range(r0, r1):
             i = order[r]
             w = sw[i]
             lo = indptr[i]
@@ -232,19 +241,19 @@ _BATCH = '''\
                     for j in range(k):
                         G[u, j] = data[lo + u] * dz[j]
             else:
-                scatter_row(data, indices, lo, hi, slot, dz, G)
+                scatter_row(data, indices, lo, hi, slot, dz, G, k)
         if wsum <= 0.0 or not math.isfinite(lsum):
             if not direct:
                 for u in range(nt):
                     slot[touched[u]] = -1
         if wsum <= 0.0:
             continue
-        inv = 1.0 / ((stop - start) * w_mean)
+        inv = 1.0 / ((r1 - r0) * w_mean)
         batch_loss = lsum * inv
         if not math.isfinite(batch_loss):
             return np.nan, step - step0, avg_count, scalarsW, scalarsB
-        total += batch_loss * (stop - start)
-        weight += stop - start
+        total += batch_loss * (r1 - r0)
+        weight += r1 - r0
         lr = base_lr * _schedule(sched[0], float(step), sched[1], sched[2], sched[3],
                                  sched[4], sched[5]) * plateau
         step += 1
@@ -267,7 +276,7 @@ _INTERCEPT = '''\
 
 _SIGNATURE = '''
 @njit(cache=True, nogil=True, error_model="numpy")
-def epoch_{kind}(data, indices, indptr, T, sw, order, batch_size, W, b, {w_states}, {b_states},
+def epoch_{kind}(data, indices, indptr, T, sw, order, start, stop, batch_size, W, b, {w_states}, {b_states},
              avgW, avgB, userW, userB, scalarsW, scalarsB, step0, avg_start, avg_count0,
              sched, base_lr, plateau, alpha, l1_ratio, epsilon, seed, offW, offB, w_mean,
              slot, touched, G, z, dz, db, unique_rows, {extra}):
@@ -289,11 +298,11 @@ def epoch_{kind}(data, indices, indptr, T, sw, order, batch_size, W, b, {w_state
 _EPOCH_ROWS = _SIGNATURE.format(kind="rows", w_states="{w_states}", b_states="{b_states}",
                                 extra="inv_p, P, S, last, A, Ssum, tmp, x, y") + '''\
     want_sum = avgW is not None
-    if P is not None:
+    if P is not None and start == 0:
         for f in range(d):
             last[f] = step0
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
+    for r0 in range(start, stop, batch_size):
+        r1 = min(r0 + batch_size, stop)
 ''' + _BATCH + '''\
         for u in range(nt):
             f = touched[u]
@@ -314,6 +323,10 @@ _EPOCH_ROWS = _SIGNATURE.format(kind="rows", w_states="{w_states}", b_states="{b
             if P is not None:
                 last[f] = step
 ''' + _INTERCEPT + '''\
+    if stop < n:
+        # a block of the epoch: the next call resumes at ``stop``
+        return (total / weight if weight > 0.0 else 0.0), step - step0, avg_count, \\
+            scalarsW, scalarsB
     if P is not None:
         for f in range(d):
 {catch_up_row}
@@ -358,17 +371,22 @@ if gap > 0:
     last[f] = step'''
 
 _EPOCH_SCALED = _SIGNATURE.format(kind="scaled", w_states="{w_states}",
-                                  b_states="{b_states}", extra="l1, q") + '''\
-    # W = s V; u: the L1 amount (in V's units) every weight is owed so far
+                                  b_states="{b_states}", extra="l1, q, carry") + '''\
+    # W = s V; u: the L1 amount (in V's units) every weight is owed so far;
+    # a block after the first resumes them from ``carry``
     s = 1.0
     u_l1 = 0.0
-    if l1 > 0:
-        for e in range(d * k):
-            q[e] = 0.0
+    if start == 0:
+        if l1 > 0:
+            for e in range(d * k):
+                q[e] = 0.0
+    else:
+        s = carry[0]
+        u_l1 = carry[1]
     one = dt(1.0)
     zero = dt(0.0)
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
+    for r0 in range(start, stop, batch_size):
+        r1 = min(r0 + batch_size, stop)
 ''' + _BATCH + '''\
         # the shrink of this step, read off the rule (1 - lr * weight_decay)
         c_t, {state_outs} = _rule(one, zero, {zero_states}, {hyper_w}, zero)
@@ -397,6 +415,11 @@ _EPOCH_SCALED = _SIGNATURE.format(kind="scaled", w_states="{w_states}",
                 u_l1 *= s
             s = 1.0
 ''' + _INTERCEPT + '''\
+    if stop < n:
+        carry[0] = s
+        carry[1] = u_l1
+        return (total / weight if weight > 0.0 else 0.0), step - step0, avg_count, \\
+            scalarsW, scalarsB
     for e in range(d * k):
         v = float(Wf[e])
         if l1 > 0:
@@ -480,6 +503,12 @@ def _source(loss_name, rule_name):
         for key, value in fill.items():
             text = text.replace("{" + key + "}", value)
         parts.append(text)
+        # the one-output twin (binary losses, regression): k a literal 1, so
+        # the compiler drops every loop over the outputs (the same arithmetic
+        # in the same order: the same weights as the general epoch)
+        one = text.replace(f"def epoch_{kind}(", f"def epoch_{kind}_k1(", 1)
+        assert one.count("    k = W.shape[1]\n") == 1
+        parts.append(one.replace("    k = W.shape[1]\n", "    k = 1\n"))
     with open(update_mod.__file__, encoding="utf-8") as fh:
         update_text = fh.read()
     digest = hashlib.sha256(

@@ -358,6 +358,35 @@ def test_sparse_wide_defaults():
     assert dense._optimizer_name() == "adam" and dense._alpha_value() == 1e-4
     narrow = sp.csr_matrix(X[:, :100])
     assert not E.sparse_wide(narrow)
+    assert m._n_iter_no_change() == 1 and dense._n_iter_no_change() == 5
+
+
+@pytest.mark.parametrize("wide", [True, False])
+def test_sparse_wide_default_stops_at_the_first_epoch_without_improvement(wide):
+    """n_iter_no_change="auto": on sparse, wide data the fit stops after the
+    first epoch whose loss does not improve by tol (the loss history says
+    where); elsewhere scikit-learn's 5 epochs in a row."""
+    rng = np.random.default_rng(1)
+    X = sp.random(400, 5000, density=0.003, format="csr", random_state=1)
+    y = (X @ rng.standard_normal(5000) > 0).astype(int)
+    if not wide:
+        X = sp.csr_matrix(X[:, :200].toarray() + 0.01)     # dense enough: not "wide"
+    m = optkern.LinearClassifier(random_state=0, tol=1e-2, max_epochs=60).fit(X, y)
+    losses = [h["loss"] for h in m.history_]
+    patience = 1 if wide else 5
+    best, misses, stop = np.inf, 0, None
+    for e, loss in enumerate(losses):
+        misses = 0 if loss <= best - 1e-2 else misses + 1
+        best = min(best, loss)
+        if misses >= patience:
+            stop = e + 1
+            break
+    if wide:
+        assert stop == len(losses)
+    else:    # the adaptive rate continues after a stall: at least 5 epochs then
+        assert stop is not None and stop <= len(losses) and len(losses) >= 6
+    with pytest.raises(ValueError, match="n_iter_no_change"):
+        optkern.LinearClassifier(n_iter_no_change="never").fit(X, y)
 
 
 def test_fit_does_not_copy_X():
@@ -523,3 +552,113 @@ def test_snapshot_into_reuses_buffers_and_restores(name, kw, average):
                 np.testing.assert_array_equal(got["state"][i][key], v)
             else:
                 assert got["state"][i][key] == v
+
+
+# (optimizer, options, mode) covering the three compiled kinds: lazy, linear
+# (catch-up state across blocks, the dense first step, averaging) and scaled
+# (the scale and the cumulative L1 amount across blocks)
+BLOCK_CASES = [
+    ("adagrad", dict(alpha=1e-2), "lazy"),
+    ("adam", dict(alpha=1e-2, average=2), "lazy"),
+    ("momentum", dict(alpha=1e-2, average=3), "exact"),
+    ("sgd", dict(alpha=2e-2, penalty="elasticnet", l1_ratio=0.6), "exact"),
+]
+
+
+@pytest.mark.parametrize("name, kw, mode", BLOCK_CASES,
+                         ids=[f"{n}-{m}-{j}" for j, (n, _, m) in enumerate(BLOCK_CASES)])
+@settings(max_examples=2, deadline=None)
+@given(seed=st.integers(0, 10_000), batch=st.sampled_from([1, 3, 7]),
+       dtype=st.sampled_from([np.float32, np.float64]), work=st.integers(1, 400))
+def test_blocked_sparse_epoch_is_the_one_call_epoch(name, kw, mode, seed, batch, dtype, work):
+    """Ctrl-C needs the epoch in several compiled calls (issue 16): blocks of a
+    few minibatches give the same weights and state as one call, and the same
+    loss up to the per-block summation."""
+    X, _, y = _csr(seed, dtype=dtype)
+    kw = dict(kw, optimizer=name, batch_size=batch, max_epochs=2)
+    one = _fit(X, y, mode, "numba", **kw)
+    assert E._block_rows(X, 3, batch, work) < X.shape[0]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(E, "SPARSE_EPOCH_BLOCK_WORK", work)
+        blocked = _fit(X, y, mode, "numba", **kw)
+    np.testing.assert_array_equal(blocked.coef_, one.coef_)
+    np.testing.assert_array_equal(blocked.intercept_, one.intercept_)
+    sa, sb = blocked._opt_state["state"], one._opt_state["state"]
+    assert sa.keys() == sb.keys()
+    for g in sa:
+        assert sa[g].keys() == sb[g].keys()
+        for key in sa[g]:
+            np.testing.assert_array_equal(sa[g][key], sb[g][key])
+    np.testing.assert_allclose([h["loss"] for h in blocked.history_],
+                               [h["loss"] for h in one.history_], rtol=1e-5 if dtype ==
+                               np.float32 else 1e-10)
+
+
+def test_blocked_sparse_epoch_answers_an_interrupt(monkeypatch):
+    """A KeyboardInterrupt between two blocks of a sparse epoch: the fit keeps
+    the last whole epoch's model (the estimators' Ctrl-C rule)."""
+    X, y, _ = _csr(5)
+    monkeypatch.setattr(E, "SPARSE_EPOCH_BLOCK_WORK", 30)
+    per_epoch = -(-X.shape[0] // E._block_rows(X, 1, 4, 30))
+    assert per_epoch > 2
+    from optkern import sparse_epochs
+    calls = []
+    real = sparse_epochs.SparseRunner._run
+
+    def run(self, *a, **k):
+        calls.append(1)
+        if len(calls) == per_epoch + 2:      # the second epoch's second block
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(sparse_epochs.SparseRunner, "_run", run)
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        m = _fit(X, y, "lazy", "numba", optimizer="adagrad", batch_size=4, max_epochs=5)
+    monkeypatch.setattr(sparse_epochs.SparseRunner, "_run", real)
+    ref = _fit(X, y, "lazy", "numba", optimizer="adagrad", batch_size=4, max_epochs=1)
+    assert len(m.history_) == 1
+    np.testing.assert_array_equal(m.coef_, ref.coef_)
+
+
+# one output: binary classifiers (log, hinge) and regression (squared), in the
+# lazy, linear (catch-up tables) and scaled kinds
+K1_CASES = [
+    ("log", "adagrad", dict(alpha=1e-2), "lazy"),
+    ("log", "momentum", dict(alpha=1e-2), "exact"),
+    ("hinge", "sgd", dict(alpha=2e-2, penalty="elasticnet", l1_ratio=0.5), "exact"),
+    ("squared", "adagrad", dict(alpha=1e-2), "lazy"),
+]
+
+
+@pytest.mark.parametrize("loss, name, kw, mode", K1_CASES,
+                         ids=[f"{lo}-{n}-{m}" for lo, n, _, m in K1_CASES])
+@settings(max_examples=2, deadline=None)
+@given(seed=st.integers(0, 10_000), batch=st.sampled_from([1, 4]),
+       dtype=st.sampled_from([np.float32, np.float64]),
+       lr=st.sampled_from([0.01, 0.05]))
+def test_one_output_epoch_is_the_general_epoch(loss, name, kw, mode, seed, batch, dtype, lr):
+    """The k = 1 twins (epoch_rows_k1, epoch_scaled_k1) give the weights of the
+    general epoch bit for bit, and agree with the NumPy sparse reference."""
+    from optkern.kernels import sparse_epoch_drivers as sed
+
+    X, y2, _ = _csr(seed, dtype=dtype)
+    if loss == "squared":
+        y = np.asarray(X @ np.linspace(-1, 1, X.shape[1])).ravel()
+        cls = optkern.LinearRegressor
+    else:
+        y = y2
+        cls = optkern.LinearClassifier
+    kw = dict(kw, loss=loss, optimizer=name, batch_size=batch, lr=lr, max_epochs=2, tol=None,
+              random_state=seed, sparse_updates=mode)
+    got = cls(backend="numba", **kw).fit(X, y)
+    with pytest.MonkeyPatch.context() as mp:     # the general epoch on one output
+        for mod in list(sed._MODULES.values()):
+            mp.setattr(mod, "epoch_rows_k1", mod.epoch_rows)
+            mp.setattr(mod, "epoch_scaled_k1", mod.epoch_scaled)
+        general = cls(backend="numba", **kw).fit(X, y)
+    np.testing.assert_array_equal(got.coef_, general.coef_)
+    np.testing.assert_array_equal(got.intercept_, general.intercept_)
+    ref = cls(backend="numpy", **kw).fit(X, y)
+    tol = dict(rtol=2e-4, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(got.coef_, ref.coef_, **tol)
+    np.testing.assert_allclose(got.intercept_, ref.intercept_, **tol)

@@ -59,6 +59,8 @@ def compiled_for(runner):
     (optkern._jit): the epoch, and the feature counts of the lazy mode."""
     from optkern import _jit
     fn = runner.mod.epoch_scaled if runner.kind == "scaled" else runner.mod.epoch_rows
+    if runner.ctx.W.shape[1] == 1:
+        fn = runner.mod.epoch_scaled_k1 if runner.kind == "scaled" else runner.mod.epoch_rows_k1
     need = [fn]
     if runner.kind == "lazy" and runner.alpha > 0:
         need.append(sparse_epoch_drivers.feature_counts)
@@ -139,6 +141,7 @@ class SparseRunner:
         self.x = np.zeros(self.m)
         self.y = np.zeros(self.m)
         self.q = np.zeros(d * k if (kind == "scaled" and alpha * self.l1_ratio > 0) else 1, dt)
+        self.carry = np.zeros(2)  # the scaled epoch's (s, u) between blocks
 
     def _buffers(self, batch_size):
         d, k = self.ctx.W.shape
@@ -220,7 +223,12 @@ class SparseRunner:
         self.ctx.t += int(steps)
         return float(mean)
 
-    def __call__(self, order, batch_size):
+    def __call__(self, order, batch_size, block=None):
+        """One epoch over ``order``; with ``block`` (a multiple of batch_size) in
+        compiled calls of ``block`` rows each (the epoch's ``start, stop``), so
+        that Ctrl-C is answered between them: the same steps and weights as
+        one call (the lazy catch-up state and the scaled epoch's scale carry
+        across blocks; the end-of-epoch pass runs in the last block)."""
         ctx, opt = self.ctx, self.ctx.opt
         order = np.ascontiguousarray(order, dtype=np.int64)
         self._buffers(batch_size)
@@ -245,26 +253,51 @@ class SparseRunner:
         elif self.kind == "linear":
             lr = ctx.base_lr * ctx.schedule.factor(ctx.t) * ctx.plateau
             P, S = self._tables(user, lr, n_steps)
+        one = ctx.W.shape[1] == 1      # the one-output twins (no loops over outputs)
         if self.kind == "scaled":
-            fn = self.mod.epoch_scaled
+            fn = self.mod.epoch_scaled_k1 if one else self.mod.epoch_scaled
             wd = opt._spec.user_hyper.index("weight_decay")
             user = tuple(v + self.alpha * (1.0 - self.l1_ratio) if j == wd else v
                          for j, v in enumerate(user))
-            extra = (float(self.alpha * self.l1_ratio), self.q)
+            extra = (float(self.alpha * self.l1_ratio), self.q, self.carry)
         else:
-            fn = self.mod.epoch_rows
+            fn = self.mod.epoch_rows_k1 if one else self.mod.epoch_rows
             extra = (inv_p, P, S, self.last if self.last is not None else
                      np.zeros(1, np.int64), self.A, self.Ssum, self.tmp, self.x, self.y)
-        mean = self._run(fn, order, batch_size, user, extra)
+        mean = self._blocks(fn, order, batch_size, user, extra, block)
         if lead is not None and np.isfinite(mean):
             n_rest = order.shape[0]
             mean = (lead * batch_size + mean * n_rest) / (batch_size + n_rest)
         return mean
 
-    def _run(self, fn, order, batch_size, userW, extra):
+    def _blocks(self, fn, order, batch_size, userW, extra, block):
+        """The epoch's compiled calls; the row-weighted mean loss plus the
+        penalty at the end, as one call computes it (NaN as soon as a block
+        diverges)."""
+        n = order.shape[0]
+        if block is None or block >= n:
+            return self._run(fn, order, 0, n, batch_size, userW, extra)
+        block = max(int(block) // batch_size, 1) * batch_size
+        total = 0.0
+        for start in range(0, n, block):
+            stop = min(start + block, n)
+            mean = self._run(fn, order, start, stop, batch_size, userW, extra)
+            if not np.isfinite(mean):
+                return mean
+            if stop == n:
+                # the last call adds the penalty of the epoch's weights
+                pen = float(sparse_epoch_drivers.penalty_value(
+                    self.ctx.W.reshape(-1), self.alpha, self.l1_ratio))
+                return (total + (mean - pen) * (stop - start)) / n + pen
+            total += mean * (stop - start)
+        return total / n  # not reached
+
+    def _run(self, fn, order, start, stop, batch_size, userW, extra):
+        # the step, the averaging count and the rule's scalars as the last
+        # block left them (_finish)
         c = self._common(userW)
-        result = fn(*self.data, self.T, self.sw, order, int(batch_size), self.ctx.W,
-                    self.ctx.b, *c["states"], *c["rest"], self.w_mean, self.slot,
+        result = fn(*self.data, self.T, self.sw, order, int(start), int(stop), int(batch_size),
+                    self.ctx.W, self.ctx.b, *c["states"], *c["rest"], self.w_mean, self.slot,
                     self.touched, self.G, self.z, self.dz, self.db, self.unique_rows,
                     *extra)
         return self._finish(result)
