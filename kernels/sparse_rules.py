@@ -197,7 +197,9 @@ def touch_probabilities(counts, n, batch, sampling):
     c = np.asarray(counts, dtype=np.float64)
     B = float(min(batch, n))
     if sampling == "replacement":
-        return -np.expm1(B * np.log1p(-c / n))
+        # (a feature in every row, c == n, gives log1p(-1) = -inf: probability 1)
+        with np.errstate(divide="ignore"):
+            return -np.expm1(B * np.log1p(-c / n))
     miss = np.zeros_like(c)
     ok = n - c >= B
     cc = c[ok]
