@@ -250,12 +250,138 @@ def test_fit_same_whichever_kernel_serves(served, loss, optimizer, layout, dtype
 
     twin, n_twin, _ = served("aot", fit)
     numba, _, _ = served("sync", fit)
-    if extra.get("solver") != "lbfgs" and not (layout == "csr" and "sparse_updates" not in extra):
-        assert n_twin > 0        # the Cython epoch (sparse epochs: their NumPy reference)
+    if extra.get("solver") != "lbfgs":
+        assert n_twin > 0        # the Cython epoch (dense, CSR, or the sparse epochs')
     tol = _tol(dtype) if extra.get("solver") != "lbfgs" else dict(rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(twin.coef_, numba.coef_, **tol)
     np.testing.assert_allclose(twin.intercept_, numba.intercept_, **tol)
     assert twin.n_iter_ == numba.n_iter_
+
+
+# ------------------------------------------- the sparse epochs' Cython twin
+
+# (loss, optimizer, estimator arguments): every kind of sparse epoch and every
+# branch of its loop -- lazy with the penalty's 1/pi_f (Adam), lazy without a
+# penalty on several outputs (RMSprop), linear with catch-up tables and the
+# dense first step (SGD + momentum), linear with the averaging tables
+# (Adagrad), scaled with the cumulative L1 (plain SGD, elastic net), lazy with
+# averaging on a regression
+SPARSE_FITS = [
+    ("log", "adam", {"alpha": 1e-2}),
+    ("softmax", "rmsprop", {"alpha": 0.0, "sparse_updates": "lazy"}),
+    ("softmax", "sgd", {"optimizer_params": {"momentum": 0.9}, "alpha": 1e-3}),
+    ("log", "adagrad", {"alpha": 0.0, "average": 3}),
+    ("squared_hinge", "sgd", {"penalty": "elasticnet", "alpha": 1e-2, "l1_ratio": 0.5}),
+    ("squared", "adam", {"average": True}),
+]
+
+
+def _sparse_problem(rng, n, d, density, dtype, idx64, n_classes):
+    dense = rng.standard_normal((n, d)).astype(dtype)
+    dense[rng.random((n, d)) > density] = 0
+    X = sp.csr_matrix(dense)
+    it = np.int64 if idx64 else np.int32
+    X = sp.csr_matrix((X.data.astype(dtype), X.indices.astype(it), X.indptr.astype(it)),
+                      shape=(n, d))
+    if n_classes == 0:
+        y = rng.standard_normal(n)
+    else:
+        y = rng.integers(0, n_classes, n)
+        y[rng.permutation(n)[:n_classes]] = np.arange(n_classes)   # every class present
+    return X, y
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=st.integers(0, len(SPARSE_FITS) - 1), dtype=st.sampled_from([np.float32, np.float64]),
+       n=st.integers(3, 50), d=st.integers(1, 25), density=st.sampled_from([0.1, 0.4, 0.9]),
+       batch_size=st.sampled_from([1, 4, 16]), idx64=st.booleans(),
+       weighted=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_sparse_epoch_twin_matches_numba_and_the_numpy_reference(
+        served, case, dtype, n, d, density, batch_size, idx64, weighted, seed):
+    loss, optimizer, extra = SPARSE_FITS[case]
+    rng = np.random.default_rng(seed)
+    target = LOSSES[loss].target
+    n_classes = 0 if target == "regression" else (3 if target == "multiclass" else 2)
+    X, y = _sparse_problem(rng, n, d, density, dtype, idx64, n_classes)
+    sw = rng.uniform(0.2, 2.0, n) if weighted else None
+    cls = optkern.LinearRegressor if n_classes == 0 else optkern.LinearClassifier
+
+    def fit(backend="auto"):
+        return cls(loss=loss, optimizer=optimizer, max_epochs=3, tol=None, random_state=5,
+                   batch_size=batch_size, backend=backend, **extra).fit(
+                       X, y, sample_weight=sw)
+
+    twin, n_twin, _ = served("aot", fit)
+    numba, n_twin_sync, _ = served("sync", fit)
+    ref = fit("numpy")
+    assert n_twin > 0 and n_twin_sync == 0      # each path was the one forced
+    for other, tol in ((numba, _tol(dtype)),
+                       (ref, dict(rtol=2e-3, atol=2e-4) if dtype == np.float32
+                        else dict(rtol=1e-7, atol=1e-9))):
+        np.testing.assert_allclose(twin.coef_, other.coef_, **tol)
+        np.testing.assert_allclose(twin.intercept_, other.intercept_, **tol)
+        assert twin.n_iter_ == other.n_iter_
+
+
+def test_sparse_epoch_twin_rejects_bad_arguments_before_writing():
+    mod = _backend.cython_module("sparse_epochs")
+    if mod is None:
+        pytest.skip("the sparse Cython twin is not built")
+    with pytest.raises(ValueError, match="kind"):
+        mod.epoch_for("log", "adam", "dense")
+    with pytest.raises(ValueError, match="scaled epoch runs"):
+        mod.SparseEpoch("log", "adam", "scaled")
+    with pytest.raises(ValueError, match="unknown loss"):
+        mod.SparseEpoch("nope", "adam", "rows")
+    # a fit's own arguments, captured, then broken one at a time
+    rng = np.random.default_rng(0)
+    X, y = _sparse_problem(rng, 30, 8, 0.4, np.float64, False, 2)
+    captured = {}
+    fn = mod.epoch_for("log", "adam", "rows")
+
+    class Spy:
+        def __call__(self, *args):
+            captured["args"] = list(args)
+            return fn(*args)
+    from optkern import sparse_epochs
+    orig = sparse_epochs.SparseRunner.use_twin
+
+    def use_twin(self):
+        ok = orig(self)
+        self.twin = Spy()
+        return ok
+    old = _jit.set_mode("aot")
+    try:
+        sparse_epochs.SparseRunner.use_twin = use_twin
+        optkern.LinearClassifier(optimizer="adam", max_epochs=1, tol=None, batch_size=4,
+                                 random_state=0, alpha=1e-2).fit(X, y)
+    finally:
+        sparse_epochs.SparseRunner.use_twin = orig
+        _jit.set_mode(old)
+    args = captured["args"]
+    W = args[9]
+    before = W.copy()
+    bad = {
+        6: (-1, "start, stop"),                       # start
+        7: (10 ** 6, "start, stop"),                  # stop past the order
+        8: (0, "batch_size"),
+        1: (args[1].astype(np.int64), "indptr"),      # indices int64, indptr int32
+    }
+    for pos, (value, match) in bad.items():
+        broken = list(args)
+        broken[pos] = value
+        with pytest.raises((ValueError, TypeError), match=match):
+            fn(*broken)
+        np.testing.assert_array_equal(W, before)
+    broken = list(args)
+    broken[5] = args[5].copy()
+    broken[5][0] = 10 ** 6                            # order indexes a row that is not there
+    with pytest.raises(ValueError, match="order"):
+        fn(*broken)
+    with pytest.raises(TypeError, match="arguments"):
+        fn(*args[:-1])
+    np.testing.assert_array_equal(W, before)
 
 
 # ------------------------------------------------------ the compile server

@@ -82,6 +82,12 @@ def stats():
     return {"numba": _served["numba"], "twin": _served["twin"], "pending": len(_pending)}
 
 
+def count_twin():
+    """Count one call served by a twin chosen outside ``ready`` (the sparse
+    epochs, decided once per fit by a whole-fit warm-up)."""
+    _served["twin"] += 1
+
+
 def forget():
     """Drop this process's knowledge of ready kernels (tests: the next
     ``ready`` looks again; kernels Numba already loaded stay loaded)."""

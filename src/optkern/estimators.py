@@ -566,14 +566,15 @@ class _BaseLinear(BaseEstimator):
             if runner is None:
                 runner = ctx.sparse_runner = sparse_epochs.SparseRunner(
                     self, ctx, ctx.sparse_mode)
-                # no ahead-of-time twin of the sparse epochs: while they are not
-                # compiled, backend="auto" trains this fit with their NumPy
-                # reference (the same algorithm) and the compile server compiles
+                # while the sparse epochs are not compiled, backend="auto" trains
+                # this fit with their Cython twin (or, not built, their NumPy
+                # reference: the same algorithm) and the compile server compiles
                 # them by fitting a copy on a few rows (optkern._jit)
-                runner.reference = self.backend == "auto" and \
+                cold = self.backend == "auto" and \
                     not sparse_epochs.compiled_for(runner) and \
                     _jit.warm_up_call(sparse_epochs.warm_up, *sparse_epochs.warm_up_args(
                         self, ctx))
+                runner.reference = cold and not runner.use_twin()
             if not runner.reference:
                 return runner(order, bs)
         from optkern.kernels import sparse_reference

@@ -22,8 +22,9 @@ from optkern.kernels import epoch_drivers, sparse_epoch_drivers
 from optkern.kernels import sparse_rules as _sr
 from optkern.kernels.rules import state_names
 
-# backends on which a fit runs the compiled sparse epoch (the Cython build has
-# no sparse twin yet: "cython" runs the Numba one)
+# backends on which a fit runs the compiled sparse epoch ("cython" runs the
+# Numba one; the Cython twin, kernels/cython/generate_sparse_epochs.py, serves
+# backend="auto" while the Numba epoch is not compiled: optkern._jit)
 COMPILED = ("numba", "numba-parallel", "cython")
 
 
@@ -93,6 +94,7 @@ def warm_up(params, X, y):
 
 class SparseRunner:
     reference = False
+    twin = None
 
     def __init__(self, estimator, ctx, kind):
         from optkern.losses import LOSSES
@@ -140,6 +142,25 @@ class SparseRunner:
         self.y = np.zeros(self.m)
         self.q = np.zeros(d * k if (kind == "scaled" and alpha * self.l1_ratio > 0) else 1, dt)
 
+    def use_twin(self):
+        """Serve this fit with the ahead-of-time Cython twin of the epoch (the
+        same loop and arithmetic, no JIT: optkern._jit's cold path).  False
+        when the twin is not built.  Its integer arrays (indices, indptr, slot,
+        touched) share the dtype of X.indices."""
+        from optkern import _backend
+        mod = _backend.cython_module("sparse_epochs")
+        if mod is None:
+            return False
+        self.twin = mod.epoch_for(self.loss_name, self.rule,
+                                  "scaled" if self.kind == "scaled" else "rows")
+        X = self.X
+        it = X.indices.dtype if X.indices.dtype in (np.int32, np.int64) else np.int64
+        self.data = (X.data, np.ascontiguousarray(X.indices, it),
+                     np.ascontiguousarray(X.indptr, it))
+        self.slot = np.full(self.ctx.W.shape[0], -1, it)
+        self.touched = self.G = None
+        return True
+
     def _buffers(self, batch_size):
         d, k = self.ctx.W.shape
         need = max(1, min(d, batch_size * max(self.max_row_nnz, 1)))
@@ -150,7 +171,9 @@ class SparseRunner:
     def _lazy_scales(self, batch_size):
         if self.inv_p_batch != batch_size:
             if self.counts is None:
-                self.counts = feature_counts(self.X)
+                # the twin's fit: NumPy's count (no Numba compile on a cold call)
+                self.counts = feature_counts(self.X) if self.twin is None else \
+                    np.bincount(self.X.indices, minlength=self.X.shape[1])
             self.inv_p = _sr.lazy_scales(self.counts, self.X.shape[0], batch_size,
                                          self.sampling, self.ctx.W.dtype)
             self.inv_p_batch = batch_size
@@ -179,11 +202,18 @@ class SparseRunner:
         n_features x n_outputs gradient, once."""
         d, k = self.ctx.W.shape
         dt = self.ctx.W.dtype
-        fn = epoch_drivers.module_for(self.loss_name, self.rule, "csr").epoch_serial
+        data = self.data
+        if self.twin is not None:
+            # the dense CSR epoch's twin (int64 indices)
+            from optkern import _backend
+            fn = _backend.cython_module("epochs").epoch_for(self.loss_name, self.rule, "csr")
+            data = (data[0], data[1].astype(np.int64), data[2].astype(np.int64))
+        else:
+            fn = epoch_drivers.module_for(self.loss_name, self.rule, "csr").epoch_serial
         c = self._common(self.ctx.opt._prepared_hyper(0, self.gW))
         scratch = (np.zeros((1, d, k), dt), np.zeros((1, k), dt), np.zeros((1, k), dt),
                    np.zeros((1, k), dt), np.zeros(1), np.zeros(1))
-        result = fn(*self.data, self.T, self.sw, order[:batch_size], int(batch_size), 1,
+        result = fn(*data, self.T, self.sw, order[:batch_size], int(batch_size), 1,
                     self.ctx.W, self.ctx.b, *scratch, *c["states"], *c["rest"],
                     _epochs.PARALLEL_MIN_WORK, self.w_mean)
         return self._finish(result)
@@ -263,6 +293,15 @@ class SparseRunner:
 
     def _run(self, fn, order, batch_size, userW, extra):
         c = self._common(userW)
+        if self.twin is not None:
+            from optkern import _jit
+            _jit.count_twin()
+            # the twin takes the row range (start, stop) of order after it
+            result = self.twin(*self.data, self.T, self.sw, order, 0, order.shape[0],
+                               int(batch_size), self.ctx.W, self.ctx.b, *c["states"],
+                               *c["rest"], self.w_mean, self.slot, self.touched, self.G,
+                               self.z, self.dz, self.db, self.unique_rows, *extra)
+            return self._finish(result)
         result = fn(*self.data, self.T, self.sw, order, int(batch_size), self.ctx.W,
                     self.ctx.b, *c["states"], *c["rest"], self.w_mean, self.slot,
                     self.touched, self.G, self.z, self.dz, self.db, self.unique_rows,
