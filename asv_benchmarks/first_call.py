@@ -64,6 +64,11 @@ import scipy.sparse as sp
 Xs = sp.csr_matrix(X)
 """, "optkern.LinearClassifier(optimizer='rmsprop', random_state=0).fit(Xs, y)",
         "`LinearClassifier(optimizer='rmsprop').fit`, digits CSR"),
+    "fit_sgd_csr": (_DIGITS + """
+import scipy.sparse as sp
+Xs = sp.csr_matrix(X)
+""", "optkern.LinearClassifier(loss='hinge', optimizer='sgd', random_state=0).fit(Xs, y)",
+        "`LinearClassifier(loss='hinge', optimizer='sgd').fit`, digits CSR"),
     "fit_hinge_sgd": (_DIGITS,
                       "optkern.LinearClassifier(loss='hinge', optimizer='sgd', "
                       "random_state=0).fit(X, y)",

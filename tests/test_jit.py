@@ -509,3 +509,33 @@ def test_two_servers_compiling_the_same_kernel_at_once(tmp_path):
     assert "LOADED" in out
     leftovers = [f for _, _, files in os.walk(cache) for f in files if ".tmp." in f]
     assert not leftovers
+
+
+# ------------------------------------------------ L-BFGS and BLAS's threads
+
+
+def test_lbfgs_solves_with_blas_on_one_thread_and_restores_it():
+    """scipy's L-BFGS-B steps are small BLAS/LAPACK calls: with OpenBLAS's
+    threads on a busy machine (the compile server on the other core) each one
+    waited for a descheduled thread (13 ms a call on digits).  The solve runs
+    them on one thread, and the caller's setting comes back afterwards."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads():
+        counts = [p["num_threads"] for p in threadpoolctl.threadpool_info()
+                  if p["user_api"] == "blas"]
+        return max(counts) if counts else None
+    before = blas_threads()
+    if before is None:
+        pytest.skip("no BLAS library that threadpoolctl can see")
+    seen = []
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 5))
+    y = rng.integers(0, 3, 60)
+    m = optkern.LinearClassifier(solver="lbfgs", max_epochs=20, tol=None,
+                                 callbacks=[lambda row: seen.append(blas_threads())]).fit(X, y)
+    assert seen and set(seen) == {1}
+    assert blas_threads() == before
+    ref = optkern.LinearClassifier(solver="lbfgs", max_epochs=20, tol=None,
+                                   backend="numpy").fit(X, y)
+    np.testing.assert_allclose(m.coef_, ref.coef_, rtol=1e-6, atol=1e-8)
