@@ -539,3 +539,58 @@ def test_lbfgs_solves_with_blas_on_one_thread_and_restores_it():
     ref = optkern.LinearClassifier(solver="lbfgs", max_epochs=20, tol=None,
                                    backend="numpy").fit(X, y)
     np.testing.assert_allclose(m.coef_, ref.coef_, rtol=1e-6, atol=1e-8)
+
+
+# ------------------------------------- compiles that still happen are said
+
+
+def _fresh_kernel():
+    import numba
+
+    def add_one(x):            # a new function each call: never cached, always compiled
+        return x + 1
+    return numba.njit(add_one)
+
+
+def test_compile_watch_announces_and_times_a_foreground_compile():
+    import io as _io
+    out = _io.StringIO()
+    fn = _fresh_kernel()
+    with _jit.CompileWatch(out) as watch:
+        assert fn(1) == 2
+        assert fn(2) == 3             # loaded: no second announcement
+    text = out.getvalue()
+    assert text.count("compiling kernels for") == 1
+    assert "add_one" in text and "(first use; cached afterwards)" in text
+    assert watch.seconds > 0 and watch.names == [watch.names[0]]
+    fn(1.5)                           # a compile outside the block is not watched
+    assert out.getvalue() == text
+    quiet = _io.StringIO()
+    with _jit.CompileWatch(quiet, announce=False) as w2:
+        _fresh_kernel()(1)
+    assert quiet.getvalue() == "" and w2.seconds > 0
+
+
+def test_train_reports_compile_time_apart_from_training_time(tmp_path, capsys, monkeypatch):
+    from optkern.cli import main
+
+    class Compiling(_jit.CompileWatch):
+        def __enter__(self):          # a compile inside the timed fit's window
+            super().__enter__()
+            _fresh_kernel()(1)
+            return self
+    monkeypatch.setattr(_jit, "CompileWatch", Compiling)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 3))
+    np.savez(tmp_path / "d.npz", X=X, y=(X[:, 0] > 0).astype(int))
+    rc = main(["train", str(tmp_path / "d.npz"), "--epochs", "2", "--backend", "numpy"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "optkern: compiling kernels for" in err
+    first = [line for line in err.splitlines() if line.startswith("epoch    1")]
+    assert first and "s compiling)" in first[0]
+    trained = [line for line in out.splitlines() if line.startswith("trained:")][0]
+    assert "s compiling kernels, first use)" in trained
+    took = float(trained.split(" epochs in ")[1].split(" s")[0])
+    spent = float(trained.split("(+ ")[1].split(" s")[0])
+    assert took >= 0 and spent > 0
