@@ -254,6 +254,8 @@ def lean_ratio(n, d, k, density, loss, repeat=15):
 
 
 def lean_table(repeat=15):
+    import numpy as np
+    np.ones((4, 4)) @ np.ones((4, 4))      # NumPy's BLAS loaded before threadpoolctl looks
     try:
         import threadpoolctl
         blas = [(p.get("internal_api"), p.get("architecture"), p.get("num_threads"))
