@@ -16,6 +16,7 @@ left (without it a short program leaves the compiles running detached, and
 the warm column shows whatever they finished by then).
 
     python asv_benchmarks/first_call.py [--only NAME ...] [--demo] [--settle] [--repeat R]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python asv_benchmarks/first_call.py --lean
 
 prints a Markdown table (median over R cold processes; the load average is
 printed with it).  ``--demo`` adds ``optkern demo`` (a whole process, timed
@@ -64,6 +65,11 @@ import scipy.sparse as sp
 Xs = sp.csr_matrix(X)
 """, "optkern.LinearClassifier(optimizer='rmsprop', random_state=0).fit(Xs, y)",
         "`LinearClassifier(optimizer='rmsprop').fit`, digits CSR"),
+    "fit_sgd_csr": (_DIGITS + """
+import scipy.sparse as sp
+Xs = sp.csr_matrix(X)
+""", "optkern.LinearClassifier(loss='hinge', optimizer='sgd', random_state=0).fit(Xs, y)",
+        "`LinearClassifier(loss='hinge', optimizer='sgd').fit`, digits CSR"),
     "fit_hinge_sgd": (_DIGITS,
                       "optkern.LinearClassifier(loss='hinge', optimizer='sgd', "
                       "random_state=0).fit(X, y)",
@@ -172,6 +178,106 @@ def default_call(repeat=30):
         print(f"| {shape} | {a * 1e3:.3f} ms | {c * 1e3:.3f} ms | {a / c:.2f} |")
 
 
+# issue 13 item 3: what a user writes, with NumPy/SciPy (softmax, mean loss)
+def lean_softmax(X, y, W, b):
+    import numpy as np
+    Z = X @ W + b
+    Z = np.asarray(Z)
+    Z -= Z.max(1, keepdims=True)
+    lse = np.log(np.exp(Z).sum(1))
+    rows = np.arange(len(y))
+    loss = (lse - Z[rows, y]).mean()
+    P = np.exp(Z - lse[:, None])
+    P[rows, y] -= 1
+    P /= len(y)
+    return loss, X.T @ P, P.sum(0)
+
+
+def lean_log(X, y, W, b):
+    """The binary log loss the same way (y in {0, 1}, one output)."""
+    import numpy as np
+    z = np.asarray(X @ W + b)
+    loss = (np.logaddexp(0, z[:, 0]) - y * z[:, 0]).mean()
+    P = (1.0 / (1.0 + np.exp(-z)) - y[:, None]).astype(z.dtype)
+    P /= len(y)
+    return loss, X.T @ P, P.sum(0)
+
+
+# (label, n, d, k, density or None for dense, loss)
+LEAN_CASES = (
+    ("dense (4096, 784, 10)", 4096, 784, 10, None, "softmax"),
+    ("dense (512, 1000, 1000)", 512, 1000, 1000, None, "softmax"),
+    ("dense (1024, 4096, 100)", 1024, 4096, 100, None, "softmax"),
+    ("CSR 1% (4096, 10000, 10)", 4096, 10000, 10, 0.01, "softmax"),
+    ("CSR (20000, 2^18, 1), 131 nnz/row", 20000, 2 ** 18, 1, 131 / 2 ** 18, "log"),
+)
+
+
+def lean_problem(n, d, k, density, loss, seed=0):
+    import numpy as np
+    import scipy.sparse as sp
+    rng = np.random.default_rng(seed)
+    if density is None:
+        X = rng.standard_normal((n, d)).astype(np.float32)
+    else:
+        # built row by row (sp.random permutes n*d positions: 39 GiB at 20,000 x 2^18)
+        per_row = max(1, int(round(density * d)))
+        cols = np.sort(rng.integers(0, d, (n, per_row)), axis=1).ravel()
+        data = rng.standard_normal(n * per_row).astype(np.float32)
+        X = sp.csr_matrix((data, cols, np.arange(0, n * per_row + 1, per_row)), shape=(n, d))
+        X.sum_duplicates()
+    y = rng.integers(0, 2 if loss == "log" else k, n)
+    W = (0.01 * rng.standard_normal((d, k))).astype(np.float32)
+    b = np.zeros(k, np.float32)
+    return X, y, W, b
+
+
+def lean_ratio(n, d, k, density, loss, repeat=15):
+    """(median optkern default call, median lean pipeline), seconds, interleaved,
+    both warm (the Numba kernels compiled: _jit.wait)."""
+    import numpy as np
+    import optkern
+    from optkern import _jit
+    X, y, W, b = lean_problem(n, d, k, density, loss)
+    lean = lean_softmax if loss == "softmax" else lean_log
+    yl = y.astype(np.float32) if loss == "log" else y
+    calls = {"optkern": lambda: optkern.loss_and_grad(X, y, W, b, loss=loss),
+             "lean": lambda: lean(X, yl, W, b)}
+    ref, got = calls["lean"](), calls["optkern"]()
+    np.testing.assert_allclose(got[0], ref[0], rtol=2e-3)     # the same objective
+    _jit.wait(900)
+    for f in calls.values():
+        f()
+    times = {name: [] for name in calls}
+    for _ in range(repeat):
+        for name, f in calls.items():
+            t0 = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t0)
+    return statistics.median(times["optkern"]), statistics.median(times["lean"])
+
+
+def lean_table(repeat=15):
+    import numpy as np
+    np.ones((4, 4)) @ np.ones((4, 4))      # NumPy's BLAS loaded before threadpoolctl looks
+    try:
+        import threadpoolctl
+        blas = [(p.get("internal_api"), p.get("architecture"), p.get("num_threads"))
+                for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+    except ImportError:
+        blas = "threadpoolctl not installed"
+    print(f"NumPy BLAS (threadpoolctl): {blas}; OPENBLAS_CORETYPE="
+          f"{os.environ.get('OPENBLAS_CORETYPE')}, OPENBLAS_L2_SIZE="
+          f"{os.environ.get('OPENBLAS_L2_SIZE')}")
+    print("| problem (float32) | optkern `loss_and_grad`, default arguments | lean NumPy/SciPy "
+          "| ratio (lean / optkern) |")
+    print("|---|---|---|---|")
+    for label, n, d, k, density, loss in LEAN_CASES:
+        a, c = lean_ratio(n, d, k, density, loss, repeat)
+        print(f"| {label} {loss} | {a * 1e3:.3f} ms | {c * 1e3:.3f} ms | {c / a:.2f}x |",
+              flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", nargs="*", default=None, help="entry names: " + ", ".join(ENTRIES))
@@ -181,7 +287,16 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=1, help="cold processes per entry (median)")
     ap.add_argument("--default-call", action="store_true",
                     help="instead: the default loss_and_grad against check_input=False")
+    ap.add_argument("--lean", action="store_true",
+                    help="instead: the default loss_and_grad against the lean NumPy/SciPy "
+                         "pipeline a user writes (issue 13 item 3); run it with "
+                         "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE")
     args = ap.parse_args(argv)
+    if args.lean:
+        print(f"load average before: {os.getloadavg()}", flush=True)
+        lean_table(args.repeat if args.repeat > 1 else 15)
+        print(f"load average after: {os.getloadavg()}")
+        return
     if args.default_call:
         print(f"load average before: {os.getloadavg()}", flush=True)
         default_call()

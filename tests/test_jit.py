@@ -250,12 +250,146 @@ def test_fit_same_whichever_kernel_serves(served, loss, optimizer, layout, dtype
 
     twin, n_twin, _ = served("aot", fit)
     numba, _, _ = served("sync", fit)
-    if extra.get("solver") != "lbfgs" and not (layout == "csr" and "sparse_updates" not in extra):
-        assert n_twin > 0        # the Cython epoch (sparse epochs: their NumPy reference)
+    if extra.get("solver") != "lbfgs":
+        assert n_twin > 0        # the Cython epoch (dense, CSR, or the sparse epochs')
     tol = _tol(dtype) if extra.get("solver") != "lbfgs" else dict(rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(twin.coef_, numba.coef_, **tol)
     np.testing.assert_allclose(twin.intercept_, numba.intercept_, **tol)
     assert twin.n_iter_ == numba.n_iter_
+
+
+# ------------------------------------------- the sparse epochs' Cython twin
+
+# (loss, optimizer, estimator arguments): every kind of sparse epoch and every
+# branch of its loop -- lazy with the penalty's 1/pi_f (Adam), lazy without a
+# penalty on several outputs (RMSprop), linear with catch-up tables and the
+# dense first step (SGD + momentum), linear with the averaging tables
+# (Adagrad), scaled with the cumulative L1 (plain SGD, elastic net), lazy with
+# averaging on a regression
+SPARSE_FITS = [
+    ("log", "adam", {"alpha": 1e-2}),
+    ("softmax", "rmsprop", {"alpha": 0.0, "sparse_updates": "lazy"}),
+    ("softmax", "sgd", {"optimizer_params": {"momentum": 0.9}, "alpha": 1e-3}),
+    ("log", "adagrad", {"alpha": 0.0, "average": 3}),
+    ("squared_hinge", "sgd", {"penalty": "elasticnet", "alpha": 1e-2, "l1_ratio": 0.5}),
+    ("squared", "adam", {"average": True}),
+]
+
+
+def _sparse_problem(rng, n, d, density, dtype, idx64, n_classes):
+    dense = rng.standard_normal((n, d)).astype(dtype)
+    dense[rng.random((n, d)) > density] = 0
+    X = sp.csr_matrix(dense)
+    it = np.int64 if idx64 else np.int32
+    X = sp.csr_matrix((X.data.astype(dtype), X.indices.astype(it), X.indptr.astype(it)),
+                      shape=(n, d))
+    if n_classes == 0:
+        y = rng.standard_normal(n)
+    else:
+        y = rng.integers(0, n_classes, n)
+        y[rng.permutation(n)[:n_classes]] = np.arange(n_classes)   # every class present
+    return X, y
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=st.integers(0, len(SPARSE_FITS) - 1), dtype=st.sampled_from([np.float32, np.float64]),
+       n=st.integers(3, 50), d=st.integers(1, 25), density=st.sampled_from([0.1, 0.4, 0.9]),
+       batch_size=st.sampled_from([1, 4, 16]), idx64=st.booleans(),
+       weighted=st.booleans(), seed=st.integers(0, 2 ** 16), blocked=st.booleans())
+def test_sparse_epoch_twin_matches_numba_and_the_numpy_reference(
+        served, case, dtype, n, d, density, batch_size, idx64, weighted, seed, blocked):
+    """``blocked``: each epoch runs in several compiled calls (the Ctrl-C blocks
+    of issue 16: the catch-up timestamps, the scale and the L1 amount carried
+    between calls) on both paths."""
+    loss, optimizer, extra = SPARSE_FITS[case]
+    rng = np.random.default_rng(seed)
+    target = LOSSES[loss].target
+    n_classes = 0 if target == "regression" else (3 if target == "multiclass" else 2)
+    X, y = _sparse_problem(rng, n, d, density, dtype, idx64, n_classes)
+    sw = rng.uniform(0.2, 2.0, n) if weighted else None
+    cls = optkern.LinearRegressor if n_classes == 0 else optkern.LinearClassifier
+
+    def fit(backend="auto"):
+        return cls(loss=loss, optimizer=optimizer, max_epochs=3, tol=None, random_state=5,
+                   batch_size=batch_size, backend=backend, **extra).fit(
+                       X, y, sample_weight=sw)
+
+    from optkern import estimators as E
+    with pytest.MonkeyPatch.context() as mp:
+        if blocked:
+            # about two minibatches a call
+            mp.setattr(E, "SPARSE_EPOCH_BLOCK_WORK", max(1, 2 * batch_size * X.nnz // n))
+        twin, n_twin, _ = served("aot", fit)
+        numba, n_twin_sync, _ = served("sync", fit)
+    ref = fit("numpy")
+    assert n_twin > 0 and n_twin_sync == 0      # each path was the one forced
+    for other, tol in ((numba, _tol(dtype)),
+                       (ref, dict(rtol=2e-3, atol=2e-4) if dtype == np.float32
+                        else dict(rtol=1e-7, atol=1e-9))):
+        np.testing.assert_allclose(twin.coef_, other.coef_, **tol)
+        np.testing.assert_allclose(twin.intercept_, other.intercept_, **tol)
+        assert twin.n_iter_ == other.n_iter_
+
+
+def test_sparse_epoch_twin_rejects_bad_arguments_before_writing():
+    mod = _backend.cython_module("sparse_epochs")
+    if mod is None:
+        pytest.skip("the sparse Cython twin is not built")
+    with pytest.raises(ValueError, match="kind"):
+        mod.epoch_for("log", "adam", "dense")
+    with pytest.raises(ValueError, match="scaled epoch runs"):
+        mod.SparseEpoch("log", "adam", "scaled")
+    with pytest.raises(ValueError, match="unknown loss"):
+        mod.SparseEpoch("nope", "adam", "rows")
+    # a fit's own arguments, captured, then broken one at a time
+    rng = np.random.default_rng(0)
+    X, y = _sparse_problem(rng, 30, 8, 0.4, np.float64, False, 2)
+    captured = {}
+    fn = mod.epoch_for("log", "adam", "rows")
+
+    class Spy:
+        def __call__(self, *args):
+            captured["args"] = list(args)
+            return fn(*args)
+    from optkern import sparse_epochs
+    orig = sparse_epochs.SparseRunner.use_twin
+
+    def use_twin(self):
+        ok = orig(self)
+        self.twin = Spy()
+        return ok
+    old = _jit.set_mode("aot")
+    try:
+        sparse_epochs.SparseRunner.use_twin = use_twin
+        optkern.LinearClassifier(optimizer="adam", max_epochs=1, tol=None, batch_size=4,
+                                 random_state=0, alpha=1e-2).fit(X, y)
+    finally:
+        sparse_epochs.SparseRunner.use_twin = orig
+        _jit.set_mode(old)
+    args = captured["args"]
+    W = args[9]
+    before = W.copy()
+    bad = {
+        6: (-1, "start, stop"),                       # start
+        7: (10 ** 6, "start, stop"),                  # stop past the order
+        8: (0, "batch_size"),
+        1: (args[1].astype(np.int64), "indptr"),      # indices int64, indptr int32
+    }
+    for pos, (value, match) in bad.items():
+        broken = list(args)
+        broken[pos] = value
+        with pytest.raises((ValueError, TypeError), match=match):
+            fn(*broken)
+        np.testing.assert_array_equal(W, before)
+    broken = list(args)
+    broken[5] = args[5].copy()
+    broken[5][0] = 10 ** 6                            # order indexes a row that is not there
+    with pytest.raises(ValueError, match="order"):
+        fn(*broken)
+    with pytest.raises(TypeError, match="arguments"):
+        fn(*args[:-1])
+    np.testing.assert_array_equal(W, before)
 
 
 # ------------------------------------------------------ the compile server
@@ -383,3 +517,88 @@ def test_two_servers_compiling_the_same_kernel_at_once(tmp_path):
     assert "LOADED" in out
     leftovers = [f for _, _, files in os.walk(cache) for f in files if ".tmp." in f]
     assert not leftovers
+
+
+# ------------------------------------------------ L-BFGS and BLAS's threads
+
+
+def test_lbfgs_solves_with_blas_on_one_thread_and_restores_it():
+    """scipy's L-BFGS-B steps are small BLAS/LAPACK calls: with OpenBLAS's
+    threads on a busy machine (the compile server on the other core) each one
+    waited for a descheduled thread (13 ms a call on digits).  The solve runs
+    them on one thread, and the caller's setting comes back afterwards."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads():
+        counts = [p["num_threads"] for p in threadpoolctl.threadpool_info()
+                  if p["user_api"] == "blas"]
+        return max(counts) if counts else None
+    before = blas_threads()
+    if before is None:
+        pytest.skip("no BLAS library that threadpoolctl can see")
+    seen = []
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 5))
+    y = rng.integers(0, 3, 60)
+    m = optkern.LinearClassifier(solver="lbfgs", max_epochs=20, tol=None,
+                                 callbacks=[lambda row: seen.append(blas_threads())]).fit(X, y)
+    assert seen and set(seen) == {1}
+    assert blas_threads() == before
+    ref = optkern.LinearClassifier(solver="lbfgs", max_epochs=20, tol=None,
+                                   backend="numpy").fit(X, y)
+    np.testing.assert_allclose(m.coef_, ref.coef_, rtol=1e-6, atol=1e-8)
+
+
+# ------------------------------------- compiles that still happen are said
+
+
+def _fresh_kernel():
+    import numba
+
+    def add_one(x):            # a new function each call: never cached, always compiled
+        return x + 1
+    return numba.njit(add_one)
+
+
+def test_compile_watch_announces_and_times_a_foreground_compile():
+    import io as _io
+    out = _io.StringIO()
+    fn = _fresh_kernel()
+    with _jit.CompileWatch(out) as watch:
+        assert fn(1) == 2
+        assert fn(2) == 3             # loaded: no second announcement
+    text = out.getvalue()
+    assert text.count("compiling kernels for") == 1
+    assert "add_one" in text and "(first use; cached afterwards)" in text
+    assert watch.seconds > 0 and watch.names == [watch.names[0]]
+    fn(1.5)                           # a compile outside the block is not watched
+    assert out.getvalue() == text
+    quiet = _io.StringIO()
+    with _jit.CompileWatch(quiet, announce=False) as w2:
+        _fresh_kernel()(1)
+    assert quiet.getvalue() == "" and w2.seconds > 0
+
+
+def test_train_reports_compile_time_apart_from_training_time(tmp_path, capsys, monkeypatch):
+    from optkern.cli import main
+
+    class Compiling(_jit.CompileWatch):
+        def __enter__(self):          # a compile inside the timed fit's window
+            super().__enter__()
+            _fresh_kernel()(1)
+            return self
+    monkeypatch.setattr(_jit, "CompileWatch", Compiling)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 3))
+    np.savez(tmp_path / "d.npz", X=X, y=(X[:, 0] > 0).astype(int))
+    rc = main(["train", str(tmp_path / "d.npz"), "--epochs", "2", "--backend", "numpy"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "optkern: compiling kernels for" in err
+    first = [line for line in err.splitlines() if line.startswith("epoch    1")]
+    assert first and "s compiling)" in first[0]
+    trained = [line for line in out.splitlines() if line.startswith("trained:")][0]
+    assert "s compiling kernels, first use)" in trained
+    took = float(trained.split(" epochs in ")[1].split(" s")[0])
+    spent = float(trained.split("(+ ")[1].split(" s")[0])
+    assert took >= 0 and spent > 0

@@ -82,6 +82,12 @@ def stats():
     return {"numba": _served["numba"], "twin": _served["twin"], "pending": len(_pending)}
 
 
+def count_twin():
+    """Count one call served by a twin chosen outside ``ready`` (the sparse
+    epochs, decided once per fit by a whole-fit warm-up)."""
+    _served["twin"] += 1
+
+
 def forget():
     """Drop this process's knowledge of ready kernels (tests: the next
     ``ready`` looks again; kernels Numba already loaded stay loaded)."""
@@ -214,6 +220,83 @@ def warm_up_call(fn, *args):
             return False
         _pending[key] = (None, None, rid)
     return True
+
+
+# ------------------------------------------------ foreground compiles, said
+
+
+class CompileWatch:
+    """Announce and time the Numba compiles that still run in the foreground
+    (issue 17 item 5): ``OPTKERN_JIT=sync``, an explicit ``backend="numba"``,
+    a kernel without a twin.  Cache loads are not compiles (Numba fires no
+    event for them).  Use as a context manager::
+
+        with CompileWatch(sys.stderr) as watch:
+            ...
+        watch.seconds    # wall time spent compiling inside the block
+
+    Each distinct kernel is announced once, at the start of its compile:
+    "optkern: compiling kernels for <name> (first use; cached afterwards)".
+    Nested compiles (a kernel's callees) count within the outer one.
+    """
+
+    def __init__(self, stream=None, announce=True):
+        self.stream = sys.stderr if stream is None else stream
+        self.announce = announce
+        self.seconds = 0.0
+        self.names = []
+        self._depth = 0
+        self._t0 = 0.0
+        self._listener = None
+
+    def _name(self, event):
+        disp = (event.data or {}).get("dispatcher")
+        fn = getattr(disp, "py_func", None)
+        if fn is None:
+            return "a kernel"
+        module = fn.__module__.rsplit(".", 1)[-1].replace("_generated_", "")
+        return f"{module}.{fn.__qualname__}"
+
+    def _start(self, event):
+        if self._depth == 0:
+            self._t0 = time.perf_counter()
+            name = self._name(event)
+            if name not in self.names:
+                self.names.append(name)
+                if self.announce:
+                    try:
+                        self.stream.write(f"optkern: compiling kernels for {name} "
+                                          "(first use; cached afterwards)\n")
+                        self.stream.flush()
+                    except (OSError, ValueError):
+                        pass
+        self._depth += 1
+
+    def _end(self, event):
+        self._depth = max(0, self._depth - 1)
+        if self._depth == 0:
+            self.seconds += time.perf_counter() - self._t0
+
+    def __enter__(self):
+        from numba.core import event as ev
+
+        watch = self
+
+        class _Listener(ev.Listener):
+            def on_start(self, event):
+                watch._start(event)
+
+            def on_end(self, event):
+                watch._end(event)
+
+        self._listener = _Listener()
+        ev.register("numba:compile", self._listener)
+        return self
+
+    def __exit__(self, *exc):
+        from numba.core import event as ev
+        ev.unregister("numba:compile", self._listener)
+        return False
 
 
 # ----------------------------------------------------------------- client

@@ -29,6 +29,7 @@ warns and keeps those weights instead).  KeyboardInterrupt during fit leaves
 the model of the last completed epoch, with a warning.
 """
 
+import contextlib
 import functools
 import math
 import numbers
@@ -168,6 +169,28 @@ def sparse_wide(X):
 # schedule=None ("adaptive"): stop dividing the rate by 5 below this
 ADAPTIVE_MIN_LR = 1e-6
 
+
+
+# a dense L-BFGS objective of at least this many multiply-adds (n x d x k) keeps
+# BLAS's threads for its own X @ W and X.T @ P (the solver's steps run on one)
+_LBFGS_BLAS_THREADED_WORK = 10_000_000
+_LIMITER = []
+
+
+def _blas_limiter():
+    """A threadpoolctl controller (created once: it scans the loaded
+    libraries), with ``info_threads`` the BLAS thread count to restore; None
+    without threadpoolctl."""
+    if not _LIMITER:
+        try:
+            from threadpoolctl import ThreadpoolController
+            ctl = ThreadpoolController()
+            blas = [p["num_threads"] for p in ctl.info() if p["user_api"] == "blas"]
+            ctl.info_threads = max(blas) if blas else 1
+        except Exception:   # no threadpoolctl, or a library it cannot read
+            ctl = None
+        _LIMITER.append(ctl)
+    return _LIMITER[0]
 
 class _Stall:
     """scikit-learn's stopping rule, per epoch (in memory) or round (dask):
@@ -601,14 +624,15 @@ class _BaseLinear(BaseEstimator):
             if runner is None:
                 runner = ctx.sparse_runner = sparse_epochs.SparseRunner(
                     self, ctx, ctx.sparse_mode)
-                # no ahead-of-time twin of the sparse epochs: while they are not
-                # compiled, backend="auto" trains this fit with their NumPy
-                # reference (the same algorithm) and the compile server compiles
+                # while the sparse epochs are not compiled, backend="auto" trains
+                # this fit with their Cython twin (or, not built, their NumPy
+                # reference: the same algorithm) and the compile server compiles
                 # them by fitting a copy on a few rows (optkern._jit)
-                runner.reference = self.backend == "auto" and \
+                cold = self.backend == "auto" and \
                     not sparse_epochs.compiled_for(runner) and \
                     _jit.warm_up_call(sparse_epochs.warm_up, *sparse_epochs.warm_up_args(
                         self, ctx))
+                runner.reference = cold and not runner.use_twin()
             if not runner.reference:
                 return runner(order, bs, block=_block_rows(
                     ctx.X, ctx.W.shape[1], bs, SPARSE_EPOCH_BLOCK_WORK))
@@ -975,9 +999,26 @@ class _BaseLinear(BaseEstimator):
                 raise StopIteration  # scipy >= 1.11: ends the minimisation at this iterate
 
         theta0 = np.concatenate([W.ravel(), b if b is not None else []]).astype(np.float64)
-        res = minimize(fun, theta0, jac=True, method="L-BFGS-B", callback=callback,
-                       options={"maxiter": max_epochs,
-                                "gtol": 1e-6 if self.tol is None else self.tol * 1e-2})
+        # L-BFGS-B's own steps are BLAS/LAPACK calls on vectors of n_w elements
+        # and m x m matrices: too small for threads, and with OpenBLAS's threads
+        # on a busy machine (a compile server on the other core, another
+        # program) each one waited for a descheduled thread: 13 ms a call on
+        # digits against ~0.1 ms on one thread (docs/first_call.md).  The solve
+        # runs with BLAS on one thread; a large dense objective that itself
+        # runs on BLAS gets the threads back for its own call.
+        limiter = _blas_limiter()
+        heavy = csr is None and not sp.issparse(X) and X.size * k >= _LBFGS_BLAS_THREADED_WORK
+        if limiter is not None and heavy:
+            inner = fun
+
+            def fun(theta):
+                with limiter.limit(limits=limiter.info_threads, user_api="blas"):
+                    return inner(theta)
+        with (limiter.limit(limits=1, user_api="blas") if limiter is not None
+              else contextlib.nullcontext()):
+            res = minimize(fun, theta0, jac=True, method="L-BFGS-B", callback=callback,
+                           options={"maxiter": max_epochs,
+                                    "gtol": 1e-6 if self.tol is None else self.tol * 1e-2})
         W[...] = res.x[:n_w].reshape(d, k).astype(dtype)
         if b is not None:
             b[...] = res.x[n_w:].astype(dtype)

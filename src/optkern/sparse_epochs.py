@@ -22,8 +22,9 @@ from optkern.kernels import epoch_drivers, sparse_epoch_drivers
 from optkern.kernels import sparse_rules as _sr
 from optkern.kernels.rules import state_names
 
-# backends on which a fit runs the compiled sparse epoch (the Cython build has
-# no sparse twin yet: "cython" runs the Numba one)
+# backends on which a fit runs the compiled sparse epoch ("cython" runs the
+# Numba one; the Cython twin, kernels/cython/generate_sparse_epochs.py, serves
+# backend="auto" while the Numba epoch is not compiled: optkern._jit)
 COMPILED = ("numba", "numba-parallel", "cython")
 
 
@@ -95,6 +96,7 @@ def warm_up(params, X, y):
 
 class SparseRunner:
     reference = False
+    twin = None
 
     def __init__(self, estimator, ctx, kind):
         from optkern.losses import LOSSES
@@ -143,6 +145,25 @@ class SparseRunner:
         self.q = np.zeros(d * k if (kind == "scaled" and alpha * self.l1_ratio > 0) else 1, dt)
         self.carry = np.zeros(2)  # the scaled epoch's (s, u) between blocks
 
+    def use_twin(self):
+        """Serve this fit with the ahead-of-time Cython twin of the epoch (the
+        same loop and arithmetic, no JIT: optkern._jit's cold path).  False
+        when the twin is not built.  Its integer arrays (indices, indptr, slot,
+        touched) share the dtype of X.indices."""
+        from optkern import _backend
+        mod = _backend.cython_module("sparse_epochs")
+        if mod is None:
+            return False
+        self.twin = mod.epoch_for(self.loss_name, self.rule,
+                                  "scaled" if self.kind == "scaled" else "rows")
+        X = self.X
+        it = X.indices.dtype if X.indices.dtype in (np.int32, np.int64) else np.int64
+        self.data = (X.data, np.ascontiguousarray(X.indices, it),
+                     np.ascontiguousarray(X.indptr, it))
+        self.slot = np.full(self.ctx.W.shape[0], -1, it)
+        self.touched = self.G = None
+        return True
+
     def _buffers(self, batch_size):
         d, k = self.ctx.W.shape
         need = max(1, min(d, batch_size * max(self.max_row_nnz, 1)))
@@ -153,7 +174,9 @@ class SparseRunner:
     def _lazy_scales(self, batch_size):
         if self.inv_p_batch != batch_size:
             if self.counts is None:
-                self.counts = feature_counts(self.X)
+                # the twin's fit: NumPy's count (no Numba compile on a cold call)
+                self.counts = feature_counts(self.X) if self.twin is None else \
+                    np.bincount(self.X.indices, minlength=self.X.shape[1])
             self.inv_p = _sr.lazy_scales(self.counts, self.X.shape[0], batch_size,
                                          self.sampling, self.ctx.W.dtype)
             self.inv_p_batch = batch_size
@@ -182,11 +205,18 @@ class SparseRunner:
         n_features x n_outputs gradient, once."""
         d, k = self.ctx.W.shape
         dt = self.ctx.W.dtype
-        fn = epoch_drivers.module_for(self.loss_name, self.rule, "csr").epoch_serial
+        data = self.data
+        if self.twin is not None:
+            # the dense CSR epoch's twin (int64 indices)
+            from optkern import _backend
+            fn = _backend.cython_module("epochs").epoch_for(self.loss_name, self.rule, "csr")
+            data = (data[0], data[1].astype(np.int64), data[2].astype(np.int64))
+        else:
+            fn = epoch_drivers.module_for(self.loss_name, self.rule, "csr").epoch_serial
         c = self._common(self.ctx.opt._prepared_hyper(0, self.gW))
         scratch = (np.zeros((1, d, k), dt), np.zeros((1, k), dt), np.zeros((1, k), dt),
                    np.zeros((1, k), dt), np.zeros(1), np.zeros(1))
-        result = fn(*self.data, self.T, self.sw, order[:batch_size], int(batch_size), 1,
+        result = fn(*data, self.T, self.sw, order[:batch_size], int(batch_size), 1,
                     self.ctx.W, self.ctx.b, *scratch, *c["states"], *c["rest"],
                     _epochs.PARALLEL_MIN_WORK, self.w_mean)
         return self._finish(result)
@@ -286,16 +316,35 @@ class SparseRunner:
                 return mean
             if stop == n:
                 # the last call adds the penalty of the epoch's weights
-                pen = float(sparse_epoch_drivers.penalty_value(
-                    self.ctx.W.reshape(-1), self.alpha, self.l1_ratio))
+                pen = self._penalty_value()
                 return (total + (mean - pen) * (stop - start)) / n + pen
             total += mean * (stop - start)
         return total / n  # not reached
+
+    def _penalty_value(self):
+        """The penalty of the weights, as the epoch's last call adds it (in
+        NumPy when the Cython twin serves the fit: no Numba compile)."""
+        Wf = self.ctx.W.reshape(-1)
+        if self.twin is None:
+            return float(sparse_epoch_drivers.penalty_value(Wf, self.alpha, self.l1_ratio))
+        if self.alpha == 0:
+            return 0.0
+        w = Wf.astype(np.float64)
+        return float(self.alpha * (self.l1_ratio * np.abs(w).sum()
+                                   + 0.5 * (1.0 - self.l1_ratio) * (w @ w)))
 
     def _run(self, fn, order, start, stop, batch_size, userW, extra):
         # the step, the averaging count and the rule's scalars as the last
         # block left them (_finish)
         c = self._common(userW)
+        if self.twin is not None:
+            from optkern import _jit
+            _jit.count_twin()
+            result = self.twin(*self.data, self.T, self.sw, order, int(start), int(stop),
+                               int(batch_size), self.ctx.W, self.ctx.b, *c["states"],
+                               *c["rest"], self.w_mean, self.slot, self.touched, self.G,
+                               self.z, self.dz, self.db, self.unique_rows, *extra)
+            return self._finish(result)
         result = fn(*self.data, self.T, self.sw, order, int(start), int(stop), int(batch_size),
                     self.ctx.W, self.ctx.b, *c["states"], *c["rest"], self.w_mean, self.slot,
                     self.touched, self.G, self.z, self.dz, self.db, self.unique_rows,
