@@ -474,6 +474,11 @@ def _load_model(path):
         raise DataError(f"{path}: cannot be read ({exc})") from None
 
 
+def _zero_based(value):
+    """--zero-based's value for io.load_data: "auto", True or False."""
+    return "auto" if value == "auto" else value in ("true", "yes")
+
+
 def _read_like_training(path, args, extra, n_features):
     """Read a predict/evaluate/test file the way the training file was read."""
     from optkern import io
@@ -493,9 +498,12 @@ def _read_like_training(path, args, extra, n_features):
         kw["label_column"] = args.label_column
     if getattr(args, "delimiter", None) is not None:
         kw["delimiter"] = args.delimiter
-    zb = getattr(args, "zero_based", "auto")
+    zb = _zero_based(getattr(args, "zero_based", "auto"))
     if zb != "auto":
-        kw["zero_based"] = zb == "yes"
+        kw["zero_based"] = zb
+    given = getattr(args, "n_features", None)
+    if given is not None and given != n_features:
+        raise UsageError(f"--n-features {given}: the model takes {n_features} features")
     del io
     return _load_data(path, **kw)
 
@@ -748,8 +756,8 @@ def cmd_train(args):
     fmt = args.format or _detect(args.data)
     X, y, info = _load_data(args.data, fmt=fmt, label_column=args.label_column,
                             delimiter=args.delimiter,
-                            zero_based="auto" if args.zero_based == "auto"
-                            else args.zero_based == "yes",
+                            zero_based=_zero_based(args.zero_based),
+                            n_features=args.n_features,
                             dtype=np.dtype(args.dtype))
     if y is None:
         raise DataError(f"{args.data}: has no labels to train on")
@@ -761,7 +769,7 @@ def cmd_train(args):
         Xt, yt, _ = _read_like_training(
             args.test, argparse.Namespace(format=None, label_column=args.label_column,
                                           delimiter=args.delimiter,
-                                          zero_based=args.zero_based),
+                                          zero_based=args.zero_based, n_features=None),
             {"data": info}, X.shape[1])
         test = (Xt, yt)
     kind = "sparse CSR" if hasattr(X, "tocsr") else "dense"
@@ -973,7 +981,8 @@ def cmd_lr_sweep(args):
                          f"({args.lr_max:g})")
     fmt = args.format or _detect(args.data)
     X, y, _ = _load_data(args.data, fmt=fmt, label_column=args.label_column,
-                         delimiter=args.delimiter)
+                         delimiter=args.delimiter, zero_based=_zero_based(args.zero_based),
+                         n_features=args.n_features)
     if y is None:
         raise DataError(f"{args.data}: has no labels to train on")
     task = _decide_task(args, y, args.data)
@@ -1157,9 +1166,17 @@ def _data_options(p, label=True):
                             "end) or a header name (default: the last column)")
     g.add_argument("--delimiter", default=None,
                    help="CSV field separator (default: ',' or tab for .tsv)")
-    g.add_argument("--zero-based", choices=("auto", "yes", "no"), default="auto",
-                   help="svmlight: are feature indices 0-based? auto: yes when an index 0 "
-                        "occurs (predict/evaluate reuse the training file's choice)")
+    g.add_argument("--zero-based", choices=("auto", "true", "false", "yes", "no"),
+                   default="auto", metavar="{auto,true,false}",
+                   help="svmlight: are feature indices 0-based? auto (default): yes when an "
+                        "index 0 occurs, as scikit-learn's load_svmlight_file; say true for a "
+                        "zero-based file whose column 0 is all zeros (predict/evaluate reuse "
+                        "the training file's choice; yes/no are accepted too)")
+    g.add_argument("--n-features", type=_positive_int, default=None, metavar="N",
+                   help="svmlight: the number of features (default: the largest index in "
+                        "the file); a file with an index beyond N is refused.  CSV/.npz/.npy: "
+                        "the expected column count without the label.  predict/evaluate: "
+                        "must equal the model's")
 
 
 def _model_options(p, sweep=False):
@@ -1186,7 +1203,9 @@ def _model_options(p, sweep=False):
     else:
         g.add_argument("--epochs", type=_positive_int, default=10,
                        help="epochs per run; every run trains exactly this many (default: 10)")
-    g.add_argument("--n-iter-no-change", type=_positive_int, default=None, metavar="N")
+    g.add_argument("--n-iter-no-change", type=_positive_int, default=None, metavar="N",
+                   help="epochs without an improvement of --tol before stopping "
+                        "(default: the estimator's, 5)")
     g.add_argument("--optimizer-param", type=_key_value, action="append", default=[],
                    metavar="KEY=VALUE",
                    help="optimizer hyperparameter, e.g. betas=0.9,0.99 or momentum=0.95 "
@@ -1259,7 +1278,9 @@ def build_parser():
                        help="train a model on a data file",
                        description="Train a linear classifier or regressor on DATA "
                                    "(svmlight/libsvm, CSV, .npz or .npy) and save it.")
-    p.add_argument("data", metavar="DATA")
+    p.add_argument("data", metavar="DATA",
+                   help="training data file (svmlight/libsvm, CSV, .npz or .npy; "
+                        "see 'reading data files')")
     p.add_argument("--test", metavar="DATA", default=None,
                    help="also report metrics on this file (read like DATA)")
     p.add_argument("-o", "--output", metavar="MODEL", default=None,
@@ -1351,10 +1372,14 @@ def build_parser():
                        help="race every optimizer on an ill-conditioned quadratic",
                        description="Steps to converge and time per step of every optimizer on "
                                    "every backend.")
-    p.add_argument("--size", type=int, default=10_000, help="number of parameters")
-    p.add_argument("--tol", type=float, default=1e-6)
-    p.add_argument("--max-steps", type=int, default=5_000)
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    p.add_argument("--size", type=int, default=10_000,
+                   help="number of parameters of the quadratic (default: 10000)")
+    p.add_argument("--tol", type=float, default=1e-6,
+                   help="converged when f(x)/f(x0) falls below this (default: 1e-6)")
+    p.add_argument("--max-steps", type=int, default=5_000,
+                   help="give up after this many steps (default: 5000)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float64",
+                   help="parameter dtype (default: float64)")
     p.add_argument("--backends", nargs="+", default=None,
                    help="backends to race (default: every available one but cuda)")
     p.set_defaults(func=cmd_race)
