@@ -1210,9 +1210,11 @@ def _model_options(p, sweep=False):
                    metavar="KEY=VALUE",
                    help="optimizer hyperparameter, e.g. betas=0.9,0.99 or momentum=0.95 "
                         "(repeatable)")
-    g.add_argument("--penalty", choices=("l2", "l1", "elasticnet", "none"), default=None)
+    g.add_argument("--penalty", choices=("l2", "l1", "elasticnet", "none"), default=None,
+                   help="regularisation term (default: l2)")
     g.add_argument("--alpha", type=_nonneg_float, default=None, help="penalty strength")
-    g.add_argument("--l1-ratio", type=_nonneg_float, default=None)
+    g.add_argument("--l1-ratio", type=_nonneg_float, default=None,
+                   help="elasticnet: the L1 share of the penalty, in [0, 1] (default: 0.15)")
     g.add_argument("--epsilon", type=_nonneg_float, default=None,
                    help="huber / epsilon_insensitive threshold")
     g.add_argument("--no-intercept", action="store_true", help="fit no intercept")
@@ -1226,8 +1228,12 @@ def _model_options(p, sweep=False):
                    ", e.g. invscaling:power=0.5 or cosine:total_steps=1000")
     g.add_argument("--average", type=_nonneg_int, default=None, metavar="K",
                    help="Polyak averaging of the iterates after K steps")
-    g.add_argument("--class-weight", choices=("balanced",), default=None)
-    g.add_argument("--solver", choices=("sgd", "lbfgs"), default=None)
+    g.add_argument("--class-weight", choices=("balanced",), default=None,
+                   help="balanced: weight classes inversely to their frequency "
+                        "(default: every sample weighs 1)")
+    g.add_argument("--solver", choices=("sgd", "lbfgs"), default=None,
+                   help="sgd: minibatch epochs with --optimizer (default); lbfgs: "
+                        "full-batch L-BFGS on a smooth loss with l2 or no penalty")
     g.add_argument("--validation-fraction", type=_fraction, default=None, metavar="F",
                    help="hold out this fraction for early stopping on the validation score")
     g.add_argument("--backend", type=_backend_name, default=None,
@@ -1299,8 +1305,9 @@ def build_parser():
                        description="One predicted label (or value) per line; --proba: a "
                                    "header line of the classes, then one line of "
                                    "comma-separated probabilities per sample.")
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("data", metavar="DATA")
+    p.add_argument("model", metavar="MODEL", help="a model file saved by 'optkern train -o'")
+    p.add_argument("data", metavar="DATA",
+                   help="data file, read as the training file was (see 'reading data files')")
     p.add_argument("-o", "--output", metavar="FILE", default=None,
                    help="write here instead of stdout (atomically)")
     p.add_argument("--proba", action="store_true", help="class probabilities")
@@ -1311,8 +1318,9 @@ def build_parser():
                        help="score a saved model on a labelled data file",
                        description="Classifiers: accuracy and log loss; regressors: R^2, "
                                    "RMSE and MAE.")
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("data", metavar="DATA")
+    p.add_argument("model", metavar="MODEL", help="a model file saved by 'optkern train -o'")
+    p.add_argument("data", metavar="DATA",
+                   help="data file, read as the training file was (see 'reading data files')")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _data_options(p)
     p.set_defaults(func=cmd_evaluate)
@@ -1336,7 +1344,8 @@ def build_parser():
     p.add_argument("--backend", choices=("numba", "numpy", "cython"), default="numba",
                    help="(default: numba)")
     p.add_argument("--seed", type=int, default=0, help="noise seed for sgld (default: 0)")
-    p.add_argument("-o", "--output", metavar="FILE.png", default=None)
+    p.add_argument("-o", "--output", metavar="FILE.png", default=None,
+                   help="save the contour plot with the paths here (needs matplotlib)")
     p.add_argument("--animate", metavar="FILE.gif", default=None,
                    help="also write an animated GIF")
     p.add_argument("--frames", type=_positive_int, default=40,
@@ -1354,7 +1363,8 @@ def build_parser():
                        description="Train for a fixed number of epochs at each learning rate "
                                    "of a log-spaced grid and report (and plot) the final "
                                    "training loss.")
-    p.add_argument("data", metavar="DATA")
+    p.add_argument("data", metavar="DATA",
+                   help="training data file (see 'reading data files')")
     p.add_argument("--optimizer", nargs="+", type=_name("optimizer", OPTIMIZER_NAMES),
                    default=["sgd", "adam"], metavar="NAME",
                    help=", ".join(OPTIMIZER_NAMES) + " (default: sgd adam)")
