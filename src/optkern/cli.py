@@ -1114,6 +1114,42 @@ def race(n=10_000, tol=1e-6, max_steps=5_000, backends=None, dtype="float64", ou
     return rows
 
 
+MAKE_DATA_SETS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
+
+
+def cmd_make_data(args):
+    """Write one of scikit-learn's bundled data sets, split, as svmlight files."""
+    from sklearn import datasets
+    from sklearn.datasets import dump_svmlight_file
+    from sklearn.model_selection import train_test_split
+
+    from optkern.io import atomic_write
+
+    outputs = [("TRAIN", args.train)] + ([("TEST", args.test)] if args.test else [])
+    for option, path in outputs:
+        _check_output(path, option)
+    _refuse_overwriting_inputs(outputs, [])
+    if args.test is None and args.test_fraction != 0.25:
+        raise UsageError("--test-fraction needs a TEST file")
+    X, y = getattr(datasets, f"load_{args.name}")(return_X_y=True)
+    parts = [(args.train, X, y)]
+    if args.test:
+        regression = args.name == "diabetes"
+        Xtr, Xte, ytr, yte = train_test_split(
+            X, y, test_size=args.test_fraction, random_state=args.seed,
+            stratify=None if regression else y)
+        parts = [(args.train, Xtr, ytr), (args.test, Xte, yte)]
+    for path, Xp, yp in parts:
+        # one-based indices (the libsvm convention), so that --zero-based auto
+        # reads digits' all-zero column 0 right; the shape goes in the comment
+        with atomic_write(path) as fh:
+            dump_svmlight_file(Xp, yp, fh, zero_based=False,
+                               comment=f"{args.name}: {Xp.shape[0]} samples x "
+                                       f"{Xp.shape[1]} features")
+        print(f"{path}: {Xp.shape[0]} samples x {Xp.shape[1]} features ({args.name})")
+    return EXIT_OK
+
+
 def cmd_race(args):
     import optkern
 
@@ -1377,6 +1413,24 @@ def build_parser():
     _data_options(p)
     _model_options(p, sweep=True)
     p.set_defaults(func=cmd_lr_sweep)
+
+    p = sub.add_parser("make-data", formatter_class=_Formatter,
+                       help="write a bundled data set as svmlight files",
+                       description="Write one of scikit-learn's bundled data sets as "
+                                   "svmlight/libsvm files (one-based indices), split into "
+                                   "training and test files (stratified for the "
+                                   "classification sets): data to try train, predict, "
+                                   "evaluate and lr-sweep on.")
+    p.add_argument("name", choices=MAKE_DATA_SETS, metavar="NAME",
+                   help="the data set: " + ", ".join(MAKE_DATA_SETS) +
+                        " (diabetes is a regression set)")
+    p.add_argument("train", metavar="TRAIN", help="the training file to write (.svm)")
+    p.add_argument("test", metavar="TEST", nargs="?", default=None,
+                   help="the test file to write (without it, TRAIN gets every sample)")
+    p.add_argument("--test-fraction", type=_fraction, default=0.25, metavar="F",
+                   help="share of the samples in TEST (default: 0.25)")
+    p.add_argument("--seed", type=int, default=0, help="the split's seed (default: 0)")
+    p.set_defaults(func=cmd_make_data)
 
     p = sub.add_parser("race", formatter_class=_Formatter,
                        help="race every optimizer on an ill-conditioned quadratic",

@@ -942,9 +942,15 @@ class _BaseLinear(BaseEstimator):
                 raise StopIteration  # scipy >= 1.11: ends the minimisation at this iterate
 
         theta0 = np.concatenate([W.ravel(), b if b is not None else []]).astype(np.float64)
+        # scikit-learn's LogisticRegression(solver="lbfgs") stops when the
+        # projected gradient's max-norm is below tol=1e-4 or the objective's
+        # relative change below 64 eps, on the same scale as ours (mean loss +
+        # penalty); our default tol=1e-3 (the SGD stall rule's) maps to its
+        # 1e-4.  tol*1e-2 here took 443 iterations on digits against its 100.
         res = minimize(fun, theta0, jac=True, method="L-BFGS-B", callback=callback,
-                       options={"maxiter": max_epochs,
-                                "gtol": 1e-6 if self.tol is None else self.tol * 1e-2})
+                       options={"maxiter": max_epochs, "maxls": 50,
+                                "gtol": 1e-6 if self.tol is None else self.tol * 0.1,
+                                "ftol": 64 * np.finfo(np.float64).eps})
         W[...] = res.x[:n_w].reshape(d, k).astype(dtype)
         if b is not None:
             b[...] = res.x[n_w:].astype(dtype)
