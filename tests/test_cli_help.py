@@ -69,3 +69,25 @@ def test_zero_based_false_shifts_indices(tmp_path, capsys):
     path.write_text("1 1:0.5 4:1\n0 2:1\n1 3:2\n")
     assert cli.main(["train", str(path), "-q", "--epochs", "1", "--zero-based", "false"]) == 0
     assert "3 samples x 4 features" in capsys.readouterr().out
+
+
+def test_make_data_writes_a_split_the_loader_reads_back(tmp_path, capsys):
+    from sklearn.datasets import load_iris
+
+    from optkern.io import load_data
+
+    tr, te = tmp_path / "train.svm", tmp_path / "test.svm"
+    assert cli.main(["make-data", "iris", str(tr), str(te), "--seed", "3"]) == 0
+    X, y = load_iris(return_X_y=True)
+    Xtr, ytr, _ = load_data(str(tr))
+    Xte, yte, _ = load_data(str(te), n_features=Xtr.shape[1])
+    assert (Xtr.shape[0], Xte.shape[0]) == (112, 38)
+    assert Xtr.shape[1] == X.shape[1]
+    both = np.vstack([Xtr.toarray(), Xte.toarray()])
+    # every sample exactly once, labels with it (rows compared as sorted tuples)
+    got = sorted(map(tuple, np.column_stack([both, np.concatenate([ytr, yte])])))
+    want = sorted(map(tuple, np.column_stack([X, y])))
+    np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-15)
+    assert f"{tr}: 112 samples x 4 features (iris)" in capsys.readouterr().out
+    # an existing input is never overwritten by an output of the same path
+    assert cli.main(["make-data", "iris", str(tr), str(tr)]) == 2
