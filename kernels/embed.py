@@ -3,14 +3,15 @@
 Three layers, callable from Python and from your own ``@njit`` code:
 
 * prepare: ``<rule>_prepare(step, scalars, lr, *user)`` -> ``(hyper, scalars)``,
-  the per-step kernel hyperparameters (rules.py's prepare, compiled);
-* update: the functional kernels ``optkern.kernels.<rule>`` (kernels/drivers.py);
-* loss: ``loss_kernel(loss, layout, parallel)`` and the checked calls below.
+  the per-step kernel hyperparameters (rules.py's prepare, compiled; equal to
+  what the optimizer classes compute in Python);
+* update: ``<rule>_loop(p, g, *states, avg, hyper, avg_weight, key, offset)``
+  on 1-D arrays, and the all-in-one ``optkern.kernels.<rule>`` (kernels/drivers.py);
+* loss: ``loss_kernel(loss, layout, parallel)`` and ``check_loss_buffers``.
 
 ``check_loss_buffers`` raises ``ValueError`` naming the buffer when ``dW``,
 ``db`` or ``scratch`` is too small or of the wrong shape; the raw loss kernels
 do not check (they are the hot path).
-
 
 ``CACHE_TAG`` is a string that changes whenever optkern's kernels do (the
 version plus a digest of kernels/*.py).  Numba's on-disk cache of YOUR
