@@ -35,6 +35,19 @@ Loss and gradient building blocks (docs/losses.md), also ``@njit``-callable::
     predict_dense(X, W, b, out, WT), predict_dense_parallel(...)
     predict_csr(data, indices, indptr, W, b, out), predict_csr_parallel(...)
     LOSS_RULES  (name -> rule spec, kernels/loss_rules.py)
+
+The embedding API (docs/embedding.md; kernels/embed.py), for package authors
+who call the kernels from their own ``@njit`` code::
+
+    <rule>_prepare(step, scalars, lr, *user_hyper[1:]) -> (kernel_hyper, scalars)
+    <rule>_loop(p, g, *states, avg, hyper, avg_weight, key, offset)   (1-D arrays)
+    check_loss_buffers(n_features, n_outputs, has_intercept, dW, db, scratch, n_chunks)
+    CACHE_TAG        changes with optkern's kernels: fold it into your cached
+                     functions as a default argument (``_optkern=CACHE_TAG``)
+    OPTKERN_VERSION  optkern's version
+
+Stability: the names in ``__all__`` and their argument order are public;
+an incompatible change is listed in docs/embedding.md.
 """
 
 from .rules import RULES
@@ -54,8 +67,14 @@ _LOSS_EXPORTS = {
     "predict_csr_parallel": "predict_csr_parallel",
 }
 
-__all__ = (list(KERNEL_NAMES) + [f"{n}_rows" for n in KERNEL_NAMES] + list(_LOSS_EXPORTS)
-           + ["KERNEL_NAMES", "RULES", "LOSS_RULES", "noise_key"])
+# name exported here -> name in kernels/embed.py (imported on first use)
+_EMBED_EXPORTS = ("CACHE_TAG", "OPTKERN_VERSION", "check_loss_buffers", "prepare_kernel",
+                  "loop_kernel")
+
+__all__ = (list(KERNEL_NAMES) + [f"{n}_rows" for n in KERNEL_NAMES]
+           + [f"{n}_prepare" for n in KERNEL_NAMES] + [f"{n}_loop" for n in KERNEL_NAMES]
+           + list(_LOSS_EXPORTS)
+           + list(_EMBED_EXPORTS) + ["KERNEL_NAMES", "RULES", "LOSS_RULES", "noise_key"])
 
 
 def __getattr__(name):
@@ -66,6 +85,24 @@ def __getattr__(name):
         fn = sparse_drivers.module_for(name[:-5]).functional
         globals()[name] = fn
         return fn
+    if name.endswith("_prepare") and name[:-8] in RULES:
+        from . import embed
+
+        fn = embed.prepare_kernel(name[:-8])
+        globals()[name] = fn
+        return fn
+    if name.endswith("_loop") and name[:-5] in RULES:
+        from . import embed
+
+        fn = embed.loop_kernel(name[:-5])
+        globals()[name] = fn
+        return fn
+    if name in _EMBED_EXPORTS:
+        from . import embed
+
+        value = getattr(embed, name)
+        globals()[name] = value
+        return value
     if name in RULES:
         from . import drivers
 

@@ -147,7 +147,42 @@ _PXD_HEADER = '''\
 #       ``label`` (pass y_i = NULL).  nogil, noexcept, float or double.
 #   the scalar rules <name>_loss(z, y, epsilon, &d) -> loss (d written to *d).
 from cython cimport floating
+from libc.stdint cimport int64_t
 from libc.math cimport exp, log, log1p, fabs
+
+# CSR index types (the minibatch kernels below take either)
+ctypedef fused int_t:
+    int
+    long long
+
+cdef enum:
+    ROW_BLOCK = {ROW_BLOCK}
+
+
+cdef inline Py_ssize_t _per_chunk(Py_ssize_t d, Py_ssize_t k) noexcept nogil:
+    return k * d + k + 2 * ROW_BLOCK * k + 1
+
+
+cdef inline Py_ssize_t scratch_size(Py_ssize_t n_chunks, Py_ssize_t d, Py_ssize_t k) noexcept nogil:
+    """Elements of ``scratch`` dense_<loss>/csr_<loss> need for n_chunks threads."""
+    return k * d + n_chunks * _per_chunk(d, k)
+'''
+
+# the minibatch loss and gradient (defined in _losses.pyx), declared here so
+# other modules can cimport them (optkern.kernels.cython.losses re-exports them)
+_PXD_MINIBATCH = '''
+
+cdef double dense_{name}(const floating* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t k,
+                         const floating* yr, const int64_t* yc, const floating* sw,
+                         const floating* W, const floating* b, double alpha, double l1_ratio,
+                         floating eps, floating* dW, floating* db, floating* scratch,
+                         int n_chunks) noexcept nogil
+cdef double csr_{name}(const floating* data, const int_t* indices, const int_t* indptr,
+                       Py_ssize_t n, Py_ssize_t d, Py_ssize_t k, const floating* yr,
+                       const int64_t* yc, const floating* sw, const floating* W,
+                       const floating* b, double alpha, double l1_ratio, floating eps,
+                       floating* dW, floating* db, floating* scratch,
+                       int n_chunks) noexcept nogil
 '''
 
 _PYX = r'''
@@ -177,10 +212,6 @@ from libc.stdint cimport int64_t
 from libc.math cimport exp, log, log1p, fabs
 import numpy as np
 
-ctypedef fused int_t:
-    int
-    long long
-
 cdef extern from *:
     """
     #ifndef OPTKERN_OPENMP
@@ -192,12 +223,7 @@ cdef extern from *:
 
 OPENMP = bool(optkern_openmp_built)
 
-cdef enum:
-    ROW_BLOCK = {ROW_BLOCK}
-
-
-cdef inline Py_ssize_t _per_chunk(Py_ssize_t d, Py_ssize_t k) noexcept nogil:
-    return k * d + k + 2 * ROW_BLOCK * k + 1
+# int_t, ROW_BLOCK and _per_chunk come from _losses.pxd
 
 
 {BLOCKS}
@@ -679,7 +705,7 @@ def _block_functions(R=ROW_BLOCK, score_tiles=SCORE_TILES, acc_tiles=ACC_TILES):
 def sources():
     """(pxd_text, pyx_text) generated from the loss rules."""
     rules = _load_rules()
-    pxd = [_PXD_HEADER]
+    pxd = [_PXD_HEADER.replace("{ROW_BLOCK}", str(ROW_BLOCK))]
     pyx = [_PYX.replace("{ROW_BLOCK}", str(ROW_BLOCK))
            .replace("{BLOCKS}", _block_functions())]
     dense, csr, rows = [], [], []
@@ -688,6 +714,7 @@ def sources():
         ids[spec.name] = i
         pxd.append("\n\n" + _rule_to_cython(spec))
         pxd.append(_row_function(spec))
+        pxd.append(_PXD_MINIBATCH.format(name=spec.name))
         pyx.append(_PER_LOSS.format(name=spec.name))
         kw = "if" if i == 0 else "elif"
         dense.append(f"    {kw} which == {i}:\n        return dense_{spec.name}("

@@ -474,6 +474,11 @@ def _load_model(path):
         raise DataError(f"{path}: cannot be read ({exc})") from None
 
 
+def _zero_based(value):
+    """--zero-based's value for io.load_data: "auto", True or False."""
+    return "auto" if value == "auto" else value in ("true", "yes")
+
+
 def _read_like_training(path, args, extra, n_features):
     """Read a predict/evaluate/test file the way the training file was read."""
     from optkern import io
@@ -493,9 +498,12 @@ def _read_like_training(path, args, extra, n_features):
         kw["label_column"] = args.label_column
     if getattr(args, "delimiter", None) is not None:
         kw["delimiter"] = args.delimiter
-    zb = getattr(args, "zero_based", "auto")
+    zb = _zero_based(getattr(args, "zero_based", "auto"))
     if zb != "auto":
-        kw["zero_based"] = zb == "yes"
+        kw["zero_based"] = zb
+    given = getattr(args, "n_features", None)
+    if given is not None and given != n_features:
+        raise UsageError(f"--n-features {given}: the model takes {n_features} features")
     del io
     return _load_data(path, **kw)
 
@@ -756,8 +764,8 @@ def cmd_train(args):
     fmt = args.format or _detect(args.data)
     X, y, info = _load_data(args.data, fmt=fmt, label_column=args.label_column,
                             delimiter=args.delimiter,
-                            zero_based="auto" if args.zero_based == "auto"
-                            else args.zero_based == "yes",
+                            zero_based=_zero_based(args.zero_based),
+                            n_features=args.n_features,
                             dtype=np.dtype(args.dtype))
     if y is None:
         raise DataError(f"{args.data}: has no labels to train on")
@@ -769,7 +777,7 @@ def cmd_train(args):
         Xt, yt, _ = _read_like_training(
             args.test, argparse.Namespace(format=None, label_column=args.label_column,
                                           delimiter=args.delimiter,
-                                          zero_based=args.zero_based),
+                                          zero_based=args.zero_based, n_features=None),
             {"data": info}, X.shape[1])
         test = (Xt, yt)
     kind = "sparse CSR" if hasattr(X, "tocsr") else "dense"
@@ -992,7 +1000,8 @@ def cmd_lr_sweep(args):
                          f"({args.lr_max:g})")
     fmt = args.format or _detect(args.data)
     X, y, _ = _load_data(args.data, fmt=fmt, label_column=args.label_column,
-                         delimiter=args.delimiter)
+                         delimiter=args.delimiter, zero_based=_zero_based(args.zero_based),
+                         n_features=args.n_features)
     if y is None:
         raise DataError(f"{args.data}: has no labels to train on")
     task = _decide_task(args, y, args.data)
@@ -1124,6 +1133,42 @@ def race(n=10_000, tol=1e-6, max_steps=5_000, backends=None, dtype="float64", ou
     return rows
 
 
+MAKE_DATA_SETS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
+
+
+def cmd_make_data(args):
+    """Write one of scikit-learn's bundled data sets, split, as svmlight files."""
+    from sklearn import datasets
+    from sklearn.datasets import dump_svmlight_file
+    from sklearn.model_selection import train_test_split
+
+    from optkern.io import atomic_write
+
+    outputs = [("TRAIN", args.train)] + ([("TEST", args.test)] if args.test else [])
+    for option, path in outputs:
+        _check_output(path, option)
+    _refuse_overwriting_inputs(outputs, [])
+    if args.test is None and args.test_fraction != 0.25:
+        raise UsageError("--test-fraction needs a TEST file")
+    X, y = getattr(datasets, f"load_{args.name}")(return_X_y=True)
+    parts = [(args.train, X, y)]
+    if args.test:
+        regression = args.name == "diabetes"
+        Xtr, Xte, ytr, yte = train_test_split(
+            X, y, test_size=args.test_fraction, random_state=args.seed,
+            stratify=None if regression else y)
+        parts = [(args.train, Xtr, ytr), (args.test, Xte, yte)]
+    for path, Xp, yp in parts:
+        # one-based indices (the libsvm convention), so that --zero-based auto
+        # reads digits' all-zero column 0 right; the shape goes in the comment
+        with atomic_write(path) as fh:
+            dump_svmlight_file(Xp, yp, fh, zero_based=False,
+                               comment=f"{args.name}: {Xp.shape[0]} samples x "
+                                       f"{Xp.shape[1]} features")
+        print(f"{path}: {Xp.shape[0]} samples x {Xp.shape[1]} features ({args.name})")
+    return EXIT_OK
+
+
 def cmd_race(args):
     import optkern
 
@@ -1176,9 +1221,17 @@ def _data_options(p, label=True):
                             "end) or a header name (default: the last column)")
     g.add_argument("--delimiter", default=None,
                    help="CSV field separator (default: ',' or tab for .tsv)")
-    g.add_argument("--zero-based", choices=("auto", "yes", "no"), default="auto",
-                   help="svmlight: are feature indices 0-based? auto: yes when an index 0 "
-                        "occurs (predict/evaluate reuse the training file's choice)")
+    g.add_argument("--zero-based", choices=("auto", "true", "false", "yes", "no"),
+                   default="auto", metavar="{auto,true,false}",
+                   help="svmlight: are feature indices 0-based? auto (default): yes when an "
+                        "index 0 occurs, as scikit-learn's load_svmlight_file; say true for a "
+                        "zero-based file whose column 0 is all zeros (predict/evaluate reuse "
+                        "the training file's choice; yes/no are accepted too)")
+    g.add_argument("--n-features", type=_positive_int, default=None, metavar="N",
+                   help="svmlight: the number of features (default: the largest index in "
+                        "the file); a file with an index beyond N is refused.  CSV/.npz/.npy: "
+                        "the expected column count without the label.  predict/evaluate: "
+                        "must equal the model's")
 
 
 def _model_options(p, sweep=False):
@@ -1205,14 +1258,18 @@ def _model_options(p, sweep=False):
     else:
         g.add_argument("--epochs", type=_positive_int, default=10,
                        help="epochs per run; every run trains exactly this many (default: 10)")
-    g.add_argument("--n-iter-no-change", type=_positive_int, default=None, metavar="N")
+    g.add_argument("--n-iter-no-change", type=_positive_int, default=None, metavar="N",
+                   help="epochs without an improvement of --tol before stopping "
+                        "(default: the estimator's, 5)")
     g.add_argument("--optimizer-param", type=_key_value, action="append", default=[],
                    metavar="KEY=VALUE",
                    help="optimizer hyperparameter, e.g. betas=0.9,0.99 or momentum=0.95 "
                         "(repeatable)")
-    g.add_argument("--penalty", choices=("l2", "l1", "elasticnet", "none"), default=None)
+    g.add_argument("--penalty", choices=("l2", "l1", "elasticnet", "none"), default=None,
+                   help="regularisation term (default: l2)")
     g.add_argument("--alpha", type=_nonneg_float, default=None, help="penalty strength")
-    g.add_argument("--l1-ratio", type=_nonneg_float, default=None)
+    g.add_argument("--l1-ratio", type=_nonneg_float, default=None,
+                   help="elasticnet: the L1 share of the penalty, in [0, 1] (default: 0.15)")
     g.add_argument("--epsilon", type=_nonneg_float, default=None,
                    help="huber / epsilon_insensitive threshold")
     g.add_argument("--no-intercept", action="store_true", help="fit no intercept")
@@ -1226,8 +1283,12 @@ def _model_options(p, sweep=False):
                    ", e.g. invscaling:power=0.5 or cosine:total_steps=1000")
     g.add_argument("--average", type=_nonneg_int, default=None, metavar="K",
                    help="Polyak averaging of the iterates after K steps")
-    g.add_argument("--class-weight", choices=("balanced",), default=None)
-    g.add_argument("--solver", choices=("sgd", "lbfgs"), default=None)
+    g.add_argument("--class-weight", choices=("balanced",), default=None,
+                   help="balanced: weight classes inversely to their frequency "
+                        "(default: every sample weighs 1)")
+    g.add_argument("--solver", choices=("sgd", "lbfgs"), default=None,
+                   help="sgd: minibatch epochs with --optimizer (default); lbfgs: "
+                        "full-batch L-BFGS on a smooth loss with l2 or no penalty")
     g.add_argument("--validation-fraction", type=_fraction, default=None, metavar="F",
                    help="hold out this fraction for early stopping on the validation score")
     g.add_argument("--backend", type=_backend_name, default=None,
@@ -1278,7 +1339,9 @@ def build_parser():
                        help="train a model on a data file",
                        description="Train a linear classifier or regressor on DATA "
                                    "(svmlight/libsvm, CSV, .npz or .npy) and save it.")
-    p.add_argument("data", metavar="DATA")
+    p.add_argument("data", metavar="DATA",
+                   help="training data file (svmlight/libsvm, CSV, .npz or .npy; "
+                        "see 'reading data files')")
     p.add_argument("--test", metavar="DATA", default=None,
                    help="also report metrics on this file (read like DATA)")
     p.add_argument("-o", "--output", metavar="MODEL", default=None,
@@ -1297,8 +1360,9 @@ def build_parser():
                        description="One predicted label (or value) per line; --proba: a "
                                    "header line of the classes, then one line of "
                                    "comma-separated probabilities per sample.")
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("data", metavar="DATA")
+    p.add_argument("model", metavar="MODEL", help="a model file saved by 'optkern train -o'")
+    p.add_argument("data", metavar="DATA",
+                   help="data file, read as the training file was (see 'reading data files')")
     p.add_argument("-o", "--output", metavar="FILE", default=None,
                    help="write here instead of stdout (atomically)")
     p.add_argument("--proba", action="store_true", help="class probabilities")
@@ -1309,8 +1373,9 @@ def build_parser():
                        help="score a saved model on a labelled data file",
                        description="Classifiers: accuracy and log loss; regressors: R^2, "
                                    "RMSE and MAE.")
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("data", metavar="DATA")
+    p.add_argument("model", metavar="MODEL", help="a model file saved by 'optkern train -o'")
+    p.add_argument("data", metavar="DATA",
+                   help="data file, read as the training file was (see 'reading data files')")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _data_options(p)
     p.set_defaults(func=cmd_evaluate)
@@ -1334,7 +1399,8 @@ def build_parser():
     p.add_argument("--backend", choices=("numba", "numpy", "cython"), default="numba",
                    help="(default: numba)")
     p.add_argument("--seed", type=int, default=0, help="noise seed for sgld (default: 0)")
-    p.add_argument("-o", "--output", metavar="FILE.png", default=None)
+    p.add_argument("-o", "--output", metavar="FILE.png", default=None,
+                   help="save the contour plot with the paths here (needs matplotlib)")
     p.add_argument("--animate", metavar="FILE.gif", default=None,
                    help="also write an animated GIF")
     p.add_argument("--frames", type=_positive_int, default=40,
@@ -1352,7 +1418,8 @@ def build_parser():
                        description="Train for a fixed number of epochs at each learning rate "
                                    "of a log-spaced grid and report (and plot) the final "
                                    "training loss.")
-    p.add_argument("data", metavar="DATA")
+    p.add_argument("data", metavar="DATA",
+                   help="training data file (see 'reading data files')")
     p.add_argument("--optimizer", nargs="+", type=_name("optimizer", OPTIMIZER_NAMES),
                    default=["sgd", "adam"], metavar="NAME",
                    help=", ".join(OPTIMIZER_NAMES) + " (default: sgd adam)")
@@ -1366,14 +1433,36 @@ def build_parser():
     _model_options(p, sweep=True)
     p.set_defaults(func=cmd_lr_sweep)
 
+    p = sub.add_parser("make-data", formatter_class=_Formatter,
+                       help="write a bundled data set as svmlight files",
+                       description="Write one of scikit-learn's bundled data sets as "
+                                   "svmlight/libsvm files (one-based indices), split into "
+                                   "training and test files (stratified for the "
+                                   "classification sets): data to try train, predict, "
+                                   "evaluate and lr-sweep on.")
+    p.add_argument("name", choices=MAKE_DATA_SETS, metavar="NAME",
+                   help="the data set: " + ", ".join(MAKE_DATA_SETS) +
+                        " (diabetes is a regression set)")
+    p.add_argument("train", metavar="TRAIN", help="the training file to write (.svm)")
+    p.add_argument("test", metavar="TEST", nargs="?", default=None,
+                   help="the test file to write (without it, TRAIN gets every sample)")
+    p.add_argument("--test-fraction", type=_fraction, default=0.25, metavar="F",
+                   help="share of the samples in TEST (default: 0.25)")
+    p.add_argument("--seed", type=int, default=0, help="the split's seed (default: 0)")
+    p.set_defaults(func=cmd_make_data)
+
     p = sub.add_parser("race", formatter_class=_Formatter,
                        help="race every optimizer on an ill-conditioned quadratic",
                        description="Steps to converge and time per step of every optimizer on "
                                    "every backend.")
-    p.add_argument("--size", type=int, default=10_000, help="number of parameters")
-    p.add_argument("--tol", type=float, default=1e-6)
-    p.add_argument("--max-steps", type=int, default=5_000)
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    p.add_argument("--size", type=int, default=10_000,
+                   help="number of parameters of the quadratic (default: 10000)")
+    p.add_argument("--tol", type=float, default=1e-6,
+                   help="converged when f(x)/f(x0) falls below this (default: 1e-6)")
+    p.add_argument("--max-steps", type=int, default=5_000,
+                   help="give up after this many steps (default: 5000)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float64",
+                   help="parameter dtype (default: float64)")
     p.add_argument("--backends", nargs="+", default=None,
                    help="backends to race (default: every available one but cuda)")
     p.set_defaults(func=cmd_race)

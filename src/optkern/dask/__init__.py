@@ -401,8 +401,7 @@ class _DaskLinear(BaseEstimator):
         b0 = (prev._b if prev is not None else np.zeros(k, ds.dtype)) if fi else None
         theta0 = np.concatenate([W0.ravel(), b0 if fi else []]).astype(np.float64)
         res = minimize(fun, theta0, jac=True, method="L-BFGS-B", callback=callback,
-                       options={"maxiter": self.max_epochs,
-                                "gtol": 1e-6 if self.tol is None else self.tol * 1e-2})
+                       options=_est.lbfgs_options(self.tol, self.max_epochs))
         if not np.isfinite(res.fun):
             raise _est.TrainingDiverged("L-BFGS produced a non-finite loss; the model was not "
                                         "changed")
