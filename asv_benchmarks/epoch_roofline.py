@@ -4,6 +4,8 @@
     python asv_benchmarks/epoch_roofline.py --grid          # d x k x batch x dtype grid
     python asv_benchmarks/epoch_roofline.py --breakdown     # + the per-stage breakdown
     python asv_benchmarks/epoch_roofline.py --json out.json
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \
+        python asv_benchmarks/epoch_roofline.py --e2e --backends numba   # vs the peers
 
 Per shape: one compiled epoch of LinearClassifier(softmax, Adam) on n x d
 rows (median over epochs 2..5 of a fit, per backend), its roofline (the
@@ -50,10 +52,14 @@ def main(argv=None):
     ap.add_argument("--backends", default="numba,numba-parallel,cython")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--e2e", action="store_true", help="end to end against the peers")
+    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
     backends = [b for b in args.backends.split(",") if b]
 
     print(f"load average: {os.getloadavg()}", flush=True)
+    if args.e2e:
+        return end_to_end(backends, args.repeats, args.json)
     probes = R.Probes()
     rows = []
     for n, d, k, bs, dt in _shapes(args):
@@ -100,6 +106,90 @@ def main(argv=None):
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(dict(rows=rows, probes=probe_info, stages=stages,
                            load=os.getloadavg()), fh, indent=1)
+    return 0
+
+
+def _torch_fit(torch, X, y, k, epochs, batch, lr, alpha, seed=0):
+    torch.manual_seed(seed)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
+    model = torch.nn.Linear(X.shape[1], k)
+    torch.nn.init.zeros_(model.weight)
+    torch.nn.init.zeros_(model.bias)
+    opt = torch.optim.Adam([{"params": [model.weight], "weight_decay": alpha},
+                            {"params": [model.bias], "weight_decay": 0.0}], lr=lr, fused=True)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(seed)
+    n = X.shape[0]
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        for s in range(0, n, batch):
+            idx = perm[s:s + batch]
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(Xt[idx]), yt[idx]).backward()
+            opt.step()
+    return model
+
+
+def end_to_end(backends, repeats, json_path):
+    import time
+
+    import optkern
+    from sklearn.linear_model import SGDClassifier
+
+    n, d, k, bs, _ = HEADLINE
+    X, y = R.problem(n + 60_000, d, k, np.float32, seed=0)
+    Xtr, ytr, Xte, yte = X[:n], y[:n], X[n:], y[n:]
+    epochs, lr, alpha = 5, 1e-3, 1e-4
+    calls = {}
+    for be in backends:
+        def fit(be=be):
+            m = optkern.LinearClassifier(optimizer="adam", lr=lr, alpha=alpha, batch_size=bs,
+                                         max_epochs=epochs, tol=None, random_state=0,
+                                         backend=be).fit(Xtr, ytr)
+            return lambda: m.score(Xte, yte)
+        calls[f"optkern {be}"] = fit
+    def sk():
+        m = SGDClassifier(loss="log_loss", max_iter=epochs, tol=None, alpha=alpha,
+                          random_state=0).fit(Xtr, ytr)
+        return lambda: m.score(Xte, yte)
+    calls["sklearn SGDClassifier(log_loss, max_iter=5, tol=None)"] = sk
+    try:
+        import torch
+
+        def tfit():
+            m = _torch_fit(torch, Xtr, ytr, k, epochs, bs, lr, alpha)
+            with torch.no_grad():
+                pred = m(torch.from_numpy(Xte)).argmax(1).numpy()
+            return lambda: float(np.mean(pred == yte))
+        calls[f"PyTorch {torch.__version__} loop, Adam(fused=True), "
+              f"{torch.get_num_threads()} threads"] = tfit
+    except ImportError:
+        print("torch not installed: its row is skipped")
+    for fn in calls.values():   # warm-up: compile / load every kernel
+        fn()
+    times = {name: [] for name in calls}
+    accs = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            t0 = time.perf_counter()
+            score = fn()
+            times[name].append(time.perf_counter() - t0)
+            accs[name].append(score())
+    ours = min(np.median(times[f"optkern {be}"]) for be in backends)
+    print(f"{n} x {d} x {k} float32, {epochs} epochs, batch {bs}, Adam lr {lr}, "
+          f"alpha {alpha}; medians of {repeats} interleaved runs")
+    print("| implementation | median fit | test accuracy | time / optkern's best |")
+    print("|---|---:|---:|---:|")
+    rows = []
+    for name in calls:
+        med = float(np.median(times[name]))
+        acc = float(np.median(accs[name]))
+        rows.append(dict(name=name, median_s=med, accuracy=acc, ratio=med / ours))
+        print(f"| {name} | {med:.3f} s | {acc:.4f} | {med / ours:.1f}x |")
+    print(f"load average: {os.getloadavg()}")
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as fh:
+            json.dump(dict(e2e=rows, load=os.getloadavg()), fh, indent=1)
     return 0
 
 
