@@ -203,6 +203,32 @@ def test_auto_defaults_resolved_on_the_whole_data(client):
         0.05, "auto")
 
 
+def test_model_too_large_refused_on_the_client_before_any_work(client, monkeypatch):
+    """A huge feature count (one wild svmlight index) is refused from the
+    partitions' metadata, before any shard is built: ModelTooLargeError naming
+    the dask estimator and the sizes; a fitted model stays as it was."""
+    from optkern._memory import ModelTooLargeError
+
+    rng = np.random.default_rng(4)
+    X = sp.random(200, 50, density=0.1, format="csr", random_state=4)
+    y = (rng.random(200) > 0.5).astype(int)
+    m = okd.LinearClassifier(solver="lbfgs", max_epochs=5).fit(*_dask(X, y))
+    coef = m.coef_.copy()
+    wide = sp.csr_matrix((X.data, X.indices, X.indptr), shape=(200, 2 ** 20))
+    monkeypatch.setenv("OPTKERN_MEMORY_LIMIT", "4M")
+    held = {k for keys in client.has_what().values() for k in keys}
+    for solver in ("lbfgs", "sgd"):
+        m.set_params(solver=solver)
+        with pytest.raises(ModelTooLargeError,
+                           match=r"optkern\.dask\.LinearClassifier\.fit needs about .* "
+                                 r"1048576 features x 1 output .*4\.0 MiB"):
+            m.fit(*_dask(wide, y))
+        np.testing.assert_array_equal(m.coef_, coef)
+    # the refused fits built no shard (the partitions' metadata only)
+    assert not [k for keys in client.has_what().values() for k in keys
+                if str(k).startswith("make_shard") and k not in held]
+
+
 def test_lbfgs_regressor_dataframe(client):
     dd = pytest.importorskip("dask.dataframe")
     import pandas as pd

@@ -96,24 +96,52 @@ def _host_view(a):
     return ary if isinstance(ary, np.ndarray) else None
 
 
-def _device_bounds(a):
-    """[lo, hi) byte addresses of a CUDA array (its __cuda_array_interface__)."""
+def _device_layout(a):
+    """(pointer, shape, byte strides, dtype) of a CUDA array, from its
+    __cuda_array_interface__, or None for anything else."""
     iface = getattr(a, "__cuda_array_interface__", None)
     if iface is None:
         return None
-    ptr, shape = iface["data"][0], tuple(iface["shape"])
-    itemsize = np.dtype(iface["typestr"]).itemsize
+    ptr, shape = int(iface["data"][0]), tuple(int(n) for n in iface["shape"])
+    dtype = np.dtype(iface["typestr"])
     strides = iface.get("strides")
     if strides is None:
-        strides, acc = [], itemsize
+        strides, acc = [], dtype.itemsize
         for n in reversed(shape):
             strides.insert(0, acc)
             acc *= n
+    return ptr, shape, tuple(int(s) for s in strides), dtype
+
+
+def _device_bounds(layout):
+    """[lo, hi) byte addresses a device array's elements occupy."""
+    ptr, shape, strides, dtype = layout
     if any(n == 0 for n in shape):
         return ptr, ptr
     lo = ptr + sum(min(0, (n - 1) * st) for n, st in zip(shape, strides))
-    hi = ptr + sum(max(0, (n - 1) * st) for n, st in zip(shape, strides)) + itemsize
+    hi = ptr + sum(max(0, (n - 1) * st) for n, st in zip(shape, strides)) + dtype.itemsize
     return lo, hi
+
+
+def _device_overlap(la, lb):
+    """Whether two device arrays share memory, exactly: bounds first, then
+    NumPy's exact test on host views with the same offsets and strides into
+    one anonymous mapping spanning both (address space only: its pages are
+    never touched, so nothing is allocated), which tells interleaved views
+    such as d[::2] and d[1::2] apart."""
+    (alo, ahi), (blo, bhi) = _device_bounds(la), _device_bounds(lb)
+    if not (alo < bhi and blo < ahi):
+        return False
+    lo, hi = min(alo, blo), max(ahi, bhi)
+    try:
+        import mmap
+
+        span = mmap.mmap(-1, hi - lo)
+        views = [np.ndarray(shape, dtype, buffer=span, offset=ptr - lo, strides=strides)
+                 for ptr, shape, strides, dtype in (la, lb)]
+        return bool(np.shares_memory(*views, max_work=10 ** 6))
+    except (OSError, ValueError, OverflowError, getattr(np, "exceptions", np).TooHardError):
+        return True     # cannot tell: overlapping bounds count as overlap
 
 
 def arrays_overlap(a, b):
@@ -132,10 +160,10 @@ def arrays_overlap(a, b):
             return bool(np.shares_memory(ha, hb, max_work=10 ** 6))
         except getattr(np, "exceptions", np).TooHardError:
             return True
-    ba, bb = _device_bounds(a), _device_bounds(b)
-    if ba is None or bb is None:
+    la, lb = _device_layout(a), _device_layout(b)
+    if la is None or lb is None:
         return False
-    return ba[0] < bb[1] and bb[0] < ba[1]
+    return _device_overlap(la, lb)
 
 
 class Optimizer:

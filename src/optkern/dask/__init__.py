@@ -64,6 +64,7 @@ from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.utils import check_random_state
 
 from optkern import estimators as _est
+from optkern import optimizers as _opt
 from optkern import schedules as _sched
 from optkern.dask import _data, _worker
 from optkern.dask._data import DataFiles
@@ -325,6 +326,7 @@ class _DaskLinear(BaseEstimator):
         self._seen_workers = self._workers(client)
         self._placement = None
         ds = _data.prepare(client, X, y, sample_weight, self._classify)
+        self._check_fit_memory(ds)
         cw = None
         if self._classify:
             cw = _data.class_weight_factors(self.class_weight, ds.classes, ds.counts)
@@ -346,6 +348,21 @@ class _DaskLinear(BaseEstimator):
             client.cancel(ds.shards)
         self._adopt(state, ds)
         return self
+
+    def _check_fit_memory(self, ds):
+        """ModelTooLargeError on the client, from the partitions' metadata alone,
+        before any shard is built or any worker allocates a model: the client
+        holds the model, the round's averaged state and (L-BFGS) scipy's
+        vectors; each worker's partial_fit checks its own memory again."""
+        from optkern import _memory
+        from optkern.kernels.rules import RULES
+
+        opt = self._resolved_params(ds)["optimizer"]
+        cls = type(opt) if isinstance(opt, _opt.Optimizer) else _est.OPTIMIZER_NAMES[opt][0]
+        _memory.check_fit_memory(ds.d, self._k(ds), ds.dtype, len(RULES[cls._rule].states),
+                                 solver=self.solver, average=self.average,
+                                 intercept=bool(self.fit_intercept),
+                                 what=f"optkern.dask.{type(self).__name__}.fit")
 
     def _warm(self, ds, k):
         """The previous fit's weights, when warm_start and they fit this data."""
