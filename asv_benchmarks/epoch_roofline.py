@@ -54,12 +54,14 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     ap.add_argument("--e2e", action="store_true", help="end to end against the peers")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--torch-threads", type=int, default=None,
+                    help="torch.set_num_threads (default: torch's own)")
     args = ap.parse_args(argv)
     backends = [b for b in args.backends.split(",") if b]
 
     print(f"load average: {os.getloadavg()}", flush=True)
     if args.e2e:
-        return end_to_end(backends, args.repeats, args.json)
+        return end_to_end(backends, args.repeats, args.json, args.torch_threads)
     probes = R.Probes()
     rows = []
     for n, d, k, bs, dt in _shapes(args):
@@ -130,7 +132,7 @@ def _torch_fit(torch, X, y, k, epochs, batch, lr, alpha, seed=0):
     return model
 
 
-def end_to_end(backends, repeats, json_path):
+def end_to_end(backends, repeats, json_path, torch_threads=None):
     import time
 
     import optkern
@@ -156,6 +158,9 @@ def end_to_end(backends, repeats, json_path):
     try:
         import torch
 
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+
         def tfit():
             m = _torch_fit(torch, Xtr, ytr, k, epochs, bs, lr, alpha)
             with torch.no_grad():
@@ -165,8 +170,10 @@ def end_to_end(backends, repeats, json_path):
               f"{torch.get_num_threads()} threads"] = tfit
     except ImportError:
         print("torch not installed: its row is skipped")
-    for fn in calls.values():   # warm-up: compile / load every kernel
+    for name, fn in calls.items():   # warm-up: compile / load every kernel
+        t0 = time.perf_counter()
         fn()
+        print(f"  warm-up {name}: {time.perf_counter() - t0:.2f} s", flush=True)
     times = {name: [] for name in calls}
     accs = {name: [] for name in calls}
     for _ in range(repeats):
@@ -175,6 +182,8 @@ def end_to_end(backends, repeats, json_path):
             score = fn()
             times[name].append(time.perf_counter() - t0)
             accs[name].append(score())
+            print(f"  {name}: {times[name][-1]:.3f} s, accuracy {accs[name][-1]:.4f}",
+                  flush=True)
     ours = min(np.median(times[f"optkern {be}"]) for be in backends)
     print(f"{n} x {d} x {k} float32, {epochs} epochs, batch {bs}, Adam lr {lr}, "
           f"alpha {alpha}; medians of {repeats} interleaved runs")
