@@ -29,6 +29,12 @@ training    time to reach a target test accuracy on a make_classification
             between epochs is not timed.  A run stops at 100 epochs or 60 s
             of training (quick: 50 epochs, 10 s; the PyTorch loop checks
             within an epoch too), flagged "target not reached".
+epoch       (on request) one dense compiled epoch, softmax + Adam, batch 256,
+            on 240,000 x 64 x 8 float32 (quick: 60,000 rows) per compiled
+            backend, against its roofline (optkern._epoch_roofline: the larger
+            of bytes of X / a streaming-read probe and 2 n d k multiply-adds /
+            a multiply-add probe, both measured in this run); the probe line's
+            "speed-up" is the fastest backend's fraction of the roofline.
 
 Update and gradient rows sample all implementations round-robin (so a busy
 neighbour slows all of them alike) and report the median and the best
@@ -61,17 +67,17 @@ SIZES = {
     # features, classes), sampling seconds per row, min samples, training repeats,
     # max epochs and max training seconds per run
     "full": {"sparse": (240_000, 2 ** 18), "update_n": 1_000_000, "grad": (4096, 784, 10), "train": (100_000, 100, 10),
-             "min_time": 2.0, "min_reps": 15, "repeats": 3, "max_epochs": 100,
+             "epoch": (240_000, 64, 8, 256), "min_time": 2.0, "min_reps": 15, "repeats": 3, "max_epochs": 100,
              "max_seconds": 60.0},
     "quick": {"sparse": (20_000, 2 ** 16), "update_n": 100_000, "grad": (1024, 784, 10), "train": (20_000, 50, 10),
-              "min_time": 0.3, "min_reps": 7, "repeats": 1, "max_epochs": 50,
+              "epoch": (60_000, 64, 8, 256), "min_time": 0.3, "min_reps": 7, "repeats": 1, "max_epochs": 50,
               "max_seconds": 10.0},
     "tiny": {"sparse": (600, 2 ** 12), "update_n": 1_000, "grad": (64, 32, 4), "train": (600, 10, 3),
-             "min_time": 0.005, "min_reps": 3, "repeats": 1, "max_epochs": 10,
+             "epoch": (600, 8, 3, 32), "min_time": 0.005, "min_reps": 3, "repeats": 1, "max_epochs": 10,
              "max_seconds": 5.0},
 }
-ROWS = ("update", "gradient", "training", "sparse")
-DEFAULT_ROWS = ("update", "gradient", "training")   # "sparse" on request: minutes
+ROWS = ("update", "gradient", "training", "sparse", "epoch")
+DEFAULT_ROWS = ("update", "gradient", "training")   # "sparse", "epoch" on request
 COMPILED = ("numba", "numba-parallel", "cython")
 ALPHA = 1e-4
 # training target: the L-BFGS optimum's test accuracy minus this.  Constant-lr
@@ -526,6 +532,33 @@ def bench_sparse(n, d, n_classes, repeats):
     return _finish_row(out)
 
 
+# ---------------------------------------------------------------------------
+# epoch row: the dense compiled epoch against the machine's limit
+# ---------------------------------------------------------------------------
+def bench_epoch(n, d, k, batch, tiny=False):
+    """One dense softmax Adam epoch per compiled backend (median over epochs
+    2..5 of a fit) and its roofline (optkern._epoch_roofline): the probe
+    line's "speed-up" is the best backend's fraction of the roofline."""
+    from optkern import _epoch_roofline as R
+
+    row = f"epoch: {n} x {d} x {k}, batch {batch}, float32 (dense, softmax, Adam)"
+    probes = R.Probes(repeats=2, read_bytes=2 ** 20, fma_reps=1000) if tiny else R.Probes()
+    limit, bound = probes.roofline(n, d, k, np.float32)
+    X, y = R.problem(n, d, k, np.float32)
+    out = []
+    for backend in _available_compiled("epochs"):
+        med, est = R.epoch_seconds(X, y, batch, backend)
+        best = min(r["time"] for r in est.history_[1:] or est.history_)
+        out.append(Result(row, f"optkern {backend}", "optkern", med, best,
+                          detail=f"{limit / med:.3f} of the roofline ({med / limit:.1f}x it)"))
+    out.append(Result(
+        row, f"roofline: max(X bytes / read probe, 2ndk / FMA probe), {bound} bound",
+        "probe", limit, limit,
+        detail=f"read {probes.bytes_per_s / 1e9:.1f} GB/s, "
+               f"{probes.fmas_per_s(np.float32) / 1e9:.1f} G multiply-adds/s"))
+    return _finish_row(out)
+
+
 def environment():
     import numba
 
@@ -617,7 +650,8 @@ def add_arguments(parser):
                         metavar="ROW", help="rows to run: " + ", ".join(ROWS) +
                         " (default: " + ", ".join(DEFAULT_ROWS) + "; sparse: the text-like "
                         "race of optkern.sparse_bench, with LIBLINEAR, Vowpal Wabbit and "
-                        "Snap ML where installed)")
+                        "Snap ML where installed; epoch: the dense epoch's fraction of "
+                        "its roofline)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="training runs per implementation (median; default: 3, quick: 1)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
@@ -710,6 +744,9 @@ def _run(args):
         for k in (2, 20):
             progress(f"sparse race, {k} classes")
             results += bench_sparse(*cfg["sparse"], k, cfg["repeats"])
+    if "epoch" in args.rows:
+        progress("epoch against the roofline")
+        results += bench_epoch(*cfg["epoch"], tiny=size_name == "tiny")
     info = environment()
     info["sizes"] = size_name
     info["threads_option"] = args.threads

@@ -1,0 +1,38 @@
+"""The epoch roofline (optkern._epoch_roofline) and its ``optkern bench`` row.
+
+Not a measurement: the arithmetic of the limit, and that the row reports
+every compiled backend against it at tiny sizes.
+"""
+
+import numpy as np
+import pytest
+
+from optkern import _epoch_roofline as R
+from optkern import bench
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_roofline_is_the_slower_of_memory_and_arithmetic(dtype):
+    n, d, k = 1000, 64, 8
+    item = np.dtype(dtype).itemsize
+    # bandwidth such that reading X takes 1 s; FMA rate such that 2ndk takes 2 s
+    bw = n * d * item / 1.0
+    fma = 2 * n * d * k / 2.0
+    assert R.roofline_seconds(n, d, k, dtype, bw, fma) == pytest.approx((2.0, "arithmetic"))
+    assert R.roofline_seconds(n, d, k, dtype, bw / 4, fma) == pytest.approx((4.0, "memory"))
+    assert R.epoch_bytes(n, d, dtype) == n * d * item
+    assert R.epoch_fmas(n, d, k) == 2 * n * d * k
+
+
+def test_bench_epoch_row_reports_each_backend_and_the_roofline():
+    rows = bench.bench_epoch(600, 8, 3, 32, tiny=True)
+    probe = [r for r in rows if r.kind == "probe"]
+    ours = [r for r in rows if r.kind == "optkern"]
+    assert len(probe) == 1 and ours
+    assert {r.impl for r in ours} == {f"optkern {b}" for b in bench._available_compiled("epochs")}
+    for r in ours:
+        assert 0 < r.best_s <= r.median_s
+        frac = probe[0].median_s / r.median_s
+        assert f"{frac:.3f} of the roofline" in r.detail
+    best = min(ours, key=lambda r: r.median_s)
+    assert best.best_backend and probe[0].speedup == pytest.approx(probe[0].median_s / best.median_s)
