@@ -126,6 +126,11 @@ def parallel_checked(params, grads, {state_args_t}, avg_t, hyper, avg_weight, ke
     # written out here: numba/numba#8578, see ``parallel``)
     for k in range(len(grads)):
         gk = grads[k]
+        if gk.shape[0] < 262144:
+            # below 4 chunks a second parallel region costs more than the scan
+            if any_nonfinite(gk):
+                return k
+            continue
         nchunks = (gk.shape[0] + 65535) // 65536
         bad = 0
         for c in prange(nchunks):

@@ -612,7 +612,8 @@ cdef inline bint _any_nonfinite_f32(const float* g, Py_ssize_t n) noexcept nogil
 
 cdef Py_ssize_t _nonfinite_f32(const float* g, Py_ssize_t n, bint parallel) noexcept nogil:
     cdef Py_ssize_t c, bad = 0, nchunks = (n + 65535) // 65536
-    if parallel and OPTKERN_HAVE_OPENMP and nchunks > 1:
+    # below 4 chunks a second parallel region costs more than the scan
+    if parallel and OPTKERN_HAVE_OPENMP and nchunks >= 4:
         for c in prange(nchunks, schedule="static"):
             bad += _any_nonfinite_f32(g + c * 65536, min(<Py_ssize_t>65536, n - c * 65536))
         return bad
@@ -639,7 +640,8 @@ cdef inline bint _any_nonfinite_f64(const double* g, Py_ssize_t n) noexcept nogi
 
 cdef Py_ssize_t _nonfinite_f64(const double* g, Py_ssize_t n, bint parallel) noexcept nogil:
     cdef Py_ssize_t c, bad = 0, nchunks = (n + 65535) // 65536
-    if parallel and OPTKERN_HAVE_OPENMP and nchunks > 1:
+    # below 4 chunks a second parallel region costs more than the scan
+    if parallel and OPTKERN_HAVE_OPENMP and nchunks >= 4:
         for c in prange(nchunks, schedule="static"):
             bad += _any_nonfinite_f64(g + c * 65536, min(<Py_ssize_t>65536, n - c * 65536))
         return bad
