@@ -200,7 +200,6 @@ def step_check(repeat=15):
     print("| optimizer | backend | elements | check_finite=False | default | ratio |")
     print("|---|---|---|---|---|---|")
     for n in STEP_CHECK_SIZES:
-        calls_per = max(1, int(2e6 // n)) if n < 1e6 else 3
         for label, cls, kw in (("Adam", optkern.Adam, {}), ("SGD", optkern.SGD, {})):
             for backend in backends:
                 rng = np.random.default_rng(0)
@@ -210,6 +209,10 @@ def step_check(repeat=15):
                         for check in (False, True)]
                 for o in opts:
                     o.step([g])
+                t0 = time.perf_counter()
+                opts[0].step([g])
+                # ~5 ms a sample (an oversubscribed parallel step can take 30 ms)
+                calls_per = max(1, min(2000, int(5e-3 / (time.perf_counter() - t0))))
                 times = [[], []]
                 for r in range(repeat):
                     for j in ((0, 1) if r % 2 == 0 else (1, 0)):
