@@ -523,3 +523,23 @@ def test_non_finite_gradient_leaves_params_and_state_bitwise_unchanged(backend, 
     opt.step(grads)
     ref.step(grads)
     assert _bits(opt, params) == _bits(ref, twin)
+
+
+@pytest.mark.parametrize("backend", [b for b in cpu_backends()
+                                     if b in ("numba-parallel", "cython")])
+@pytest.mark.parametrize("where", ["first", "chunk-edge", "last"])
+def test_non_finite_gradient_found_by_the_parallel_chunked_scan(backend, where):
+    """From 4 chunks of 65536 elements the parallel backends scan a gradient in
+    parallel chunks: a bad value in any chunk, at a chunk edge too, is found."""
+    n = 4 * 65536 + 5
+    pos = {"first": 0, "chunk-edge": 2 * 65536 - 1, "last": n - 1}[where]
+    rng = np.random.default_rng(pos)
+    p = rng.standard_normal(n).astype(np.float32)
+    opt = optkern.Adam([p], lr=0.01, backend=backend)
+    opt.step([rng.standard_normal(n).astype(np.float32)])
+    before = _bits(opt, [p])
+    g = rng.standard_normal(n).astype(np.float32)
+    g[pos] = np.inf
+    with pytest.raises(FloatingPointError, match=r"grads\[0\]"):
+        opt.step([g])
+    assert _bits(opt, [p]) == before
