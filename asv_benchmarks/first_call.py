@@ -16,6 +16,7 @@ left (without it a short program leaves the compiles running detached, and
 the warm column shows whatever they finished by then).
 
     python asv_benchmarks/first_call.py [--only NAME ...] [--demo] [--settle] [--repeat R]
+    python asv_benchmarks/first_call.py --step-check [--repeat R]
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python asv_benchmarks/first_call.py --lean
 
 prints a Markdown table (median over R cold processes; the load average is
@@ -178,58 +179,51 @@ def default_call(repeat=30):
         print(f"| {shape} | {a * 1e3:.3f} ms | {c * 1e3:.3f} ms | {a / c:.2f} |")
 
 
-# issue 13 item 3: what a user writes, with NumPy/SciPy (softmax, mean loss)
-def lean_softmax(X, y, W, b):
+# issue 13 item 3: what a user writes, with NumPy/SciPy (softmax, mean loss);
+# shared with ``optkern bench --rows lean``
+from optkern.bench import LEAN_CASES, lean_log, lean_problem, lean_softmax  # noqa: E402
+
+
+STEP_CHECK_SIZES = (1_000, 10_000_000)
+
+
+def step_check(repeat=15):
+    """The optimizers' default step (check_finite=True: the NaN/inf scan inside
+    the update kernel's call) against check_finite=False, float32, Adam and
+    SGD, per compiled CPU backend, interleaved (the order alternates each
+    round), medians of ``repeat`` rounds."""
     import numpy as np
-    Z = X @ W + b
-    Z = np.asarray(Z)
-    Z -= Z.max(1, keepdims=True)
-    lse = np.log(np.exp(Z).sum(1))
-    rows = np.arange(len(y))
-    loss = (lse - Z[rows, y]).mean()
-    P = np.exp(Z - lse[:, None])
-    P[rows, y] -= 1
-    P /= len(y)
-    return loss, X.T @ P, P.sum(0)
 
-
-def lean_log(X, y, W, b):
-    """The binary log loss the same way (y in {0, 1}, one output)."""
-    import numpy as np
-    z = np.asarray(X @ W + b)
-    loss = (np.logaddexp(0, z[:, 0]) - y * z[:, 0]).mean()
-    P = (1.0 / (1.0 + np.exp(-z)) - y[:, None]).astype(z.dtype)
-    P /= len(y)
-    return loss, X.T @ P, P.sum(0)
-
-
-# (label, n, d, k, density or None for dense, loss)
-LEAN_CASES = (
-    ("dense (4096, 784, 10)", 4096, 784, 10, None, "softmax"),
-    ("dense (512, 1000, 1000)", 512, 1000, 1000, None, "softmax"),
-    ("dense (1024, 4096, 100)", 1024, 4096, 100, None, "softmax"),
-    ("CSR 1% (4096, 10000, 10)", 4096, 10000, 10, 0.01, "softmax"),
-    ("CSR (20000, 2^18, 1), 131 nnz/row", 20000, 2 ** 18, 1, 131 / 2 ** 18, "log"),
-)
-
-
-def lean_problem(n, d, k, density, loss, seed=0):
-    import numpy as np
-    import scipy.sparse as sp
-    rng = np.random.default_rng(seed)
-    if density is None:
-        X = rng.standard_normal((n, d)).astype(np.float32)
-    else:
-        # built row by row (sp.random permutes n*d positions: 39 GiB at 20,000 x 2^18)
-        per_row = max(1, int(round(density * d)))
-        cols = np.sort(rng.integers(0, d, (n, per_row)), axis=1).ravel()
-        data = rng.standard_normal(n * per_row).astype(np.float32)
-        X = sp.csr_matrix((data, cols, np.arange(0, n * per_row + 1, per_row)), shape=(n, d))
-        X.sum_duplicates()
-    y = rng.integers(0, 2 if loss == "log" else k, n)
-    W = (0.01 * rng.standard_normal((d, k))).astype(np.float32)
-    b = np.zeros(k, np.float32)
-    return X, y, W, b
+    import optkern
+    backends = [b for b in ("numba", "numba-parallel", "cython")
+                if b in optkern.available_backends("updates")]
+    print("| optimizer | backend | elements | check_finite=False | default | ratio |")
+    print("|---|---|---|---|---|---|")
+    for n in STEP_CHECK_SIZES:
+        for label, cls, kw in (("Adam", optkern.Adam, {}), ("SGD", optkern.SGD, {})):
+            for backend in backends:
+                rng = np.random.default_rng(0)
+                g = (1e-3 * rng.standard_normal(n)).astype(np.float32)
+                opts = [cls([rng.standard_normal(n).astype(np.float32)], lr=1e-6,
+                            backend=backend, check_finite=check, **kw)
+                        for check in (False, True)]
+                for o in opts:
+                    o.step([g])
+                t0 = time.perf_counter()
+                opts[0].step([g])
+                # ~5 ms a sample (an oversubscribed parallel step can take 30 ms)
+                calls_per = max(1, min(2000, int(5e-3 / (time.perf_counter() - t0))))
+                times = [[], []]
+                for r in range(repeat):
+                    for j in ((0, 1) if r % 2 == 0 else (1, 0)):
+                        o = opts[j]
+                        t0 = time.perf_counter()
+                        for _ in range(calls_per):
+                            o.step([g])
+                        times[j].append((time.perf_counter() - t0) / calls_per)
+                off, on = (statistics.median(t) for t in times)
+                print(f"| {label} | {backend} | {n:.0e} | {off * 1e6:.1f} us | "
+                      f"{on * 1e6:.1f} us | {on / off:.3f} |", flush=True)
 
 
 def lean_ratio(n, d, k, density, loss, repeat=15):
@@ -287,11 +281,18 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=1, help="cold processes per entry (median)")
     ap.add_argument("--default-call", action="store_true",
                     help="instead: the default loss_and_grad against check_input=False")
+    ap.add_argument("--step-check", action="store_true",
+                    help="instead: the optimizers' default step against check_finite=False")
     ap.add_argument("--lean", action="store_true",
                     help="instead: the default loss_and_grad against the lean NumPy/SciPy "
                          "pipeline a user writes (issue 13 item 3); run it with "
                          "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE")
     args = ap.parse_args(argv)
+    if args.step_check:
+        print(f"load average before: {os.getloadavg()}", flush=True)
+        step_check(args.repeat if args.repeat > 1 else 15)
+        print(f"load average after: {os.getloadavg()}")
+        return
     if args.lean:
         print(f"load average before: {os.getloadavg()}", flush=True)
         lean_table(args.repeat if args.repeat > 1 else 15)

@@ -15,14 +15,32 @@ from numba import njit
 cuda = None  # numba.cuda, bound on first use (importing it is slow)
 
 
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def any_nonfinite(a):
+    """Whether a 1-D float array holds NaN or inf.
+
+    ``x - x`` is 0 for a finite x and NaN for NaN or inf, and a sum of them
+    is 0 or NaN in any order, so the sum may be reassociated: the loop
+    vectorises with independent partial sums and runs at the read bandwidth
+    (~14 GB/s here, against ~9 GB/s for a counting loop and ~5 GB/s for
+    ``math.isfinite`` with an early exit).  Only ``reassoc`` is allowed: no
+    ``nnan``/``ninf``, which would let the compiler fold ``x - x`` to 0.
+    The update drivers (kernels/drivers.py) call it in front of the update
+    of a default ``check_finite=True`` step, inside the same compiled call.
+    """
+    s = a.dtype.type(0)
+    for i in range(a.shape[0]):
+        x = a[i]
+        s += x - x
+    return s != 0
+
+
 @njit(cache=True, nogil=True)
 def first_nonfinite(arrays):
     """Index of the first array in the tuple holding NaN or inf, else -1."""
     for k in range(len(arrays)):
-        a = arrays[k]
-        for i in range(a.shape[0]):
-            if not math.isfinite(a[i]):
-                return k
+        if any_nonfinite(arrays[k]):
+            return k
     return -1
 
 

@@ -464,3 +464,82 @@ def test_numba_parallel_survives_loading_from_numba_cache(tmp_path):
                               env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0 and "ok" in proc.stdout, (
             f"{attempt}: exit code {proc.returncode}\n{proc.stderr[-2000:]}")
+
+
+# ------------------------------------------------- the default step's finite check
+def _bits(opt, params):
+    """Every parameter and every state entry (arrays as raw bytes: bitwise,
+    NaN payloads and signed zeros included)."""
+    sd = opt.state_dict()
+    out = [(a.dtype.str, a.shape, np.ascontiguousarray(a).tobytes()) for a in params]
+    for idx in sorted(sd["state"]):
+        for key in sorted(sd["state"][idx]):
+            v = sd["state"][idx][key]
+            out.append((idx, key, np.ascontiguousarray(v).tobytes()
+                        if isinstance(v, np.ndarray) else repr(v)))
+    out.append(repr(sd["param_groups"]))
+    return out
+
+
+@st.composite
+def _bad_gradient_cases(draw):
+    name = draw(st.sampled_from(sorted(FIXED_OPTIONS)))
+    kw = dict(draw(st.sampled_from(FIXED_OPTIONS[name])))
+    sizes = (draw(st.integers(1, 40)), draw(st.integers(1, 3000)))
+    tensor = draw(st.integers(0, 1))
+    pos = draw(st.integers(0, sizes[tensor] - 1))
+    bad = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+    average = draw(st.sampled_from([False, 1]))
+    return name, kw, sizes, tensor, pos, bad, average
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", ["numpy"] + cpu_backends())
+@given(case=_bad_gradient_cases(), seed=st.integers(0, 2**16))
+def test_non_finite_gradient_leaves_params_and_state_bitwise_unchanged(backend, dtype,
+                                                                        case, seed):
+    """The default step (check_finite=True) scans the gradients inside the
+    update kernel's call: a NaN/inf anywhere in any gradient must raise naming
+    that gradient before anything is written; then the next finite step
+    proceeds exactly as if the failed one had never been tried."""
+    name, kw, sizes, tensor, pos, bad, average = case
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(sizes[0]).astype(dtype),
+              rng.standard_normal(sizes[1]).astype(dtype)]
+    twin = [p.copy() for p in params]
+    opt = make(name, params, backend, average=average, **kw)
+    ref = make(name, twin, backend, average=average, **kw)
+    for _ in range(2):   # non-trivial state first
+        grads = [rng.standard_normal(n).astype(dtype) for n in sizes]
+        opt.step(grads)
+        ref.step([g.copy() for g in grads])
+    before = _bits(opt, params)
+    grads = [rng.standard_normal(n).astype(dtype) for n in sizes]
+    poisoned = [g.copy() for g in grads]
+    poisoned[tensor][pos] = bad
+    with pytest.raises(FloatingPointError, match=rf"grads\[{tensor}\]"):
+        opt.step(poisoned)
+    assert _bits(opt, params) == before
+    opt.step(grads)
+    ref.step(grads)
+    assert _bits(opt, params) == _bits(ref, twin)
+
+
+@pytest.mark.parametrize("backend", [b for b in cpu_backends()
+                                     if b in ("numba-parallel", "cython")])
+@pytest.mark.parametrize("where", ["first", "chunk-edge", "last"])
+def test_non_finite_gradient_found_by_the_parallel_chunked_scan(backend, where):
+    """From 4 chunks of 65536 elements the parallel backends scan a gradient in
+    parallel chunks: a bad value in any chunk, at a chunk edge too, is found."""
+    n = 4 * 65536 + 5
+    pos = {"first": 0, "chunk-edge": 2 * 65536 - 1, "last": n - 1}[where]
+    rng = np.random.default_rng(pos)
+    p = rng.standard_normal(n).astype(np.float32)
+    opt = optkern.Adam([p], lr=0.01, backend=backend)
+    opt.step([rng.standard_normal(n).astype(np.float32)])
+    before = _bits(opt, [p])
+    g = rng.standard_normal(n).astype(np.float32)
+    g[pos] = np.inf
+    with pytest.raises(FloatingPointError, match=r"grads\[0\]"):
+        opt.step([g])
+    assert _bits(opt, [p]) == before

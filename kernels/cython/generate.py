@@ -49,7 +49,7 @@ def _load_files_helper():
 
 _write_if_changed = _load_files_helper().write_if_changed
 MODULE = "_updates"
-TEMPLATE_VERSION = "1"
+TEMPLATE_VERSION = "2"
 
 # (suffix, C type, NumPy type number name, libc function for each math call)
 CTYPES = (
@@ -583,6 +583,86 @@ cdef int _check_disjoint(void** ptrs, int m, Py_ssize_t nbytes, Py_ssize_t k,
                 raise ValueError(f"{{rule}}: the arrays of tensor {{k}} overlap; params, "
                                  "grads, each state and avg must be separate memory")
     return 0
+
+
+# ---------------------------------------------------------------- finite scan
+# The default check_finite=True step: a read-only pass over every gradient
+# before any tensor is updated, inside the same call (kernels/finite.py's
+# any_nonfinite in C).  x - x is 0 for a finite x and NaN for NaN/inf, and a
+# sum of those is 0 or NaN in any order; eight independent partial sums let
+# gcc vectorise the loop without -ffast-math (which would fold x - x to 0).
+
+cdef inline bint _any_nonfinite_f32(const float* g, Py_ssize_t n) noexcept nogil:
+    cdef float s[8]
+    cdef float x, t = 0
+    cdef Py_ssize_t i, j, m = n - n % 8
+    for j in range(8):
+        s[j] = 0
+    for i in range(0, m, 8):
+        for j in range(8):
+            x = g[i + j]
+            s[j] += x - x
+    for i in range(m, n):
+        x = g[i]
+        t += x - x
+    for j in range(8):
+        t += s[j]
+    return t != 0
+
+
+cdef Py_ssize_t _nonfinite_f32(const float* g, Py_ssize_t n, bint parallel) noexcept nogil:
+    cdef Py_ssize_t c, bad = 0, nchunks = (n + 65535) // 65536
+    # below 4 chunks a second parallel region costs more than the scan
+    if parallel and OPTKERN_HAVE_OPENMP and nchunks >= 4:
+        for c in prange(nchunks, schedule="static"):
+            bad += _any_nonfinite_f32(g + c * 65536, min(<Py_ssize_t>65536, n - c * 65536))
+        return bad
+    return _any_nonfinite_f32(g, n)
+
+
+cdef inline bint _any_nonfinite_f64(const double* g, Py_ssize_t n) noexcept nogil:
+    cdef double s[8]
+    cdef double x, t = 0
+    cdef Py_ssize_t i, j, m = n - n % 8
+    for j in range(8):
+        s[j] = 0
+    for i in range(0, m, 8):
+        for j in range(8):
+            x = g[i + j]
+            s[j] += x - x
+    for i in range(m, n):
+        x = g[i]
+        t += x - x
+    for j in range(8):
+        t += s[j]
+    return t != 0
+
+
+cdef Py_ssize_t _nonfinite_f64(const double* g, Py_ssize_t n, bint parallel) noexcept nogil:
+    cdef Py_ssize_t c, bad = 0, nchunks = (n + 65535) // 65536
+    # below 4 chunks a second parallel region costs more than the scan
+    if parallel and OPTKERN_HAVE_OPENMP and nchunks >= 4:
+        for c in prange(nchunks, schedule="static"):
+            bad += _any_nonfinite_f64(g + c * 65536, min(<Py_ssize_t>65536, n - c * 65536))
+        return bad
+    return _any_nonfinite_f64(g, n)
+
+
+cdef Py_ssize_t _first_nonfinite(tuple G, int typenum, bint parallel):
+    """Index of the first gradient tensor holding NaN or inf, else -1."""
+    cdef Py_ssize_t k, n, bad
+    cdef void* gp
+    for k in range(PyTuple_GET_SIZE(G)):
+        n = cnp.PyArray_SIZE(<cnp.ndarray>PyTuple_GET_ITEM(G, k))
+        gp = cnp.PyArray_DATA(<cnp.ndarray>PyTuple_GET_ITEM(G, k))
+        with nogil:
+            if typenum == cnp.NPY_FLOAT32:
+                bad = _nonfinite_f32(<const float*>gp, n, parallel)
+            else:
+                bad = _nonfinite_f64(<const double*>gp, n, parallel)
+        if bad != 0:
+            return k
+    return -1
 '''
 
 
@@ -660,16 +740,19 @@ def _render_def(r):
            f"    States: {states_doc} (an optional '?' state may be None).\n"
            f"    hyper: ({', '.join(r.hyper)}), e.g. from rules.RULES[{name!r}].prepare.\n"
            f"    Same positional arguments as the Numba driver\n"
-           f"    drivers.module_for({name!r}).serial, plus ``parallel`` (OpenMP).\n"
+           f"    drivers.module_for({name!r}).serial, plus ``parallel`` (OpenMP) and\n"
+           f"    ``check_finite`` (scan every gradient first; on NaN/inf update nothing).\n"
+           f"    Returns the index of the first gradient tensor holding NaN/inf\n"
+           f"    (only with check_finite; nothing written), else -1.\n"
            '    """')
     lines = [
         f"def {name}(params, grads, {state_args}avg, hyper, double avg_weight, key, offsets,",
-        "        bint parallel=False):",
+        "        bint parallel=False, bint check_finite=False):",
         doc,
         '    cdef tuple P = _as_tuple(params, "params")',
         "    cdef Py_ssize_t k, n, nt = PyTuple_GET_SIZE(P)",
         "    if nt == 0:",
-        "        return",
+        "        return -1",
         "    cdef int typenum = _params_type(P)",
         '    _check_arrays(P, "params", P, typenum, True)',
         '    cdef tuple G = _as_tuple(grads, "grads")',
@@ -705,6 +788,10 @@ def _render_def(r):
     lines += [
         f"        _check_disjoint(ptrs, {nptr}, cnp.PyArray_NBYTES("
         f"<cnp.ndarray>PyTuple_GET_ITEM(P, k)), k, {name!r})",
+        "    if check_finite:  # then every gradient finite, before any tensor is updated",
+        "        k = _first_nonfinite(G, typenum, parallel)",
+        "        if k >= 0:",
+        "            return k",
         "    for k in range(nt):",
         "        n = cnp.PyArray_SIZE(<cnp.ndarray>PyTuple_GET_ITEM(P, k))",
         "        pp = cnp.PyArray_DATA(<cnp.ndarray>PyTuple_GET_ITEM(P, k))",
@@ -722,6 +809,7 @@ def _render_def(r):
         lines.append(f"                {name}_loop_{sfx}(<{ctype}*>pp, <const {ctype}*>gp, "
                      f"{states}<{ctype}*>ap, n, h, avg_weight, has_key, ukey, off[k], "
                      "parallel)")
+    lines.append("    return -1")
     return "\n".join(lines) + "\n"
 
 

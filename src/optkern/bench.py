@@ -35,6 +35,28 @@ epoch       (on request) one dense compiled epoch, softmax + Adam, batch 256,
             of bytes of X / a streaming-read probe and 2 n d k multiply-adds /
             a multiply-add probe, both measured in this run); the probe line's
             "speed-up" is the fastest backend's fraction of the roofline.
+step-check  (on request) the default optimizer step (check_finite=True: the
+            NaN/inf scan of the gradients inside the update kernel's call)
+            against check_finite=False, Adam and SGD, float32, at 1e3 and 1e7
+            elements (quick: 1e3 and 1e6), per compiled backend; the default
+            line's detail is its extra time over check_finite=False.
+lean        (on request) ``loss_and_grad`` with default arguments against the
+            lean NumPy/SciPy pipeline a user writes (issue 13: ``X @ W + b``,
+            a NumPy softmax, ``X.T @ P``): dense (4096, 784, 10), (512, 1000,
+            1000), (1024, 4096, 100), CSR 1% (4096, 10000, 10) and the binary
+            log loss on CSR (20,000 x 2^18, 131 nonzeros a row); quick: the
+            first and the 1% CSR case.  Warm kernels (the JIT service's
+            compiles awaited); the BLAS threadpoolctl reports is in the detail.
+            Run it with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset.
+first-call  (on request) the first call of ``loss_and_grad`` (softmax,
+            digits), ``Adam.step`` (1e6 float32) and
+            ``LinearClassifier().fit`` (digits), each in a fresh process whose
+            Numba and generated-driver caches are an empty directory (a new
+            install), then the same call again in that process ("second"),
+            then the first call in a second fresh process on the cache the
+            first one left ("warm cache"), and the lean NumPy pipeline's first
+            call in a fresh process.  Speed-up here is relative to the second
+            call: the cold line's is its cold/warm ratio.
 
 Update and gradient rows sample all implementations round-robin (so a busy
 neighbour slows all of them alike) and report the median and the best
@@ -76,7 +98,8 @@ SIZES = {
              "epoch": (600, 8, 3, 32), "min_time": 0.005, "min_reps": 3, "repeats": 1, "max_epochs": 10,
              "max_seconds": 5.0},
 }
-ROWS = ("update", "gradient", "training", "sparse", "epoch")
+ROWS = ("update", "gradient", "training", "sparse", "epoch", "step-check", "lean",
+        "first-call")
 DEFAULT_ROWS = ("update", "gradient", "training")   # "sparse", "epoch" on request
 COMPILED = ("numba", "numba-parallel", "cython")
 ALPHA = 1e-4
@@ -637,6 +660,231 @@ def write_plot(results, path):
 
 
 # ---------------------------------------------------------------------------
+# step-check rows: the default step against check_finite=False
+# ---------------------------------------------------------------------------
+STEP_CHECK_SIZES = {"full": (1_000, 10_000_000), "quick": (1_000, 1_000_000),
+                    "tiny": (1_000,)}
+_STEP_CHECK_VARIANTS = {"Adam": ("Adam", {"lr": 1e-3}), "SGD": ("SGD", {"lr": 1e-3})}
+
+
+def bench_step_check(label, n, min_time, min_reps):
+    import optkern
+
+    cls_name, options = _STEP_CHECK_VARIANTS[label]
+    row = f"step-check: {label}, {n:.0e} elements"
+    rng = np.random.default_rng(0)
+    params = rng.standard_normal(n, dtype=np.float32)
+    grad = rng.standard_normal(n, dtype=np.float32) * np.float32(1e-2)
+    entries = []
+    for backend in _available_compiled("updates"):
+        for check in (False, True):
+            opt = getattr(optkern, cls_name)(params.copy(), backend=backend,
+                                             check_finite=check, **options)
+            name = f"optkern {backend}, " + ("default (check_finite=True)" if check
+                                              else "check_finite=False")
+            entries.append((Result(row, name, "optkern"), lambda o=opt: o.step(grad)))
+    samples = interleaved([c for _, c in entries], min_time, min_reps)
+    for (r, _), s in zip(entries, samples):
+        r.median_s = float(np.median(s))
+        r.best_s = float(np.min(s))
+    for (off, _), (on, _) in zip(entries[0::2], entries[1::2]):
+        off.detail = f"{n * 4 / off.median_s / 1e9:.1f} GB/s of params"
+        on.detail = (f"{(on.median_s / off.median_s - 1) * 100:+.1f}% over "
+                     "check_finite=False")
+    return _finish_row([r for r, _ in entries])
+
+
+# ---------------------------------------------------------------------------
+# lean rows: the default loss_and_grad against what a user writes
+# ---------------------------------------------------------------------------
+def lean_softmax(X, y, W, b):
+    """Softmax, mean loss, as a user writes it with NumPy/SciPy (issue 13)."""
+    Z = np.asarray(X @ W + b)
+    Z -= Z.max(1, keepdims=True)
+    lse = np.log(np.exp(Z).sum(1))
+    rows = np.arange(len(y))
+    loss = (lse - Z[rows, y]).mean()
+    P = np.exp(Z - lse[:, None])
+    P[rows, y] -= 1
+    P /= len(y)
+    return loss, X.T @ P, P.sum(0)
+
+
+def lean_log(X, y, W, b):
+    """The binary log loss the same way (y in {0, 1} as floats, one output)."""
+    z = np.asarray(X @ W + b)
+    loss = (np.logaddexp(0, z[:, 0]) - y * z[:, 0]).mean()
+    P = (1.0 / (1.0 + np.exp(-z)) - y[:, None]).astype(z.dtype)
+    P /= len(y)
+    return loss, X.T @ P, P.sum(0)
+
+
+# (label, n, d, k, density or None for dense, loss)
+LEAN_CASES = (
+    ("dense (4096, 784, 10)", 4096, 784, 10, None, "softmax"),
+    ("dense (512, 1000, 1000)", 512, 1000, 1000, None, "softmax"),
+    ("dense (1024, 4096, 100)", 1024, 4096, 100, None, "softmax"),
+    ("CSR 1% (4096, 10000, 10)", 4096, 10000, 10, 0.01, "softmax"),
+    ("CSR (20000, 2^18, 1), 131 nnz/row", 20000, 2 ** 18, 1, 131 / 2 ** 18, "log"),
+)
+LEAN_SIZES = {"full": LEAN_CASES, "quick": (LEAN_CASES[0], LEAN_CASES[3]),
+              "tiny": (("dense (64, 32, 4)", 64, 32, 4, None, "softmax"),
+                       ("CSR 10% (64, 200, 4)", 64, 200, 4, 0.1, "softmax"),
+                       ("CSR (64, 200, 1)", 64, 200, 1, 0.05, "log"))}
+
+
+def lean_problem(n, d, k, density, loss, seed=0):
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    if density is None:
+        X = rng.standard_normal((n, d)).astype(np.float32)
+    else:
+        # built row by row (sp.random permutes n*d positions: 39 GiB at 20,000 x 2^18)
+        per_row = max(1, int(round(density * d)))
+        cols = np.sort(rng.integers(0, d, (n, per_row)), axis=1).ravel()
+        data = rng.standard_normal(n * per_row).astype(np.float32)
+        X = sp.csr_matrix((data, cols, np.arange(0, n * per_row + 1, per_row)), shape=(n, d))
+        X.sum_duplicates()
+    y = rng.integers(0, 2 if loss == "log" else k, n)
+    W = (0.01 * rng.standard_normal((d, k))).astype(np.float32)
+    b = np.zeros(k, np.float32)
+    return X, y, W, b
+
+
+def blas_info():
+    """NumPy's BLAS as threadpoolctl reports it (kernel, threads)."""
+    np.ones((4, 4)) @ np.ones((4, 4))      # loaded before threadpoolctl looks
+    threadpoolctl = _import_peer("threadpoolctl")
+    if threadpoolctl is None:
+        return "threadpoolctl not installed"
+    return ", ".join(f"{p.get('internal_api')} {p.get('architecture')} "
+                     f"{p.get('num_threads')} threads"
+                     for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas")
+
+
+def bench_lean(case, min_time, min_reps):
+    import optkern
+    from optkern import _jit
+
+    label, n, d, k, density, loss = case
+    row = f"lean: {label} {loss}, float32"
+    X, y, W, b = lean_problem(n, d, k, density, loss)
+    lean = lean_softmax if loss == "softmax" else lean_log
+    yl = y.astype(np.float32) if loss == "log" else y
+
+    def ours():
+        return optkern.loss_and_grad(X, y, W, b, loss=loss)
+
+    def theirs():
+        return lean(X, yl, W, b)
+    ref, got = theirs(), ours()
+    np.testing.assert_allclose(got[0], ref[0], rtol=2e-3)     # the same objective
+    _jit.wait(900)      # time the Numba kernels, not the twins serving meanwhile
+    entries = [(Result(row, "optkern loss_and_grad, default arguments", "optkern"), ours),
+               (Result(row, "lean NumPy/SciPy pipeline", "peer"), theirs)]
+    samples = interleaved([c for _, c in entries], min_time, min_reps)
+    for (r, _), s in zip(entries, samples):
+        r.median_s = float(np.median(s))
+        r.best_s = float(np.min(s))
+    entries[1][0].detail = f"BLAS: {blas_info()}"
+    return _finish_row([r for r, _ in entries])
+
+
+# ---------------------------------------------------------------------------
+# first-call rows: a new install's first call against the warm call
+# ---------------------------------------------------------------------------
+_DIGITS = """
+from sklearn.datasets import load_digits
+_d = load_digits()
+X = (_d.data / 16.0).astype(np.float32)
+y = _d.target.astype(np.int64)
+W = np.zeros((64, 10), np.float32); b = np.zeros(10, np.float32)
+"""
+# label -> (set-up code, the call)
+FIRST_CALL_ENTRIES = {
+    "loss_and_grad softmax, digits float32": (
+        _DIGITS, "optkern.loss_and_grad(X, y, W, b, loss='softmax', alpha=1e-4)"),
+    "Adam(...).step, 1e6 float32": (
+        "p = np.zeros(1_000_000, np.float32); g = np.full(1_000_000, 1e-3, np.float32)\n"
+        "opt = optkern.Adam([p], lr=1e-3)\n", "opt.step([g])"),
+    "LinearClassifier().fit, digits": (
+        _DIGITS, "optkern.LinearClassifier(random_state=0).fit(X, y)"),
+}
+_LEAN_FIRST = ("from optkern.bench import lean_softmax\n" + _DIGITS,
+               "lean_softmax(X, y, W, b)")
+
+_FIRST_CALL_CHILD = """
+import json, time
+import numpy as np
+import optkern
+{setup}
+t0 = time.perf_counter()
+{call}
+t1 = time.perf_counter()
+{call}
+t2 = time.perf_counter()
+from optkern import _jit
+served = _jit.stats()
+_jit.wait(timeout=900)     # the compiles it started land in the cache before it exits
+print("RESULT " + json.dumps({{"first": t1 - t0, "second": t2 - t1, "served": served}}))
+"""
+
+
+def _first_call_child(setup, call, cache):
+    import subprocess
+    import textwrap
+
+    env = dict(os.environ)
+    env["NUMBA_CACHE_DIR"] = os.path.join(cache, "numba")
+    env["OPTKERN_CACHE_DIR"] = os.path.join(cache, "generated")
+    code = _FIRST_CALL_CHILD.format(setup=textwrap.dedent(setup), call=call)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=1800)
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"first-call child failed:\n{out.stderr[-3000:]}")
+
+
+def bench_first_call(label, repeats):
+    import shutil
+    import tempfile
+
+    setup, call = FIRST_CALL_ENTRIES[label]
+    row = f"first-call: {label}"
+    cold, second, warm, lean, served = [], [], [], [], None
+    for _ in range(repeats):
+        cache = tempfile.mkdtemp(prefix="optkern-bench-first-call-")
+        try:
+            c = _first_call_child(setup, call, cache)
+            w = _first_call_child(setup, call, cache)
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+        cold.append(c["first"])
+        second.append(c["second"])
+        warm.append(w["first"])
+        served = c["served"]
+        if label.startswith("loss_and_grad"):
+            cache = tempfile.mkdtemp(prefix="optkern-bench-first-call-")
+            try:
+                lean.append(_first_call_child(*_LEAN_FIRST, cache)["first"])
+            finally:
+                shutil.rmtree(cache, ignore_errors=True)
+    out = [Result(row, "optkern, empty cache (first call after install)", "optkern",
+                  statistics.median(cold), min(cold),
+                  detail=f"served: twin {served['twin']}, Numba {served['numba']}"),
+           Result(row, "optkern, warm cache (first call of a later run)", "optkern",
+                  statistics.median(warm), min(warm)),
+           Result(row, "optkern, second call (same process)", "optkern",
+                  statistics.median(second), min(second))]
+    if lean:
+        out.append(Result(row, "lean NumPy pipeline, first call (fresh process)", "peer",
+                          statistics.median(lean), min(lean)))
+    return _finish_row(out)
+
+
+# ---------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------
 def add_arguments(parser):
@@ -651,7 +899,10 @@ def add_arguments(parser):
                         " (default: " + ", ".join(DEFAULT_ROWS) + "; sparse: the text-like "
                         "race of optkern.sparse_bench, with LIBLINEAR, Vowpal Wabbit and "
                         "Snap ML where installed; epoch: the dense epoch's fraction of "
-                        "its roofline)")
+                        "its roofline; step-check: the default step against "
+                        "check_finite=False; lean: the default loss_and_grad against the "
+                        "lean NumPy/SciPy pipeline; first-call: a new install's first "
+                        "calls, cold and warm)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="training runs per implementation (median; default: 3, quick: 1)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
@@ -747,6 +998,19 @@ def _run(args):
     if "epoch" in args.rows:
         progress("epoch against the roofline")
         results += bench_epoch(*cfg["epoch"], tiny=size_name == "tiny")
+    if "step-check" in args.rows:
+        for n in STEP_CHECK_SIZES[size_name]:
+            for label in _STEP_CHECK_VARIANTS:
+                progress(f"step-check {label} {n:.0e}")
+                results += bench_step_check(label, n, cfg["min_time"], cfg["min_reps"])
+    if "lean" in args.rows:
+        for case in LEAN_SIZES[size_name]:
+            progress(f"lean {case[0]}")
+            results += bench_lean(case, cfg["min_time"], cfg["min_reps"])
+    if "first-call" in args.rows:
+        for label in FIRST_CALL_ENTRIES:
+            progress(f"first call {label}")
+            results += bench_first_call(label, cfg["repeats"])
     info = environment()
     info["sizes"] = size_name
     info["threads_option"] = args.threads

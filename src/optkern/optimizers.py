@@ -57,7 +57,7 @@ class _Group:
 
     __slots__ = ("arrays", "flat", "orders", "states", "state_list", "avg", "offsets",
                  "step", "avg_count", "scalars", "validated", "user", "device", "size",
-                 "dtype", "shapes", "kernel", "finite_ready")
+                 "dtype", "shapes", "kernel", "finite_ready", "checked_kernel")
 
 
 class _ServedStep:
@@ -241,6 +241,7 @@ class Optimizer:
             raise TypeError(f"param_groups[{gi}]: mix of host and device arrays")
         g = _Group()
         g.finite_ready = False
+        g.checked_kernel = None
         g.device = all(device)
         seen = {id(a) for grp in self._groups for a in grp.arrays}
         if g.device:
@@ -282,28 +283,37 @@ class Optimizer:
         self._groups.append(g)
         self._n_params = sum(len(x.arrays) for x in self._groups)
 
-    def _kernel_for(self, g):
-        """The compiled multi-tensor step for this group (None: numpy/cuda paths)."""
+    def _kernel_for(self, g, checked=False):
+        """The compiled multi-tensor step for this group (None: numpy/cuda paths).
+
+        ``checked``: the default-step kernel, which scans every gradient for
+        NaN/inf in the same compiled call before it updates anything and
+        returns the index of the first bad tensor (else -1)."""
         backend = self.backend
         if backend in ("numba", "numba-parallel"):
             mod = drivers.module_for(self._spec.name)
-            fn = mod.parallel if backend == "numba-parallel" else mod.serial
+            if checked:
+                fn = mod.parallel_checked if backend == "numba-parallel" \
+                    else mod.serial_checked
+            else:
+                fn = mod.parallel if backend == "numba-parallel" else mod.serial
             if self.backend_requested == "auto" and _backend.cython_module() is not None:
                 # the Cython twin serves the steps until the Numba kernel is
                 # compiled (optkern._jit): no compile stall on a first step
-                return _ServedStep(fn, self._cython_step(g), self._spec.name,
+                return _ServedStep(fn, self._cython_step(g, checked),
+                                   self._spec.name + ("+checked" if checked else ""),
                                    backend == "numba-parallel", g)
             return fn
         if backend == "cython":
-            return self._cython_step(g)
+            return self._cython_step(g, checked)
         return None
 
-    def _cython_step(self, g):
+    def _cython_step(self, g, checked=False):
         fn = getattr(_backend.cython_module(), self._spec.name)
         parallel = g.size >= _backend.PARALLEL_MIN_SIZE
 
         def cython_step(*args):
-            return fn(*args, parallel)
+            return fn(*args, parallel, checked)
         return cython_step
 
     def _check_host_params(self, arrays, gi, seen):
@@ -525,6 +535,14 @@ class Optimizer:
         flat_grads = self._grads_for(grads)
         hypers = [self._prepared_hyper(gi, g) for gi, g in enumerate(self._groups)]
         if self.check_finite:
+            g = self._groups[0]
+            if len(self._groups) == 1 and g.kernel is not None:
+                # the fused default step: the kernel scans the gradients and
+                # updates only if all are finite, in one compiled call
+                if g.checked_kernel is None:
+                    g.checked_kernel = self._kernel_for(g, checked=True)
+                self._step_group(g, flat_grads[0], hypers[0], g.checked_kernel)
+                return
             self._check_finite(flat_grads)
         for g, fg, user in zip(self._groups, flat_grads, hypers):
             self._step_group(g, fg, user)
@@ -751,7 +769,7 @@ class Optimizer:
                     "state are unchanged (pass check_finite=False to skip this check)")
             pos += len(fg)
 
-    def _step_group(self, g, flat_grads, user):
+    def _step_group(self, g, flat_grads, user, checked_kernel=None):
         step = g.step + 1
         spec = self._spec
         averaging = self.average_start is not None and step > self.average_start
@@ -760,7 +778,15 @@ class Optimizer:
         key = None
         if self._noisy and self._noise_on(user):
             key = _helpers.step_key(self.seed, step)
-        if g.kernel is not None:
+        if checked_kernel is not None:
+            hyper, new_scalars = spec.prepare(step, g.scalars, *user)
+            bad = checked_kernel(g.flat, flat_grads, *g.state_list, avg, hyper, avg_weight,
+                                 key, g.offsets)
+            if bad >= 0:   # nothing was written
+                raise FloatingPointError(
+                    f"grads[{bad}] contains NaN or inf; parameters and optimizer "
+                    "state are unchanged (pass check_finite=False to skip this check)")
+        elif g.kernel is not None:
             hyper, new_scalars = spec.prepare(step, g.scalars, *user)
             g.kernel(g.flat, flat_grads, *g.state_list, avg, hyper, avg_weight, key,
                      g.offsets)
