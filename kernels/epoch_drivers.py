@@ -39,6 +39,9 @@ import os
 import sys
 import textwrap
 
+import numpy as np
+from numba import njit
+
 from . import _helpers
 from . import _simd
 from . import drivers as _drivers
@@ -48,7 +51,200 @@ from . import rule_lanes as _rule_lanes
 from . import rules as _update_rules
 from . import schedule_rules as _schedule_rules
 
-TEMPLATE_VERSION = "12"
+TEMPLATE_VERSION = "13"
+
+# Rows per block of the dense epoch's fused pass (issue 18, item 2): the loss
+# rule's lane form runs its loops over the block's rows, so the block is a
+# whole number of vectors at both widths (48 = 3 x 16 float32, 6 x 8 float64
+# lanes of AVX-512) and of the 6-row register tiles (8 of them); small enough
+# that the block's rows stay in L1/L2 between the score and the dW pass
+# (48 x 784 float64 = 300 KB at the grid's widest).
+DENSE_LANE_ROWS = 48
+
+_TILE_FLAGS = {"reassoc", "contract"}
+
+
+@njit(cache=True, nogil=True, fastmath=_TILE_FLAGS)
+def gathered_scores_lanes(X, order, r0, m, WT, b, ZT):
+    """ZT[j, q] = X[order[r0 + q]] . WT[j] + b[j] for q < m: the rows read
+    where they lie (no gathered copy), the scores written in the loss rule's
+    lane form (no transpose).  Register tiles of 6 rows x 2 outputs as
+    loss_drivers._scores_block (12 vector accumulators over the features)."""
+    k, d = WT.shape
+    dt = WT.dtype.type
+    t = 0
+    while t + 6 <= m:
+        x0 = X[order[r0 + t]]
+        x1 = X[order[r0 + t + 1]]
+        x2 = X[order[r0 + t + 2]]
+        x3 = X[order[r0 + t + 3]]
+        x4 = X[order[r0 + t + 4]]
+        x5 = X[order[r0 + t + 5]]
+        j = 0
+        while j + 2 <= k:
+            w = WT[j]
+            v = WT[j + 1]
+            a0 = dt(0)
+            a1 = dt(0)
+            a2 = dt(0)
+            a3 = dt(0)
+            a4 = dt(0)
+            a5 = dt(0)
+            c0 = dt(0)
+            c1 = dt(0)
+            c2 = dt(0)
+            c3 = dt(0)
+            c4 = dt(0)
+            c5 = dt(0)
+            for f in range(d):
+                wf = w[f]
+                vf = v[f]
+                y0 = x0[f]
+                y1 = x1[f]
+                y2 = x2[f]
+                y3 = x3[f]
+                y4 = x4[f]
+                y5 = x5[f]
+                a0 += y0 * wf
+                a1 += y1 * wf
+                a2 += y2 * wf
+                a3 += y3 * wf
+                a4 += y4 * wf
+                a5 += y5 * wf
+                c0 += y0 * vf
+                c1 += y1 * vf
+                c2 += y2 * vf
+                c3 += y3 * vf
+                c4 += y4 * vf
+                c5 += y5 * vf
+            zj = ZT[j]
+            zv = ZT[j + 1]
+            zj[t] = a0
+            zj[t + 1] = a1
+            zj[t + 2] = a2
+            zj[t + 3] = a3
+            zj[t + 4] = a4
+            zj[t + 5] = a5
+            zv[t] = c0
+            zv[t + 1] = c1
+            zv[t + 2] = c2
+            zv[t + 3] = c3
+            zv[t + 4] = c4
+            zv[t + 5] = c5
+            j += 2
+        if j < k:
+            w = WT[j]
+            a0 = dt(0)
+            a1 = dt(0)
+            a2 = dt(0)
+            a3 = dt(0)
+            a4 = dt(0)
+            a5 = dt(0)
+            for f in range(d):
+                wf = w[f]
+                a0 += x0[f] * wf
+                a1 += x1[f] * wf
+                a2 += x2[f] * wf
+                a3 += x3[f] * wf
+                a4 += x4[f] * wf
+                a5 += x5[f] * wf
+            zj = ZT[j]
+            zj[t] = a0
+            zj[t + 1] = a1
+            zj[t + 2] = a2
+            zj[t + 3] = a3
+            zj[t + 4] = a4
+            zj[t + 5] = a5
+        t += 6
+    while t < m:
+        xr = X[order[r0 + t]]
+        for j in range(k):
+            w = WT[j]
+            a = dt(0)
+            for f in range(d):
+                a += xr[f] * w[f]
+            ZT[j, t] = a
+        t += 1
+    if b is not None:
+        for j in range(k):
+            bj = b[j]
+            zj = ZT[j]
+            for q in range(m):
+                zj[q] += bj
+
+
+@njit(cache=True, nogil=True, fastmath=_TILE_FLAGS)
+def gathered_accumulate_lanes(X, order, r0, m, DT, accT):
+    """accT[j] += sum_q DT[j, q] X[order[r0 + q]] for q < m (the block's rank-m
+    update of dW^T, from the rule's lane form, the rows read where they lie:
+    still in cache from the score pass).  Tiles of 6 rows x 4 outputs: each
+    step over the features loads 6 values of X for 24 multiply-adds."""
+    k, d = accT.shape
+    t = 0
+    while t + 6 <= m:
+        x0 = X[order[r0 + t]]
+        x1 = X[order[r0 + t + 1]]
+        x2 = X[order[r0 + t + 2]]
+        x3 = X[order[r0 + t + 3]]
+        x4 = X[order[r0 + t + 4]]
+        x5 = X[order[r0 + t + 5]]
+        j = 0
+        while j + 4 <= k:
+            g0 = accT[j]
+            g1 = accT[j + 1]
+            g2 = accT[j + 2]
+            g3 = accT[j + 3]
+            e = DT[j]
+            p0, p1, p2, p3, p4, p5 = e[t], e[t + 1], e[t + 2], e[t + 3], e[t + 4], e[t + 5]
+            e = DT[j + 1]
+            q0, q1, q2, q3, q4, q5 = e[t], e[t + 1], e[t + 2], e[t + 3], e[t + 4], e[t + 5]
+            e = DT[j + 2]
+            s0, s1, s2, s3, s4, s5 = e[t], e[t + 1], e[t + 2], e[t + 3], e[t + 4], e[t + 5]
+            e = DT[j + 3]
+            u0, u1, u2, u3, u4, u5 = e[t], e[t + 1], e[t + 2], e[t + 3], e[t + 4], e[t + 5]
+            for f in range(d):
+                y0 = x0[f]
+                y1 = x1[f]
+                y2 = x2[f]
+                y3 = x3[f]
+                y4 = x4[f]
+                y5 = x5[f]
+                g0[f] += p0 * y0 + p1 * y1 + p2 * y2 + p3 * y3 + p4 * y4 + p5 * y5
+                g1[f] += q0 * y0 + q1 * y1 + q2 * y2 + q3 * y3 + q4 * y4 + q5 * y5
+                g2[f] += s0 * y0 + s1 * y1 + s2 * y2 + s3 * y3 + s4 * y4 + s5 * y5
+                g3[f] += u0 * y0 + u1 * y1 + u2 * y2 + u3 * y3 + u4 * y4 + u5 * y5
+            j += 4
+        while j < k:
+            g0 = accT[j]
+            e = DT[j]
+            p0, p1, p2, p3, p4, p5 = e[t], e[t + 1], e[t + 2], e[t + 3], e[t + 4], e[t + 5]
+            for f in range(d):
+                g0[f] += (p0 * x0[f] + p1 * x1[f] + p2 * x2[f] + p3 * x3[f] + p4 * x4[f]
+                          + p5 * x5[f])
+            j += 1
+        t += 6
+    while t < m:
+        xr = X[order[r0 + t]]
+        for j in range(k):
+            g = accT[j]
+            dr = DT[j, t]
+            for f in range(d):
+                g[f] += dr * xr[f]
+        t += 1
+
+
+@njit(cache=True, nogil=True)
+def dense_lane_buffers(n_chunks, k, n_real, n_int, dtype):
+    """lane_buffers' arrays for the fused dense pass: the lane form at
+    DENSE_LANE_ROWS lanes (ZT, DT (k, lanes), S, SI, loss, labels); the row
+    forms (Xb, Zb, Db) are not used by it and come as placeholders."""
+    R = DENSE_LANE_ROWS
+    return (np.empty((n_chunks, 1, 1), dtype), np.empty((n_chunks, 1, k), dtype),
+            np.empty((n_chunks, 1, k), dtype),
+            np.empty((n_chunks, k, R), dtype), np.empty((n_chunks, k, R), dtype),
+            np.empty((n_chunks, max(n_real, 1), R), dtype),
+            np.empty((n_chunks, max(n_int, 1), R), np.int64),
+            np.empty((n_chunks, R)), np.empty((n_chunks, R), np.int64))
 
 _HEADER = '''\
 # Generated by optkern.kernels.epoch_drivers: loss {loss!r}, update {update!r}, {layout}.
@@ -66,6 +262,8 @@ from optkern.kernels._helpers import (
     VEC_MIN_OUTPUTS)
 from optkern.kernels.loss_drivers import (
     LANE_ROWS, penalty_add, _scores_tiles, _accumulate_tiles, _to_lanes, lane_buffers)
+from optkern.kernels.epoch_drivers import (
+    DENSE_LANE_ROWS, gathered_scores_lanes, gathered_accumulate_lanes, dense_lane_buffers)
 from optkern.kernels._simd import csr_row_scores, csr_row_scatter
 from {update_module} import _loop_serial, _loop_parallel
 
@@ -180,7 +378,6 @@ def _batch_{kind}(X, T, sw, order, start, stop, n_chunks, WT, b, dWp, dbp, Z, D,
                         prefetch(Xflat, nxt + p)
                 i = order[r0 + q]
                 xb[q, :] = X[i]
-{gather_labels}
             _scores_tiles(xb, 0, m, WT, b, zb)
 {rule_block}
             for q in range(m):
@@ -198,13 +395,82 @@ def _batch_{kind}(X, T, sw, order, start, stop, n_chunks, WT, b, dWp, dbp, Z, D,
         wsump[c] = wsum
 '''
 
-# the rule step of _BATCH_DENSE: lane form, or row by row
-_RULE_BY_LANES = '''\
-            _to_lanes(zb, m, zt)
-            _loss_lanes(zt, yb, eps, dt_, ls, m, S[c], SI[c])
+# The dense pass when the loss rule has a lane form (softmax, ...): no
+# gathered copy of the rows and no transposes.  Per block of ZT.shape[2] rows
+# (DENSE_LANE_ROWS): the next block's rows prefetched, the scores written in
+# lane form straight from X's rows (gathered_scores_lanes), the rule across
+# the lanes, the sample weights and db across the lanes (vector loops, no
+# per-row loop over k), the rank-m update of dW^T from the lane form and the
+# same rows of X, still in cache (gathered_accumulate_lanes).
+_BATCH_DENSE_LANES = '''
+
+@njit(cache=True, nogil=True, error_model="numpy"{parallel_flag})
+def _batch_{kind}(X, T, sw, order, start, stop, n_chunks, WT, b, dWp, dbp, Z, D,
+                  lossp, wsump, eps, Xb, Zb, Db, ZT, DT, S, SI, LS, YB):
+    """Rows order[start:stop] in blocks of ZT.shape[2] lanes, fused (see
+    _BATCH_DENSE_LANES in kernels/epoch_drivers.py).  Per-chunk partials as
+    _BATCH."""
+    k = WT.shape[0]
+    d = WT.shape[1]
+    R = ZT.shape[2]
+    Xflat = X.reshape(X.size)
+    pf_step = max(64 // X.itemsize, 1)
+    n_rows = stop - start
+    n_order = order.shape[0]
+    for c in {range_fn}(n_chunks):
+        lo = start + (n_rows * c) // n_chunks
+        hi = start + (n_rows * (c + 1)) // n_chunks
+        dW = dWp[c].reshape((k, d))
+        zt = ZT[c]
+        dt_ = DT[c]
+        yb = YB[c]
+        ls = LS[c]
+        dW[:, :] = 0.0
+        dbc = dbp[c]
+        dbc[:] = 0.0
+        lsum = 0.0
+        wsum = 0.0
+        r0 = lo
+        while r0 < hi:
+            m = min(R, hi - r0)
+            # the next block's rows, across the minibatch's end (a minibatch
+            # is often a few blocks): shuffled rows of an X larger than the
+            # cache otherwise stall on memory
+            for q in range(min(m, n_order - r0 - m)):
+                nxt = order[r0 + m + q] * d
+                for p in range(0, d, pf_step):
+                    prefetch(Xflat, nxt + p)
             for q in range(m):
+                yb[q] = T[order[r0 + q]]
+            gathered_scores_lanes(X, order, r0, m, WT, b, zt)
+            _loss_lanes(zt, yb, eps, dt_, ls, m, S[c], SI[c])
+            weighted = False
+            for q in range(m):
+                w = sw[order[r0 + q]]
+                lsum += w * ls[q]
+                wsum += w
+                if w != 1.0:
+                    weighted = True
+            if weighted:
+                for q in range(m):
+                    ls[q] = sw[order[r0 + q]]
                 for j in range(k):
-                    db[q, j] = dt_[j, q]'''
+                    e = dt_[j]
+                    for q in range(m):
+                        e[q] = e[q] * ls[q]
+            for j in range(k):
+                e = dt_[j]
+                s = dbc[j]
+                for q in range(m):
+                    s += e[q]
+                dbc[j] = s
+            gathered_accumulate_lanes(X, order, r0, m, dt_, dW)
+            r0 += m
+        lossp[c] = lsum
+        wsump[c] = wsum
+'''
+
+# the rule step of _BATCH_DENSE (rules without a lane form): row by row
 _RULE_BY_ROWS = '''\
             for q in range(m):
                 i = order[r0 + q]
@@ -334,10 +600,15 @@ def _source(loss_name, rule_name, layout):
             lanes = ""
     if layout == "dense":
         n_real, n_int = _rule_lanes.lane_slots(loss.rule) if lanes else (0, 0)
-        lay["grad_setup"] += (
-            "\n    Xb = np.empty((n_chunks, LANE_ROWS, d), W.dtype)"
-            "\n    Zb, Db, ZT, DT, S, SI, LS, YB = lane_buffers("
-            f"n_chunks, k, {n_real}, {n_int}, W.dtype)")
+        if lanes:
+            lay["grad_setup"] += (
+                "\n    Xb, Zb, Db, ZT, DT, S, SI, LS, YB = dense_lane_buffers("
+                f"n_chunks, k, {n_real}, {n_int}, W.dtype)")
+        else:
+            lay["grad_setup"] += (
+                "\n    Xb = np.empty((n_chunks, LANE_ROWS, d), W.dtype)"
+                "\n    Zb, Db, ZT, DT, S, SI, LS, YB = lane_buffers("
+                f"n_chunks, k, {n_real}, {n_int}, W.dtype)")
     with open(update_mod.__file__, encoding="utf-8") as fh:
         update_text = fh.read()
     digest = hashlib.sha256(
@@ -382,11 +653,14 @@ def _source(loss_name, rule_name, layout):
     for kind, range_fn, flag in (("serial", "range", ""),
                                  ("parallel", "prange", ", parallel=True")):
         if layout == "dense":
-            rule_block = _RULE_BY_LANES if lanes else _RULE_BY_ROWS.replace(
+            if lanes:
+                parts.append(_BATCH_DENSE_LANES.format(
+                    kind=kind, range_fn=range_fn, parallel_flag=flag))
+                continue
+            rule_block = _RULE_BY_ROWS.replace(
                 "{loss}", textwrap.indent(body_loss, " " * 4))
             parts.append(_BATCH_DENSE.format(
-                kind=kind, range_fn=range_fn, parallel_flag=flag, rule_block=rule_block,
-                gather_labels=" " * 16 + "yb[q] = T[i]" if lanes else ""))
+                kind=kind, range_fn=range_fn, parallel_flag=flag, rule_block=rule_block))
         else:
             parts.append(_BATCH.format(kind=kind, range_fn=range_fn, parallel_flag=flag,
                                        data_args=data_args, scores=scores, accum=accum,
