@@ -324,12 +324,30 @@ def test_sparse_epoch_twin_matches_numba_and_the_numpy_reference(
         numba, n_twin_sync, _ = served("sync", fit)
     ref = fit("numpy")
     assert n_twin > 0 and n_twin_sync == 0      # each path was the one forced
-    for other, tol in ((numba, _tol(dtype)),
-                       (ref, dict(rtol=2e-3, atol=2e-4) if dtype == np.float32
-                        else dict(rtol=1e-7, atol=1e-9))):
-        np.testing.assert_allclose(twin.coef_, other.coef_, **tol)
-        np.testing.assert_allclose(twin.intercept_, other.intercept_, **tol)
-        assert twin.n_iter_ == other.n_iter_
+    np.testing.assert_allclose(twin.coef_, numba.coef_, **_tol(dtype))
+    np.testing.assert_allclose(twin.intercept_, numba.intercept_, **_tol(dtype))
+    assert twin.n_iter_ == numba.n_iter_ == ref.n_iter_
+    if dtype == np.float64:
+        np.testing.assert_allclose(twin.coef_, ref.coef_, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(twin.intercept_, ref.intercept_, rtol=1e-7, atol=1e-9)
+        return
+    # float32 against the float32 reference, or, where the problem itself is
+    # ill-conditioned in float32, no further from the float64 answer than the
+    # float32 reference is.  Example: 3 rows, no nonzeros, one of each of 3
+    # classes: the softmax intercept gradient is 0 exactly, but 3e-8 of
+    # rounding in float32, which RMSprop's first step (g / (sqrt(0.01 g^2) +
+    # 1e-8)) turns into 2.3 lr, with a sign set by the summation order.
+    tol = dict(rtol=2e-3, atol=2e-4)
+    for name in ("coef_", "intercept_"):
+        got, want = getattr(twin, name), getattr(ref, name)
+        if np.allclose(got, want, **tol):
+            continue
+        ref64 = cls(loss=loss, optimizer=optimizer, max_epochs=3, tol=None, random_state=5,
+                    batch_size=batch_size, backend="numpy", **extra).fit(
+                        X.astype(np.float64), y, sample_weight=sw)
+        exact = getattr(ref64, name)
+        bound = 2 * np.abs(want - exact) + tol["atol"] + tol["rtol"] * np.abs(exact)
+        assert np.all(np.abs(got - exact) <= bound), (name, got, want, exact)
 
 
 def test_sparse_epoch_twin_rejects_bad_arguments_before_writing():
