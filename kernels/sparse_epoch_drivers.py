@@ -30,6 +30,12 @@ end-of-epoch pass and the penalty's value run when stop == n, and
 one-output twin (``epoch_rows_k1``, ``epoch_scaled_k1``): the same source
 with k a literal 1, the same arithmetic.
 
+``epoch_scaled`` at batch 1 on canonical CSR without L1 (per-example SGD)
+runs its own loop: no touched list, no compact gradient, the same arithmetic
+in the same order.  Every epoch's row loop prefetches what the next rows
+read (``prefetch_rows``: their nonzeros, and the rows of W and its states
+they touch): shuffled rows otherwise stall on memory once per row.
+
 A step costs O(nnz_batch x k + k), independent of n_features; the epoch adds
 O(n_features x k) once, at its end.  The epoch's loss is the mean minibatch
 data loss plus the penalty of the weights at the end of the epoch (the dense
@@ -45,9 +51,11 @@ import sys
 
 import numpy as np
 from numba import njit
+from numba.extending import overload
 
 from . import _helpers
 from . import _simd
+from ._helpers import prefetch
 from . import drivers as _drivers
 from . import epoch_drivers as _epoch_drivers
 from . import loss_rules as _loss_rules
@@ -56,7 +64,7 @@ from . import schedule_rules as _schedule_rules
 from . import sparse_rules as _sparse_rules
 from ._simd import csr_row_scores
 
-TEMPLATE_VERSION = "4"
+TEMPLATE_VERSION = "5"
 
 
 # ------------------------------------------------------------ shared pieces
@@ -75,6 +83,40 @@ def collect_rows(indices, indptr, order, start, stop, slot, touched):
                 touched[nt] = f
                 nt += 1
     return nt
+
+
+def prefetch_target(T, i):
+    """Prefetch row i of the targets (2-D: one row per example; 1-D: labels)."""
+
+
+@overload(prefetch_target, inline="always")
+def _ol_prefetch_target(T, i):
+    if T.ndim == 2:
+        return lambda T, i: prefetch(T[i], 0)
+    return lambda T, i: prefetch(T, i)
+
+
+@njit(inline="always")
+def prefetch_rows(data, indices, indptr, T, sw, order, r, stop, Wf, k):
+    """Hint the CPU to fetch what the rows after order[r] will read: the row
+    pointers three rows ahead, the nonzeros, target and weight two rows
+    ahead, and the first cache line of each row of W the next row touches
+    (its indices were fetched one row earlier, so these hints do not wait on
+    memory).  Shuffled rows of an X larger than the cache otherwise stall on
+    memory once per row: nothing overlaps those misses, a row's work fills
+    the out-of-order window.  A no-op for the results."""
+    if r + 3 < stop:
+        prefetch(indptr, order[r + 3])
+    if r + 2 < stop:
+        nx = order[r + 2]
+        lo = indptr[nx]
+        hi = indptr[nx + 1]
+        prefetch(sw, nx)
+        prefetch_target(T, nx)
+        for p in range(lo, hi, 8):
+            prefetch(data, p)
+        for p in range(lo, hi, 16):
+            prefetch(indices, p)
 
 
 @njit(inline="always")
@@ -191,9 +233,9 @@ from optkern.kernels.rules import {rule_fn} as _rule_py, {prepare_fn} as _prepar
 from optkern.kernels.schedule_rules import schedule_factor as _schedule_py
 from optkern.kernels._helpers import (
     load, store, draw, update_average, noise_key_jit, with_fast_math, exp_fast, log_fast,
-    VEC_MIN_OUTPUTS)
+    VEC_MIN_OUTPUTS, prefetch)
 from optkern.kernels.sparse_epoch_drivers import (
-    collect_rows, row_scores, scatter_row, penalty_grad, penalty_value, gap_matrices, cumulative_l1)
+    collect_rows, prefetch_rows, row_scores, scatter_row, penalty_grad, penalty_value, gap_matrices, cumulative_l1)
 from {update_module} import _loop_serial
 
 _loss = njit(_loss_py)
@@ -223,6 +265,13 @@ _BATCH = '''\
         lsum = 0.0
         wsum = 0.0
         for r in range(r0, r1):
+            prefetch_rows(data, indices, indptr, T, sw, order, r, stop, Wf, k)
+            if r + 1 < stop:
+                nx = order[r + 1]
+                for p in range(indptr[nx], indptr[nx + 1]):
+                    f = indices[p]
+                    prefetch(Wf, f * k)
+{prefetch_more}
             i = order[r]
             w = sw[i]
             lo = indptr[i]
@@ -396,6 +445,64 @@ if gap > 0:
 {store_y}
     last[f] = step'''
 
+# the scaled epoch's per-example loop (batch 1, distinct features, no L1):
+# _BATCH and the scaled update for one row, read straight from X
+_PER_EXAMPLE = '''\
+            prefetch_rows(data, indices, indptr, T, sw, order, r, stop, Wf, k)
+            if r + 1 < stop:
+                nx = order[r + 1]
+                for p in range(indptr[nx], indptr[nx + 1]):
+                    prefetch(Wf, indices[p] * k)
+            i = order[r]
+            w = sw[i]
+            lo = indptr[i]
+            hi = indptr[i + 1]
+{scores}
+{loss}
+            if w != 1.0:
+                for j in range(k):
+                    dz[j] *= w
+            if w <= 0.0:
+                continue
+            inv = 1.0 / w_mean
+            batch_loss = (w * l) * inv
+            if not math.isfinite(batch_loss):
+                return np.nan, step - step0, avg_count, scalarsW, scalarsB
+            total += batch_loss
+            weight += 1
+            lr = base_lr * _schedule(sched[0], float(step), sched[1], sched[2], sched[3],
+                                     sched[4], sched[5]) * plateau
+            step += 1
+            key = noise_key_jit(seed, step)
+            hyperW, scalarsW = _prepare(step, scalarsW, lr, {user_w})
+            averaging = avg_start >= 0 and step > avg_start
+            w_avg = 1.0 / (avg_count + 1) if averaging else 0.0
+{unpack4}
+            c_t, {state_outs} = _rule(one, zero, {zero_states}, {hyper_w}, zero)
+            s_new = s * c_t
+            for qq in range(lo, hi):
+                f = indices[qq]
+                x_f = data[qq]
+                for j in range(k):
+                    e = f * k + j
+                    g = dt(dt(x_f * dz[j]) * inv)
+                    p_i, {state_outs} = _rule(dt(s * Wf[e]), g, {state_loads}, {hyper_w}, zero)
+                    Wf[e] = p_i / s_new
+            s = s_new
+            if s < {min_scale}:
+                for e in range(d * k):
+                    Wf[e] = Wf[e] * s
+                s = 1.0
+            if b is not None:
+                hyperB, scalarsB = _prepare(step, scalarsB, lr, {user_b})
+                for j in range(k):
+                    db[j] = 0.0
+                    db[j] += dz[j]
+                    db[j] = db[j] * inv
+                _loop_serial(b, db, {b_states}, avgB, hyperB, w_avg, key, offB)
+            if averaging:
+                avg_count += 1'''
+
 _EPOCH_SCALED = _SIGNATURE.format(kind="scaled", w_states="{w_states}",
                                   b_states="{b_states}", extra="l1, q, carry") + '''\
     # W = s V; u: the L1 amount (in V's units) every weight is owed so far;
@@ -411,7 +518,15 @@ _EPOCH_SCALED = _SIGNATURE.format(kind="scaled", w_states="{w_states}",
         u_l1 = carry[1]
     one = dt(1.0)
     zero = dt(0.0)
-    for r0 in range(start, stop, batch_size):
+    # per-example steps (batch 1, a row's features distinct, no L1): the
+    # loop below without the touched list and the compact gradient, and with
+    # one pass over the row's nonzeros per step; the same arithmetic in the
+    # same order (the same weights as the general loop)
+    per_example = direct and l1 <= 0
+    if per_example:
+        for r in range(start, stop):
+''' + _PER_EXAMPLE + '''
+    for r0 in range(stop if per_example else start, stop, batch_size):
         r1 = min(r0 + batch_size, stop)
 ''' + _BATCH + '''\
         # the shrink of this step, read off the rule (1 - lr * weight_decay)
@@ -485,6 +600,16 @@ _CLIP_TOUCHED = '''\
                     Wf[e] = v'''
 
 
+# the rows epoch's other per-feature arrays, for the next row's features: the
+# slot map (batches), the rule's states, the lazy penalty's 1/pi_f
+_PREFETCH_ROWS_EPOCH = '''\
+if not direct:
+    prefetch(slot, f)
+{prefetch_states}
+if inv_p is not None:
+    prefetch(inv_p, f)'''
+
+
 def _indent(text, n):
     pad = " " * n
     return "\n".join(pad + line if line else line for line in text.split("\n"))
@@ -511,7 +636,10 @@ def _source(loss_name, rule_name):
         user_b=", ".join(f"userB[{j}]" for j in range(1, n_user)),
         min_scale=repr(_sparse_rules.MIN_SCALE),
         unpack=_indent("\n".join(f"h{j} = dt(hyperW[{j}])" for j in range(nh)), 8),
+        unpack4=_indent("\n".join(f"h{j} = dt(hyperW[{j}])" for j in range(nh)), 12),
     )
+    prefetch_states = "\n".join(f"if sW{j} is not None:\n    prefetch(sW{j}, f * k)"
+                                for j in range(ns))
     load_x = "\n".join(f"x[{1 + j}] = load(sW{j}, e, 0.0)" for j in range(ns))
     store_y = "\n".join(f"store(sW{j}, e, dt(y[{1 + j}]))" for j in range(ns))
     catch = _CATCH_UP_ROW.replace("{load_x}", _indent(load_x, 12)).replace(
@@ -526,6 +654,9 @@ def _source(loss_name, rule_name):
                                                           _indent(catch, 16)))
         text = text.replace("{catch_up_row}", _indent(catch, 12))
         text = text.replace("{scores}", scores).replace("{loss}", loss_body)
+        text = text.replace("{prefetch_more}", _indent(
+            _PREFETCH_ROWS_EPOCH.replace("{prefetch_states}", prefetch_states), 20)
+            if kind == "rows" else "")
         for key, value in fill.items():
             text = text.replace("{" + key + "}", value)
         parts.append(text)

@@ -664,3 +664,43 @@ def test_one_output_epoch_is_the_general_epoch(loss, name, kw, mode, seed, batch
     tol = dict(rtol=2e-4, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(got.coef_, ref.coef_, **tol)
     np.testing.assert_allclose(got.intercept_, ref.intercept_, **tol)
+
+
+# the scaled epoch's per-example loop (batch 1, distinct features, no L1)
+PER_EXAMPLE_CASES = [
+    dict(alpha=1e-2),
+    dict(alpha=1e-2, schedule=optkern.schedules.InverseScaling(0.1, 0.7),
+         optimizer_params={"weight_decay": 0.01}),
+    dict(alpha=0.9, lr=1.0, fit_intercept=False),      # W = s V rescaled (s < 1e-9)
+]
+
+
+@pytest.mark.parametrize("kw", PER_EXAMPLE_CASES, ids=range(len(PER_EXAMPLE_CASES)))
+@settings(max_examples=2, deadline=None)
+@given(seed=st.integers(0, 10_000), dtype=st.sampled_from([np.float32, np.float64]),
+       classes=st.sampled_from([2, 3]), weighted=st.booleans(), work=st.sampled_from([0, 60]))
+def test_per_example_epoch_is_the_general_batch_loop(kw, seed, dtype, classes, weighted,
+                                                    work):
+    """Plain SGD at batch 1 on a canonical CSR runs its own loop (no touched
+    list, no compact gradient): the weights of the general minibatch loop (the
+    same matrix flagged non-canonical, so each step goes through the slot map)
+    bit for bit, with sample weights, in blocks, and the NumPy reference."""
+    X, y2, y3 = _csr(seed, dtype=dtype)
+    y = y2 if classes == 2 else y3
+    sw = np.random.default_rng(seed).uniform(0.0, 2.0, X.shape[0]) if weighted else None
+    kw = dict(kw, optimizer="sgd", batch_size=1, max_epochs=2, tol=None, random_state=seed,
+              sparse_updates="exact", backend="numba")
+    messy = X.copy()
+    messy.has_canonical_format = False
+    with pytest.MonkeyPatch.context() as mp:
+        if work:
+            mp.setattr(E, "SPARSE_EPOCH_BLOCK_WORK", work)
+        got = optkern.LinearClassifier(**kw).fit(X, y, sample_weight=sw)
+        general = optkern.LinearClassifier(**kw).fit(messy, y, sample_weight=sw)
+    np.testing.assert_array_equal(got.coef_, general.coef_)
+    np.testing.assert_array_equal(got.intercept_, general.intercept_)
+    np.testing.assert_allclose([h["loss"] for h in got.history_],
+                               [h["loss"] for h in general.history_], rtol=1e-12)
+    ref = optkern.LinearClassifier(**dict(kw, backend="numpy")).fit(X, y, sample_weight=sw)
+    tol = dict(rtol=2e-4, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(got.coef_, ref.coef_, **tol)
