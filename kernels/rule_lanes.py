@@ -118,7 +118,7 @@ class _Translator:
         args = [a.arg for a in self.fn.args.args]
         if len(args) != self.n_params:
             raise NotLaneable(f"{fn.__name__}: a {'row' if self.n_params == 4 else 'scalar'} "
-                              f"rule takes {_PARAMS[:self.n_params]}")
+                              f"rule takes ({', '.join(_PARAMS[:self.n_params])})")
         self.roles = dict(zip(args, _PARAMS))
         self.loop_vars = set()
         self.real = {}
