@@ -43,6 +43,7 @@ import numpy as np
 from numba import njit
 
 from . import _helpers
+from ._helpers import log_fast
 from . import _simd
 from . import drivers as _drivers
 from . import loss_drivers as _loss_drivers
@@ -62,6 +63,19 @@ TEMPLATE_VERSION = "14"
 DENSE_LANE_ROWS = 48
 
 _TILE_FLAGS = {"reassoc", "contract"}
+
+
+@njit(inline="always")
+def log1p_lanes(x):
+    """log1p(x) for the scalar rules' lane forms (rule_lanes maps
+    ``math.log1p`` to it there): log(1 + x) corrected by x / ((1 + x) - 1),
+    which cancels the rounding of 1 + x (a few ulps, Goldberg's method), on
+    ``_helpers.log_fast``, which vectorises (libm's log1p is a call per
+    lane; the log loss's lane form spent most of its time there)."""
+    u = 1.0 + x
+    if u == 1.0:
+        return x * 1.0
+    return log_fast(u) * (x / (u - 1.0))
 
 
 @njit(cache=True, nogil=True, fastmath=_TILE_FLAGS)
@@ -263,7 +277,8 @@ from optkern.kernels._helpers import (
 from optkern.kernels.loss_drivers import (
     LANE_ROWS, penalty_add, _scores_tiles, _accumulate_tiles, _to_lanes, lane_buffers)
 from optkern.kernels.epoch_drivers import (
-    DENSE_LANE_ROWS, gathered_scores_lanes, gathered_accumulate_lanes, dense_lane_buffers)
+    DENSE_LANE_ROWS, gathered_scores_lanes, gathered_accumulate_lanes, dense_lane_buffers,
+    log1p_lanes)
 from optkern.kernels._simd import csr_row_scores, csr_row_scatter
 from {update_module} import _loop_serial, _loop_parallel
 

@@ -38,7 +38,8 @@ Scalar rules (``rule(z, y, epsilon) -> (loss, derivative)``, one output)
 get a lane form too (``scalar_lane_source``): the same signature as a row
 rule's lane form, with ``Y`` the block's targets in lane form, (k, R) like
 ``ZT``; each output's loss is added into ``LOSS[r]``, its derivative goes to
-``DT[j, r]``.
+``DT[j, r]``; ``math.log1p`` becomes ``log1p_lanes`` (kernels/epoch_drivers.py,
+which vectorises), so the module needs that name too.
 """
 
 import ast
@@ -316,12 +317,19 @@ class _ScalarTranslator(_Translator):
     def __init__(self, fn):
         super().__init__(fn, returns=True)
 
-    def expr(self, node):
+    def _scalar_expr(self, node):
         if isinstance(node, ast.Name) and self.roles.get(node.id) in ("z", "y"):
             return "ZT[j, r]" if self.roles[node.id] == "z" else "Y[j, r]"
         if isinstance(node, ast.Name) and node.id == "j":
             raise NotLaneable("a local named j")
         return super().expr(node)
+
+    def expr(self, node):  # noqa: F811 -- math.log1p as the epoch's vector form
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                isinstance(node.func.value, ast.Name) and node.func.value.id == "math" and \
+                node.func.attr == "log1p" and len(node.args) == 1 and not node.keywords:
+            return f"log1p_lanes({self.expr(node.args[0])})"
+        return self._scalar_expr(node)
 
     def lane_return(self, value):
         if not (isinstance(value, ast.Tuple) and len(value.elts) == 2):

@@ -21,7 +21,7 @@ from numba import njit
 import optkern
 from optkern.kernels import rule_lanes
 from optkern.kernels._helpers import exp_fast, log_fast
-from optkern.kernels.epoch_drivers import DENSE_LANE_ROWS
+from optkern.kernels.epoch_drivers import DENSE_LANE_ROWS, log1p_lanes
 from optkern.kernels.loss_rules import LOSS_RULES
 
 
@@ -126,7 +126,8 @@ def _lanes(name):
     row rules by lane_source(returns=True), as the epoch compiles them."""
     if name not in _LANES:
         spec = LOSS_RULES[name]
-        ns = {"math": math, "exp_fast": exp_fast, "log_fast": log_fast}
+        ns = {"math": math, "exp_fast": exp_fast, "log_fast": log_fast,
+              "log1p_lanes": log1p_lanes}
         if spec.kind == "scalar":
             src = rule_lanes.scalar_lane_source(spec.rule, "lanes")
             slots = rule_lanes.scalar_lane_slots(spec.rule)
@@ -181,6 +182,22 @@ def test_lane_forms_match_their_rules(data):
     tol = 1e-12 if dtype == np.float64 else 2e-6
     np.testing.assert_allclose(DT[:, :n].T, D_row, rtol=tol, atol=tol)
     np.testing.assert_allclose(loss[:n], L_row, rtol=tol, atol=tol * 10)
+
+
+@settings(max_examples=40, deadline=None)
+@given(x=st.one_of(st.floats(0.0, 1.0), st.floats(1e-300, 1e-6), st.sampled_from(
+    [0.0, 5e-324, 1e-17, 2.0 ** -53, 2.0 ** -52, 1e-8, 0.5, 1.0])),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_log1p_lanes_is_log1p(x, dtype):
+    # the log loss's lane form takes log1p of exp(-|m|), in (0, 1]: tiny
+    # arguments (1 + x rounds to 1) included
+    x = dtype(x)
+    got = _log1p_jit(x)
+    want = math.log1p(float(x))
+    assert abs(got - want) <= 4e-16 * abs(want) + 1e-320
+
+
+_log1p_jit = njit(lambda x: log1p_lanes(x))
 
 
 def test_early_returns_are_taken_only_when_asked():

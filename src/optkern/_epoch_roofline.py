@@ -206,8 +206,22 @@ def _compiled_stages():
     # the first part of every block of the fused pass (_BATCH_DENSE_LANES):
     # the next block's rows prefetched, the labels, the scores in lane form
     # read from X's rows where they lie
+    # the block's targets in the rule's lane form (as the generated pass):
+    # class labels of a row rule, the (k, lanes) targets of a scalar rule
     @njit(nogil=True)
-    def scores(X, T, order, bs, WT, b, ZT, YB, DT, dW, db, with_accumulate):
+    def row_targets(T, order, r0, m, YB):
+        for q in range(m):
+            YB[q] = T[order[r0 + q]]
+
+    @njit(nogil=True)
+    def scalar_targets(T, order, r0, m, YB):
+        for q in range(m):
+            i = order[r0 + q]
+            for j in range(T.shape[1]):
+                YB[j, q] = T[i, j]
+
+    @njit(nogil=True)
+    def scores(targets, X, T, order, bs, WT, b, ZT, YB, DT, dW, db, with_accumulate):
         n = order.shape[0]
         d = X.shape[1]
         k = WT.shape[0]
@@ -223,8 +237,7 @@ def _compiled_stages():
                     nxt = order[r0 + m + q] * d
                     for p in range(0, d, pf_step):
                         prefetch(Xflat, nxt + p)
-                for q in range(m):
-                    YB[q] = T[order[r0 + q]]
+                targets(T, order, r0, m, YB)
                 gathered_scores_lanes(X, order, r0, m, WT, b, ZT)
                 if with_accumulate:
                     # the block's db sums across the lanes and its rank-m
@@ -251,7 +264,7 @@ def _compiled_stages():
     # the rule alone, block after block, on one block of scores (a check on
     # the difference of the passes above)
     @njit(nogil=True)
-    def rule(rule_fn, T, order, bs, ZT, YB, eps, DT, LS, S, SI):
+    def rule(rule_fn, targets, T, order, bs, ZT, YB, eps, DT, LS, S, SI):
         n = order.shape[0]
         R = ZT.shape[1]
         for start in range(0, n, bs):
@@ -259,12 +272,12 @@ def _compiled_stages():
             r0 = start
             while r0 < stop:
                 m = min(R, stop - r0)
-                for q in range(m):
-                    YB[q] = T[order[r0 + q]]
+                targets(T, order, r0, m, YB)
                 rule_fn(ZT, YB, eps, DT, LS, m, S, SI)
                 r0 += m
 
-    _STAGES = dict(scores=scores, batch_passes=batch_passes, rule=rule)
+    _STAGES = dict(scores=scores, batch_passes=batch_passes, rule=rule,
+                   row_targets=row_targets, scalar_targets=scalar_targets)
     return _STAGES
 
 
@@ -334,6 +347,8 @@ def _captured_epoch_args(X, y, batch, optimizer, epochs, loss="softmax"):
     from optkern import LinearClassifier
     from optkern.kernels import epoch_drivers
 
+    if np.unique(y).shape[0] == 2:   # one output: the estimator's binary form
+        loss = {"softmax": "log", "multiclass_hinge": "hinge"}.get(loss, loss)
     mod = epoch_drivers.module_for(loss, optimizer, "dense")
     real = mod.epoch_serial
     captured = []
@@ -351,12 +366,13 @@ def _captured_epoch_args(X, y, batch, optimizer, epochs, loss="softmax"):
     finally:
         mod.epoch_serial = real
     times = [r["time"] for r in est.history_[1:]] or [est.history_[0]["time"]]
-    return mod, captured[-1], times
+    return mod, captured[-1], times, loss
 
 
 def stage_seconds(X, y, batch, optimizer="adam", epochs=5, repeats=5, loss="softmax"):
-    """{stage: seconds per epoch} of the serial dense epoch of ``loss`` (a rule
-    with a lane form: the fused pass), plus "epoch" (the whole compiled epoch,
+    """{stage: seconds per epoch} of the serial dense epoch of ``loss`` (any
+    built-in rule: all run the fused pass; two classes train one output with
+    the binary form of ``loss``, as the estimator does), plus "epoch" (the whole compiled epoch,
     best of ``repeats`` calls with the arguments of a real fit), "epoch (fit)"
     (best epoch of that fit, which includes the call's Python), and "order"
     (drawing the epoch's order).
@@ -380,11 +396,15 @@ def stage_seconds(X, y, batch, optimizer="adam", epochs=5, repeats=5, loss="soft
     """
     from optkern.kernels import epoch_drivers
 
+    from optkern.kernels import loss_rules
+
     st = _compiled_stages()
     n, d = X.shape
-    k = int(y.max()) + 1
     dt = X.dtype
-    mod, args, fit_times = _captured_epoch_args(X, y, batch, optimizer, epochs, loss)
+    mod, args, fit_times, loss = _captured_epoch_args(X, y, batch, optimizer, epochs, loss)
+    k = args[6].shape[1]   # W's outputs (one for two classes)
+    scalar = loss_rules.LOSS_RULES[loss].kind == "scalar"
+    targets = st["scalar_targets"] if scalar else st["row_targets"]
     bookkeeping, opt_loop, n_states = _tail_loops(mod, optimizer)
     (X_, T, sw, order, bs, n_chunks, W, b, dWp, dbp, Z, D, lossp, wsump) = args[:14]
     sW = args[14:14 + n_states]
@@ -411,15 +431,17 @@ def stage_seconds(X, y, batch, optimizer="adam", epochs=5, repeats=5, loss="soft
     rng = np.random.default_rng(1)
     WT = np.ascontiguousarray(W.T)
     bufs = epoch_drivers.dense_lane_buffers(1, k, *_lane_slots(loss), dt)
+    if scalar:
+        bufs = bufs[:-1] + (np.empty((1, k, epoch_drivers.DENSE_LANE_ROWS), T.dtype),)
     Xb, Zb, Db, ZT, DT, S, SI, LS, YB = bufs
     DT0 = (0.01 * rng.standard_normal((k, ZT.shape[2]))).astype(dt)
     dW = np.zeros((k, d), dt)
     db = np.zeros(k, dt)
     eps = dt.type(epsilon)
-    s_only = _best_seconds(lambda: st["scores"](X_, T, order, bs, WT, b, ZT[0], YB[0], DT0,
-                                                dW, db, False), repeats)
-    s_acc = _best_seconds(lambda: st["scores"](X_, T, order, bs, WT, b, ZT[0], YB[0], DT0,
-                                               dW, db, True), repeats)
+    s_only = _best_seconds(lambda: st["scores"](targets, X_, T, order, bs, WT, b, ZT[0],
+                                                YB[0], DT0, dW, db, False), repeats)
+    s_acc = _best_seconds(lambda: st["scores"](targets, X_, T, order, bs, WT, b, ZT[0],
+                                               YB[0], DT0, dW, db, True), repeats)
     passes = _best_seconds(lambda: st["batch_passes"](
         mod._batch_serial, X_, T, sw, order, bs, WT, b, dWp, dbp, Z, D, lossp, wsump, eps,
         *bufs), repeats)
@@ -429,7 +451,8 @@ def stage_seconds(X, y, batch, optimizer="adam", epochs=5, repeats=5, loss="soft
     out["batch passes"] = passes
     # the rule alone on the last block's scores
     out["rule (alone)"] = _best_seconds(lambda: st["rule"](
-        mod._loss_lanes, T, order, bs, ZT[0], YB[0], eps, DT[0], LS[0], S[0], SI[0]), repeats)
+        mod._loss_lanes, targets, T, order, bs, ZT[0], YB[0], eps, DT[0], LS[0], S[0], SI[0]),
+        repeats)
     Wf = W.reshape(-1)
     G = np.zeros((d, k), dt)
     dbz = np.zeros(k, dt)
@@ -455,5 +478,7 @@ def stage_seconds(X, y, batch, optimizer="adam", epochs=5, repeats=5, loss="soft
 def _lane_slots(loss):
     from optkern.kernels import loss_rules, rule_lanes
 
-    rule = loss_rules.LOSS_RULES[loss].rule
-    return rule_lanes.lane_slots(rule)
+    spec = loss_rules.LOSS_RULES[loss]
+    if spec.kind == "scalar":
+        return rule_lanes.scalar_lane_slots(spec.rule)
+    return rule_lanes.lane_slots(spec.rule, returns=True)
