@@ -2,6 +2,7 @@
 
     python asv_benchmarks/epoch_roofline.py                 # the headline shape
     python asv_benchmarks/epoch_roofline.py --grid          # d x k x batch x dtype grid
+    python asv_benchmarks/epoch_roofline.py --grid-subset   # 8 shapes covering each value
     python asv_benchmarks/epoch_roofline.py --breakdown     # + the per-stage breakdown
     python asv_benchmarks/epoch_roofline.py --json out.json
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \
@@ -35,19 +36,35 @@ GRID_DTYPES = ("float32", "float64")
 GRID_BYTES = 60 * 2 ** 20
 
 
+# --grid-subset: 8 shapes of the grid holding every d, k, batch size and dtype
+# of it at least twice (the full grid is 96 shapes: about an hour per backend
+# on a loaded 2-core machine)
+GRID_SUBSET = ((32, 2, 32, "float32"), (32, 100, 4096, "float64"),
+               (64, 8, 256, "float32"), (64, 10, 32, "float64"),
+               (256, 10, 4096, "float32"), (256, 2, 256, "float64"),
+               (784, 100, 256, "float32"), (784, 8, 4096, "float64"))
+
+
+def _grid_rows(d):
+    return min(240_000, GRID_BYTES // (4 * d))
+
+
 def _shapes(args):
+    if args.grid_subset:
+        return [(_grid_rows(d), d, k, bs, dt) for d, k, bs, dt in GRID_SUBSET]
     if not args.grid:
         return [HEADLINE]
     out = []
     for d, k, bs, dt in itertools.product(GRID_D, GRID_K, GRID_BATCH, GRID_DTYPES):
-        n = min(240_000, GRID_BYTES // (4 * d))
-        out.append((n, d, k, bs, dt))
+        out.append((_grid_rows(d), d, k, bs, dt))
     return out
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--grid", action="store_true", help="the issue's d x k x batch x dtype grid")
+    ap.add_argument("--grid-subset", action="store_true",
+                    help="8 shapes of the grid covering each d, k, batch and dtype twice")
     ap.add_argument("--breakdown", action="store_true", help="per-stage times (serial epoch)")
     ap.add_argument("--backends", default="numba,numba-parallel,cython")
     ap.add_argument("--epochs", type=int, default=5)

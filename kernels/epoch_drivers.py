@@ -43,6 +43,7 @@ import numpy as np
 from numba import njit
 
 from . import _helpers
+from ._helpers import log_fast
 from . import _simd
 from . import drivers as _drivers
 from . import loss_drivers as _loss_drivers
@@ -51,7 +52,7 @@ from . import rule_lanes as _rule_lanes
 from . import rules as _update_rules
 from . import schedule_rules as _schedule_rules
 
-TEMPLATE_VERSION = "13"
+TEMPLATE_VERSION = "14"
 
 # Rows per block of the dense epoch's fused pass (issue 18, item 2): the loss
 # rule's lane form runs its loops over the block's rows, so the block is a
@@ -62,6 +63,19 @@ TEMPLATE_VERSION = "13"
 DENSE_LANE_ROWS = 48
 
 _TILE_FLAGS = {"reassoc", "contract"}
+
+
+@njit(inline="always")
+def log1p_lanes(x):
+    """log1p(x) for the scalar rules' lane forms (rule_lanes maps
+    ``math.log1p`` to it there): log(1 + x) corrected by x / ((1 + x) - 1),
+    which cancels the rounding of 1 + x (a few ulps, Goldberg's method), on
+    ``_helpers.log_fast``, which vectorises (libm's log1p is a call per
+    lane; the log loss's lane form spent most of its time there)."""
+    u = 1.0 + x
+    if u == 1.0:
+        return x * 1.0
+    return log_fast(u) * (x / (u - 1.0))
 
 
 @njit(cache=True, nogil=True, fastmath=_TILE_FLAGS)
@@ -263,7 +277,8 @@ from optkern.kernels._helpers import (
 from optkern.kernels.loss_drivers import (
     LANE_ROWS, penalty_add, _scores_tiles, _accumulate_tiles, _to_lanes, lane_buffers)
 from optkern.kernels.epoch_drivers import (
-    DENSE_LANE_ROWS, gathered_scores_lanes, gathered_accumulate_lanes, dense_lane_buffers)
+    DENSE_LANE_ROWS, gathered_scores_lanes, gathered_accumulate_lanes, dense_lane_buffers,
+    log1p_lanes)
 from optkern.kernels._simd import csr_row_scores, csr_row_scatter
 from {update_module} import _loop_serial, _loop_parallel
 
@@ -440,8 +455,7 @@ def _batch_{kind}(X, T, sw, order, start, stop, n_chunks, WT, b, dWp, dbp, Z, D,
                 nxt = order[r0 + m + q] * d
                 for p in range(0, d, pf_step):
                     prefetch(Xflat, nxt + p)
-            for q in range(m):
-                yb[q] = T[order[r0 + q]]
+{targets}
             gathered_scores_lanes(X, order, r0, m, WT, b, zt)
             _loss_lanes(zt, yb, eps, dt_, ls, m, S[c], SI[c])
             weighted = False
@@ -469,6 +483,17 @@ def _batch_{kind}(X, T, sw, order, start, stop, n_chunks, WT, b, dWp, dbp, Z, D,
         lossp[c] = lsum
         wsump[c] = wsum
 '''
+
+# the block's targets in the rule's lane form: class labels (row rules), or
+# the k targets of each row as (k, lanes) like the scores (scalar rules)
+_ROW_TARGETS = '''\
+            for q in range(m):
+                yb[q] = T[order[r0 + q]]'''
+_SCALAR_TARGETS = '''\
+            for q in range(m):
+                i = order[r0 + q]
+                for j in range(k):
+                    yb[j, q] = T[i, j]'''
 
 # the rule step of _BATCH_DENSE (rules without a lane form): row by row
 _RULE_BY_ROWS = '''\
@@ -593,14 +618,24 @@ def _source(loss_name, rule_name, layout):
                    grad_read="G[f, j]", batch_extra="")
     body_loss = _SCALAR_LOSS if loss.kind == "scalar" else _ROW_LOSS
     lanes = ""
-    if layout == "dense" and loss.kind == "row":
+    scalar = loss.kind == "scalar"
+    lane_fns = ((_rule_lanes.scalar_lane_source, _rule_lanes.scalar_lane_slots) if scalar
+                else (lambda rule, name: _rule_lanes.lane_source(rule, name, returns=True),
+                      lambda rule: _rule_lanes.lane_slots(rule, returns=True)))
+    if layout == "dense":
         try:
-            lanes = _rule_lanes.lane_source(loss.rule, "_loss_lanes_py")
+            lanes = lane_fns[0](loss.rule, "_loss_lanes_py")
         except _rule_lanes.NotLaneable:
             lanes = ""
     if layout == "dense":
-        n_real, n_int = _rule_lanes.lane_slots(loss.rule) if lanes else (0, 0)
-        if lanes:
+        n_real, n_int = lane_fns[1](loss.rule) if lanes else (0, 0)
+        if lanes and scalar:
+            # the targets in lane form, (k, lanes) in T's dtype
+            lay["grad_setup"] += (
+                "\n    Xb, Zb, Db, ZT, DT, S, SI, LS, YB_ = dense_lane_buffers("
+                f"n_chunks, k, {n_real}, {n_int}, W.dtype)"
+                "\n    YB = np.empty((n_chunks, k, DENSE_LANE_ROWS), T.dtype)")
+        elif lanes:
             lay["grad_setup"] += (
                 "\n    Xb, Zb, Db, ZT, DT, S, SI, LS, YB = dense_lane_buffers("
                 f"n_chunks, k, {n_real}, {n_int}, W.dtype)")
@@ -655,7 +690,8 @@ def _source(loss_name, rule_name, layout):
         if layout == "dense":
             if lanes:
                 parts.append(_BATCH_DENSE_LANES.format(
-                    kind=kind, range_fn=range_fn, parallel_flag=flag))
+                    kind=kind, range_fn=range_fn, parallel_flag=flag,
+                    targets=_SCALAR_TARGETS if scalar else _ROW_TARGETS))
                 continue
             rule_block = _RULE_BY_ROWS.replace(
                 "{loss}", textwrap.indent(body_loss, " " * 4))

@@ -27,8 +27,19 @@ Translated: assignments to locals and to ``dz[...]``, ``for`` over ``range``
 with bounds that do not depend on the row, ``if`` (a condition that depends
 on the row is evaluated per lane; its branches may then hold only
 assignments and further ``if``), and one ``return`` as the last statement.
-Anything else (an early ``return``, a loop inside a row-dependent ``if``)
-raises ``NotLaneable``, and the kernels keep calling the row form.
+With ``returns=True`` (the dense epoch's fused pass) a ``return`` inside
+an ``if`` is taken when the statements after that ``if`` can become its
+``else`` (``_returns_to_else``: "if c: ...; return a" followed by more
+statements is the same as "if c: ...; return a / else: <the rest>"), so
+every path ends in its own ``return`` (multiclass_hinge).  Anything else (a loop inside a row-dependent ``if``, a path without a
+return) raises ``NotLaneable``, and the kernels keep calling the row form.
+
+Scalar rules (``rule(z, y, epsilon) -> (loss, derivative)``, one output)
+get a lane form too (``scalar_lane_source``): the same signature as a row
+rule's lane form, with ``Y`` the block's targets in lane form, (k, R) like
+``ZT``; each output's loss is added into ``LOSS[r]``, its derivative goes to
+``DT[j, r]``; ``math.log1p`` becomes ``log1p_lanes`` (kernels/epoch_drivers.py,
+which vectorises), so the module needs that name too.
 """
 
 import ast
@@ -57,14 +68,58 @@ def _indent(lines):
     return ["    " + ln for ln in lines]
 
 
+def _always_returns(body):
+    """Every path through the statement list ``body`` ends in a return."""
+    if not body:
+        return False
+    last = body[-1]
+    if isinstance(last, ast.Return):
+        return True
+    if isinstance(last, ast.If):
+        return _always_returns(last.body) and _always_returns(last.orelse)
+    return False
+
+
+def _returns_to_else(body):
+    """``body`` with every "if c: <...; return>" that is followed by more
+    statements turned into "if c: <...; return> else: <those statements>"
+    (the same control flow), recursively; a new list, the nodes shared."""
+    out = []
+    for i, node in enumerate(body):
+        if isinstance(node, ast.If):
+            node = ast.If(test=node.test, body=_returns_to_else(node.body),
+                          orelse=_returns_to_else(node.orelse))
+            rest = body[i + 1:]
+            if rest and _always_returns(node.body):
+                node.orelse = _returns_to_else(node.orelse + rest)
+                out.append(node)
+                return out
+            if rest and node.orelse and _always_returns(node.orelse):
+                node.body = _returns_to_else(node.body + rest)
+                out.append(node)
+                return out
+        elif isinstance(node, ast.For):
+            node = ast.For(target=node.target, iter=node.iter,
+                           body=_returns_to_else(node.body), orelse=node.orelse,
+                           type_comment=None)
+        out.append(node)
+    return out
+
+
 class _Translator:
-    def __init__(self, fn):
+    n_params = 4
+
+    def __init__(self, fn, returns=False):
         tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
         self.fn = tree.body[0]
+        self.returns = returns
+        if returns:
+            self.fn.body = _returns_to_else(self.fn.body)
         self.rule_name = fn.__name__
         args = [a.arg for a in self.fn.args.args]
-        if len(args) != 4:
-            raise NotLaneable(f"{fn.__name__}: a row rule takes (z, y, epsilon, dz)")
+        if len(args) != self.n_params:
+            raise NotLaneable(f"{fn.__name__}: a {'row' if self.n_params == 4 else 'scalar'} "
+                              f"rule takes ({', '.join(_PARAMS[:self.n_params])})")
         self.roles = dict(zip(args, _PARAMS))
         self.loop_vars = set()
         self.real = {}
@@ -190,14 +245,27 @@ class _Translator:
             return self.assignment(node.target, ast.BinOp(node.target, node.op, node.value))
         if isinstance(node, ast.If):
             out = [f"if {self.expr(node.test)}:"]
-            out += _indent(sum((self.lane_stmt(s) for s in node.body), []))
+            out += _indent(self.lane_block(node.body))
             if node.orelse:
                 out.append("else:")
-                out += _indent(sum((self.lane_stmt(s) for s in node.orelse), []))
+                out += _indent(self.lane_block(node.orelse))
             return out
         if isinstance(node, ast.Pass):
             return ["pass"]
+        if isinstance(node, ast.Return) and node.value is not None and self.returns:
+            # the end of this lane's path (_returns_to_else put every return
+            # last in its branch; block() checks it)
+            return self.lane_return(node.value)
         raise NotLaneable(f"{type(node).__name__} inside a row-dependent branch")
+
+    def lane_return(self, value):
+        return [f"LOSS[r] = {self.expr(value)}"]
+
+    def lane_block(self, stmts):
+        for node in stmts[:-1]:
+            if isinstance(node, ast.Return):
+                raise NotLaneable("a return before the end of its branch")
+        return sum((self.lane_stmt(s) for s in stmts), [])
 
     def stmt(self, node, last):
         if isinstance(node, ast.For):
@@ -227,8 +295,10 @@ class _Translator:
 
     def source(self, name):
         body = self.fn.body
-        if not body or not isinstance(body[-1], ast.Return):
+        if not _always_returns(body):
             raise NotLaneable("the rule must end with its return")
+        if isinstance(body[-1], ast.If) and not self.lane_dependent(body[-1].test):
+            raise NotLaneable("a return under a condition that does not depend on the row")
         lines = ["k = ZT.shape[0]", "dt = ZT.dtype.type"]
         for i, node in enumerate(body):
             lines += self.stmt(node, i == len(body) - 1)
@@ -238,14 +308,75 @@ class _Translator:
         return "\n".join([head, doc] + _indent(lines)) + "\n"
 
 
-def lane_source(rule, name):
+class _ScalarTranslator(_Translator):
+    """A scalar rule (z, y, epsilon) -> (loss, derivative) on output j of
+    every lane: z is ZT[j, r], y is Y[j, r]; the whole rule runs inside one
+    loop over the lanes (it has no loops of its own)."""
+    n_params = 3
+
+    def __init__(self, fn):
+        super().__init__(fn, returns=True)
+
+    def _scalar_expr(self, node):
+        if isinstance(node, ast.Name) and self.roles.get(node.id) in ("z", "y"):
+            return "ZT[j, r]" if self.roles[node.id] == "z" else "Y[j, r]"
+        if isinstance(node, ast.Name) and node.id == "j":
+            raise NotLaneable("a local named j")
+        return super().expr(node)
+
+    def expr(self, node):  # noqa: F811 -- math.log1p as the epoch's vector form
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                isinstance(node.func.value, ast.Name) and node.func.value.id == "math" and \
+                node.func.attr == "log1p" and len(node.args) == 1 and not node.keywords:
+            return f"log1p_lanes({self.expr(node.args[0])})"
+        return self._scalar_expr(node)
+
+    def lane_return(self, value):
+        if not (isinstance(value, ast.Tuple) and len(value.elts) == 2):
+            raise NotLaneable("a scalar rule returns (loss, derivative)")
+        return [f"LOSS[r] += {self.expr(value.elts[0])}",
+                f"DT[j, r] = dt({self.expr(value.elts[1])})"]
+
+    def source(self, name):
+        body = self.fn.body
+        if not _always_returns(body):
+            raise NotLaneable("the rule must end with its return")
+        if self.loop_vars:
+            raise NotLaneable("a loop in a scalar rule")
+        stmts = [s for s in body
+                 if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+        lines = ["k = ZT.shape[0]", "dt = ZT.dtype.type",
+                 "for r in range(n):", "    LOSS[r] = 0.0",
+                 "for j in range(k):", "    for r in range(n):"]
+        lines += _indent(_indent(self.lane_block(stmts)))
+        head = f"def {name}(ZT, Y, epsilon, DT, LOSS, n, S, SI):"
+        doc = (f'    """The lane form of the scalar rule {self.rule_name}: outputs 0..k-1 of '
+               'rows 0..n-1 of a block (kernels/rule_lanes.py)."""')
+        return "\n".join([head, doc] + _indent(lines)) + "\n"
+
+
+def scalar_lane_source(rule, name):
+    """Source of the lane form of the scalar rule ``rule`` (module docstring),
+    as a function ``name``; raises NotLaneable."""
+    return _ScalarTranslator(rule).source(name)
+
+
+def scalar_lane_slots(rule):
+    """(real slots, integer slots) of a scalar rule's lane form."""
+    t = _ScalarTranslator(rule)
+    return len(t.real), len(t.ints)
+
+
+def lane_source(rule, name, returns=False):
     """Source of the lane form of the row rule ``rule``, as a function ``name``
     (its module needs ``math``, ``exp_fast`` and ``log_fast``); raises
-    NotLaneable."""
-    return _Translator(rule).source(name)
+    NotLaneable.  ``returns``: take returns inside row-dependent branches
+    (``_returns_to_else``; the dense epoch's fused pass does, the loss
+    kernels of loss_drivers.py keep the row form of such rules)."""
+    return _Translator(rule, returns).source(name)
 
 
-def lane_slots(rule):
+def lane_slots(rule, returns=False):
     """(real slots, integer slots) of the lane form's ``S`` and ``SI``."""
-    t = _Translator(rule)
+    t = _Translator(rule, returns)
     return len(t.real), len(t.ints)

@@ -32,20 +32,13 @@ takes the larger of the two for each rate (its docstring says why).
 
 The stage breakdown
 -------------------
-``stage_seconds`` times the pieces of the dense batch pass of
-``kernels/epoch_drivers.py`` over a whole epoch each, in compiled loops (one
-compiled call per stage, no Python per minibatch):
-
-gather      the shuffled rows of each LANE_ROWS block copied into the block
-            buffer (with the epoch's prefetch of the next block)
-scores      ``_scores_tiles``: the block's X W + b in register tiles
-accumulate  ``_accumulate_tiles``: the block's rank-m update of dW^T
-rule        the rest of the batch pass: the loss rule (softmax in lane form),
-            its labels, sample weights, db and loss bookkeeping
-            (batch pass - gather - scores - accumulate)
-tail        per minibatch outside the batch pass: W^T refreshed, dW^T turned
-            back into W's layout and scaled, the penalty, the schedule,
-            the optimizer's update of W and b (epoch - batch passes)
+``stage_seconds`` times the pieces of the serial dense epoch of
+``kernels/epoch_drivers.py`` (the fused lane pass, ``_BATCH_DENSE_LANES``,
+and the epoch loop around it) over a whole epoch each, in compiled loops
+(one compiled call per stage, no Python per minibatch), with the arguments
+of a real fit: scores (with the prefetch and the labels), dW/db, the rule,
+the optimizer update, the per-minibatch bookkeeping; its docstring defines
+each.
 """
 
 import time
@@ -199,7 +192,7 @@ def epoch_seconds(X, y, batch, backend="numba", epochs=5, optimizer="adam"):
 
 
 # ---------------------------------------------------------------------------
-# stage breakdown (dense layout, serial epoch)
+# stage breakdown (dense layout, serial epoch, the fused lane pass)
 # ---------------------------------------------------------------------------
 def _compiled_stages():
     """The stage loops, compiled on first use (they import the kernels)."""
@@ -207,47 +200,55 @@ def _compiled_stages():
     if _STAGES is not None:
         return _STAGES
     from optkern.kernels._helpers import prefetch
-    from optkern.kernels.loss_drivers import LANE_ROWS, _scores_tiles, _accumulate_tiles
+    from optkern.kernels.epoch_drivers import (gathered_accumulate_lanes,
+                                               gathered_scores_lanes)
+
+    # the first part of every block of the fused pass (_BATCH_DENSE_LANES):
+    # the next block's rows prefetched, the labels, the scores in lane form
+    # read from X's rows where they lie
+    # the block's targets in the rule's lane form (as the generated pass):
+    # class labels of a row rule, the (k, lanes) targets of a scalar rule
+    @njit(nogil=True)
+    def row_targets(T, order, r0, m, YB):
+        for q in range(m):
+            YB[q] = T[order[r0 + q]]
 
     @njit(nogil=True)
-    def gather(X, order, bs, Xb):
+    def scalar_targets(T, order, r0, m, YB):
+        for q in range(m):
+            i = order[r0 + q]
+            for j in range(T.shape[1]):
+                YB[j, q] = T[i, j]
+
+    @njit(nogil=True)
+    def scores(targets, X, T, order, bs, WT, b, ZT, YB, DT, dW, db, with_accumulate):
         n = order.shape[0]
         d = X.shape[1]
+        k = WT.shape[0]
+        R = ZT.shape[1]
         Xflat = X.reshape(X.size)
         pf_step = max(64 // X.itemsize, 1)
         for start in range(0, n, bs):
             stop = min(start + bs, n)
             r0 = start
             while r0 < stop:
-                m = min(LANE_ROWS, stop - r0)
-                for q in range(m):
-                    if r0 + m + q < n:
-                        nxt = order[r0 + m + q] * d
-                        for p in range(0, d, pf_step):
-                            prefetch(Xflat, nxt + p)
-                    Xb[q, :] = X[order[r0 + q]]
-                r0 += m
-
-    # scores and accumulate run on the block buffer the gather fills, once
-    # per block of the epoch: the same calls, on data in L1, as in the epoch
-    @njit(nogil=True)
-    def scores(n, bs, Xb, WT, b, Zb):
-        for start in range(0, n, bs):
-            stop = min(start + bs, n)
-            r0 = start
-            while r0 < stop:
-                m = min(LANE_ROWS, stop - r0)
-                _scores_tiles(Xb, 0, m, WT, b, Zb)
-                r0 += m
-
-    @njit(nogil=True)
-    def accumulate(n, bs, Xb, Db, dW):
-        for start in range(0, n, bs):
-            stop = min(start + bs, n)
-            r0 = start
-            while r0 < stop:
-                m = min(LANE_ROWS, stop - r0)
-                _accumulate_tiles(Xb, 0, m, Db, dW)
+                m = min(R, stop - r0)
+                for q in range(min(m, n - r0 - m)):
+                    nxt = order[r0 + m + q] * d
+                    for p in range(0, d, pf_step):
+                        prefetch(Xflat, nxt + p)
+                targets(T, order, r0, m, YB)
+                gathered_scores_lanes(X, order, r0, m, WT, b, ZT)
+                if with_accumulate:
+                    # the block's db sums across the lanes and its rank-m
+                    # update of dW^T (the rows again, in cache from the scores)
+                    for j in range(k):
+                        e = DT[j]
+                        s = db[j]
+                        for q in range(m):
+                            s += e[q]
+                        db[j] = s
+                    gathered_accumulate_lanes(X, order, r0, m, DT, dW)
                 r0 += m
 
     # the generated batch pass itself, minibatch after minibatch (a function
@@ -260,67 +261,208 @@ def _compiled_stages():
             batch_fn(X, T, sw, order, start, min(start + bs, n), 1, WT, b, dWp, dbp, Z, D,
                      lossp, wsump, eps, Xb, Zb, Db, ZT, DT, S, SI, LS, YB)
 
-    _STAGES = dict(gather=gather, scores=scores, accumulate=accumulate,
-                   batch_passes=batch_passes, rows=LANE_ROWS)
+    # the rule alone, block after block, on one block of scores (a check on
+    # the difference of the passes above)
+    @njit(nogil=True)
+    def rule(rule_fn, targets, T, order, bs, ZT, YB, eps, DT, LS, S, SI):
+        n = order.shape[0]
+        R = ZT.shape[1]
+        for start in range(0, n, bs):
+            stop = min(start + bs, n)
+            r0 = start
+            while r0 < stop:
+                m = min(R, stop - r0)
+                targets(T, order, r0, m, YB)
+                rule_fn(ZT, YB, eps, DT, LS, m, S, SI)
+                r0 += m
+
+    _STAGES = dict(scores=scores, batch_passes=batch_passes, rule=rule,
+                   row_targets=row_targets, scalar_targets=scalar_targets)
     return _STAGES
 
 
 _STAGES = None
 
+# per minibatch outside the batch pass (the epoch template's own statements,
+# _EPOCH in kernels/epoch_drivers.py), in two parts; generated per update
+# rule (its number of states and hyperparameters)
+_TAIL = """
+def bookkeeping(n, bs, W, WT, G, dT, dbp, alpha, l1_ratio, sched, base_lr, plateau, step0):
+    d, k = W.shape
+    acc = 0.0
+    step = step0
+    for start in range(0, n, bs):
+        for f in range(d):
+            for j in range(k):
+                WT[j, f] = W[f, j]
+        inv = 1.0 / bs
+        for f in range(d):
+            for j in range(k):
+                G[f, j] = dT[j, f] * inv
+        pen = penalty_add(W, G, alpha, l1_ratio)
+        for j in range(k):
+            dbp[0, j] = dbp[0, j] * inv
+        acc += base_lr * _schedule(sched[0], float(step), sched[1], sched[2], sched[3],
+                                   sched[4], sched[5]) * plateau + pen
+        step += 1
+    return acc
 
-def stage_seconds(X, y, batch, optimizer="adam", epochs=5, repeats=5):
-    """{stage: seconds per epoch} of the serial dense softmax epoch
-    (the module docstring defines the stages), plus "epoch" (the whole
-    compiled epoch) and "order" (drawing the epoch's order)."""
-    from optkern.kernels import epoch_drivers, rule_lanes, loss_rules
-    from optkern.kernels.loss_drivers import lane_buffers
+
+def optimizer(n, bs, Wf, dWf, {sw}, avgW, b, db, {sb}, avgB, userW, userB, scalarsW,
+              scalarsB, step0, seed, offW, offB, lr):
+    step = step0
+    for start in range(0, n, bs):
+        step += 1
+        key = noise_key_jit(seed, step)
+        hyperW, scalarsW = _prepare(step, scalarsW, lr, {uw})
+        _loop_serial(Wf, dWf, {sw}, avgW, hyperW, 0.0, key, offW)
+        if b is not None:
+            hyperB, scalarsB = _prepare(step, scalarsB, lr, {ub})
+            _loop_serial(b, db, {sb}, avgB, hyperB, 0.0, key, offB)
+    return scalarsW
+"""
+
+
+def _tail_loops(mod, optimizer):
+    from optkern.kernels import rules
+    from optkern.kernels._helpers import noise_key_jit
+    from optkern.kernels.loss_drivers import penalty_add
+
+    spec = rules.RULES[optimizer]
+    n_states = len(rules.state_names(spec))
+    n_user = len(spec.user_hyper)
+    src = _TAIL.format(sw=", ".join(f"sW{j}" for j in range(n_states)),
+                       sb=", ".join(f"sB{j}" for j in range(n_states)),
+                       uw=", ".join(f"userW[{j}]" for j in range(1, n_user)),
+                       ub=", ".join(f"userB[{j}]" for j in range(1, n_user)))
+    env = dict(penalty_add=penalty_add, noise_key_jit=noise_key_jit, _prepare=mod._prepare,
+               _schedule=mod._schedule, _loop_serial=mod._loop_serial)
+    exec(compile(src, "<epoch tail stages>", "exec"), env)
+    return njit(nogil=True)(env["bookkeeping"]), njit(nogil=True)(env["optimizer"]), n_states
+
+
+def _captured_epoch_args(X, y, batch, optimizer, epochs, loss="softmax"):
+    """The arguments of the serial compiled epoch as the estimator passes them
+    (captured from a real fit), and the fit's per-epoch times."""
+    from optkern import LinearClassifier
+    from optkern.kernels import epoch_drivers
+
+    if np.unique(y).shape[0] == 2:   # one output: the estimator's binary form
+        loss = {"softmax": "log", "multiclass_hinge": "hinge"}.get(loss, loss)
+    mod = epoch_drivers.module_for(loss, optimizer, "dense")
+    real = mod.epoch_serial
+    captured = []
+
+    def spy(*args):
+        captured.append(args)
+        return real(*args)
+
+    kw = dict(loss=loss, optimizer=optimizer, batch_size=batch, tol=None, random_state=0,
+              backend="numba")
+    LinearClassifier(max_epochs=1, **kw).fit(X[:2 * batch], y[:2 * batch])   # load
+    mod.epoch_serial = spy
+    try:
+        est = LinearClassifier(max_epochs=epochs, **kw).fit(X, y)
+    finally:
+        mod.epoch_serial = real
+    times = [r["time"] for r in est.history_[1:]] or [est.history_[0]["time"]]
+    return mod, captured[-1], times, loss
+
+
+def stage_seconds(X, y, batch, optimizer="adam", epochs=5, repeats=5, loss="softmax"):
+    """{stage: seconds per epoch} of the serial dense epoch of ``loss`` (any
+    built-in rule: all run the fused pass; two classes train one output with
+    the binary form of ``loss``, as the estimator does), plus "epoch" (the whole compiled epoch,
+    best of ``repeats`` calls with the arguments of a real fit), "epoch (fit)"
+    (best epoch of that fit, which includes the call's Python), and "order"
+    (drawing the epoch's order).
+
+    Stages (each a compiled loop over the whole epoch, best of ``repeats``):
+
+    scores       per block of the pass: the next block's rows prefetched, the
+                 labels, ``gathered_scores_lanes`` (X_B W^T + b into lane form)
+    dW/db        ``gathered_accumulate_lanes`` (the block's rank-m update of
+                 dW^T) and the db sums: (scores + dW/db) - scores, both run
+                 in the same loop so the rows are in cache as in the epoch
+    rule         the loss rule's lane form and the weights/loss sums: the
+                 generated batch pass - (scores + dW/db);
+                 "rule (alone)" times the lane form by itself as a check
+    optimizer    per minibatch: the update rule's prepare and its generated
+                 update loop over W and over b
+    bookkeeping  per minibatch: W^T refreshed, dW^T back into W's layout and
+                 scaled, the penalty, db scaled, the schedule
+    rest         epoch - batch passes - optimizer - bookkeeping (the loop's
+                 own overhead; negative values are load noise)
+    """
+    from optkern.kernels import epoch_drivers
+
+    from optkern.kernels import loss_rules
 
     st = _compiled_stages()
     n, d = X.shape
-    k = int(y.max()) + 1
     dt = X.dtype
-    # best of epochs, as every stage below is a best of repeats: on a shared
-    # machine a median epoch against best-of stages would charge the load to
-    # the tail
-    _, est = epoch_seconds(X, y, batch, "numba", epochs, optimizer)
-    epoch_s = min(r["time"] for r in est.history_[1:] or est.history_)
-    mod = epoch_drivers.module_for("softmax", optimizer, "dense")  # the rule of that name
-    rng = np.random.default_rng(1)
-    order = rng.permutation(n).astype(np.int64)
-    R = st["rows"]
-    Xb = np.empty((R, d), dt)
-    W = (0.01 * rng.standard_normal((d, k))).astype(dt)
-    WT = np.ascontiguousarray(W.T)
-    b = np.zeros(k, dt)
-    Zb = np.empty((R, k), dt)
-    Db = (0.01 * rng.standard_normal((R, k))).astype(dt)
-    dW = np.zeros((k, d), dt)
-    out = {"epoch": epoch_s}
-    out["gather"] = _best_seconds(lambda: st["gather"](X, order, batch, Xb), repeats)
-    out["scores"] = _best_seconds(lambda: st["scores"](n, batch, Xb, WT, b, Zb), repeats)
-    out["accumulate"] = _best_seconds(lambda: st["accumulate"](n, batch, Xb, Db, dW),
-                                      repeats)
-    rule = loss_rules.LOSS_RULES["softmax"].rule
-    try:
-        rule_lanes.lane_source(rule, "_probe")
-        n_real, n_int = rule_lanes.lane_slots(rule)
-    except rule_lanes.NotLaneable:
-        n_real = n_int = 0
-    bufs = lane_buffers(1, k, n_real, n_int, dt)
-    T = np.ascontiguousarray(y, dtype=np.int64)
-    sw = np.ones(n)
-    scratch = (np.zeros((1, d, k), dt), np.zeros((1, k), dt), np.zeros((1, k), dt),
-               np.zeros((1, k), dt), np.zeros(1), np.zeros(1))
-    Xb1 = np.empty((1, R, d), dt)
-    eps = dt.type(0.0)
+    mod, args, fit_times, loss = _captured_epoch_args(X, y, batch, optimizer, epochs, loss)
+    k = args[6].shape[1]   # W's outputs (one for two classes)
+    scalar = loss_rules.LOSS_RULES[loss].kind == "scalar"
+    targets = st["scalar_targets"] if scalar else st["row_targets"]
+    bookkeeping, opt_loop, n_states = _tail_loops(mod, optimizer)
+    (X_, T, sw, order, bs, n_chunks, W, b, dWp, dbp, Z, D, lossp, wsump) = args[:14]
+    sW = args[14:14 + n_states]
+    sB = args[14 + n_states:14 + 2 * n_states]
+    (avgW, avgB, userW, userB, scalarsW, scalarsB, step0, avg_start, avg_count0, sched,
+     base_lr, plateau, alpha, l1_ratio, epsilon, seed, offW, offB, par_work,
+     w_mean) = args[14 + 2 * n_states:]
+    # private copies: the timing calls below train them further
+    W = W.copy()
+    b = None if b is None else b.copy()
+    sW = tuple(None if s is None else s.copy() for s in sW)
+    sB = tuple(None if s is None else s.copy() for s in sB)
+    # the fit calls the epoch in blocks of rows (estimators._blocked_epoch):
+    # every stage here runs over one whole epoch's order
+    order = np.random.default_rng(2).permutation(n).astype(np.int64)
+    out = {}
+    ep_args = lambda: (X_, T, sw, order, bs, 1, W, b, dWp, dbp, Z, D, lossp, wsump, *sW,
+                       *sB, avgW, avgB, userW, userB, scalarsW, scalarsB, step0, avg_start,
+                       avg_count0, sched, base_lr, plateau, alpha, l1_ratio, epsilon, seed,
+                       offW, offB, par_work, w_mean)
+    out["epoch"] = _best_seconds(lambda: mod.epoch_serial(*ep_args()), repeats)
+    out["epoch (fit)"] = min(fit_times)
 
-    def passes():
-        st["batch_passes"](mod._batch_serial, X, T, sw, order, batch, WT, b, *scratch,
-                           eps, Xb1, *bufs)
-    batch_s = _best_seconds(passes, repeats)
-    out["rule"] = max(batch_s - out["gather"] - out["scores"] - out["accumulate"], 0.0)
-    out["tail"] = max(epoch_s - batch_s, 0.0)
-    out["batch pass"] = batch_s
+    rng = np.random.default_rng(1)
+    WT = np.ascontiguousarray(W.T)
+    bufs = epoch_drivers.dense_lane_buffers(1, k, *_lane_slots(loss), dt)
+    if scalar:
+        bufs = bufs[:-1] + (np.empty((1, k, epoch_drivers.DENSE_LANE_ROWS), T.dtype),)
+    Xb, Zb, Db, ZT, DT, S, SI, LS, YB = bufs
+    DT0 = (0.01 * rng.standard_normal((k, ZT.shape[2]))).astype(dt)
+    dW = np.zeros((k, d), dt)
+    db = np.zeros(k, dt)
+    eps = dt.type(epsilon)
+    s_only = _best_seconds(lambda: st["scores"](targets, X_, T, order, bs, WT, b, ZT[0],
+                                                YB[0], DT0, dW, db, False), repeats)
+    s_acc = _best_seconds(lambda: st["scores"](targets, X_, T, order, bs, WT, b, ZT[0],
+                                               YB[0], DT0, dW, db, True), repeats)
+    passes = _best_seconds(lambda: st["batch_passes"](
+        mod._batch_serial, X_, T, sw, order, bs, WT, b, dWp, dbp, Z, D, lossp, wsump, eps,
+        *bufs), repeats)
+    out["scores"] = s_only
+    out["dW/db"] = s_acc - s_only
+    out["rule"] = passes - s_acc
+    out["batch passes"] = passes
+    # the rule alone on the last block's scores
+    out["rule (alone)"] = _best_seconds(lambda: st["rule"](
+        mod._loss_lanes, targets, T, order, bs, ZT[0], YB[0], eps, DT[0], LS[0], S[0], SI[0]),
+        repeats)
+    Wf = W.reshape(-1)
+    G = np.zeros((d, k), dt)
+    dbz = np.zeros(k, dt)
+    out["optimizer"] = _best_seconds(lambda: opt_loop(
+        n, bs, Wf, G.reshape(-1), *sW, avgW, b, dbz, *sB, avgB, userW, userB, scalarsW,
+        scalarsB, step0, seed, offW, offB, float(base_lr)), repeats)
+    out["bookkeeping"] = _best_seconds(lambda: bookkeeping(
+        n, bs, W, WT, G, dWp[0].reshape((k, d)), dbp, alpha, l1_ratio, sched, base_lr,
+        plateau, step0), repeats)
+    out["rest"] = out["epoch"] - passes - out["optimizer"] - out["bookkeeping"]
     out["order (NumPy permutation)"] = _best_seconds(
         lambda: np.random.default_rng(0).permutation(n), repeats)
     try:
@@ -331,3 +473,12 @@ def stage_seconds(X, y, batch, optimizer="adam", epochs=5, repeats=5):
     except ImportError:
         pass
     return out
+
+
+def _lane_slots(loss):
+    from optkern.kernels import loss_rules, rule_lanes
+
+    spec = loss_rules.LOSS_RULES[loss]
+    if spec.kind == "scalar":
+        return rule_lanes.scalar_lane_slots(spec.rule)
+    return rule_lanes.lane_slots(spec.rule, returns=True)
