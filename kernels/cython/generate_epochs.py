@@ -417,14 +417,14 @@ static int okx_set_level(int level) {
 _C_EXP = r'''
 /* exp as kernels/_helpers.py exp_fast (_exp_f64 / _exp_f32): the same
    reduction, polynomial and scaling, so that the lane form's results are the
-   Numba ones; floor through an int32 conversion (vectorises without SSE4.1) */
+   Numba ones.  The floor: the vector round instruction where there is one
+   (AVX), else through an int32 conversion (SSE2 has no round; the AVX
+   targets do not vectorise that form's compare-and-subtract) */
 OKX_INLINE @ATTR@ OKX_NOTRAP double okx_exp_f64_@LVL@(double x) {
     double xc = x > -746.0 ? x : -746.0;
     xc = xc < 710.0 ? xc : 710.0;
     double t = xc * 1.4426950408889634 + 0.5;
-    int32_t ni = (int32_t)t;
-    ni -= (t < (double)ni);
-    double nf = (double)ni;
+@FLOOR_F64@
     double r = (xc - nf * 6.93147180369123816490e-01) - nf * 1.90821492927058770002e-10;
     double p = @INV_FACT_13@;
 @POLY_F64@
@@ -441,9 +441,7 @@ OKX_INLINE @ATTR@ OKX_NOTRAP float okx_exp_f32_@LVL@(float x) {
     float xc = x > -104.0f ? x : -104.0f;
     xc = xc < 89.0f ? xc : 89.0f;
     float t = xc * @LOG2E_F@ + 0.5f;
-    int32_t ni = (int32_t)t;
-    ni -= (t < (float)ni);
-    float nf = (float)ni;
+@FLOOR_F32@
     float r = (xc - nf * 0.693359375f) - nf * @LN2_LO_F@;
     float p = @INV_FACT_F_7@;
 @POLY_F32@
@@ -472,6 +470,14 @@ def _c_prelude():
     exps = []
     for lvl, attr, _ in SIMD_LEVELS:
         e = _C_EXP.replace("@ATTR@", attr).replace("@LVL@", str(lvl))
+        for ct, fl in (("double", "F64"), ("float", "F32")):
+            if lvl == 0:
+                floor = (f"    int32_t ni = (int32_t)t;\n    ni -= (t < ({ct})ni);\n"
+                         f"    {ct} nf = ({ct})ni;")
+            else:
+                fn = "__builtin_floor" if ct == "double" else "__builtin_floorf"
+                floor = f"    {ct} nf = {fn}(t);\n    int32_t ni = (int32_t)nf;"
+            e = e.replace(f"@FLOOR_{fl}@", floor)
         exps.append(e if lvl == 0 else f"#if OKX_X86 && OKX_VEC\n{e}\n#endif\n")
     return ((_C_PRELUDE + "".join(exps)).replace("@INV_FACT_13@", repr(inv[13]))
             .replace("@POLY_F64@", poly64).replace("@POLY_F32@", poly32)
