@@ -401,11 +401,16 @@ static int okx_detect(void) {
     return 0;
 }
 
-/* the level the kernels run at: the CPU's best unless lowered (tests) */
+/* the level the kernels run at: by default AVX2 where the CPU has it (the
+   AVX-512 code was slower on the machine measured, docs/epochs.md: as LLVM,
+   which prefers 256-bit vectors on these CPUs), else the baseline; an
+   explicit level is capped at what the CPU has */
 static int okx_set_level(int level) {
     if (okx_max_level < 0)
         okx_max_level = okx_detect();
-    if (level < 0 || level > okx_max_level)
+    if (level < 0)
+        level = okx_max_level < 1 ? okx_max_level : 1;
+    if (level > okx_max_level)
         level = okx_max_level;
     okx_level_now = level;
     return level;
@@ -654,6 +659,63 @@ static $attr void okx_accumulate_${sfx}_$lvl(
         }
     }
 }
+
+/* the minibatch's gradient in W's layout, as the Numba epoch forms it:
+   dW[f*k + j] = ($ct)(dWT[j*d + f] * inv), then the penalty's (sub)gradient
+   a1 sign(w) + a2 w added in W's dtype (loss_drivers.penalty_add: runs of 512
+   elements summed in $V-wide partial sums, the run sums in double); returns
+   the penalty's value */
+static $attr OKX_NOTRAP double okx_grad_${sfx}_$lvl(
+        const $ct* OKX_RESTRICT dWT, const $ct* OKX_RESTRICT W, $ct* OKX_RESTRICT dW,
+        int64_t d, int64_t k, double inv, double alpha, double l1_ratio) {
+    int64_t f, j, i, v, s, e, n = d * k;
+    double l1 = 0.0, l2 = 0.0;
+    for (f = 0; f < d; f++)
+        for (j = 0; j < k; j++)
+            dW[f * k + j] = ($ct)(dWT[j * d + f] * inv);
+    if (alpha == 0.0)
+        return 0.0;
+    const $ct a1 = ($ct)(alpha * l1_ratio), a2 = ($ct)(alpha * (1.0 - l1_ratio));
+    const $ct zero = 0, one = 1;
+    for (s = 0; s < n; s += 512) {
+        e = s + 512 < n ? s + 512 : n;
+        $ct r1[$V], r2[$V];
+        for (v = 0; v < $V; v++) {
+            r1[v] = 0;
+            r2[v] = 0;
+        }
+        for (i = s; i + $V <= e; i += $V) {
+            for (v = 0; v < $V; v++) {
+                $ct w = W[i + v];
+                $ct sg = (w > zero ? one : zero) - (w < zero ? one : zero);
+                dW[i + v] = dW[i + v] + (a1 * sg + a2 * w);
+                r1[v] += w < zero ? -w : w;
+                r2[v] += w * w;
+            }
+        }
+        for (; i < e; i++) {
+            $ct w = W[i];
+            $ct sg = (w > zero ? one : zero) - (w < zero ? one : zero);
+            dW[i] = dW[i] + (a1 * sg + a2 * w);
+            r1[0] += w < zero ? -w : w;
+            r2[0] += w * w;
+        }
+        for (v = 0; v < $V; v++) {
+            l1 += r1[v];
+            l2 += r2[v];
+        }
+    }
+    return alpha * (l1_ratio * l1 + 0.5 * (1.0 - l1_ratio) * l2);
+}
+
+/* W^T for the score tiles, once per minibatch */
+static $attr void okx_transpose_${sfx}_$lvl(const $ct* OKX_RESTRICT W, $ct* OKX_RESTRICT WT,
+                                           int64_t d, int64_t k) {
+    int64_t f, j;
+    for (j = 0; j < k; j++)
+        for (f = 0; f < d; f++)
+            WT[j * d + f] = W[f * k + j];
+}
 ''')
 
 _C_DISPATCH = _string.Template(r'''
@@ -678,6 +740,23 @@ static void okx_accumulate_${sfx}(const $ct* X, int64_t d, const int64_t* order,
         okx_accumulate_${sfx}_1(X, d, order, m, DT, accT, k, R); return; }
 #endif
     okx_accumulate_${sfx}_0(X, d, order, m, DT, accT, k, R);
+}
+
+static double okx_grad_${sfx}(const $ct* dWT, const $ct* W, $ct* dW, int64_t d, int64_t k,
+                              double inv, double alpha, double l1_ratio) {
+#if OKX_X86 && OKX_VEC
+    if (okx_level_now == 2) return okx_grad_${sfx}_2(dWT, W, dW, d, k, inv, alpha, l1_ratio);
+    if (okx_level_now == 1) return okx_grad_${sfx}_1(dWT, W, dW, d, k, inv, alpha, l1_ratio);
+#endif
+    return okx_grad_${sfx}_0(dWT, W, dW, d, k, inv, alpha, l1_ratio);
+}
+
+static void okx_transpose_${sfx}(const $ct* W, $ct* WT, int64_t d, int64_t k) {
+#if OKX_X86 && OKX_VEC
+    if (okx_level_now == 2) { okx_transpose_${sfx}_2(W, WT, d, k); return; }
+    if (okx_level_now == 1) { okx_transpose_${sfx}_1(W, WT, d, k); return; }
+#endif
+    okx_transpose_${sfx}_0(W, WT, d, k);
 }
 ''')
 
@@ -1141,11 +1220,28 @@ _DENSE_CLEANUP = '''\
     free(SI)
     free(LS)
     free(YB)'''
+# the gradient and the penalty: the CSR layout's in double, element by element;
+# the dense layout's in C from dW^T (okx_grad_*, as the Numba epoch)
+_CSR_GRAD = '''\
+        pen = 0.0
+        for idx in range(dk):
+            wv = W[idx]
+            g = dW[idx] * inv
+            if alpha != 0.0:
+                sgn = 0.0
+                if wv > 0:
+                    sgn = 1.0
+                elif wv < 0:
+                    sgn = -1.0
+                g += alpha * (l1_ratio * sgn + (1.0 - l1_ratio) * wv)
+                pen += l1_ratio * fabs(wv) + 0.5 * (1.0 - l1_ratio) * wv * wv
+            dW[idx] = <{ct}>g
+        pen = alpha * pen'''
+_DENSE_GRAD = '''\
+        pen = okx_grad_{sfx}(dWT, W, dW, d, k, inv, alpha, l1_ratio)'''
 _DENSE_BATCH = '''\
         # ---- the fused pass over rows order[start:stop], in blocks of R rows
-        for f in range(d):
-            for j in range(k):
-                WT[j * d + f] = W[f * k + j]
+        okx_transpose_{sfx}(W, WT, d, k)
         memset(dWT, 0, dk * sizeof({ct}))
         memset(db, 0, k * sizeof({ct}))
         lsum = 0.0
@@ -1191,9 +1287,6 @@ _DENSE_BATCH = '''\
                 db[j] = acc_s
             okx_accumulate_{sfx}(X, d, order + r0, m, DT, dWT, k, R)
             r0 += m
-        for f in range(d):
-            for j in range(k):
-                dW[f * k + j] = dWT[j * d + f]
 '''
 
 _EPOCH = '''
@@ -1234,22 +1327,10 @@ cdef double _epoch_{sfx}_{layout}(
             continue
         # unbiased minibatch estimate of sum(w L)/sum(w) over the whole data set
         inv = 1.0 / ((stop - start) * w_mean)
-        pen = 0.0
-        for idx in range(dk):
-            wv = W[idx]
-            g = dW[idx] * inv
-            if alpha != 0.0:
-                sgn = 0.0
-                if wv > 0:
-                    sgn = 1.0
-                elif wv < 0:
-                    sgn = -1.0
-                g += alpha * (l1_ratio * sgn + (1.0 - l1_ratio) * wv)
-                pen += l1_ratio * fabs(wv) + 0.5 * (1.0 - l1_ratio) * wv * wv
-            dW[idx] = <{ct}>g
+{grad}
         for j in range(k):
             db[j] = <{ct}>(db[j] * inv)
-        batch_loss = lsum * inv + alpha * pen
+        batch_loss = lsum * inv + pen
         if not isfinite(batch_loss):
             steps_out[0] = step - step0
             avg_count_io[0] = avg_count
@@ -1561,6 +1642,12 @@ cdef extern from *:
                             const float* DT, float* accT, int64_t k, int64_t R) nogil
     void okx_accumulate_f64(const double* X, int64_t d, const int64_t* order, int64_t m,
                             const double* DT, double* accT, int64_t k, int64_t R) nogil
+    double okx_grad_f32(const float* dWT, const float* W, float* dW, int64_t d, int64_t k,
+                        double inv, double alpha, double l1_ratio) nogil
+    double okx_grad_f64(const double* dWT, const double* W, double* dW, int64_t d, int64_t k,
+                        double inv, double alpha, double l1_ratio) nogil
+    void okx_transpose_f32(const float* W, float* WT, int64_t d, int64_t k) nogil
+    void okx_transpose_f64(const double* W, double* WT, int64_t d, int64_t k) nogil
 {decls}
 
 cdef enum:
@@ -1575,8 +1662,9 @@ def simd_level():
 
 
 def set_simd_level(level):
-    """Run the dense pass at ``level`` (at most the CPU's; -1: the CPU's best).
-    For tests and benchmarks; returns the level now in use."""
+    """Run the dense pass at ``level``, capped at what the CPU has (-1: the
+    default, AVX2 where there is one).  For tests and benchmarks; returns the
+    level now in use."""
     return okx_set_level(int(level))
 '''
 
@@ -1658,11 +1746,12 @@ def _render(rules, losses, sched_mod):
                     batch=_DENSE_BATCH.format(ct=ct, sfx=sfx),
                     setup=_DENSE_SETUP.format(ct=ct, cleanup=textwrap.indent(clean, " " * 4)),
                     cleanup12=textwrap.indent(clean, " " * 8),
-                    cleanup4=clean)
+                    cleanup4=clean, grad=_DENSE_GRAD.format(sfx=sfx))
             else:
                 extra = dict(batch=_CSR_BATCH.format(ct=ct, scores=pieces["scores"],
                                                      accum=pieces["accum"]),
-                             setup="", cleanup12="", cleanup4="")
+                             setup="", cleanup12="", cleanup4="",
+                             grad=_CSR_GRAD.format(ct=ct))
             parts.append(_EPOCH.format(sfx=sfx, ct=ct, layout=layout,
                                        data_decl=pieces["data_decl"].format(ct=ct), **extra))
     tables = []
