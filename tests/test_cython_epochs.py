@@ -245,3 +245,78 @@ def test_partial_fit_bookkeeping_matches_numba():
                                rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(models["cython"].intercept_, models["numba"].intercept_,
                                rtol=1e-10, atol=1e-12)
+
+
+# ---- the dense pass's blocks, tiles and vector widths (issue 18) ---------------------
+# The dense Cython epoch runs blocks of DENSE_ROWS (48) rows, score tiles of 6 rows x 2
+# outputs, dW^T tiles of 6 rows x 4 outputs, partial sums as wide as the CPU's vectors
+# over the features, the softmax in its lane form and the other losses row by row:
+# rows, outputs and features that are not multiples of those, sample weights, both
+# dtypes, every vector width the CPU offers.
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def _dense_fit(backend, X, y, sw, loss, batch, intercept):
+    cls = optkern.LinearRegressor if loss in REGRESSION else optkern.LinearClassifier
+    model = cls(loss=loss, optimizer="adam", lr=0.05, max_epochs=2, tol=None,
+                random_state=3, batch_size=batch, fit_intercept=intercept, backend=backend)
+    return model.fit(X, y, sample_weight=sw)
+
+
+def _dense_problem(seed, n, d, k, loss, dtype, weighted):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    if loss in REGRESSION:
+        y = X @ rng.standard_normal((d, k)) + 0.1 * rng.standard_normal((n, k))
+    else:
+        y = np.argmax(X[:, :1] @ rng.standard_normal((1, k))
+                      + rng.standard_normal((n, k)), axis=1)
+        y[:k] = np.arange(k)  # every class present
+    sw = rng.uniform(0.2, 2.0, n).astype(dtype) if weighted else None
+    return X.astype(dtype), y, sw
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), n=st.integers(20, 160), d=st.integers(1, 41),
+       k=st.integers(2, 11), batch=st.sampled_from([7, 32, 48, 50, 97, 200]),
+       loss=st.sampled_from(["softmax", "softmax", "multiclass_hinge", "squared"]),
+       dtype=st.sampled_from([np.float32, np.float64]), weighted=st.booleans(),
+       intercept=st.booleans())
+def test_dense_blocks_and_tiles_train_the_numba_model(seed, n, d, k, batch, loss, dtype,
+                                                      weighted, intercept):
+    X, y, sw = _dense_problem(seed, n, d, k, loss, dtype, weighted)
+    ref = _dense_fit("numba", X, y, sw, loss, batch, intercept)
+    got = _dense_fit("cython", X, y, sw, loss, batch, intercept)
+    tol = dict(rtol=1e-9, atol=1e-11) if dtype == np.float64 else dict(rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(got.coef_, ref.coef_, **tol)
+    np.testing.assert_allclose(got.intercept_, ref.intercept_, **tol)
+    np.testing.assert_allclose([h["loss"] for h in got.history_],
+                               [h["loss"] for h in ref.history_],
+                               rtol=1e-9 if dtype == np.float64 else 2e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("loss", ["softmax", "squared"])
+def test_every_vector_width_trains_the_same_model(loss, dtype):
+    # the dense pass's C kernels are compiled for AVX-512, AVX2+FMA and the build's own
+    # ISA; whichever runs, the model is the same up to rounding (the features' partial
+    # sums are as wide as the vectors, and only the wider ones contract into FMAs)
+    default = E.set_simd_level(-1)
+    assert E.simd_level() == default and default in (0, 1)
+    best = E.set_simd_level(99)           # capped at what the CPU has
+    assert best in (0, 1, 2) and best >= default
+    X, y, sw = _dense_problem(11, 131, 37, 5, loss, dtype, True)
+    try:
+        models = []
+        for level in range(best + 1):
+            assert E.set_simd_level(level) == level
+            models.append(_dense_fit("cython", X, y, sw, loss, 48, True))
+    finally:
+        E.set_simd_level(-1)
+    ref = _dense_fit("numba", X, y, sw, loss, 48, True)
+    tol = dict(rtol=1e-9, atol=1e-11) if dtype == np.float64 else dict(rtol=2e-4, atol=2e-5)
+    for m in models:
+        np.testing.assert_allclose(m.coef_, ref.coef_, **tol)
+        np.testing.assert_allclose(m.intercept_, ref.intercept_, **tol)
