@@ -449,8 +449,8 @@ def _resolve_backend(backend, kind, X, k):
     chosen = _backend.choose_auto(work, kind="losses")
     if kind == "csr" and chosen == "cython":
         # CSR stays on the serial Numba kernels even when small: the Cython CSR
-        # loss kernel took 1.9-2.6x the Numba one at digits size, 1% density,
-        # and the Cython CSR predict (OpenMP threads on every call) 1.9x
+        # loss kernel took 2.3-2.6x the Numba one at digits size, 1% density,
+        # and the Cython CSR predict (OpenMP threads on every call) 2.3x
         # (docs/benchmarks.md, '"auto" under load').  The Cython twin still
         # serves while the Numba kernel is not compiled (_twin_serves,
         # _predict_server).
