@@ -44,7 +44,7 @@ BUSY_MARGIN = float(os.environ.get("OPTKERN_BUSY_MARGIN", 0.5))
 # machine, load average 6).  Unless the user chose a policy, optkern asks for
 # passive waiting before the OpenMP runtime loads (it reads the variable
 # once, when loaded: an OpenMP library loaded before optkern keeps its own).
-# OMP_WAIT_POLICY=active restores spinning.
+# GOMP_SPINCOUNT=300000 restores libgomp's default spinning.
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["OMP_WAIT_POLICY"] = "passive"
 
