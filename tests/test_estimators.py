@@ -358,10 +358,14 @@ def test_bad_data_raises():
         optkern.LinearClassifier().partial_fit(X, y)
 
 
-def test_auto_trains_small_models_on_the_numba_epoch():
+def test_auto_trains_small_models_on_the_numba_epoch(monkeypatch):
     """backend="auto" picks the Numba epoch (vectorised W^T loops) over the
-    Cython twin for small models, and the parallel one for large models."""
+    Cython twin for small models, and the parallel one for large models (on a
+    quiet 2-core machine; a busy one stays serial: tests/test_auto_rule.py)."""
+    import os
     from optkern import _backend
+    monkeypatch.setattr(_backend, "_CORES", 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     est = optkern.LinearClassifier()
     assert est._optimizer_backend(640) == "numba"
     assert est._optimizer_backend(_backend.PARALLEL_MIN_SIZE) == "numba-parallel"

@@ -327,10 +327,14 @@ def test_auto_picks_an_available_compiled_backend(name):
     assert opt.backend != "numpy"
 
 
-def test_auto_thresholds_are_the_documented_ones():
+def test_auto_thresholds_are_the_documented_ones(monkeypatch):
     """README "Backends": Cython below CYTHON_MAX_SIZE (when built), serial Numba
-    up to PARALLEL_MIN_SIZE, then the parallel loop; device arrays stay on it."""
+    up to PARALLEL_MIN_SIZE, then the parallel loop; device arrays stay on it.
+    On a quiet 2-core machine (a busy one stays serial: tests/test_auto_rule.py)."""
+    import os
     from optkern import _backend
+    monkeypatch.setattr(_backend, "_CORES", 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     small, medium = _backend.CYTHON_MAX_SIZE - 1, _backend.CYTHON_MAX_SIZE
     large = _backend.PARALLEL_MIN_SIZE
     has_cython = _backend.cython_module() is not None

@@ -26,6 +26,59 @@ PARALLEL_MIN_SIZE = int(os.environ.get("OPTKERN_PARALLEL_MIN_SIZE", 200_000))
 # machine it runs on: Adam float32 at 1e5 elements 95 us vs 49 us, at 1e6
 # 3.2 ms vs 0.41 ms; python /tmp/bk.py-style side-by-side medians, README).
 CYTHON_MAX_SIZE = int(os.environ.get("OPTKERN_CYTHON_MAX_SIZE", 16_384))
+# A parallel loop is worth its threads only when the machine has a core to
+# spare: with another process keeping every core busy, a parallel region waits
+# for a descheduled thread (a scheduler time slice, milliseconds) and at best
+# splits the same core time two ways.  "auto" therefore stays serial while the
+# 1-minute load average (which counts this process too) exceeds the usable
+# cores minus BUSY_MARGIN; os.getloadavg() costs ~0.4 us and is read only
+# for calls at or above PARALLEL_MIN_SIZE.  docs/benchmarks.md, '"auto" under
+# load' (asv_benchmarks/auto_under_load.py).
+BUSY_MARGIN = float(os.environ.get("OPTKERN_BUSY_MARGIN", 0.5))
+
+# Numba's parallel loops (its "omp" threading layer) and the Cython OpenMP
+# kernels run on GNU OpenMP, whose threads spin for ~300,000 iterations at
+# every barrier before they sleep.  On a busy machine the spinning thread
+# holds a core its partner needs: an Adam step on 1e3 elements took 1.0-1.4 ms
+# on numba-parallel against 11 us with OMP_WAIT_POLICY=passive (2-core
+# machine, load average 6).  Unless the user chose a policy, optkern asks for
+# passive waiting before the OpenMP runtime loads (it reads the variable
+# once, when loaded: an OpenMP library loaded before optkern keeps its own).
+# GOMP_SPINCOUNT=300000 restores libgomp's default spinning.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "passive"
+
+
+def usable_cores():
+    """CPUs this process may run on (its affinity mask), else os.cpu_count()."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+_CORES = usable_cores()
+
+
+def machine_busy(load=None, cores=None):
+    """True when other processes leave no core to spare for a second thread:
+    the 1-minute load average above ``cores - BUSY_MARGIN``."""
+    if cores is None:
+        cores = _CORES
+    if cores < 2:
+        return True
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return False
+    return load > cores - BUSY_MARGIN
+
+
+def parallel_pays(work, load=None, cores=None):
+    """Whether a parallel kernel pays for its threads on ``work`` elements (or
+    multiply-adds): at least PARALLEL_MIN_SIZE of it, and a core to spare."""
+    return work >= PARALLEL_MIN_SIZE and not machine_busy(load, cores)
 
 
 def validate_name(backend, argname="backend"):
@@ -116,19 +169,21 @@ def require(backend, kind="updates", argname="backend"):
     return backend
 
 
-def choose_auto(n_elements, on_device=False, kind="updates"):
+def choose_auto(n_elements, on_device=False, kind="updates", load=None, cores=None):
     """The backend "auto" resolves to for a call touching ``n_elements``.
 
     Device arrays stay on the device ("cuda").  Small problems go to the
     Cython extension when built (as cheap a call as Numba's, no JIT warm-up),
     medium ones to the serial Numba loop (vectorised for this CPU), large ones
     to the multi-threaded Numba loop, which measured fastest at 1e7 elements
-    on 2 cores (README, "Backends").
+    on 2 cores (README, "Backends") -- unless the machine is busy
+    (``machine_busy``), when they stay on the serial loop.  ``load`` and
+    ``cores`` override the load average and the usable cores (tests).
     """
     if on_device:
         return "cuda"
     if n_elements < CYTHON_MAX_SIZE and cython_module(kind) is not None:
         return "cython"
-    if n_elements < PARALLEL_MIN_SIZE:
+    if not parallel_pays(n_elements, load, cores):
         return "numba"
     return "numba-parallel"

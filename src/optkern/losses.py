@@ -447,6 +447,14 @@ def _resolve_backend(backend, kind, X, k):
     nnz = X.indices.shape[0] if kind == "csr" else 0    # X.nnz recounts
     work = (nnz if kind == "csr" else X.size) * k
     chosen = _backend.choose_auto(work, kind="losses")
+    if kind == "csr" and chosen == "cython":
+        # CSR stays on the serial Numba kernels even when small: the Cython CSR
+        # loss kernel took 2.3-2.6x the Numba one at digits size, 1% density,
+        # and the Cython CSR predict (OpenMP threads on every call) 2.3x
+        # (docs/benchmarks.md, '"auto" under load').  The Cython twin still
+        # serves while the Numba kernel is not compiled (_twin_serves,
+        # _predict_server).
+        chosen = "numba"
     if kind == "csr" and chosen == "numba-parallel" \
             and nnz < CSR_PARALLEL_NNZ_PER_FEATURE * _n_chunks(X.shape[0]) * X.shape[1]:
         chosen = "numba"

@@ -1,0 +1,124 @@
+"""backend="auto"'s decisions (not timings): given the work, the usable cores
+and the load average, which backend it picks (optkern._backend.choose_auto;
+docs/benchmarks.md, '"auto" under load')."""
+
+import os
+
+import numpy as np
+import pytest
+
+from optkern import _backend, losses
+
+BIG = 10 * _backend.PARALLEL_MIN_SIZE
+HAVE_CYTHON = _backend.cython_module() is not None
+
+
+@pytest.mark.parametrize("cores, load, busy", [
+    (2, 0.0, False), (2, 1.0, False), (2, 1.5, False), (2, 1.51, True), (2, 3.0, True),
+    (8, 6.0, False), (8, 7.6, True), (64, 40.0, False), (1, 0.0, True),
+])
+def test_machine_busy(cores, load, busy):
+    assert _backend.machine_busy(load=load, cores=cores) is busy
+
+
+@pytest.mark.parametrize("work, cores, load, expected", [
+    (BIG, 2, 0.3, "numba-parallel"),           # quiet: parallel pays
+    (BIG, 2, 1.0, "numba-parallel"),           # only this process running
+    (BIG, 2, 2.0, "numba"),                    # another process holds a core
+    (BIG, 2, 7.0, "numba"),
+    (BIG, 16, 7.0, "numba-parallel"),          # busy, but cores to spare
+    (BIG, 1, 0.0, "numba"),                    # one usable core
+    (_backend.PARALLEL_MIN_SIZE - 1, 8, 0.0, "numba"),
+    (_backend.PARALLEL_MIN_SIZE, 8, 0.0, "numba-parallel"),
+])
+def test_choose_auto_parallel_rule(work, cores, load, expected):
+    assert _backend.choose_auto(work, load=load, cores=cores) == expected
+    assert _backend.parallel_pays(work, load=load, cores=cores) is (expected == "numba-parallel")
+
+
+@pytest.mark.skipif(not HAVE_CYTHON, reason="the Cython extension is not built")
+@pytest.mark.parametrize("load", [0.0, 50.0])
+def test_small_work_goes_to_cython_whatever_the_load(load):
+    assert _backend.choose_auto(100, load=load, cores=2) == "cython"
+
+
+@pytest.mark.parametrize("load", [0.0, 50.0])
+def test_small_csr_stays_on_numba(load, monkeypatch):
+    """CSR below CYTHON_MAX_SIZE: the serial Numba kernel (loss and predict),
+    dense: the Cython one when built."""
+    import scipy.sparse as sp
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
+    X = sp.random(1347, 64, density=0.01, format="csr", random_state=0)
+    assert losses._resolve_backend("auto", "csr", X, 10) == "numba"
+    Xd = np.zeros((10, 64))
+    assert losses._resolve_backend("auto", "dense", Xd, 10) == \
+        ("cython" if HAVE_CYTHON else "numba")
+
+
+def test_device_arrays_stay_on_device():
+    assert _backend.choose_auto(10, on_device=True, load=99.0, cores=2) == "cuda"
+
+
+def test_choose_auto_reads_the_load_average(monkeypatch):
+    """Without overrides the rule reads os.getloadavg() at call time."""
+    monkeypatch.setattr(_backend, "_CORES", 4)
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.9, 0.0, 0.0))
+    assert _backend.choose_auto(BIG) == "numba"
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 5.0, 5.0))
+    assert _backend.choose_auto(BIG) == "numba-parallel"
+
+
+@pytest.mark.parametrize("fmt", ["dense", "csr"])
+def test_losses_follow_the_rule(monkeypatch, fmt):
+    """loss_and_grad / predict_scores's auto: (4096, 784, 10) is parallel on a
+    quiet 2-core machine, serial on a busy one; results agree either way."""
+    import scipy.sparse as sp
+    monkeypatch.setattr(_backend, "_CORES", 2)
+    rng = np.random.default_rng(0)
+    n, d, k = 4096, 784, 10
+    X = sp.random(n, d, density=0.01, format="csr", dtype=np.float64, random_state=0) \
+        if fmt == "csr" else rng.standard_normal((n, d))
+    y = rng.integers(0, k, n)
+    W = rng.standard_normal((d, k)) * 0.01
+    b = np.zeros(k)
+    kind = "csr" if fmt == "csr" else "dense"
+    results = {}
+    for load, expected in ((0.5, "numba-parallel"), (3.0, "numba")):
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
+        assert losses._resolve_backend("auto", kind, X, k) == expected
+        results[expected] = losses.loss_and_grad(X, y, W, b, backend="auto")
+    ref = losses.loss_and_grad(X, y, W, b, backend="numpy")
+    for loss, dW, db in results.values():
+        np.testing.assert_allclose(loss, ref[0], rtol=1e-10)
+        np.testing.assert_allclose(dW, ref[1], rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(db, ref[2], rtol=1e-8, atol=1e-12)
+
+
+def test_optimizer_auto_follows_the_rule(monkeypatch):
+    """An optimizer resolves "auto" when its parameters are added."""
+    import optkern
+    monkeypatch.setattr(_backend, "_CORES", 2)
+    for load, expected in ((0.5, "numba-parallel"), (3.0, "numba")):
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
+        opt = optkern.Adam([np.zeros(BIG, np.float32)], backend="auto")
+        assert opt.backend == expected
+
+
+def test_passive_wait_policy_unless_the_user_chose():
+    """optkern asks GNU OpenMP for passive waiting unless OMP_WAIT_POLICY or
+    GOMP_SPINCOUNT was set (the test process imports optkern with neither
+    set, or with the user's value, which must be left alone)."""
+    import subprocess
+    import sys
+    code = "import os, optkern; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == "passive"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "active"},
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "active"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "GOMP_SPINCOUNT": "1000"},
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "None"
