@@ -122,3 +122,46 @@ def test_passive_wait_policy_unless_the_user_chose():
     out = subprocess.run([sys.executable, "-c", code], env={**env, "GOMP_SPINCOUNT": "1000"},
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == "None"
+
+
+def test_one_fit_decides_once(monkeypatch):
+    """Inside decide_once (every fit), the load average is read once, on entry:
+    a load that moves during an L-BFGS fit does not switch its loss kernel
+    between the serial and the parallel one (their sums differ in the last
+    bits).  Outside it, every call reads the load again."""
+    loads = iter([0.2, 9.0, 9.0, 9.0, 0.2, 9.0])
+    reads = []
+
+    def getloadavg():
+        reads.append(1)
+        return (next(loads), 0.0, 0.0)
+
+    monkeypatch.setattr(os, "getloadavg", getloadavg)
+    monkeypatch.setattr(_backend, "_CORES", 2)
+    with _backend.decide_once():                  # reads 0.2
+        assert _backend.choose_auto(BIG) == "numba-parallel"
+        assert _backend.choose_auto(BIG) == "numba-parallel"
+        with _backend.decide_once():              # nested: the outer reading
+            assert _backend.choose_auto(BIG) == "numba-parallel"
+    assert len(reads) == 1
+    assert _backend.choose_auto(BIG) == "numba"   # 9.0, read per call again
+    assert len(reads) == 2
+
+
+@pytest.mark.filterwarnings("ignore:L-BFGS did not converge")
+def test_lbfgs_fit_reads_the_load_once(monkeypatch):
+    """An L-BFGS fit's loss calls all see the load read when the fit began."""
+    import optkern
+    from sklearn.datasets import load_digits
+    X, y = load_digits(return_X_y=True)
+    calls = []
+    real = os.getloadavg
+
+    def getloadavg():
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr(os, "getloadavg", getloadavg)
+    clf = optkern.LinearClassifier(solver="lbfgs", max_epochs=30).fit(X / 16.0, y)
+    assert clf.n_iter_ > 5                        # many loss calls ...
+    assert len(calls) == 1                        # ... one reading

@@ -10,8 +10,10 @@ cuda            numba.cuda grid-stride kernels (a GPU, or NUMBA_ENABLE_CUDASIM=1
 auto            chosen by size and availability, see ``choose_auto``
 """
 
+import contextlib
 import difflib
 import os
+import threading
 
 BACKENDS = ("numpy", "numba", "numba-parallel", "cython", "cuda", "auto")
 
@@ -60,6 +62,40 @@ def usable_cores():
 _CORES = usable_cores()
 
 
+_decided = threading.local()
+
+
+def _load_average():
+    frozen = getattr(_decided, "load", None)
+    if frozen is not None:
+        return frozen
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+@contextlib.contextmanager
+def decide_once():
+    """Within the block (in this thread), every "auto" choice sees the load
+    average read on entry, so one fit, an L-BFGS run's hundreds of loss calls
+    included, uses one kernel throughout: its result does not depend on how
+    the machine's load moved while it ran.  Nested blocks keep the outer
+    reading."""
+    if getattr(_decided, "load", None) is not None:
+        yield
+        return
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = -1.0                       # no load average: never "busy"
+    _decided.load = load
+    try:
+        yield
+    finally:
+        _decided.load = None
+
+
 def machine_busy(load=None, cores=None):
     """True when other processes leave no core to spare for a second thread:
     the 1-minute load average above ``cores - BUSY_MARGIN``."""
@@ -68,9 +104,8 @@ def machine_busy(load=None, cores=None):
     if cores < 2:
         return True
     if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except (AttributeError, OSError):
+        load = _load_average()
+        if load is None:
             return False
     return load > cores - BUSY_MARGIN
 

@@ -749,6 +749,13 @@ class _BaseLinear(BaseEstimator):
         return np.ones(y.shape[0])
 
     def _fit(self, X, y, sw, max_epochs, partial):
+        # every "auto" kernel choice of this fit sees one load reading (an
+        # L-BFGS fit calls loss_and_grad hundreds of times): one kernel for
+        # the whole fit, whatever the machine's load does meanwhile
+        with _backend.decide_once():
+            return self._fit_decided(X, y, sw, max_epochs, partial)
+
+    def _fit_decided(self, X, y, sw, max_epochs, partial):
         split = self.early_stopping and not partial
         if partial and hasattr(self, "_rng"):
             rng = self._rng
