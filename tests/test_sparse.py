@@ -378,7 +378,9 @@ def test_sparse_wide_default_stops_at_the_first_epoch_without_improvement(wide):
     patience = 1 if wide else 5
     best, misses, stop = np.inf, 0, None
     for e, loss in enumerate(losses):
-        misses = 0 if loss <= best - 1e-2 else misses + 1
+        # wide: also 1% of the best loss so far (SPARSE_WIDE_DEFAULTS["rel_tol"])
+        need = 1e-2 if (not wide or best == np.inf) else max(1e-2, 0.01 * abs(best))
+        misses = 0 if loss <= best - need else misses + 1
         best = min(best, loss)
         if misses >= patience:
             stop = e + 1
@@ -389,6 +391,40 @@ def test_sparse_wide_default_stops_at_the_first_epoch_without_improvement(wide):
         assert stop is not None and stop <= len(losses) and len(losses) >= 6
     with pytest.raises(ValueError, match="n_iter_no_change"):
         optkern.LinearClassifier(n_iter_no_change="never").fit(X, y)
+
+
+def test_stall_rule_relative_tolerance():
+    """rel_tol: an epoch must improve the best loss by max(tol, rel_tol*|best|)."""
+    st = E._Stall(1e-3, 1, rel_tol=0.01)
+    assert not st.stalled(3.0)            # the first epoch always counts
+    assert not st.stalled(2.9)            # -0.1 >= 0.03
+    assert st.stalled(2.88)               # -0.02 < 0.029: stalled
+    plain = E._Stall(1e-3, 1)
+    for loss in (3.0, 2.9, 2.88, 2.875):  # absolute 1e-3 only: still improving
+        assert not plain.stalled(loss)
+
+
+@pytest.mark.filterwarnings("ignore:maximum number of epochs")
+def test_sparse_wide_auto_stops_on_a_relative_stall():
+    """20 classes on sparse, wide data: the loss (about ln 20 = 3) keeps
+    improving by more than an absolute tol long after it improves by less than
+    1%; n_iter_no_change="auto" stops there, an explicit 1 (scikit-learn's
+    absolute rule) continues."""
+    # seed 5: 10 epochs, the last improving 0.4%, the one before 1.3% (clear
+    # of the 1% line whichever kernel, twin or Numba, runs the epochs)
+    rng = np.random.default_rng(5)
+    X = sp.random(2000, 6000, density=0.004, format="csr", random_state=5)
+    y = np.asarray((X @ rng.standard_normal((6000, 20))).argmax(1)).ravel()
+    auto = optkern.LinearClassifier(random_state=0, tol=1e-6, max_epochs=40).fit(X, y)
+    assert auto._stall_rel_tol() == E.SPARSE_WIDE_DEFAULTS["rel_tol"] == 0.01
+    losses = [h["loss"] for h in auto.history_]
+    assert min(losses[:-1]) - losses[-1] < 0.01 * min(losses[:-1])     # the last epoch stalled
+    assert all(a - b >= 0.01 * a for a, b in zip(losses[:-2], losses[1:-1]))  # the others did not
+    explicit = optkern.LinearClassifier(random_state=0, tol=1e-6, max_epochs=40,
+                                        n_iter_no_change=1).fit(X, y)
+    assert explicit._stall_rel_tol() == 0.0
+    assert len(explicit.history_) > len(auto.history_)
+    np.testing.assert_allclose([h["loss"] for h in explicit.history_][:len(losses)], losses)
 
 
 def test_fit_does_not_copy_X():
