@@ -429,6 +429,37 @@ def render_pxd(rules, specs, digest):
 # The .pyx
 # --------------------------------------------------------------------------
 
+# The finite scan of one gradient, for each float type (rendered into _PYX_HEAD).
+_FINITE_SCAN = '''\
+cdef inline bint _any_nonfinite_{sfx}(const {ctype}* g, Py_ssize_t n) noexcept nogil:
+    cdef {ctype} s[8]
+    cdef {ctype} x, t = 0
+    cdef Py_ssize_t i, j, m = n - n % 8
+    for j in range(8):
+        s[j] = 0
+    for i in range(0, m, 8):
+        for j in range(8):
+            x = g[i + j]
+            s[j] += x - x
+    for i in range(m, n):
+        x = g[i]
+        t += x - x
+    for j in range(8):
+        t += s[j]
+    return t != 0
+
+
+cdef Py_ssize_t _nonfinite_{sfx}(const {ctype}* g, Py_ssize_t n, bint parallel) noexcept nogil:
+    cdef Py_ssize_t c, bad = 0, nchunks = (n + 65535) // 65536
+    # below 4 chunks a second parallel region costs more than the scan
+    if parallel and OPTKERN_HAVE_OPENMP and nchunks >= 4:
+        for c in prange(nchunks, schedule="static"):
+            bad += _any_nonfinite_{sfx}(g + c * 65536, min(<Py_ssize_t>65536, n - c * 65536))
+        return bad
+    return _any_nonfinite_{sfx}(g, n)
+'''
+
+
 _PYX_HEAD = '''\
 # cython: language_level=3, infer_types=True, cdivision=True, boundscheck=False
 # cython: wraparound=False, initializedcheck=False, embedsignature=True
@@ -592,61 +623,7 @@ cdef int _check_disjoint(void** ptrs, int m, Py_ssize_t nbytes, Py_ssize_t k,
 # sum of those is 0 or NaN in any order; eight independent partial sums let
 # gcc vectorise the loop without -ffast-math (which would fold x - x to 0).
 
-cdef inline bint _any_nonfinite_f32(const float* g, Py_ssize_t n) noexcept nogil:
-    cdef float s[8]
-    cdef float x, t = 0
-    cdef Py_ssize_t i, j, m = n - n % 8
-    for j in range(8):
-        s[j] = 0
-    for i in range(0, m, 8):
-        for j in range(8):
-            x = g[i + j]
-            s[j] += x - x
-    for i in range(m, n):
-        x = g[i]
-        t += x - x
-    for j in range(8):
-        t += s[j]
-    return t != 0
-
-
-cdef Py_ssize_t _nonfinite_f32(const float* g, Py_ssize_t n, bint parallel) noexcept nogil:
-    cdef Py_ssize_t c, bad = 0, nchunks = (n + 65535) // 65536
-    # below 4 chunks a second parallel region costs more than the scan
-    if parallel and OPTKERN_HAVE_OPENMP and nchunks >= 4:
-        for c in prange(nchunks, schedule="static"):
-            bad += _any_nonfinite_f32(g + c * 65536, min(<Py_ssize_t>65536, n - c * 65536))
-        return bad
-    return _any_nonfinite_f32(g, n)
-
-
-cdef inline bint _any_nonfinite_f64(const double* g, Py_ssize_t n) noexcept nogil:
-    cdef double s[8]
-    cdef double x, t = 0
-    cdef Py_ssize_t i, j, m = n - n % 8
-    for j in range(8):
-        s[j] = 0
-    for i in range(0, m, 8):
-        for j in range(8):
-            x = g[i + j]
-            s[j] += x - x
-    for i in range(m, n):
-        x = g[i]
-        t += x - x
-    for j in range(8):
-        t += s[j]
-    return t != 0
-
-
-cdef Py_ssize_t _nonfinite_f64(const double* g, Py_ssize_t n, bint parallel) noexcept nogil:
-    cdef Py_ssize_t c, bad = 0, nchunks = (n + 65535) // 65536
-    # below 4 chunks a second parallel region costs more than the scan
-    if parallel and OPTKERN_HAVE_OPENMP and nchunks >= 4:
-        for c in prange(nchunks, schedule="static"):
-            bad += _any_nonfinite_f64(g + c * 65536, min(<Py_ssize_t>65536, n - c * 65536))
-        return bad
-    return _any_nonfinite_f64(g, n)
-
+{finite_scan}
 
 cdef Py_ssize_t _first_nonfinite(tuple G, int typenum, bint parallel):
     """Index of the first gradient tensor holding NaN or inf, else -1."""
@@ -815,7 +792,10 @@ def _render_def(r):
 
 def render_pyx(rules, specs, digest):
     parts = [_PYX_HEAD.format(digest=digest, version=TEMPLATE_VERSION,
-                              rule_names=tuple(r.name for r in specs))]
+                              rule_names=tuple(r.name for r in specs),
+                              finite_scan="\n\n".join(
+                                  _FINITE_SCAN.format(ctype=ctype, sfx=sfx)
+                                  for ctype, sfx in (("float", "f32"), ("double", "f64"))))]
     compiled = {}
     for r in specs:
         parts.append(f"\n\n# {'-' * 66} {r.name}\n\n")
