@@ -33,11 +33,19 @@ import warnings
 
 import numpy as np
 from sklearn.datasets import load_digits, make_classification
-from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn import linear_model
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 import optkern
+from optkern.peers import import_peer, train_optkern, train_sgdclassifier, train_torch
+
+
+def median_of(fn, repeats):
+    """(median seconds over ``repeats`` runs,) + the first run's other results."""
+    runs = [fn() for _ in range(repeats)]
+    return (statistics.median(r[0] for r in runs),) + tuple(runs[0][1:])
 
 
 def problems(quick):
@@ -56,94 +64,6 @@ def prepare(X, y):
             ytr, yte)
 
 
-class Timer:
-    def __init__(self):
-        self.total = 0.0
-        self._t = None
-
-    def start(self):
-        self._t = time.perf_counter()
-
-    def stop(self):
-        self.total += time.perf_counter() - self._t
-
-
-def run_optkern(Xtr, Xte, ytr, yte, target, max_epochs):
-    timer = Timer()
-    state = {"epochs": 0, "acc": 0.0}
-    model = None
-
-    def stop_at_target(row):
-        timer.stop()
-        state["epochs"] = row["epoch"]
-        state["acc"] = model.score(Xte, yte)
-        timer.start()
-        return state["acc"] >= target
-
-    # default settings (tol=1e-3: the "adaptive" rate divides by 5 when the
-    # loss stalls); the callback stops the run at the target
-    model = optkern.LinearClassifier(optimizer="adam", max_epochs=max_epochs,
-                                     random_state=0, callbacks=[stop_at_target])
-    timer.start()
-    model.fit(Xtr, ytr)
-    timer.stop()
-    return timer.total, state["epochs"], state["acc"], model._batch_size(len(ytr))
-
-
-def run_sgd(Xtr, Xte, ytr, yte, target, max_epochs):
-    model = SGDClassifier(loss="log_loss", random_state=0)
-    classes = np.unique(ytr)
-    t = 0.0
-    acc = 0.0
-    for epoch in range(1, max_epochs + 1):
-        t0 = time.perf_counter()
-        model.partial_fit(Xtr, ytr, classes=classes)
-        t += time.perf_counter() - t0
-        acc = model.score(Xte, yte)
-        if acc >= target:
-            break
-    return t, epoch, acc
-
-
-def run_torch(Xtr, Xte, ytr, yte, target, max_epochs, batch_size, lr, threads):
-    import torch
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    Xt, yt = torch.from_numpy(Xtr), torch.from_numpy(ytr.astype(np.int64))
-    Xv = torch.from_numpy(Xte)
-    model = torch.nn.Linear(Xtr.shape[1], int(ytr.max()) + 1)
-    torch.nn.init.zeros_(model.weight)
-    torch.nn.init.zeros_(model.bias)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    gen = torch.Generator().manual_seed(0)
-    n = Xt.shape[0]
-    t = 0.0
-    acc = 0.0
-    for epoch in range(1, max_epochs + 1):
-        t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=gen)
-        for start in range(0, n, batch_size):
-            idx = perm[start:start + batch_size]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(Xt[idx]), yt[idx])
-            loss.backward()
-            opt.step()
-        t += time.perf_counter() - t0
-        with torch.no_grad():
-            acc = float((model(Xv).argmax(1).numpy() == yte).mean())
-        if acc >= target:
-            break
-    return t, epoch, acc
-
-
-def median_of(fn, repeats):
-    runs = [fn() for _ in range(repeats)]
-    times = [r[0] for r in runs]
-    return (statistics.median(times),) + tuple(runs[0][1:])
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="20,000 rows, one repeat")
@@ -157,11 +77,8 @@ def main(argv=None):
     if os.environ.get("OPENBLAS_CORETYPE") or os.environ.get("OPENBLAS_L2_SIZE"):
         print("note: OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are set; they slow NumPy's BLAS "
               "(LogisticRegression, PyTorch). Unset them for this command.")
-    try:
-        import torch  # noqa: F401
-        have_torch = True
-    except ImportError:
-        have_torch = False
+    torch = import_peer("torch")
+    have_torch = torch is not None
     print(f"# {datetime.date.today()}  {platform.machine()}  {os.cpu_count()} cores  "
           f"optkern {optkern.__version__}")
     for name, X, y in problems(args.quick):
@@ -176,19 +93,22 @@ def main(argv=None):
         print(f"\n## {name}: target test accuracy {target:.4f} "
               f"(LogisticRegression's {target + 0.01:.4f} - 1 point)")
         rows = []
+        data = (Xtr, Xte, ytr, yte)
+        # default settings (tol=1e-3: the "adaptive" rate divides by 5 when
+        # the loss stalls); a callback stops the run at the target
         t_ok, ep, acc, bs = median_of(
-            lambda: run_optkern(Xtr, Xte, ytr, yte, target, args.max_epochs), repeats)
+            lambda: train_optkern(data, target, args.max_epochs, tol=1e-3), repeats)
         rows.append(("optkern LinearClassifier(adam)", t_ok, ep, acc))
         t_sgd, ep, acc = median_of(
-            lambda: run_sgd(Xtr, Xte, ytr, yte, target, args.max_epochs), repeats)
+            lambda: train_sgdclassifier(linear_model, data, target, args.max_epochs), repeats)
         rows.append(("sklearn SGDClassifier(log_loss)", t_sgd, ep, acc))
         rows.append(("sklearn LogisticRegression(lbfgs)", t_lr, "-", target + 0.01))
         torch_times = {}
         if have_torch:
             for threads in (1, os.cpu_count() or 1):
                 t_t, ep, acc = median_of(
-                    lambda: run_torch(Xtr, Xte, ytr, yte, target, args.max_epochs, bs, 0.01,
-                                      threads), repeats)
+                    lambda: train_torch(torch, data, target, args.max_epochs, batch_size=bs,
+                                        lr=0.01, threads=threads), repeats)
                 torch_times[threads] = t_t
                 rows.append((f"torch loop, fused Adam, {threads} thread(s)", t_t, ep, acc))
         else:

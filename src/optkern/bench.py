@@ -82,6 +82,10 @@ import warnings
 
 import numpy as np
 
+from optkern.peers import (accuracy as _accuracy, import_peer as _import_peer,
+                           median_run as _median_run, train_optkern, train_sgdclassifier,
+                           train_torch)
+
 EXIT_OK, EXIT_USAGE = 0, 2
 
 SIZES = {
@@ -138,14 +142,6 @@ class Result:
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-def _import_peer(name):
-    """The module, or None when it is not installed (or hidden)."""
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
-
-
 def _batch_for(fn, target=2e-4):
     """Calls per timed sample so that a sample lasts about ``target`` seconds."""
     t0 = time.perf_counter()
@@ -371,105 +367,6 @@ def training_problem(n, d, k, seed=0):
     return X[tr], X[te], y[tr], y[te]
 
 
-class _Stopwatch:
-    def __init__(self):
-        self.total = 0.0
-        self._t0 = None
-
-    def start(self):
-        self._t0 = time.perf_counter()
-
-    def stop(self):
-        self.total += time.perf_counter() - self._t0
-
-
-def _accuracy(pred, y):
-    return float(np.mean(np.asarray(pred) == y))
-
-
-def train_optkern(data, target, max_epochs, max_seconds, backend):
-    """(seconds to target, epochs, test accuracy) for LinearClassifier(adam)."""
-    import optkern
-
-    Xtr, Xte, ytr, yte = data
-    watch = _Stopwatch()
-    state = {"epochs": 0, "acc": 0.0}
-    holder = {}
-
-    def at_target(row):
-        watch.stop()
-        state["epochs"] = row["epoch"]
-        state["acc"] = _accuracy(holder["model"].predict(Xte), yte)
-        watch.start()
-        return state["acc"] >= target or watch.total > max_seconds
-
-    model = holder["model"] = optkern.LinearClassifier(
-        optimizer="adam", max_epochs=max_epochs, tol=None, random_state=0, backend=backend,
-        callbacks=[at_target])
-    watch.start()
-    model.fit(Xtr, ytr)
-    watch.stop()
-    return watch.total, state["epochs"], state["acc"]
-
-
-def train_sgdclassifier(linear_model, data, target, max_epochs, max_seconds):
-    Xtr, Xte, ytr, yte = data
-    model = linear_model.SGDClassifier(loss="log_loss", alpha=ALPHA, random_state=0)
-    classes = np.unique(ytr)
-    total, acc, epoch = 0.0, 0.0, 0
-    for epoch in range(1, max_epochs + 1):
-        t0 = time.perf_counter()
-        model.partial_fit(Xtr, ytr, classes=classes)
-        total += time.perf_counter() - t0
-        acc = _accuracy(model.predict(Xte), yte)
-        if acc >= target or total > max_seconds:
-            break
-    return total, epoch, acc
-
-
-def train_torch(torch, data, target, max_epochs, max_seconds, batch_size, lr):
-    Xtr, Xte, ytr, yte = data
-    torch.manual_seed(0)
-    Xt = torch.from_numpy(Xtr)
-    yt = torch.from_numpy(ytr.astype(np.int64))
-    Xv = torch.from_numpy(Xte)
-    k = int(max(ytr.max(), yte.max())) + 1
-    model = torch.nn.Linear(Xtr.shape[1], k)
-    torch.nn.init.zeros_(model.weight)
-    torch.nn.init.zeros_(model.bias)
-    groups = [{"params": [model.weight], "weight_decay": ALPHA},
-              {"params": [model.bias], "weight_decay": 0.0}]
-    try:
-        opt = torch.optim.Adam(groups, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        opt = torch.optim.Adam(groups, lr=lr, foreach=True)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    gen = torch.Generator().manual_seed(0)
-    n = Xt.shape[0]
-    total, acc, epoch = 0.0, 0.0, 0
-    for epoch in range(1, max_epochs + 1):
-        t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=gen)
-        for step, start in enumerate(range(0, n, batch_size)):
-            idx = perm[start:start + batch_size]
-            opt.zero_grad(set_to_none=True)
-            loss_fn(model(Xt[idx]), yt[idx]).backward()
-            opt.step()
-            if step % 64 == 63 and total + time.perf_counter() - t0 > max_seconds:
-                break   # out of time budget, even within an epoch
-        total += time.perf_counter() - t0
-        with torch.no_grad():
-            acc = _accuracy(model(Xv).argmax(1).numpy(), yte)
-        if acc >= target or total > max_seconds:
-            break
-    return total, epoch, acc
-
-
-def _median_run(fn, repeats):
-    runs = [fn() for _ in range(repeats)]
-    return statistics.median(r[0] for r in runs), min(r[0] for r in runs), runs[0]
-
-
 def bench_training(n, d, k, repeats, max_epochs, max_seconds):
     import optkern
     from optkern.estimators import OPTIMIZER_NAMES
@@ -504,7 +401,7 @@ def bench_training(n, d, k, repeats, max_epochs, max_seconds):
         name = ("NumPy reference (LinearClassifier backend=numpy)" if backend == "numpy"
                 else f"optkern LinearClassifier(adam) {backend}")
         add(name, kind, lambda b=backend: train_optkern(data, target, max_epochs,
-                                                        max_seconds, b))
+                                                        max_seconds, b)[:3])
 
     linear_model = _import_peer("sklearn.linear_model")
     name = "scikit-learn SGDClassifier(log_loss)"
@@ -514,7 +411,7 @@ def bench_training(n, d, k, repeats, max_epochs, max_seconds):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             add(name, "peer", lambda: train_sgdclassifier(linear_model, data, target,
-                                                          max_epochs, max_seconds))
+                                                          max_epochs, max_seconds, ALPHA))
     torch = _import_peer("torch")
     name = "PyTorch loop (nn.Linear, Adam)"
     if torch is None:
@@ -523,18 +420,16 @@ def bench_training(n, d, k, repeats, max_epochs, max_seconds):
         batch_size = optkern.LinearClassifier()._batch_size(len(ytr))
         lr = OPTIMIZER_NAMES["adam"][1]
         # warm-up
-        train_torch(torch, (Xtr[:256], Xte, ytr[:256], yte), 2.0, 1, 1.0, batch_size, lr)
+        train_torch(torch, (Xtr[:256], Xte, ytr[:256], yte), 2.0, 1, 1.0,
+                    batch_size=batch_size, lr=lr, weight_decay=ALPHA)
         threads = torch.get_num_threads()
         # torch's default intra-op threads, and one thread: on a busy machine a
         # multi-threaded loop of small ops waits for descheduled threads
         for n_threads in dict.fromkeys((threads, 1)):
-            torch.set_num_threads(n_threads)
-            try:
-                add(f"{name}, {n_threads} thread{'s' if n_threads > 1 else ''}", "peer",
-                    lambda: train_torch(torch, data, target, max_epochs, max_seconds,
-                                        batch_size, lr))
-            finally:
-                torch.set_num_threads(threads)
+            add(f"{name}, {n_threads} thread{'s' if n_threads > 1 else ''}", "peer",
+                lambda t=n_threads: train_torch(torch, data, target, max_epochs, max_seconds,
+                                                batch_size=batch_size, lr=lr,
+                                                weight_decay=ALPHA, threads=t))
     return _finish_row(results)
 
 
