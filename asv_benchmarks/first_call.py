@@ -25,106 +25,20 @@ from outside: start-up included, cold and warm).
 """
 
 import argparse
-import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 
-_DIGITS = """
-from sklearn.datasets import load_digits
-_d = load_digits()
-X = (_d.data / 16.0).astype(np.float32)
-y = _d.target.astype(np.int64)
-"""
-
-# name -> (set-up code, the call)
-ENTRIES = {
-    "loss_and_grad": (_DIGITS + """
-W = np.zeros((64, 10), np.float32); b = np.zeros(10, np.float32)
-""", "optkern.loss_and_grad(X, y, W, b, loss='softmax', alpha=1e-4)",
-        "`loss_and_grad` softmax, digits float32"),
-    "loss_and_grad_csr": (_DIGITS + """
-import scipy.sparse as sp
-Xs = sp.csr_matrix(X)
-W = np.zeros((64, 10), np.float32); b = np.zeros(10, np.float32)
-""", "optkern.loss_and_grad(Xs, y, W, b, loss='softmax', alpha=1e-4)",
-        "`loss_and_grad` softmax, digits CSR float32"),
-    "predict_scores": (_DIGITS + """
-W = np.ones((64, 10), np.float32); b = np.zeros(10, np.float32)
-""", "optkern.predict_scores(X, W, b)", "`predict_scores`, digits float32"),
-    "fit_default": (_DIGITS, "optkern.LinearClassifier(random_state=0).fit(X, y)",
-                    "`LinearClassifier().fit`, digits"),
-    "fit_lbfgs": (_DIGITS, "optkern.LinearClassifier(solver='lbfgs', random_state=0).fit(X, y)",
-                  "`LinearClassifier(solver='lbfgs').fit`, digits"),
-    "fit_rmsprop_csr": (_DIGITS + """
-import scipy.sparse as sp
-Xs = sp.csr_matrix(X)
-""", "optkern.LinearClassifier(optimizer='rmsprop', random_state=0).fit(Xs, y)",
-        "`LinearClassifier(optimizer='rmsprop').fit`, digits CSR"),
-    "fit_sgd_csr": (_DIGITS + """
-import scipy.sparse as sp
-Xs = sp.csr_matrix(X)
-""", "optkern.LinearClassifier(loss='hinge', optimizer='sgd', random_state=0).fit(Xs, y)",
-        "`LinearClassifier(loss='hinge', optimizer='sgd').fit`, digits CSR"),
-    "fit_hinge_sgd": (_DIGITS,
-                      "optkern.LinearClassifier(loss='hinge', optimizer='sgd', "
-                      "random_state=0).fit(X, y)",
-                      "`LinearClassifier(loss='hinge', optimizer='sgd').fit`, digits"),
-    "fit_huber": ("""
-from sklearn.datasets import load_diabetes
-_d = load_diabetes()
-X = _d.data.astype(np.float64); y = (_d.target - _d.target.mean()) / _d.target.std()
-""", "optkern.LinearRegressor(loss='huber', random_state=0).fit(X, y)",
-        "`LinearRegressor(loss='huber').fit`, diabetes"),
-    "adam_step": ("""
-p = np.zeros(1_000_000, np.float32); g = np.full(1_000_000, 1e-3, np.float32)
-opt = optkern.Adam([p], lr=1e-3)
-""", "opt.step([g])", "`Adam(...).step`, 1e6 float32"),
-}
-
-_CHILD = """
-import json, time, sys
-import numpy as np
-import optkern
-{setup}
-t0 = time.perf_counter()
-{call}
-t1 = time.perf_counter()
-{call}
-t2 = time.perf_counter()
-served = None
-try:
-    from optkern import _jit
-    served = _jit.stats()
-    if {settle}:
-        _jit.wait(timeout=600)
-except ImportError:
-    pass
-print("RESULT " + json.dumps({{"first": t1 - t0, "second": t2 - t1, "served": served}}))
-"""
-
-
-def _env(cache):
-    env = dict(os.environ)
-    env["NUMBA_CACHE_DIR"] = os.path.join(cache, "numba")
-    env["OPTKERN_CACHE_DIR"] = os.path.join(cache, "generated")
-    return env
+from optkern.first_calls import ENTRIES, cache_env as _env, run_child
 
 
 def _run_child(name, cache, settle):
     setup, call, _ = ENTRIES[name]
-    code = _CHILD.format(setup=textwrap.dedent(setup), call=call, settle=settle)
-    out = subprocess.run([sys.executable, "-c", code], env=_env(cache), capture_output=True,
-                         text=True, timeout=900)
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    raise RuntimeError(f"{name} failed:\n{out.stderr[-3000:]}")
+    return run_child(setup, call, cache, settle=settle, timeout=600)
 
 
 def _run_demo(cache):

@@ -82,6 +82,7 @@ import warnings
 
 import numpy as np
 
+from optkern import first_calls as _fc
 from optkern.peers import (accuracy as _accuracy, import_peer as _import_peer,
                            median_run as _median_run, train_optkern, train_sgdclassifier,
                            train_torch)
@@ -689,57 +690,15 @@ def bench_lean(case, min_time, min_reps):
 # ---------------------------------------------------------------------------
 # first-call rows: a new install's first call against the warm call
 # ---------------------------------------------------------------------------
-_DIGITS = """
-from sklearn.datasets import load_digits
-_d = load_digits()
-X = (_d.data / 16.0).astype(np.float32)
-y = _d.target.astype(np.int64)
-W = np.zeros((64, 10), np.float32); b = np.zeros(10, np.float32)
-"""
-# label -> (set-up code, the call)
-FIRST_CALL_ENTRIES = {
-    "loss_and_grad softmax, digits float32": (
-        _DIGITS, "optkern.loss_and_grad(X, y, W, b, loss='softmax', alpha=1e-4)"),
-    "Adam(...).step, 1e6 float32": (
-        "p = np.zeros(1_000_000, np.float32); g = np.full(1_000_000, 1e-3, np.float32)\n"
-        "opt = optkern.Adam([p], lr=1e-3)\n", "opt.step([g])"),
-    "LinearClassifier().fit, digits": (
-        _DIGITS, "optkern.LinearClassifier(random_state=0).fit(X, y)"),
-}
-_LEAN_FIRST = ("from optkern.bench import lean_softmax\n" + _DIGITS,
+# label -> (set-up code, the call): three of optkern.first_calls.ENTRIES
+FIRST_CALL_ENTRIES = {_fc.ENTRIES[n][2].replace("`", ""): _fc.ENTRIES[n][:2]
+                      for n in ("loss_and_grad", "adam_step", "fit_default")}
+_LEAN_FIRST = ("from optkern.bench import lean_softmax\n" + _fc.ENTRIES["loss_and_grad"][0],
                "lean_softmax(X, y, W, b)")
-
-_FIRST_CALL_CHILD = """
-import json, time
-import numpy as np
-import optkern
-{setup}
-t0 = time.perf_counter()
-{call}
-t1 = time.perf_counter()
-{call}
-t2 = time.perf_counter()
-from optkern import _jit
-served = _jit.stats()
-_jit.wait(timeout=900)     # the compiles it started land in the cache before it exits
-print("RESULT " + json.dumps({{"first": t1 - t0, "second": t2 - t1, "served": served}}))
-"""
 
 
 def _first_call_child(setup, call, cache):
-    import subprocess
-    import textwrap
-
-    env = dict(os.environ)
-    env["NUMBA_CACHE_DIR"] = os.path.join(cache, "numba")
-    env["OPTKERN_CACHE_DIR"] = os.path.join(cache, "generated")
-    code = _FIRST_CALL_CHILD.format(setup=textwrap.dedent(setup), call=call)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, timeout=1800)
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    raise RuntimeError(f"first-call child failed:\n{out.stderr[-3000:]}")
+    return _fc.run_child(setup, call, cache, settle=True, timeout=900)
 
 
 def bench_first_call(label, repeats):
