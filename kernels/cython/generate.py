@@ -22,6 +22,10 @@ Output, per rule ``name`` and per C type (``f32`` = float, ``f64`` = double):
     parallel=False)`` with the calling convention of the Numba ``serial``
     driver.
 
+The code of both files is in the Tempita templates ``templates/_updates.pxd.tp``
+and ``templates/_updates.pyx.tp``; this file translates the rules and computes
+the values of the templates' holes (``_templates.render``).
+
 This file must import neither numba nor optkern: the build environment only
 has Cython, NumPy and setuptools.  It loads ``rules.py`` by file path.
 """
