@@ -38,12 +38,22 @@ def template_path(name):
 
 
 def render(name, **holes):
-    """Fill the template ``templates/<name>`` with ``holes``."""
+    """Fill the template ``templates/<name>`` with ``holes``.
+
+    A template can insert another one, with the same holes and more:
+    ``{{include("other.tp", extra=value)}}`` on a line of its own stands for
+    the other template's lines.
+    """
     path = template_path(name)
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
     text = _BLANK_LINE.sub("{{''}}", text)
-    return Tempita.Template(text, name=path).substitute(**holes)
+
+    def include(other, **more):
+        out = render(other, **{**holes, **more})
+        return out[:-1] if out.endswith("\n") else out
+
+    return Tempita.Template(text, name=path).substitute(include=include, **holes)
 
 
 def source_digest(paths, texts):
