@@ -7,7 +7,8 @@ reader sees in a template is the code that is compiled, with named holes
 or C type.  The generators compute the values for the holes.
 
 Lines are read as a reader expects: a line holding only a directive
-(``{{for ...}}``, ``{{if ...}}``, ``{{endfor}}``, ...) produces nothing, every
+(``{{for ...}}``, ``{{if ...}}``, ``{{endfor}}``, ...) or only a comment
+(``{{# why ...}}``) produces nothing, every
 other line (blank ones included) is output as written.  Tempita itself drops a
 blank line that directly precedes a directive line; ``render`` stops that by
 giving each blank line an empty expression before Tempita parses the text.
@@ -31,14 +32,16 @@ TEMPLATES = os.path.join(HERE, "templates")
 
 
 _BLANK_LINE = re.compile(r"(?m)^$")
+_COMMENT_LINE = re.compile(r"(?m)^[ \t]*\{\{#[^}]*\}\}[ \t]*\n")
 
 
 def template_path(name):
     return os.path.join(TEMPLATES, name)
 
 
-def render(name, **holes):
-    """Fill the template ``templates/<name>`` with ``holes``.
+def render(name, /, **holes):
+    """Fill the template ``templates/<name>`` with ``holes`` (a hole may be
+    called ``name`` too: the template's name is positional only).
 
     A template can insert another one, with the same holes and more:
     ``{{include("other.tp", extra=value)}}`` on a line of its own stands for
@@ -47,9 +50,9 @@ def render(name, **holes):
     path = template_path(name)
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
-    text = _BLANK_LINE.sub("{{''}}", text)
+    text = _BLANK_LINE.sub("{{''}}", _COMMENT_LINE.sub("", text))
 
-    def include(other, **more):
+    def include(other, /, **more):
         out = render(other, **{**holes, **more})
         return out[:-1] if out.endswith("\n") else out
 

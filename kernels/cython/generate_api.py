@@ -89,9 +89,7 @@ def _prepare_functions(rules, gen_epochs):
     differ in the last bit."""
     out = []
     for spec in rules.RULES.values():
-        text = gen_epochs._render_prepare(spec)
-        text = text.replace(f"cdef void _prepare_{spec.name}(", f"cdef void {spec.name}_prepare(", 1)
-        out.append(text.rstrip("\n"))
+        out.append(gen_epochs._render_prepare(spec, f"{spec.name}_prepare").rstrip("\n"))
     return out
 
 
