@@ -223,7 +223,8 @@ def check(rule, kind, constants=()):
         if e.keywords:
             bad(e, "a call with keyword arguments")
         name = function_of(e)
-        head = e.func.id if isinstance(e.func, ast.Name) else getattr(e.func.value, "id", None)
+        f = e.func
+        head = f.id if isinstance(f, ast.Name) else getattr(getattr(f, "value", None), "id", None)
         if name is None or head in shadowed or (name in HOST_FUNCTIONS and kind != "host"):
             bad(e, f"the call {ast.unparse(e)!r}")
         n = len(e.args)
