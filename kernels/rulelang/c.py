@@ -6,10 +6,11 @@ docs/rules.md."""
 import ast
 
 from .frontend import Rule, RuleError, check, function_of, sign_expansion
+from .cython import CythonSyntax
 from .tables import BINOPS, C_HOST, C_LANES, CMPOPS, MATH_CONSTANTS
 
 
-class HostEmitter:
+class HostEmitter(CythonSyntax):
     """One host function (a rule's ``prepare``, ``schedule_factor``) as Cython
     C code; names become ``v_<name>``.  Every value is a C double except the
     integer ones (``int_first``: the first parameter, the step; integer
@@ -43,9 +44,6 @@ class HostEmitter:
                     self.ints.add(name)
                     changed = True
 
-    def err(self, node, what):
-        return self.rule.error(node, what)
-
     @staticmethod
     def var(name):
         return "v_" + name
@@ -67,70 +65,35 @@ class HostEmitter:
                     and f.value.id == "math" and f.attr in ("floor", "ceil"))
         return False
 
-    def expr(self, node):
-        e = self.expr
-        if isinstance(node, ast.Name):
-            if node.id in self.params or node.id in self.locals:
-                return self.var(node.id)
-            if node.id in self.globals:
-                return repr(self.globals[node.id])
-            raise self.err(node, f"the global name {node.id!r}")
-        if isinstance(node, ast.Constant):
-            v = node.value
-            if isinstance(v, bool):
-                return "1" if v else "0"
-            if isinstance(v, int):
-                return f"{v}"
-            if isinstance(v, float):
-                return repr(v)
-            raise self.err(node, f"the constant {v!r}")
-        if isinstance(node, ast.Attribute):
-            if isinstance(node.value, ast.Name) and node.value.id == "math" \
-                    and node.attr in MATH_CONSTANTS:
-                return MATH_CONSTANTS[node.attr]
-            raise self.err(node, "this attribute")
-        if isinstance(node, ast.Subscript):
-            if isinstance(node.value, ast.Name) and node.value.id in self.params \
-                    and isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, int):
-                return f"{self.var(node.value.id)}[{node.slice.value}]"
-            raise self.err(node, "this subscript")
-        if isinstance(node, ast.BinOp):
-            if isinstance(node.op, ast.Pow):
-                if self.is_int(node.right):
-                    return f"_ipow(<double>{e(node.left)}, <int64_t>{e(node.right)})"
-                return f"pow(<double>{e(node.left)}, <double>{e(node.right)})"
-            op = BINOPS.get(type(node.op))
-            if op is None:
-                raise self.err(node, f"the operator {type(node.op).__name__}")
-            left = e(node.left)
-            if op == "/" and self.is_int(node.left) and self.is_int(node.right):
-                left = f"<double>{left}"  # true division
-            return f"({left} {op} {e(node.right)})"
-        if isinstance(node, ast.UnaryOp):
-            if isinstance(node.op, ast.USub):
-                return f"(-{e(node.operand)})"
-            if isinstance(node.op, ast.UAdd):
-                return e(node.operand)
-            if isinstance(node.op, ast.Not):
-                return f"(not {e(node.operand)})"
-            raise self.err(node, f"the operator {type(node.op).__name__}")
-        if isinstance(node, ast.BoolOp):
-            op = " and " if isinstance(node.op, ast.And) else " or "
-            return "(" + op.join(e(v) for v in node.values) + ")"
-        if isinstance(node, ast.Compare):
-            parts, left = [], node.left
-            for op, right in zip(node.ops, node.comparators):
-                sym = CMPOPS.get(type(op))
-                if sym is None:
-                    raise self.err(node, f"the comparison {type(op).__name__}")
-                parts.append(f"({e(left)} {sym} {e(right)})")
-                left = right
-            return parts[0] if len(parts) == 1 else "(" + " and ".join(parts) + ")"
-        if isinstance(node, ast.IfExp):
-            return f"({e(node.body)} if {e(node.test)} else {e(node.orelse)})"
-        if isinstance(node, ast.Call):
-            return self.call(node)
-        raise self.err(node, f"the expression {type(node).__name__}")
+    def name_text(self, node):
+        if node.id in self.params or node.id in self.locals:
+            return self.var(node.id)
+        return repr(self.globals[node.id])
+
+    target_text = var
+
+    def const_text(self, v):
+        if isinstance(v, bool):
+            return "1" if v else "0"
+        return f"{v}" if isinstance(v, int) else repr(v)
+
+    def leaf(self, node):
+        if isinstance(node, ast.Attribute):  # math.pi, math.e
+            return MATH_CONSTANTS[node.attr]
+        if isinstance(node, ast.Subscript):  # a parameter at a constant index
+            return f"{self.var(node.value.id)}[{node.slice.value}]"
+        return super().leaf(node)
+
+    def power(self, node):
+        if self.is_int(node.right):
+            return f"_ipow(<double>{self.expr(node.left)}, <int64_t>{self.expr(node.right)})"
+        return f"pow(<double>{self.expr(node.left)}, <double>{self.expr(node.right)})"
+
+    def binop(self, node):
+        left = self.expr(node.left)
+        if isinstance(node.op, ast.Div) and self.is_int(node.left) and self.is_int(node.right):
+            left = f"<double>{left}"  # true division
+        return f"({left} {BINOPS[type(node.op)]} {self.expr(node.right)})"
 
     def call(self, node):
         name = function_of(node)
@@ -150,38 +113,14 @@ class HostEmitter:
             return f"{C_HOST[name]}(<double>{args[0]})"
         raise self.err(node, f"the call {ast.unparse(node)!r}")
 
-    def stmts(self, body, indent, ret):
-        out = []
-        for st in body:
-            out.extend(self.stmt(st, indent, ret))
-        return out or [" " * indent + "pass"]
+    def stmts(self, body, indent, ret=None):
+        """``ret(self, return_node)``: the lines a ``return`` becomes."""
+        if ret is not None:
+            self._ret = ret
+        return super().stmts(body, indent)
 
-    def stmt(self, st, indent, ret):
-        pad = " " * indent
-        if isinstance(st, ast.Assign):
-            t = st.targets[0]
-            if len(st.targets) == 1 and isinstance(t, ast.Name):
-                return [f"{pad}{self.var(t.id)} = {self.expr(st.value)}"]
-            raise self.err(st, "this assignment")
-        if isinstance(st, ast.AugAssign) and isinstance(st.target, ast.Name) \
-                and type(st.op) in BINOPS:
-            n = self.var(st.target.id)
-            return [f"{pad}{n} = ({n} {BINOPS[type(st.op)]} {self.expr(st.value)})"]
-        if isinstance(st, ast.If):
-            out = [f"{pad}if {self.expr(st.test)}:"]
-            out += self.stmts(st.body, indent + 4, ret)
-            if st.orelse:
-                out.append(f"{pad}else:")
-                out += self.stmts(st.orelse, indent + 4, ret)
-            return out
-        if isinstance(st, ast.Return):
-            return [pad + x for x in ret(self, st)]
-        if isinstance(st, ast.Pass):
-            return [f"{pad}pass"]
-        if isinstance(st, ast.Expr) and isinstance(st.value, ast.Constant) \
-                and isinstance(st.value.value, str):
-            return []
-        raise self.err(st, f"the statement {type(st).__name__}")
+    def ret(self, st):
+        return self._ret(self, st)
 
     def local_decls(self):
         ints = [self.var(n) for n in self.locals if n in self.ints]

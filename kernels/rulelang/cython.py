@@ -20,9 +20,91 @@ RESERVED = frozenset("""
 """.split())
 
 
-class UpdateEmitter:
-    """One update rule as Cython text for one C type: fully parenthesised, so
-    the evaluation order is the rule's, operation for operation, as in Numba."""
+class CythonSyntax:
+    """What every Cython emitter spells the same way, fully parenthesised (so
+    the evaluation order is the rule's, operation for operation, as in
+    Numba): operators, comparisons, conditionals, assignments, ``if``.  A
+    subclass says how names, constants, powers, calls and returns become
+    text (``name_text``, ``target_text``, ``const_text``, ``power``, ``call``,
+    ``ret``; ``leaf`` for what only it reads)."""
+
+    def err(self, node, what):
+        return self.rule.error(node, what)
+
+    def leaf(self, node):
+        raise self.err(node, f"the expression {type(node).__name__}")
+
+    def binop(self, node):
+        return f"({self.expr(node.left)} {BINOPS[type(node.op)]} {self.expr(node.right)})"
+
+    def expr(self, node):
+        e = self.expr
+        if isinstance(node, ast.Name):
+            return self.name_text(node)
+        if isinstance(node, ast.Constant):
+            return self.const_text(node.value)
+        if isinstance(node, ast.BinOp):
+            return self.power(node) if isinstance(node.op, ast.Pow) else self.binop(node)
+        if isinstance(node, ast.UnaryOp):
+            if isinstance(node.op, ast.USub):
+                return f"(-{e(node.operand)})"
+            if isinstance(node.op, ast.UAdd):
+                return e(node.operand)
+            return f"(not {e(node.operand)})"
+        if isinstance(node, ast.BoolOp):
+            op = " and " if isinstance(node.op, ast.And) else " or "
+            return "(" + op.join(e(v) for v in node.values) + ")"
+        if isinstance(node, ast.Compare):
+            parts = []
+            left = node.left
+            for op, right in zip(node.ops, node.comparators):
+                parts.append(f"({e(left)} {CMPOPS[type(op)]} {e(right)})")
+                left = right
+            return parts[0] if len(parts) == 1 else "(" + " and ".join(parts) + ")"
+        if isinstance(node, ast.IfExp):
+            return f"({e(node.body)} if {e(node.test)} else {e(node.orelse)})"
+        if isinstance(node, ast.Call):
+            return self.call(node)
+        return self.leaf(node)
+
+    def stmts(self, body, indent):
+        out = []
+        for st in body:
+            out.extend(self.stmt(st, indent))
+        return out or [" " * indent + "pass"]
+
+    def stmt(self, st, indent):
+        pad = " " * indent
+        if isinstance(st, ast.Assign):
+            t = st.targets[0]
+            if isinstance(t, ast.Name):
+                return [f"{pad}{self.target_text(t.id)} = {self.expr(st.value)}"]
+            if isinstance(t, ast.Tuple):
+                lhs = ", ".join(self.target_text(x.id) for x in t.elts)
+                rhs = ", ".join(self.expr(v) for v in st.value.elts)
+                return [f"{pad}{lhs} = {rhs}"]
+            raise self.err(st, "this assignment target")
+        if isinstance(st, ast.AugAssign):
+            if not isinstance(st.target, ast.Name):
+                raise self.err(st, "this augmented assignment")
+            n = self.target_text(st.target.id)
+            return [f"{pad}{n} = ({n} {BINOPS[type(st.op)]} {self.expr(st.value)})"]
+        if isinstance(st, ast.If):
+            out = [f"{pad}if {self.expr(st.test)}:"]
+            out += self.stmts(st.body, indent + 4)
+            if st.orelse:
+                out.append(f"{pad}else:")
+                out += self.stmts(st.orelse, indent + 4)
+            return out
+        if isinstance(st, ast.Return):
+            return [pad + x for x in self.ret(st)]
+        if isinstance(st, ast.Pass):
+            return [f"{pad}pass"]
+        return []  # a docstring (check() let nothing else through)
+
+
+class UpdateEmitter(CythonSyntax):
+    """One update rule as Cython text for one C type (kernels/cython/generate.py)."""
 
     def __init__(self, fn, spec, ctype, suffix, libm):
         self.fn = fn
@@ -47,49 +129,23 @@ class UpdateEmitter:
         self.uses_z = any(isinstance(n, ast.Name) and n.id == self.z
                           and isinstance(n.ctx, ast.Load) for n in ast.walk(self.fdef))
 
-    def err(self, node, what):
-        return self.rule.error(node, what)
-
     @staticmethod
     def name(n):
         return n + "_" if n in RESERVED else n
 
-    # ---------------------------------------------------------- expressions
+    def name_text(self, node):
+        return self.name(node.id)
+
+    target_text = name
+
     def const(self, value):
         f = repr(float(value))
         return f if self.ctype == "double" else f"(<float>{f})"
 
-    def expr(self, node):
-        e = self.expr
-        if isinstance(node, ast.Name):
-            return self.name(node.id)
-        if isinstance(node, ast.Constant):
-            return self.const(node.value)
-        if isinstance(node, ast.BinOp):
-            if isinstance(node.op, ast.Pow):  # a real power (FTRL's n ** -lr_power)
-                return f"{self.libm['pow']}({e(node.left)}, {e(node.right)})"
-            return f"({e(node.left)} {BINOPS[type(node.op)]} {e(node.right)})"
-        if isinstance(node, ast.UnaryOp):
-            if isinstance(node.op, ast.USub):
-                return f"(-{e(node.operand)})"
-            if isinstance(node.op, ast.UAdd):
-                return e(node.operand)
-            return f"(not {e(node.operand)})"
-        if isinstance(node, ast.BoolOp):
-            op = " and " if isinstance(node.op, ast.And) else " or "
-            return "(" + op.join(e(v) for v in node.values) + ")"
-        if isinstance(node, ast.Compare):
-            parts = []
-            left = node.left
-            for op, right in zip(node.ops, node.comparators):
-                parts.append(f"({e(left)} {CMPOPS[type(op)]} {e(right)})")
-                left = right
-            return parts[0] if len(parts) == 1 else "(" + " and ".join(parts) + ")"
-        if isinstance(node, ast.IfExp):
-            return f"({e(node.body)} if {e(node.test)} else {e(node.orelse)})"
-        if isinstance(node, ast.Call):
-            return self.call(node)
-        raise self.err(node, f"the expression {type(node).__name__}")
+    const_text = const
+
+    def power(self, node):  # a real power (FTRL's n ** -lr_power)
+        return f"{self.libm['pow']}({self.expr(node.left)}, {self.expr(node.right)})"
 
     def call(self, node):
         name = function_of(node)
@@ -106,47 +162,13 @@ class UpdateEmitter:
             return f"{self.libm[name]}({args[0]})"
         raise self.err(node, f"the call {ast.unparse(node)!r}")
 
-    # ----------------------------------------------------------- statements
-    def stmts(self, body, indent):
-        out = []
-        for st in body:
-            out.extend(self.stmt(st, indent))
-        return out or [" " * indent + "pass"]
-
-    def stmt(self, st, indent):
-        pad = " " * indent
-        if isinstance(st, ast.Assign):
-            t = st.targets[0]
-            if isinstance(t, ast.Name):
-                return [f"{pad}{self.name(t.id)} = {self.expr(st.value)}"]
-            if (isinstance(t, ast.Tuple) and isinstance(st.value, ast.Tuple)
-                    and len(t.elts) == len(st.value.elts)):
-                lhs = ", ".join(self.name(x.id) for x in t.elts)
-                rhs = ", ".join(self.expr(v) for v in st.value.elts)
-                return [f"{pad}{lhs} = {rhs}"]
-            raise self.err(st, "this assignment target")
-        if isinstance(st, ast.AugAssign):
-            if not isinstance(st.target, ast.Name):
-                raise self.err(st, "this augmented assignment")
-            n = self.name(st.target.id)
-            return [f"{pad}{n} = ({n} {BINOPS[type(st.op)]} {self.expr(st.value)})"]
-        if isinstance(st, ast.If):
-            out = [f"{pad}if {self.expr(st.test)}:"]
-            out += self.stmts(st.body, indent + 4)
-            if st.orelse:
-                out.append(f"{pad}else:")
-                out += self.stmts(st.orelse, indent + 4)
-            return out
-        if isinstance(st, ast.Return):
-            nout = 1 + len(self.spec.states)
-            v = st.value
-            elts = v.elts if isinstance(v, ast.Tuple) else [v]
-            if len(elts) != nout:
-                raise self.err(st, f"a return of other than {nout} values (p and the states)")
-            return [f"{pad}return " + ", ".join(self.expr(x) for x in elts)]
-        if isinstance(st, ast.Pass):
-            return [f"{pad}pass"]
-        return []  # a docstring (check() let nothing else through)
+    def ret(self, st):
+        nout = 1 + len(self.spec.states)
+        v = st.value
+        elts = v.elts if isinstance(v, ast.Tuple) else [v]
+        if len(elts) != nout:
+            raise self.err(st, f"a return of other than {nout} values (p and the states)")
+        return ["return " + ", ".join(self.expr(x) for x in elts)]
 
     def render(self):
         t = self.ctype
