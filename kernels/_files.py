@@ -39,3 +39,23 @@ def load_by_path(name, path):
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def load_package(name, directory):
+    """Import the package in ``directory`` (its ``__init__.py``) under ``name``,
+    or return it if it is already imported under any name."""
+    import importlib.util
+    import os
+    import sys
+
+    init = os.path.join(directory, "__init__.py")
+    for mod in list(sys.modules.values()):
+        f = getattr(mod, "__file__", None)
+        if f and os.path.abspath(f) == os.path.abspath(init):
+            return mod
+    spec = importlib.util.spec_from_file_location(name, init,
+                                                  submodule_search_locations=[directory])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod

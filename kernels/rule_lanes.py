@@ -23,16 +23,16 @@ the rules' convention (as the Cython twin types them): names starting with
 with the row form to rounding, not bit for bit (the row form lets Numba
 carry some locals in float64).
 
-Translated: assignments to locals and to ``dz[...]``, ``for`` over ``range``
-with bounds that do not depend on the row, ``if`` (a condition that depends
-on the row is evaluated per lane; its branches may then hold only
-assignments and further ``if``), and one ``return`` as the last statement.
-With ``returns=True`` (the dense epoch's fused pass) a ``return`` inside
-an ``if`` is taken when the statements after that ``if`` can become its
-``else`` (``_returns_to_else``: "if c: ...; return a" followed by more
+The rule language (what a rule may contain, for every target) is described
+once, in kernels/rulelang/__init__.py and docs/rules.md; the emitter is
+kernels/rulelang/lanes.py.  What the lane form adds: a loop's bounds may not
+depend on the row, and inside an ``if`` whose condition does, only
+assignments and further ``if``.  With ``returns=True`` (the dense epoch's
+fused pass) a ``return`` inside an ``if`` is taken when the statements after
+that ``if`` can become its ``else`` ("if c: ...; return a" followed by more
 statements is the same as "if c: ...; return a / else: <the rest>"), so
-every path ends in its own ``return`` (multiclass_hinge).  Anything else (a loop inside a row-dependent ``if``, a path without a
-return) raises ``NotLaneable``, and the kernels keep calling the row form.
+every path ends in its own ``return`` (multiclass_hinge).  Anything else
+raises ``NotLaneable``, and the kernels keep calling the row form.
 
 Scalar rules (``rule(z, y, epsilon) -> (loss, derivative)``, one output)
 get a lane form too (``scalar_lane_source``): the same signature as a row
@@ -42,317 +42,24 @@ rule's lane form, with ``Y`` the block's targets in lane form, (k, R) like
 which vectorises), so the module needs that name too.
 """
 
-import ast
-import inspect
-import textwrap
+if __package__:
+    from .rulelang import lanes as _lanes
+else:  # loaded by path (the Cython generators at build time)
+    import os as _os
+    import sys as _sys
 
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    _files = _sys.modules.get("_optkern_files")
+    if _files is None or not hasattr(_files, "load_package"):
+        import importlib.util as _ilu
+        _spec = _ilu.spec_from_file_location("_optkern_files", _os.path.join(_here, "_files.py"))
+        _files = _ilu.module_from_spec(_spec)
+        _spec.loader.exec_module(_files)
+    _lanes = _files.load_package("_optkern_rulelang", _os.path.join(_here, "rulelang")).lanes
 
-class NotLaneable(Exception):
-    """The rule uses a construct the lane form does not translate."""
-
-
-_PARAMS = ("z", "y", "epsilon", "dz")
-_MATH = {"exp": "exp_fast", "log": "log_fast", "log1p": "math.log1p"}
-_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Gt: ">",
-        ast.GtE: ">=", ast.Lt: "<", ast.LtE: "<=", ast.Eq: "==", ast.NotEq: "!="}
-
-
-def _op(op):
-    try:
-        return _OPS[type(op)]
-    except KeyError:
-        raise NotLaneable(f"operator {type(op).__name__}") from None
-
-
-def _indent(lines):
-    return ["    " + ln for ln in lines]
-
-
-def _always_returns(body):
-    """Every path through the statement list ``body`` ends in a return."""
-    if not body:
-        return False
-    last = body[-1]
-    if isinstance(last, ast.Return):
-        return True
-    if isinstance(last, ast.If):
-        return _always_returns(last.body) and _always_returns(last.orelse)
-    return False
-
-
-def _returns_to_else(body):
-    """``body`` with every "if c: <...; return>" that is followed by more
-    statements turned into "if c: <...; return> else: <those statements>"
-    (the same control flow), recursively; a new list, the nodes shared."""
-    out = []
-    for i, node in enumerate(body):
-        if isinstance(node, ast.If):
-            node = ast.If(test=node.test, body=_returns_to_else(node.body),
-                          orelse=_returns_to_else(node.orelse))
-            rest = body[i + 1:]
-            if rest and _always_returns(node.body):
-                node.orelse = _returns_to_else(node.orelse + rest)
-                out.append(node)
-                return out
-            if rest and node.orelse and _always_returns(node.orelse):
-                node.body = _returns_to_else(node.body + rest)
-                out.append(node)
-                return out
-        elif isinstance(node, ast.For):
-            node = ast.For(target=node.target, iter=node.iter,
-                           body=_returns_to_else(node.body), orelse=node.orelse,
-                           type_comment=None)
-        out.append(node)
-    return out
-
-
-class _Translator:
-    n_params = 4
-
-    def __init__(self, fn, returns=False):
-        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
-        self.fn = tree.body[0]
-        self.returns = returns
-        if returns:
-            self.fn.body = _returns_to_else(self.fn.body)
-        self.rule_name = fn.__name__
-        args = [a.arg for a in self.fn.args.args]
-        if len(args) != self.n_params:
-            raise NotLaneable(f"{fn.__name__}: a {'row' if self.n_params == 4 else 'scalar'} "
-                              f"rule takes ({', '.join(_PARAMS[:self.n_params])})")
-        self.roles = dict(zip(args, _PARAMS))
-        self.loop_vars = set()
-        self.real = {}
-        self.ints = {}
-        for node in ast.walk(self.fn):
-            if isinstance(node, ast.For):
-                if not isinstance(node.target, ast.Name):
-                    raise NotLaneable("for over something other than one name")
-                self.loop_vars.add(node.target.id)
-        for node in ast.walk(self.fn):
-            if isinstance(node, ast.Assign):
-                targets = node.targets
-            elif isinstance(node, ast.AugAssign):
-                targets = [node.target]
-            else:
-                continue
-            for t in targets:
-                if isinstance(t, ast.Name) and t.id not in self.loop_vars:
-                    if t.id in self.roles:
-                        raise NotLaneable(f"assignment to the parameter {t.id!r}")
-                    table = self.ints if t.id.startswith("j") else self.real
-                    table.setdefault(t.id, len(table))
-
-    # ------------------------------------------------------------ expressions
-    def _row_length(self, node):
-        """``z.shape[0]`` (or dz's): the row length, the same for every row."""
-        return (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute)
-                and node.value.attr == "shape" and isinstance(node.value.value, ast.Name)
-                and self.roles.get(node.value.value.id) in ("z", "dz")
-                and isinstance(node.slice, ast.Constant) and node.slice.value == 0)
-
-    def lane_dependent(self, node):
-        if self._row_length(node):
-            return False
-        if isinstance(node, ast.Name):
-            return (node.id in self.real or node.id in self.ints
-                    or self.roles.get(node.id) in ("z", "y", "dz"))
-        return any(self.lane_dependent(c) for c in ast.iter_child_nodes(node))
-
-    def expr(self, node):
-        if self._row_length(node):
-            return "k"
-        if isinstance(node, ast.Constant):
-            if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
-                raise NotLaneable(f"constant {node.value!r}")
-            return repr(node.value)
-        if isinstance(node, ast.Name):
-            role = self.roles.get(node.id)
-            if role == "y":
-                return "Y[r]"
-            if role == "epsilon":
-                return "epsilon"
-            if role in ("z", "dz"):
-                raise NotLaneable(f"{node.id} used as a whole row")
-            if node.id in self.loop_vars:
-                return node.id
-            if node.id in self.real:
-                return f"S[{self.real[node.id]}, r]"
-            if node.id in self.ints:
-                return f"SI[{self.ints[node.id]}, r]"
-            raise NotLaneable(f"unknown name {node.id!r}")
-        if isinstance(node, ast.Subscript):
-            base = node.value
-            if isinstance(base, ast.Name) and self.roles.get(base.id) in ("z", "dz"):
-                arr = "ZT" if self.roles[base.id] == "z" else "DT"
-                return f"{arr}[{self.expr(node.slice)}, r]"
-            raise NotLaneable("subscript of something other than z or dz")
-        if isinstance(node, ast.BinOp):
-            return f"({self.expr(node.left)} {_op(node.op)} {self.expr(node.right)})"
-        if isinstance(node, ast.UnaryOp):
-            ops = {ast.USub: "-", ast.UAdd: "+", ast.Not: "not "}
-            if type(node.op) not in ops:
-                raise NotLaneable("unary operator")
-            return f"({ops[type(node.op)]}{self.expr(node.operand)})"
-        if isinstance(node, ast.Compare):
-            parts = [self.expr(node.left)]
-            for op, right in zip(node.ops, node.comparators):
-                parts += [_op(op), self.expr(right)]
-            return "(" + " ".join(parts) + ")"
-        if isinstance(node, ast.BoolOp):
-            word = " and " if isinstance(node.op, ast.And) else " or "
-            return "(" + word.join(self.expr(v) for v in node.values) + ")"
-        if isinstance(node, ast.IfExp):
-            return (f"({self.expr(node.body)} if {self.expr(node.test)} "
-                    f"else {self.expr(node.orelse)})")
-        if isinstance(node, ast.Call):
-            f = node.func
-            if node.keywords:
-                raise NotLaneable("keyword arguments")
-            args = ", ".join(self.expr(a) for a in node.args)
-            if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and \
-                    f.value.id == "math" and f.attr in _MATH:
-                return f"{_MATH[f.attr]}({args})"
-            if isinstance(f, ast.Name) and f.id in ("abs", "min", "max"):
-                return f"{f.id}({args})"
-            raise NotLaneable("a call other than math.exp/log/log1p, abs, min, max")
-        raise NotLaneable(f"expression {type(node).__name__}")
-
-    # ------------------------------------------------------------- statements
-    def target(self, node):
-        if isinstance(node, ast.Name) and node.id not in self.loop_vars:
-            return self.expr(node)
-        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and \
-                self.roles.get(node.value.id) == "dz":
-            return self.expr(node)
-        raise NotLaneable("assignment to something other than a local or dz[...]")
-
-    def assignment(self, target, value):
-        t = self.target(target)
-        v = self.expr(value)
-        if t.startswith("S[") or t.startswith("DT["):
-            # stored in the data's dtype, as the rules' convention types it
-            v = f"dt({v})"
-        return [f"{t} = {v}"]
-
-    def lane_stmt(self, node):
-        """One statement for one lane (already inside ``for r``)."""
-        if isinstance(node, ast.Assign):
-            if len(node.targets) != 1:
-                raise NotLaneable("chained assignment")
-            return self.assignment(node.targets[0], node.value)
-        if isinstance(node, ast.AugAssign):
-            return self.assignment(node.target, ast.BinOp(node.target, node.op, node.value))
-        if isinstance(node, ast.If):
-            out = [f"if {self.expr(node.test)}:"]
-            out += _indent(self.lane_block(node.body))
-            if node.orelse:
-                out.append("else:")
-                out += _indent(self.lane_block(node.orelse))
-            return out
-        if isinstance(node, ast.Pass):
-            return ["pass"]
-        if isinstance(node, ast.Return) and node.value is not None and self.returns:
-            # the end of this lane's path (_returns_to_else put every return
-            # last in its branch; block() checks it)
-            return self.lane_return(node.value)
-        raise NotLaneable(f"{type(node).__name__} inside a row-dependent branch")
-
-    def lane_return(self, value):
-        return [f"LOSS[r] = {self.expr(value)}"]
-
-    def lane_block(self, stmts):
-        for node in stmts[:-1]:
-            if isinstance(node, ast.Return):
-                raise NotLaneable("a return before the end of its branch")
-        return sum((self.lane_stmt(s) for s in stmts), [])
-
-    def stmt(self, node, last):
-        if isinstance(node, ast.For):
-            it = node.iter
-            if not (isinstance(it, ast.Call) and isinstance(it.func, ast.Name)
-                    and it.func.id == "range" and not node.orelse):
-                raise NotLaneable("for over something other than range")
-            if any(self.lane_dependent(a) for a in it.args):
-                raise NotLaneable("a loop whose bounds depend on the row")
-            bounds = ", ".join(self.expr(a) for a in it.args)
-            body = sum((self.stmt(s, False) for s in node.body), [])
-            return [f"for {node.target.id} in range({bounds}):"] + _indent(body or ["pass"])
-        if isinstance(node, ast.If) and not self.lane_dependent(node.test):
-            out = [f"if {self.expr(node.test)}:"]
-            out += _indent(sum((self.stmt(s, False) for s in node.body), []) or ["pass"])
-            if node.orelse:
-                out.append("else:")
-                out += _indent(sum((self.stmt(s, False) for s in node.orelse), []) or ["pass"])
-            return out
-        if isinstance(node, ast.Return):
-            if not last or node.value is None:
-                raise NotLaneable("a return before the end of the rule")
-            return ["for r in range(n):", f"    LOSS[r] = {self.expr(node.value)}"]
-        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
-            return []                                   # a docstring
-        return ["for r in range(n):"] + _indent(self.lane_stmt(node))
-
-    def source(self, name):
-        body = self.fn.body
-        if not _always_returns(body):
-            raise NotLaneable("the rule must end with its return")
-        if isinstance(body[-1], ast.If) and not self.lane_dependent(body[-1].test):
-            raise NotLaneable("a return under a condition that does not depend on the row")
-        lines = ["k = ZT.shape[0]", "dt = ZT.dtype.type"]
-        for i, node in enumerate(body):
-            lines += self.stmt(node, i == len(body) - 1)
-        head = f"def {name}(ZT, Y, epsilon, DT, LOSS, n, S, SI):"
-        doc = (f'    """The lane form of {self.rule_name}: rows 0..n-1 of a block '
-               '(kernels/rule_lanes.py)."""')
-        return "\n".join([head, doc] + _indent(lines)) + "\n"
-
-
-class _ScalarTranslator(_Translator):
-    """A scalar rule (z, y, epsilon) -> (loss, derivative) on output j of
-    every lane: z is ZT[j, r], y is Y[j, r]; the whole rule runs inside one
-    loop over the lanes (it has no loops of its own)."""
-    n_params = 3
-
-    def __init__(self, fn):
-        super().__init__(fn, returns=True)
-
-    def _scalar_expr(self, node):
-        if isinstance(node, ast.Name) and self.roles.get(node.id) in ("z", "y"):
-            return "ZT[j, r]" if self.roles[node.id] == "z" else "Y[j, r]"
-        if isinstance(node, ast.Name) and node.id == "j":
-            raise NotLaneable("a local named j")
-        return super().expr(node)
-
-    def expr(self, node):  # noqa: F811 -- math.log1p as the epoch's vector form
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
-                isinstance(node.func.value, ast.Name) and node.func.value.id == "math" and \
-                node.func.attr == "log1p" and len(node.args) == 1 and not node.keywords:
-            return f"log1p_lanes({self.expr(node.args[0])})"
-        return self._scalar_expr(node)
-
-    def lane_return(self, value):
-        if not (isinstance(value, ast.Tuple) and len(value.elts) == 2):
-            raise NotLaneable("a scalar rule returns (loss, derivative)")
-        return [f"LOSS[r] += {self.expr(value.elts[0])}",
-                f"DT[j, r] = dt({self.expr(value.elts[1])})"]
-
-    def source(self, name):
-        body = self.fn.body
-        if not _always_returns(body):
-            raise NotLaneable("the rule must end with its return")
-        if self.loop_vars:
-            raise NotLaneable("a loop in a scalar rule")
-        stmts = [s for s in body
-                 if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
-        lines = ["k = ZT.shape[0]", "dt = ZT.dtype.type",
-                 "for r in range(n):", "    LOSS[r] = 0.0",
-                 "for j in range(k):", "    for r in range(n):"]
-        lines += _indent(_indent(self.lane_block(stmts)))
-        head = f"def {name}(ZT, Y, epsilon, DT, LOSS, n, S, SI):"
-        doc = (f'    """The lane form of the scalar rule {self.rule_name}: outputs 0..k-1 of '
-               'rows 0..n-1 of a block (kernels/rule_lanes.py)."""')
-        return "\n".join([head, doc] + _indent(lines)) + "\n"
+NotLaneable = _lanes.NotLaneable
+_Translator = _lanes.LaneEmitter
+_ScalarTranslator = _lanes.ScalarLaneEmitter
 
 
 def scalar_lane_source(rule, name):

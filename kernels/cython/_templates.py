@@ -35,6 +35,13 @@ _BLANK_LINE = re.compile(r"(?m)^$")
 _COMMENT_LINE = re.compile(r"(?m)^[ \t]*\{\{#[^}]*\}\}[ \t]*\n")
 
 
+def language_files():
+    """The rule language's front end and emitters (kernels/rulelang/*.py):
+    every generated module's text depends on them, so its hash covers them."""
+    folder = os.path.join(os.path.dirname(HERE), "rulelang")
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".py"))
+
+
 def template_path(name):
     return os.path.join(TEMPLATES, name)
 

@@ -11,8 +11,8 @@ translated with ``ast`` into a ``cdef inline`` C function over the fused type
   ``floating f(floating* z, Py_ssize_t y, floating epsilon, floating* dz, Py_ssize_t k)``
   (``z.shape[0]`` -> ``k``);
 
-``math.exp/log/log1p`` map to libc, ``abs`` to ``fabs``; locals starting with
-``j`` are ``Py_ssize_t``, the others ``floating``.  The rule functions and the
+The rule language and its types are described once (docs/rules.md,
+kernels/rulelang; the emitter is kernels/rulelang/cython.py).  The rule functions and the
 per-row functions ``row_<loss>`` live in ``_losses.pxd`` (inline, so other
 packages can ``cimport optkern.kernels.cython._losses`` and call them from
 nogil code).  ``_losses.pyx`` holds the fused kernels (same algorithm and
@@ -28,11 +28,8 @@ the templates' holes (``_templates.render``).  setup.py calls
 ``write_sources(dir)`` and compiles what it returns.
 """
 
-import ast
-import inspect
 import os
 import sys
-import textwrap
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -59,73 +56,19 @@ def _load_rules():
     return mod
 
 
-class _ToCython(ast.NodeTransformer):
-    def __init__(self, kind):
-        self.kind = kind
-
-    def visit_Call(self, node):
-        self.generic_visit(node)
-        f = node.func
-        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) \
-                and f.value.id == "math":
-            node.func = ast.Name(f.attr, ast.Load())
-        elif isinstance(f, ast.Name) and f.id == "abs":
-            node.func = ast.Name("fabs", ast.Load())
-        return node
-
-    def visit_Subscript(self, node):
-        self.generic_visit(node)
-        v = node.value
-        if isinstance(v, ast.Attribute) and v.attr == "shape":
-            return ast.Name("k", ast.Load())
-        return node
-
-    def visit_Return(self, node):
-        self.generic_visit(node)
-        if self.kind == "scalar" and isinstance(node.value, ast.Tuple):
-            loss, deriv = node.value.elts
-            store = ast.Assign(
-                targets=[ast.Subscript(ast.Name("dout", ast.Load()), ast.Constant(0),
-                                       ast.Store())],
-                value=deriv, lineno=0)
-            return [store, ast.Return(loss)]
-        return node
+def _load_rulelang():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "_optkern_files", os.path.join(os.path.dirname(HERE), "_files.py"))
+    files = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(files)
+    return files.load_package("_optkern_rulelang", os.path.join(os.path.dirname(HERE), "rulelang"))
 
 
-def _rule_to_cython(spec):
-    src = textwrap.dedent(inspect.getsource(spec.rule))
-    fn = ast.parse(src).body[0]
-    args = [a.arg for a in fn.args.args]
-    names = set()
-    for node in ast.walk(fn):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-            names.add(node.id)
-    local_names = sorted(names - set(args))
-    body = [_ToCython(spec.kind).visit(stmt) for stmt in fn.body]
-    flat = []
-    for stmt in body:
-        flat.extend(stmt if isinstance(stmt, list) else [stmt])
-    fn.body = flat
-    ast.fix_missing_locations(fn)
-    body_src = "\n".join(ast.unparse(s) for s in fn.body)
-    z, y, eps = args[:3]
-    if spec.kind == "scalar":
-        header = (f"cdef inline floating {fn.name}(floating {z}, floating {y}, "
-                  f"floating {eps}, floating* dout) noexcept nogil:")
-    else:
-        dz = args[3]
-        header = (f"cdef inline floating {fn.name}(const floating* {z}, Py_ssize_t {y}, "
-                  f"floating {eps}, floating* {dz}, Py_ssize_t k) noexcept nogil:")
-    decls = []
-    ints = [n for n in local_names if n.startswith("j")]
-    reals = [n for n in local_names if not n.startswith("j")]
-    if ints:
-        decls.append("cdef Py_ssize_t " + ", ".join(ints))
-    if reals:
-        decls.append("cdef floating " + ", ".join(reals))
-    lines = [header] + ["    " + line for line in decls]
-    lines += textwrap.indent(body_src, "    ").splitlines()
-    return "\n".join(lines) + "\n"
+# translating a loss rule: kernels/rulelang (the language: docs/rules.md)
+_rulelang = _load_rulelang()
+_ToCython = _rulelang.cython.LossToCython
+_rule_to_cython = _rulelang.cython.loss_to_cython
 
 
 # Row blocks and register tiles of the fused dense kernel, as in

@@ -1,0 +1,69 @@
+"""The rule language: one front end, one emitter per target.
+
+A *rule* is a small Python function written once (kernels/rules.py: an
+optimizer's elementwise update and its ``prepare``; kernels/loss_rules.py: a
+loss; kernels/schedule_rules.py: the learning-rate schedule) and translated
+from its text (``inspect.getsource`` + ``ast``) into every target.  This is
+the one description of what a rule may contain; docs/rules.md is the short
+version.
+
+Kinds of rule (``frontend.check(rule, kind)``)
+    ``update``  ``rule(p, g, <states>, <kernel hyper>, z) -> (p, <states>)``
+    ``scalar``  ``rule(z, y, epsilon) -> (loss, derivative)``, one output
+    ``row``     ``rule(z, y, epsilon, dz) -> loss``, one row of k scores
+    ``host``    ``prepare(step, scalars, lr, ...)`` and ``schedule_factor``
+
+Statements
+    assignment to a local (``x = e``; tuple ``a, b = e1, e2``), augmented
+    assignment with ``+ - * /``; ``if``/``elif``/``else``; ``return``;
+    ``pass``; a docstring.  Row rules also: assignment to ``dz[i]`` and
+    ``for j in range(stop)`` / ``range(start, stop)``.
+
+Expressions
+    numbers (int, float, True/False); the rule's parameters and locals
+    (host functions also the module's numeric constants and ``math.pi``,
+    ``math.e``); ``+ - * / **``, unary ``-``/``+``/``not``; comparisons
+    ``< <= > >= == !=`` (chained too); ``and``/``or``; ``a if c else b``;
+    row rules: ``z[i]``, ``dz[i]``, ``z.shape[0]`` (the row length ``k``);
+    host functions: ``scalars[0]`` (a parameter indexed by a constant).
+
+Functions, in every target
+    ``sign(x)``  (or ``np.sign``; 1.0 if x > 0, -1.0 if x < 0, else x: a zero
+    keeps its sign, NaN stays NaN -- NumPy's ``sign``; the rule's module binds
+    ``sign`` to ``numpy.sign`` so Python and Numba run it as written),
+    ``math.floor``, ``math.log1p``, ``math.exp``, ``math.log``, ``math.sqrt``,
+    ``abs`` (or ``math.fabs``), ``min``, ``max`` (two or more arguments,
+    Python's rule: the first of equal or unordered values).  Host functions
+    may also call ``math.cos``, ``math.sin``, ``math.ceil`` and ``float``.
+
+Types
+    In update and loss rules every value is a real of the data's dtype,
+    except locals whose names start with ``j`` in loss rules: those are
+    integer indices (``frontend.is_index``).  In host functions values are
+    C doubles except integer ones (the step, integer constants, sums and
+    products of integers, ``math.floor``/``math.ceil``), so ``x ** n`` with an
+    integer ``n`` is Numba's binary exponentiation.
+
+Anything else raises ``RuleError`` (a ValueError) naming the rule, the line
+and the construct.  A target may refuse a construct of the language that it
+cannot place (the lane form: a loop inside a row-dependent ``if``); it then
+raises a subclass (``lanes.NotLaneable``) and its caller falls back.
+
+Emitters, each driven by the tables in ``tables.py`` (operators, and which
+name each function becomes on each target)
+    ``lanes.LaneEmitter``/``ScalarLaneEmitter``  Numba lane form (rule_lanes.py)
+    ``cython.UpdateEmitter``   update rule -> Cython, float and double
+    ``cython.loss_to_cython``  loss rule -> Cython over ``floating``
+    ``c.HostEmitter``          prepare/schedule -> Cython C code (doubles)
+    ``c.LaneToC``              the lane form's Python text -> C (SIMD epoch)
+
+The package imports neither numba nor optkern: the Cython generators load it
+by file path at build time.
+"""
+
+from . import c, cython, lanes
+from .frontend import Rule, RuleError, check, function_of, is_index, parse
+from .tables import FUNCTIONS
+
+__all__ = ["FUNCTIONS", "Rule", "RuleError", "c", "check", "cython", "function_of",
+           "is_index", "lanes", "parse"]

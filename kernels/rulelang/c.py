@@ -1,0 +1,273 @@
+"""C emitters: a host function (``prepare``, ``schedule_factor``) as Cython
+C code (HostEmitter), and the Numba lane form's Python text as a C function
+(LaneToC), for kernels/cython/generate_epochs.py.  The language:
+docs/rules.md."""
+
+import ast
+
+from .frontend import Rule, RuleError, check, function_of, sign_expansion
+from .cython import CythonSyntax
+from .tables import BINOPS, C_HOST, C_LANES, CMPOPS, MATH_CONSTANTS
+
+
+class HostEmitter(CythonSyntax):
+    """One host function (a rule's ``prepare``, ``schedule_factor``) as Cython
+    C code; names become ``v_<name>``.  Every value is a C double except the
+    integer ones (``int_first``: the first parameter, the step; integer
+    constants and globals, sums and products of integers, math.floor): those
+    stay int64_t, so that ``x ** n`` with an integer ``n`` is Numba's binary
+    exponentiation (_ipow) and ``x ** y`` otherwise is pow(), as in the Numba
+    epoch.  Fully parenthesised: the evaluation order is the Python text's."""
+
+    def __init__(self, fn, int_first, globals_):
+        self.fn = fn
+        self.globals = {k: v for k, v in globals_.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.rule = check(Rule(fn), "host", self.globals)
+        self.fdef = self.rule.fdef
+        self.where = self.rule.where
+        self.params = self.rule.params
+        self.ints = set(self.params[:1] if int_first else ())
+        self.locals = self.rule.locals
+        # a local is an integer when every assignment to it is an integer expression
+        assigned = {}
+        for node in ast.walk(self.fdef):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 \
+                    and isinstance(node.targets[0], ast.Name):
+                assigned.setdefault(node.targets[0].id, []).append(node.value)
+        changed = True
+        while changed:
+            changed = False
+            for name, values in assigned.items():
+                if name not in self.ints and name not in self.params \
+                        and all(self.is_int(v) for v in values):
+                    self.ints.add(name)
+                    changed = True
+
+    @staticmethod
+    def var(name):
+        return "v_" + name
+
+    def is_int(self, node):
+        if isinstance(node, ast.Name):
+            if node.id in self.globals:
+                return isinstance(self.globals[node.id], int)
+            return node.id in self.ints
+        if isinstance(node, ast.Constant):
+            return isinstance(node.value, int) and not isinstance(node.value, bool)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult)):
+            return self.is_int(node.left) and self.is_int(node.right)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            return self.is_int(node.operand)
+        if isinstance(node, ast.Call):
+            f = node.func
+            return (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)
+                    and f.value.id == "math" and f.attr in ("floor", "ceil"))
+        return False
+
+    def name_text(self, node):
+        if node.id in self.params or node.id in self.locals:
+            return self.var(node.id)
+        return repr(self.globals[node.id])
+
+    target_text = var
+
+    def const_text(self, v):
+        if isinstance(v, bool):
+            return "1" if v else "0"
+        return f"{v}" if isinstance(v, int) else repr(v)
+
+    def leaf(self, node):
+        if isinstance(node, ast.Attribute):  # math.pi, math.e
+            return MATH_CONSTANTS[node.attr]
+        if isinstance(node, ast.Subscript):  # a parameter at a constant index
+            return f"{self.var(node.value.id)}[{node.slice.value}]"
+        return super().leaf(node)
+
+    def power(self, node):
+        if self.is_int(node.right):
+            return f"_ipow(<double>{self.expr(node.left)}, <int64_t>{self.expr(node.right)})"
+        return f"pow(<double>{self.expr(node.left)}, <double>{self.expr(node.right)})"
+
+    def binop(self, node):
+        left = self.expr(node.left)
+        if isinstance(node.op, ast.Div) and self.is_int(node.left) and self.is_int(node.right):
+            left = f"<double>{left}"  # true division
+        return f"({left} {BINOPS[type(node.op)]} {self.expr(node.right)})"
+
+    def call(self, node):
+        name = function_of(node)
+        if name == "sign":
+            return self.expr(sign_expansion(node.args[0]))
+        args = [self.expr(a) for a in node.args]
+        if name in ("floor", "ceil"):  # Numba: math.floor(float) -> int64
+            return f"(<int64_t>{C_HOST[name]}(<double>{args[0]}))"
+        if name == "float":
+            return f"(<double>{args[0]})"
+        if name in ("min", "max"):
+            out = args[0]
+            for a in args[1:]:
+                out = f"{C_HOST[name]}(<double>{out}, <double>{a})"
+            return out
+        if name in C_HOST:
+            return f"{C_HOST[name]}(<double>{args[0]})"
+        raise self.err(node, f"the call {ast.unparse(node)!r}")
+
+    def stmts(self, body, indent, ret=None):
+        """``ret(self, return_node)``: the lines a ``return`` becomes."""
+        if ret is not None:
+            self._ret = ret
+        return super().stmts(body, indent)
+
+    def ret(self, st):
+        return self._ret(self, st)
+
+    def local_decls(self):
+        ints = [self.var(n) for n in self.locals if n in self.ints]
+        reals = [self.var(n) for n in self.locals if n not in self.ints]
+        out = []
+        if ints:
+            out.append("    cdef int64_t " + ", ".join(ints))
+        if reals:
+            out.append("    cdef double " + ", ".join(reals))
+        return out
+
+
+class LaneToC:
+    """The lane form of a row rule (kernels/rule_lanes.py's Python text, the
+    one the Numba epoch compiles) as a C function for one C type.  Inside the
+    loop over the lanes an ``if`` becomes selects (each assignment keeps its
+    old value where the condition is false, the condition evaluated once),
+    so that every lane loop vectorises."""
+
+    _OPS = {**BINOPS, **CMPOPS}
+    _ARR2 = ("ZT", "DT", "S", "SI")
+
+    def __init__(self, ct, sfx, lvl):
+        self.ct, self.sfx, self.lvl = ct, sfx, lvl
+        self.n_cond = 0
+
+    def expr(self, node):
+        e = self.expr
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) \
+                and not isinstance(node.value, bool):
+            return repr(float(node.value)) if isinstance(node.value, float) \
+                else f"{node.value}"
+        if isinstance(node, ast.Name):
+            if node.id in ("k", "n", "epsilon", "r") or node.id.startswith("j"):
+                return node.id
+            raise RuleError(f"lane form: the name {node.id!r}")
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name):
+            arr = node.value.id
+            if arr in self._ARR2 and isinstance(node.slice, ast.Tuple) \
+                    and len(node.slice.elts) == 2:
+                i, r = node.slice.elts
+                return f"{arr}[({e(i)}) * R + ({e(r)})]"
+            if arr in ("Y", "LOSS"):
+                return f"{arr}[{e(node.slice)}]"
+            raise RuleError(f"lane form: the subscript of {arr!r}")
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+            return f"pow({e(node.left)}, {e(node.right)})"
+        if isinstance(node, ast.BinOp) and type(node.op) in self._OPS:
+            return f"({e(node.left)} {self._OPS[type(node.op)]} {e(node.right)})"
+        if isinstance(node, ast.UnaryOp):
+            if isinstance(node.op, ast.USub):
+                return f"(-{e(node.operand)})"
+            if isinstance(node.op, ast.Not):
+                return f"(!{e(node.operand)})"
+            if isinstance(node.op, ast.UAdd):
+                return e(node.operand)
+        if isinstance(node, ast.Compare):
+            parts = []
+            left = node.left
+            for op, right in zip(node.ops, node.comparators):
+                if type(op) not in self._OPS:
+                    break
+                parts.append(f"({e(left)} {self._OPS[type(op)]} {e(right)})")
+                left = right
+            else:
+                return "(" + " && ".join(parts) + ")"
+        if isinstance(node, ast.BoolOp):
+            word = " && " if isinstance(node.op, ast.And) else " || "
+            return "(" + word.join(e(v) for v in node.values) + ")"
+        if isinstance(node, ast.IfExp):
+            return f"(({e(node.test)}) ? ({e(node.body)}) : ({e(node.orelse)}))"
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                and not node.keywords:
+            args = [e(a) for a in node.args]
+            f = node.func.id
+            if f == "dt" and len(args) == 1:
+                return f"(({self.ct})({args[0]}))"
+            if f == "exp_fast" and len(args) == 1:
+                return f"okx_exp_{self.sfx}_{self.lvl}({args[0]})"
+            if f == "log_fast" and len(args) == 1:
+                # log_fast works in float64 and rounds the result once
+                return f"(({self.ct})log((double)({args[0]})))"
+            if f in ("min", "max") and len(args) >= 2:
+                # Python's: the first of equal (or unordered) values
+                out, cmp = args[0], "<" if f == "min" else ">"
+                for a in args[1:]:
+                    out = f"((({a}) {cmp} ({out})) ? ({a}) : ({out}))"
+                return out
+        if isinstance(node, ast.Call) and not node.keywords and len(node.args) == 1 \
+                and ast.unparse(node.func) in C_LANES:
+            return f"{C_LANES[ast.unparse(node.func)]}({e(node.args[0])})"
+        raise RuleError(f"lane form: {ast.unparse(node)!r}")
+
+    def lane(self, stmts, cond, pad):
+        """Statements for one lane under the condition ``cond`` (C text or None)."""
+        out = []
+        for st in stmts:
+            if isinstance(st, ast.Assign) and len(st.targets) == 1:
+                t, v = self.expr(st.targets[0]), self.expr(st.value)
+                out.append(f"{pad}{t} = {v};" if cond is None
+                           else f"{pad}{t} = {cond} ? ({v}) : {t};")
+            elif isinstance(st, ast.If):
+                # both branches' conditions from the test's value before either runs
+                test = self.expr(st.test)
+                c, nc = f"okx_c{self.n_cond}", f"okx_c{self.n_cond + 1}"
+                self.n_cond += 2
+                out.append(f"{pad}const int {c} = " + (test if cond is None
+                                                     else f"{cond} && {test}") + ";")
+                out.append(f"{pad}const int {nc} = " + (f"!{c}" if cond is None
+                                                      else f"{cond} && !{c}") + ";")
+                out.append(f"{pad}(void){nc};")
+                out += self.lane(st.body, c, pad)
+                out += self.lane(st.orelse, nc, pad)
+            elif isinstance(st, ast.Pass):
+                pass
+            else:
+                raise RuleError(f"lane form: the statement {ast.unparse(st)!r}")
+        return out
+
+    def stmts(self, stmts, pad):
+        out = []
+        for st in stmts:
+            if isinstance(st, ast.For) and isinstance(st.target, ast.Name) \
+                    and isinstance(st.iter, ast.Call) and st.iter.func.id == "range":
+                a = [self.expr(x) for x in st.iter.args]
+                lo, hi = ("0", a[0]) if len(a) == 1 else (a[0], a[1])
+                if len(a) > 2:
+                    raise RuleError("lane form: range with a step")
+                v = st.target.id
+                out.append(f"{pad}for (int64_t {v} = {lo}; {v} < {hi}; {v}++) {{")
+                if v == "r":
+                    out += self.lane(st.body, None, pad + "    ")
+                else:
+                    out += self.stmts(st.body, pad + "    ")
+                out.append(f"{pad}}}")
+            elif isinstance(st, ast.If):
+                out.append(f"{pad}if ({self.expr(st.test)}) {{")
+                out += self.stmts(st.body, pad + "    ")
+                if st.orelse:
+                    out.append(f"{pad}}} else {{")
+                    out += self.stmts(st.orelse, pad + "    ")
+                out.append(f"{pad}}}")
+            elif isinstance(st, ast.Expr) and isinstance(st.value, ast.Constant):
+                pass
+            elif isinstance(st, ast.Assign) and isinstance(st.targets[0], ast.Name) \
+                    and st.targets[0].id in ("k", "dt"):
+                pass   # k and the dtype are the C function's
+            else:
+                raise RuleError(f"lane form: the statement {ast.unparse(st)!r}")
+        return out

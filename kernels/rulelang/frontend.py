@@ -1,0 +1,257 @@
+"""The rule language's front end: parse a rule, check it is in the language,
+know its names' types.  The language itself is described once, in this
+package's docstring (kernels/rulelang/__init__.py) and docs/rules.md."""
+
+import ast
+import copy
+import inspect
+import textwrap
+
+from .tables import BINOPS, CMPOPS, FUNCTIONS, HOST_FUNCTIONS, MATH_CONSTANTS
+
+
+class RuleError(ValueError):
+    """A rule uses a construct outside the rule language (docs/rules.md), or
+    one its target does not translate.  The message names the rule, the line
+    and the construct."""
+
+
+KINDS = ("update", "scalar", "row", "host")
+
+
+def function_of(call):
+    """The language's name of the function ``call`` calls (``"exp"`` for
+    ``math.exp``, ``"sign"`` for ``sign``/``np.sign``), or None."""
+    f = call.func
+    if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name):
+        if f.value.id == "math":
+            if f.attr == "fabs":
+                return "abs"
+            if f.attr in FUNCTIONS and f.attr not in ("abs", "min", "max", "sign"):
+                return f.attr
+            if f.attr in HOST_FUNCTIONS and f.attr != "float":
+                return f.attr
+        if f.value.id in ("np", "numpy") and f.attr == "sign":
+            return "sign"
+        return None
+    if isinstance(f, ast.Name) and f.id in ("abs", "min", "max", "sign", "float"):
+        return f.id
+    return None
+
+
+def sign_expansion(arg):
+    """``sign(x)`` as the language's own conditional expression:
+    ``1.0 if x > 0.0 else (-1.0 if x < 0.0 else x)`` -- so a zero keeps its
+    sign and a NaN stays NaN, as NumPy's ``sign``; every target translates it
+    with its ordinary rules (``x`` is pure, evaluating it again is harmless)."""
+    def x():
+        return copy.deepcopy(arg)
+    zero, one = ast.Constant(0.0), ast.Constant(1.0)
+    inner = ast.IfExp(test=ast.Compare(x(), [ast.Lt()], [zero]),
+                      body=ast.UnaryOp(ast.USub(), one), orelse=x())
+    out = ast.IfExp(test=ast.Compare(x(), [ast.Gt()], [zero]), body=one, orelse=inner)
+    return ast.copy_location(out, arg)
+
+
+class Rule:
+    """One parsed rule: its ``def`` node, parameters, locals and where it is."""
+
+    def __init__(self, fn, label=None):
+        self.fn = fn
+        self.name = fn.__name__
+        self.label = label or fn.__name__
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+        self.fdef = tree.body[0]
+        try:
+            src = inspect.getsourcefile(fn)
+        except TypeError:
+            src = "?"
+        who = (f"rule {self.label!r}" if self.label == self.name
+               else f"rule {self.label!r} ({self.name}")
+        self.where = f"{who}, {src})" if "(" in who else f"{who} ({src})"
+        if len(tree.body) != 1 or not isinstance(self.fdef, ast.FunctionDef):
+            raise RuleError(f"{self.where}: the rule must be a plain def")
+        self.params = [a.arg for a in self.fdef.args.args]
+        stores = [n.id for n in ast.walk(self.fdef)
+                  if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)]
+        self.locals = [n for n in dict.fromkeys(stores) if n not in self.params]
+
+    def line(self, node):
+        return self.fn.__code__.co_firstlineno + getattr(node, "lineno", 1) - 1
+
+    def error(self, node, construct, cls=RuleError):
+        return cls(f"{self.where}, line {self.line(node)}: {construct} is not in the "
+                   "rule language (docs/rules.md)")
+
+
+def is_index(name):
+    """The typing convention of loss rules' locals: ``j*`` names are integer
+    indices, every other local a real of the data's dtype."""
+    return name.startswith("j")
+
+
+def _is_docstring(st):
+    return (isinstance(st, ast.Expr) and isinstance(st.value, ast.Constant)
+            and isinstance(st.value.value, str))
+
+
+def check(rule, kind, constants=()):
+    """Raise RuleError at the first construct of ``rule`` outside the
+    language for its ``kind``: "update" (an optimizer's elementwise rule),
+    "scalar"/"row" (a loss rule), "host" (prepare, schedule_factor; these may
+    also read the module's numeric ``constants``)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind {kind!r}")
+    a = rule.fdef.args
+    if (a.vararg or a.kwarg or a.kwonlyargs or a.defaults or a.kw_defaults
+            or a.posonlyargs or rule.fdef.decorator_list):
+        raise RuleError(f"{rule.where}: only plain positional parameters are allowed")
+    known = set(rule.params) | set(rule.locals)
+    shadowed = known & {"abs", "min", "max", "sign", "float", "math", "np", "numpy"}
+    row_arrays = set(rule.params[:1]) | set(rule.params[3:4]) if kind == "row" else set()
+    out_array = rule.params[3] if kind == "row" and len(rule.params) > 3 else None
+
+    def bad(node, what):
+        raise rule.error(node, what)
+
+    def stmts(body):
+        for st in body:
+            stmt(st)
+
+    def stmt(st):
+        if _is_docstring(st) or isinstance(st, ast.Pass):
+            return
+        if isinstance(st, ast.Assign):
+            if len(st.targets) != 1:
+                bad(st, "chained assignment")
+            t = st.targets[0]
+            target(t)
+            if isinstance(t, ast.Tuple):
+                if not (isinstance(st.value, ast.Tuple) and len(st.value.elts) == len(t.elts)):
+                    bad(st, "a tuple assignment from other than a tuple of as many values")
+                for x in st.value.elts:
+                    expr(x)
+            else:
+                expr(st.value)
+        elif isinstance(st, ast.AugAssign):
+            if type(st.op) not in BINOPS:
+                bad(st, f"the augmented operator {type(st.op).__name__}")
+            target(st.target)
+            expr(st.value)
+        elif isinstance(st, ast.If):
+            expr(st.test)
+            stmts(st.body)
+            stmts(st.orelse)
+        elif isinstance(st, ast.For) and kind == "row":
+            it = st.iter
+            if not (isinstance(st.target, ast.Name) and isinstance(it, ast.Call)
+                    and isinstance(it.func, ast.Name) and it.func.id == "range"
+                    and 1 <= len(it.args) <= 2 and not it.keywords and not st.orelse):
+                bad(st, "a for other than 'for <name> in range(<stop>)' or range(<start>, <stop>)")
+            for x in it.args:
+                expr(x)
+            stmts(st.body)
+        elif isinstance(st, ast.Return):
+            if st.value is None:
+                bad(st, "a bare return")
+            if isinstance(st.value, ast.Tuple):
+                for x in st.value.elts:
+                    if isinstance(x, ast.Tuple) and kind == "host":
+                        for y in x.elts:
+                            expr(y)
+                    else:
+                        expr(x)
+            else:
+                expr(st.value)
+        else:
+            bad(st, f"the statement {type(st).__name__}")
+
+    def target(t):
+        if isinstance(t, ast.Name):
+            return
+        if isinstance(t, ast.Tuple) and all(isinstance(x, ast.Name) for x in t.elts):
+            return
+        if (isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name)
+                and t.value.id == out_array):
+            expr(t.slice)
+            return
+        bad(t, f"the assignment target {ast.unparse(t)!r}")
+
+    def expr(e):
+        if isinstance(e, ast.Name):
+            if e.id in known or (kind == "host" and e.id in constants):
+                return
+            bad(e, f"the global name {e.id!r}")
+        elif isinstance(e, ast.Constant):
+            if not isinstance(e.value, (bool, int, float)):
+                bad(e, f"the constant {e.value!r}")
+        elif isinstance(e, ast.BinOp):
+            if type(e.op) not in BINOPS and not isinstance(e.op, ast.Pow):
+                bad(e, f"the operator {type(e.op).__name__}")
+            expr(e.left)
+            expr(e.right)
+        elif isinstance(e, ast.UnaryOp):
+            if not isinstance(e.op, (ast.USub, ast.UAdd, ast.Not)):
+                bad(e, f"the operator {type(e.op).__name__}")
+            expr(e.operand)
+        elif isinstance(e, ast.BoolOp):
+            for x in e.values:
+                expr(x)
+        elif isinstance(e, ast.Compare):
+            for op in e.ops:
+                if type(op) not in CMPOPS:
+                    bad(e, f"the comparison {type(op).__name__}")
+            expr(e.left)
+            for x in e.comparators:
+                expr(x)
+        elif isinstance(e, ast.IfExp):
+            expr(e.test)
+            expr(e.body)
+            expr(e.orelse)
+        elif isinstance(e, ast.Call):
+            call(e)
+        elif isinstance(e, ast.Subscript):
+            subscript(e)
+        elif isinstance(e, ast.Attribute):
+            if not (kind == "host" and isinstance(e.value, ast.Name)
+                    and e.value.id == "math" and e.attr in MATH_CONSTANTS):
+                bad(e, f"the attribute {ast.unparse(e)!r}")
+        else:
+            bad(e, f"the expression {type(e).__name__}")
+
+    def call(e):
+        if e.keywords:
+            bad(e, "a call with keyword arguments")
+        name = function_of(e)
+        f = e.func
+        head = f.id if isinstance(f, ast.Name) else getattr(getattr(f, "value", None), "id", None)
+        if name is None or head in shadowed or (name in HOST_FUNCTIONS and kind != "host"):
+            bad(e, f"the call {ast.unparse(e)!r}")
+        n = len(e.args)
+        if (name in ("min", "max") and n < 2) or (name not in ("min", "max") and n != 1):
+            bad(e, f"{name} with {n} arguments")
+        for x in e.args:
+            expr(x)
+
+    def subscript(e):
+        v = e.value
+        if kind == "row":
+            if (isinstance(v, ast.Attribute) and v.attr == "shape"
+                    and isinstance(v.value, ast.Name) and v.value.id in row_arrays
+                    and isinstance(e.slice, ast.Constant) and e.slice.value == 0):
+                return
+            if isinstance(v, ast.Name) and v.id in row_arrays:
+                expr(e.slice)
+                return
+        if (kind == "host" and isinstance(v, ast.Name) and v.id in rule.params
+                and isinstance(e.slice, ast.Constant) and type(e.slice.value) is int):
+            return
+        bad(e, f"the subscript {ast.unparse(e)!r}")
+
+    stmts(rule.fdef.body)
+    return rule
+
+
+def parse(fn, kind, label=None, constants=()):
+    """Parse and check ``fn`` (module docstring); returns its Rule."""
+    return check(Rule(fn, label), kind, constants)

@@ -1,0 +1,53 @@
+"""The tables every emitter is driven by: operators, and which name each of
+the language's functions becomes on each target."""
+
+import ast
+
+# arithmetic operators every target spells as Python does (``**`` is per target)
+BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+CMPOPS = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==",
+          ast.NotEq: "!="}
+
+# the language's functions, in every target
+FUNCTIONS = ("sign", "floor", "log1p", "exp", "log", "sqrt", "abs", "min", "max")
+# host functions (prepare, schedule_factor) may use these too
+HOST_FUNCTIONS = ("cos", "sin", "ceil", "float")
+MATH_CONSTANTS = {"pi": repr(3.141592653589793), "e": repr(2.718281828459045)}
+
+# "sign" is never a call on any target: it becomes the conditional expression
+# of frontend.sign_expansion, which each target translates as its own.
+SIGN = None
+
+# Numba lane form (Python text compiled by Numba); exp and log are the
+# vectorising _helpers.exp_fast / log_fast
+NUMBA_LANES = {"exp": "exp_fast", "log": "log_fast", "log1p": "math.log1p",
+               "sqrt": "math.sqrt", "floor": "math.floor", "abs": "abs",
+               "min": "min", "max": "max", "sign": SIGN}
+# the scalar rules' lane form: log1p vectorises as epoch_drivers.log1p_lanes
+NUMBA_SCALAR_LANES = dict(NUMBA_LANES, log1p="log1p_lanes")
+
+# Cython update rules, per C type (libc's float and double families);
+# min/max are the generated min_f32/max_f32 helpers (Python's tie rule)
+CYTHON_UPDATE = {
+    "float": {"exp": "expf", "log": "logf", "log1p": "log1pf", "sqrt": "sqrtf",
+              "floor": "floorf", "abs": "fabsf", "pow": "powf", "fabs": "fabsf"},
+    "double": {"exp": "exp", "log": "log", "log1p": "log1p", "sqrt": "sqrt",
+               "floor": "floor", "abs": "fabs", "pow": "pow", "fabs": "fabs"},
+}
+
+# Cython loss rules over the fused type ``floating`` (libc's double family;
+# Cython's own min/max)
+CYTHON_LOSS = {"exp": "exp", "log": "log", "log1p": "log1p", "sqrt": "sqrt",
+               "floor": "floor", "abs": "fabs", "min": "min", "max": "max",
+               "sign": SIGN}
+
+# C host code (Cython, every real a double): floor and ceil are Numba's
+# float -> int64; min/max the epoch module's _pymin/_pymax
+C_HOST = {"exp": "exp", "log": "log", "log1p": "log1p", "sqrt": "sqrt",
+          "cos": "cos", "sin": "sin", "abs": "fabs", "floor": "floor", "ceil": "ceil",
+          "min": "_pymin", "max": "_pymax", "sign": SIGN}
+
+# C text of the Numba lane form (its Python names -> C); exp_fast and
+# log_fast are handled by the emitter (they depend on the type and ISA level)
+C_LANES = {"math.log1p": "log1p", "math.sqrt": "sqrt", "math.floor": "floor",
+           "abs": "fabs"}
