@@ -28,26 +28,20 @@ has Cython, NumPy and setuptools.  It loads ``rules.py`` by file path.
 
 import ast
 import hashlib
-import importlib.util
 import inspect
 import keyword
 import os
+import runpy
 import sys
 import textwrap
+import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RULES_PATH = os.path.normpath(os.path.join(HERE, os.pardir, "rules.py"))
 
 
-def _load_files_helper():
-    spec = importlib.util.spec_from_file_location(
-        "_optkern_files", os.path.join(HERE, os.pardir, "_files.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_write_if_changed = _load_files_helper().write_if_changed
+_files = types.SimpleNamespace(**runpy.run_path(os.path.join(HERE, os.pardir, "_files.py")))
+_write_if_changed = _files.write_if_changed
 MODULE = "_updates"
 TEMPLATE_VERSION = "2"
 
@@ -81,10 +75,7 @@ class RuleError(ValueError):
 
 def load_rules(path=RULES_PATH):
     """Import kernels/rules.py by file path (no optkern, no numba)."""
-    spec = importlib.util.spec_from_file_location("_optkern_rules_for_cython", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _files.load_by_path("_optkern_rules_for_cython", path)
 
 
 # --------------------------------------------------------------------------
