@@ -9,7 +9,8 @@ One mechanism names the holes: a **placeholder identifier** spelled
 ``holes["<name>"]`` (the lower-case name, a string):
 
 * a placeholder alone on its line is a *block* hole: the line becomes the
-  value's lines, each indented like the placeholder (empty lines stay empty);
+  value's lines, each indented like the placeholder (empty lines stay empty;
+  an empty value removes the line);
 * anywhere else (an argument list, a call, a comment) the placeholder is
   replaced in place.
 
@@ -20,7 +21,10 @@ filled text defines, which is what lets the template itself import.
 
 ``snippet(name, function)`` returns the body of one function of a template,
 dedented: a piece pasted into other templates' block holes (e.g. the element
-loop that ``update.py`` runs in four places).
+loop that ``update.py`` runs in four places).  ``fragment(name)`` returns a
+whole template (without its ``# template-only`` lines and its leading and
+trailing blank lines): one of the alternatives a block hole takes (e.g.
+loss.py's ``HOLE_ROW_FORM`` is loss_row_scalar.py or loss_row_row.py).
 """
 
 import ast
@@ -62,7 +66,9 @@ def substitute(text, holes):
         block = _BLOCK.match(line)
         if block:
             pad = block.group(1)
-            out.extend(pad + v if v else v for v in value(block.group(2)).split("\n"))
+            text = value(block.group(2))
+            if text:
+                out.extend(pad + v if v else v for v in text.split("\n"))
         else:
             out.append(_HOLE.sub(lambda m: value(m.group(1)), line))
     unused = set(holes) - used
@@ -84,3 +90,9 @@ def snippet(name, function):
             lines = text.split("\n")[node.body[0].lineno - 1:node.end_lineno]
             return textwrap.dedent("\n".join(lines))
     raise KeyError(f"no function {function!r} in template {name!r}")
+
+
+def fragment(name):
+    """Template ``name`` whole, unfilled, without its leading and trailing
+    blank lines (a value for another template's block hole)."""
+    return _text(name).strip("\n")

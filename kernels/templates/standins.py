@@ -16,7 +16,7 @@ def _rule_py(*args):
     raise NotImplementedError("a template's stand-in rule: fill the template")
 
 
-_prepare_py = _loss_py = _rule = _prepare = _rule_py
+_prepare_py = _loss_py = _rule = _prepare = _rule_lanes_py = _rule_py
 
 _here = os.path.dirname(os.path.abspath(__file__))
 _names = set()
@@ -28,4 +28,4 @@ for _name in _names:
     globals()[_name] = None
 HOLE_SCALAR_DEFAULT = ()
 
-__all__ = sorted(_names) + ["_rule_py", "_prepare_py", "_loss_py", "_rule", "_prepare"]
+__all__ = sorted(_names) + ["_rule_py", "_prepare_py", "_loss_py", "_rule", "_prepare", "_rule_lanes_py"]
