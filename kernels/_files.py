@@ -53,14 +53,25 @@ def load_generated(cache, key, directory, filename, modname, make_text):
     return mod
 
 
-def _local_imports(path, package_dir):
-    """The files of the kernels package that the module at ``path`` imports
-    (relative imports and absolute ``optkern.kernels...`` ones)."""
-    import ast
+_IMPORT = None
 
+
+def _local_imports(path, package_dir):
+    """The files of the kernels package that the module at ``path`` imports:
+    relative imports and absolute ``optkern.kernels...`` ones, read from the
+    text's ``from ... import`` / ``import`` lines (a scan, not ``ast``: this
+    runs before a kernel's first call, and walking the trees of the larger
+    drivers took 60-250 ms; an import line inside a string template counts
+    too, which is what a generated module's imports are)."""
+    import re
+
+    global _IMPORT
+    if _IMPORT is None:
+        _IMPORT = re.compile(
+            r"^[ \t]*(?:from[ \t]+(\.+|optkern\.kernels\b\.?)([\w.]*)[ \t]+import[ \t]+"
+            r"(\([^)]*\)|[^\n#]*)|import[ \t]+optkern\.kernels\.([\w.]+))", re.M)
     with open(path, encoding="utf-8") as fh:
-        tree = ast.parse(fh.read(), path)
-    here = os.path.dirname(path)
+        text = fh.read()
     found = []
 
     def add(directory, dotted):
@@ -71,32 +82,43 @@ def _local_imports(path, package_dir):
                 return True
         return False
 
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                directory = here
-                for _ in range(node.level - 1):
-                    directory = os.path.dirname(directory)
-            elif (node.module or "").startswith("optkern.kernels"):
-                directory = package_dir
-                node_module = node.module[len("optkern.kernels"):].lstrip(".")
-                if node_module and not add(directory, node_module):
-                    continue
-                for alias in node.names:
-                    add(directory, ".".join(filter(None, [node_module, alias.name])))
-                continue
-            else:
-                continue
-            module = node.module or ""
-            if module:      # ``from . import x`` depends on x, not the package
-                add(directory, module)
-            for alias in node.names:
-                add(directory, ".".join(filter(None, [module, alias.name])))
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.startswith("optkern.kernels."):
-                    add(package_dir, alias.name[len("optkern.kernels."):])
+    for m in _IMPORT.finditer(text):
+        prefix, module, names, plain = m.groups()
+        if plain:
+            add(package_dir, plain)
+            continue
+        if prefix.startswith("."):
+            directory = os.path.dirname(path)
+            for _ in range(len(prefix) - 1):
+                directory = os.path.dirname(directory)
+        else:
+            directory = package_dir
+        if module and not add(directory, module):
+            continue        # ``from . import x`` depends on x, not the package
+        for name in names.strip("()").replace("\n", " ").split(","):
+            name = name.split(" as ")[0].strip()
+            if name.isidentifier():
+                add(directory, ".".join(filter(None, [module, name])))
     return found
+
+
+_SEEN = {}
+
+
+def _file_facts(path, package_dir):
+    """(sha256 of the file, the package files it imports), remembered per
+    (path, mtime, size): a process generating many modules reads each once."""
+    st = os.stat(path)
+    key = (path, st.st_mtime_ns, st.st_size)
+    facts = _SEEN.get(key)
+    if facts is None:
+        import hashlib
+
+        with open(path, "rb") as fh:
+            sha = hashlib.sha256(fh.read()).digest()
+        facts = _SEEN[key] = (sha, [os.path.abspath(p)
+                                    for p in _local_imports(path, package_dir)])
+    return facts
 
 
 def source_digest(roots, package_dir, extra=""):
@@ -108,19 +130,15 @@ def source_digest(roots, package_dir, extra=""):
     hashed too (e.g. a generated module's own digest)."""
     import hashlib
 
-    seen = []
+    seen = {}
     todo = [os.path.abspath(p) for p in roots]
     while todo:
         path = todo.pop()
-        if path in seen:
-            continue
-        seen.append(path)
-        todo.extend(os.path.abspath(p) for p in _local_imports(path, package_dir))
+        if path not in seen:
+            seen[path] = _file_facts(path, package_dir)
+            todo.extend(seen[path][1])
     h = hashlib.sha256(extra.encode())
     for path in sorted(seen):
-        with open(path, "rb") as fh:
-            data = fh.read()
         h.update(os.path.relpath(path, package_dir).replace(os.sep, "/").encode())
-        h.update(len(data).to_bytes(8, "little"))
-        h.update(data)
+        h.update(seen[path][0])
     return h.hexdigest()[:16]
