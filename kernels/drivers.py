@@ -38,11 +38,6 @@ from . import rules as _rules
 from . import templates as _templates
 
 
-def _indent(lines, n):
-    pad = " " * n
-    return "\n".join(pad + line for line in lines)
-
-
 def digest(driver, *templates):
     """The digest of every kernels source behind a generated module: its
     ``driver`` (a path), its ``templates`` (names under kernels/templates/)
