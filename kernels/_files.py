@@ -59,3 +59,104 @@ def load_package(name, directory):
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+def load_generated(cache, key, directory, filename, modname, make_text):
+    """The generated module ``key`` of a driver: from ``cache`` (a dict), or
+    written to ``directory/filename`` (only if its text changed, see
+    ``write_if_changed``) and imported as ``modname``."""
+    mod = cache.get(key)
+    if mod is None:
+        path = os.path.join(directory, filename)
+        write_if_changed(path, make_text())
+        mod = cache[key] = load_by_path(modname, path)
+    return mod
+
+
+_IMPORT = None
+
+
+def _local_imports(path, package_dir):
+    """The files of the kernels package that the module at ``path`` imports:
+    relative imports and absolute ``optkern.kernels...`` ones, read from the
+    text's ``from ... import`` / ``import`` lines (a scan, not ``ast``: this
+    runs before a kernel's first call, and walking the trees of the larger
+    drivers took 60-250 ms; an import line inside a string template counts
+    too, which is what a generated module's imports are)."""
+    import re
+
+    global _IMPORT
+    if _IMPORT is None:
+        _IMPORT = re.compile(
+            r"^[ \t]*(?:from[ \t]+(\.+|optkern\.kernels\b\.?)([\w.]*)[ \t]+import[ \t]+"
+            r"(\([^)]*\)|[^\n#]*)|import[ \t]+optkern\.kernels\.([\w.]+))", re.M)
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    found = []
+
+    def add(directory, dotted):
+        base = os.path.join(directory, *dotted.split(".")) if dotted else directory
+        for candidate in (base + ".py", os.path.join(base, "__init__.py")):
+            if os.path.isfile(candidate):
+                found.append(candidate)
+                return True
+        return False
+
+    for m in _IMPORT.finditer(text):
+        prefix, module, names, plain = m.groups()
+        if plain:
+            add(package_dir, plain)
+            continue
+        if prefix.startswith("."):
+            directory = os.path.dirname(path)
+            for _ in range(len(prefix) - 1):
+                directory = os.path.dirname(directory)
+        else:
+            directory = package_dir
+        if module and not add(directory, module):
+            continue        # ``from . import x`` depends on x, not the package
+        for name in names.strip("()").replace("\n", " ").split(","):
+            name = name.split(" as ")[0].strip()
+            if name.isidentifier():
+                add(directory, ".".join(filter(None, [module, name])))
+    return found
+
+
+_SEEN = {}
+
+
+def _file_facts(path, package_dir):
+    """(sha256 of the file, the package files it imports), remembered per
+    (path, mtime, size): a process generating many modules reads each once."""
+    st = os.stat(path)
+    key = (path, st.st_mtime_ns, st.st_size)
+    facts = _SEEN.get(key)
+    if facts is None:
+        import hashlib
+
+        with open(path, "rb") as fh:
+            sha = hashlib.sha256(fh.read()).digest()
+        facts = _SEEN[key] = (sha, [os.path.abspath(p)
+                                    for p in _local_imports(path, package_dir)])
+    return facts
+
+
+def source_digest(roots, package_dir, extra=""):
+    """A digest of every source file of the kernels package that ``roots``
+    (paths) depend on: the roots and, transitively, every package module they
+    import.  It names a generated module's sources, so any edit to one of
+    them (a rule, a helper it inlines, a template) gives a new text and a
+    recompile; there is no version number to bump by hand.  ``extra`` is
+    hashed too (e.g. a generated module's own digest)."""
+    import hashlib
+
+    seen = {}
+    todo = [os.path.abspath(p) for p in roots]
+    while todo:
+        path = todo.pop()
+        if path not in seen:
+            seen[path] = _file_facts(path, package_dir)
+            todo.extend(seen[path][1])
+    h = hashlib.sha256(extra.encode())
+    for path in sorted(seen):
+        h.update(os.path.relpath(path, package_dir).replace(os.sep, "/").encode())
+        h.update(seen[path][0])
+    return h.hexdigest()[:16]

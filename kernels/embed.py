@@ -86,11 +86,9 @@ def prepare_kernel(name):
         return fn
     if name not in RULES:
         raise ValueError(f"name: unknown rule {name!r}; one of {', '.join(RULES)}")
-    import importlib.util
     import inspect
-    import sys
 
-    from ._files import write_if_changed
+    from ._files import load_by_path, write_if_changed
     from .drivers import generated_dir
 
     spec = RULES[name]
@@ -99,11 +97,7 @@ def prepare_kernel(name):
     write_if_changed(path, _PREPARE_SOURCE.format(
         digest=digest, prepare_fn=spec.prepare.__name__, user=", ".join(spec.user_hyper)))
     modname = f"optkern.kernels._generated_{name}_prepare"
-    ispec = importlib.util.spec_from_file_location(modname, path)
-    mod = importlib.util.module_from_spec(ispec)
-    sys.modules[modname] = mod
-    ispec.loader.exec_module(mod)
-    fn = _PREPARES[name] = mod.prepare
+    fn = _PREPARES[name] = load_by_path(modname, path).prepare
     return fn
 
 

@@ -32,24 +32,18 @@ This file must import neither numba nor optkern: the build environment only
 has Cython, NumPy and setuptools.  It loads ``rules.py`` by file path.
 """
 
-import importlib.util
 import keyword
 import os
+import runpy
 import sys
+import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RULES_PATH = os.path.normpath(os.path.join(HERE, os.pardir, "rules.py"))
 
 
-def _load_files_helper():
-    spec = importlib.util.spec_from_file_location(
-        "_optkern_files", os.path.join(HERE, os.pardir, "_files.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_write_if_changed = _load_files_helper().write_if_changed
+_files = types.SimpleNamespace(**runpy.run_path(os.path.join(HERE, os.pardir, "_files.py")))
+_write_if_changed = _files.write_if_changed
 MODULE = "_updates"
 
 # (suffix, C type, NumPy type number name, libc function for each math call)
@@ -68,17 +62,14 @@ _LOOP_NAMES = frozenset(
 
 def load_rules(path=RULES_PATH):
     """Import kernels/rules.py by file path (no optkern, no numba)."""
-    spec = importlib.util.spec_from_file_location("_optkern_rules_for_cython", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _files.load_by_path("_optkern_rules_for_cython", path)
 
 
 # --------------------------------------------------------------------------
 # Translating one rule: kernels/rulelang (the language: docs/rules.md)
 # --------------------------------------------------------------------------
 
-_rulelang = _load_files_helper().load_package(
+_rulelang = _files.load_package(
     "_optkern_rulelang", os.path.join(HERE, os.pardir, "rulelang"))
 RuleError = _rulelang.RuleError
 _RESERVED = _rulelang.cython.RESERVED
@@ -173,8 +164,8 @@ def _mark_aliases(specs):
 
 # --------------------------------------------------------------------------
 
-_templates = _load_files_helper().load_by_path("_optkern_cython_templates",
-                                               os.path.join(HERE, "_templates.py"))
+_templates = _files.load_by_path("_optkern_cython_templates",
+                                 os.path.join(HERE, "_templates.py"))
 TEMPLATES = (f"{MODULE}.pxd.tp", f"{MODULE}.pyx.tp")
 
 

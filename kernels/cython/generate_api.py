@@ -36,7 +36,9 @@ exists); it loads rules.py, loss_rules.py and generate_epochs.py by path.
 
 import os
 import re
+import runpy
 import sys
+import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KERNELS = os.path.dirname(HERE)
@@ -47,17 +49,8 @@ ROOT = os.path.dirname(KERNELS)
 API_VERSION = 1
 
 
-def _load(name, path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_files = _load("_optkern_files", os.path.join(KERNELS, "_files.py"))
+_files = types.SimpleNamespace(**runpy.run_path(os.path.join(KERNELS, "_files.py")))
+_load = _files.load_by_path
 
 
 def optkern_version():

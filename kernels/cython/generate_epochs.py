@@ -37,10 +37,11 @@ optkern: it loads the rule modules by file path.
 """
 
 import ast
-import importlib.util
 import os
+import runpy
 import sys
 import textwrap
+import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KERNELS = os.path.normpath(os.path.join(HERE, os.pardir))
@@ -56,15 +57,8 @@ MAX_SCALARS = 8
 MAX_STATES = 8
 
 
-def _load_by_path(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # namedtuple / inspect want it registered
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_files = _load_by_path("_optkern_files", os.path.join(KERNELS, "_files.py"))
+_files = types.SimpleNamespace(**runpy.run_path(os.path.join(KERNELS, "_files.py")))
+_load_by_path = _files.load_by_path
 _write_if_changed = _files.write_if_changed
 
 

@@ -29,31 +29,18 @@ the templates' holes (``_templates.render``).  setup.py calls
 """
 
 import os
-import sys
+import runpy
+import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _load_files_helper():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "_optkern_files", os.path.join(os.path.dirname(HERE), "_files.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_files = _load_files_helper()
+_files = types.SimpleNamespace(**runpy.run_path(os.path.join(os.path.dirname(HERE), "_files.py")))
 
 
 def _load_rules():
-    import importlib.util
     path = os.path.join(os.path.dirname(HERE), "loss_rules.py")
-    spec = importlib.util.spec_from_file_location("_optkern_loss_rules", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod        # namedtuple/inspect need it registered
-    spec.loader.exec_module(mod)
-    return mod
+    return _files.load_by_path("_optkern_loss_rules", path)
 
 
 def _load_rulelang():
@@ -113,15 +100,7 @@ def sources():
 
 
 
-def _write_if_changed(path, text):
-    try:
-        with open(path, encoding="utf-8") as fh:
-            if fh.read() == text:
-                return
-    except OSError:
-        pass
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
+_write_if_changed = _files.write_if_changed
 
 
 def write_sources(directory):

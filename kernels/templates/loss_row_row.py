@@ -1,0 +1,18 @@
+# Fragment of loss.py (HOLE_ROW_FORM or HOLE_LANES) for a row rule (a whole row of scores).  # template-only
+from numba import njit  # template-only
+from optkern.kernels.templates.standins import *  # noqa: F401,F403  # template-only
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def row(z, y_i, epsilon, dz):
+    """Loss of one row of scores; writes d loss / d z into dz (may alias z)."""
+    if z.shape[0] >= VEC_MIN_OUTPUTS and z.ctypes.data != dz.ctypes.data:
+        return _rule_vec(z, y_i, epsilon, dz)
+    return _rule(z, y_i, epsilon, dz)
+
+
+def _row_source():
+    return """
+def row(z, y_i, epsilon, dz):
+    return rule(z, y_i, epsilon, dz)
+"""

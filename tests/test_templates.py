@@ -1,0 +1,128 @@
+"""The Numba driver templates (kernels/templates/), the golden snapshot of one
+rule's generated code, and ``python -m optkern.kernels show``.
+
+Golden snapshot: tests/golden/adam_numba.py is the module kernels/drivers.py
+generates for Adam, with its digest line masked (the digest moves with every
+source edit; the code is what review should see change).  A change to the
+generated code fails ``test_adam_numba_matches_the_golden_snapshot`` and shows
+as a diff of that file.  To change it on purpose, regenerate it with
+``python tests/test_templates.py`` and commit the diff with the change.
+"""
+
+import ast
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from optkern.kernels import drivers, loss_drivers, rules, templates
+from optkern.kernels import __main__ as kernels_main
+
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "adam_numba.py")
+TEMPLATE_NAMES = sorted(f[:-3] for f in os.listdir(templates.DIRECTORY)
+                        if f.endswith(".py") and f != "__init__.py")
+
+
+def _masked(text):
+    lines = text.split("\n")
+    assert lines[1].startswith("# sources digest: ")
+    lines[1] = "# sources digest: (masked: changes with every source edit)"
+    return "\n".join(lines)
+
+
+def golden_text():
+    return _masked(drivers._source(rules.RULES["adam"]))
+
+
+def test_adam_numba_matches_the_golden_snapshot():
+    with open(GOLDEN, encoding="utf-8") as fh:
+        expected = fh.read()
+    assert golden_text() == expected, (
+        "the generated Numba code of adam changed; if on purpose, run "
+        "`python tests/test_templates.py` and commit tests/golden/adam_numba.py")
+
+
+@pytest.mark.parametrize("name", TEMPLATE_NAMES)
+def test_every_template_parses_and_imports(name):
+    with open(templates.path(name), encoding="utf-8") as fh:
+        ast.parse(fh.read())
+    importlib.import_module(f"optkern.kernels.templates.{name}")
+
+
+@pytest.mark.parametrize("name", sorted(rules.RULES))
+def test_filled_templates_parse_and_leave_no_hole(name):
+    from optkern.kernels import sparse_drivers
+    for text in (drivers._source(rules.RULES[name]), sparse_drivers._source(rules.RULES[name])):
+        ast.parse(text)
+        assert "HOLE_" not in text and "template-only" not in text
+
+
+def test_fill_refuses_a_missing_or_an_unused_hole():
+    text = "def f(a, HOLE_ARGS):\n    HOLE_BODY\n"
+    assert templates.substitute(text, {"args": "b, c", "body": "x = 1\ny = 2"}) == (
+        "def f(a, b, c):\n    x = 1\n    y = 2\n")
+    with pytest.raises(KeyError, match="HOLE_BODY"):
+        templates.substitute(text, {"args": "b"})
+    with pytest.raises(KeyError, match="extra"):
+        templates.substitute(text, {"args": "b", "body": "pass", "extra": "1"})
+
+
+@pytest.mark.parametrize("target,present,absent", [
+    ("numba", ["def adam_rule(", "def adam_prepare(", "def _loop_serial(", "def serial(",
+               "def serial_checked(", "def functional("], ["def parallel(", "cuda.jit"]),
+    ("numba-parallel", ["def adam_rule(", "def _loop_parallel(", "def parallel(",
+                        "def parallel_checked(", "prange"], ["def serial(", "cuda.jit"]),
+    ("cuda", ["def adam_rule(", "def make_cuda_kernel(", "cuda.grid(1)"], ["def serial("]),
+])
+def test_show_prints_the_generated_functions_of_a_target(target, present, absent):
+    text = kernels_main.show("adam", target)
+    for needle in present:
+        assert needle in text, needle
+    for needle in absent:
+        assert needle not in text, needle
+    # every generated block shown is the generated file's text, verbatim
+    generated = drivers.module_for("adam").__file__
+    with open(generated, encoding="utf-8") as fh:
+        source = fh.read()
+    blocks = text.split("# ---- ")[1:]
+    shown = [b.split("\n", 1)[1].rstrip("\n") for b in blocks if b.startswith(generated)]
+    assert shown and all(block in source for block in shown)
+
+
+def test_show_a_loss():
+    text = kernels_main.show("loss:softmax", "numba")
+    assert "def dense_serial(" in text and "def csr_serial(" in text
+    assert "def dense_parallel(" not in text
+    with open(loss_drivers.module_for("softmax").__file__, encoding="utf-8") as fh:
+        assert text.split("(dense_serial)\n", 1)[1].split("\n\n# ---- ")[0] in fh.read()
+
+
+def test_show_cython_takes_the_rules_functions_from_the_built_pyx():
+    pyx = os.path.join(os.path.dirname(drivers.__file__), "cython", "_updates.pyx")
+    if not os.path.exists(pyx):
+        pytest.skip("the Cython kernels are not built in this checkout")
+    text = kernels_main.show("adam", "cython")
+    assert "adam_loop_f32(" in text and "adam_loop_f64(" in text and "\ndef adam(" in text
+    assert "adamax" not in text and "nadam" not in text
+    with open(pyx, encoding="utf-8") as fh:
+        source = fh.read()
+    for block in text.split("# ---- ")[1:]:
+        assert block.split("\n", 1)[1].rstrip("\n") in source
+
+
+def test_show_from_the_command_line():
+    out = subprocess.run([sys.executable, "-m", "optkern.kernels", "show", "sgd",
+                          "--target", "numba"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "def sgd_rule(" in out.stdout and "def _loop_serial(" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "optkern.kernels", "show", "nosuchrule"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "unknown rule 'nosuchrule'" in bad.stderr
+
+
+if __name__ == "__main__":
+    with open(GOLDEN, "w", encoding="utf-8") as fh:
+        fh.write(golden_text())
+    print(f"wrote {GOLDEN}")
