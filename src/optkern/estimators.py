@@ -103,6 +103,23 @@ SPARSE_WIDE_MAX_DENSITY = 0.01
 # accuracy 0.159) against 0.160 after 3 (docs/sparse.md, "Sixth round").
 SPARSE_WIDE_DEFAULTS = {"optimizer": "adagrad", "lr": 0.3, "batch_size": 16,
                         "schedule": "constant", "n_iter_no_change": 1, "rel_tol": 0.01}
+# ... and may stop after its first epoch, by progressive validation: a fresh
+# fit's first epoch scores every row before it trains on it, so the mean
+# minibatch loss (taken before each step, penalty excluded) of a later part
+# of that epoch is a held-out loss of the model as it was then.  The first
+# epoch runs in PROGRESSIVE_SEGMENTS compiled calls of equal minibatch counts
+# (the same steps and weights as one call); when the least-squares slope of
+# the held-out losses of the second half's segments against their position
+# is not a decrease of at least PROGRESSIVE_T standard errors (a one-sided
+# test at about 97.5%), the held-out loss has stopped improving measurably
+# and the fit ends after one epoch; otherwise the epochs continue under the
+# rule above.  At 240,000 rows: 2 classes t = 1.0 and -1.2 (two row orders:
+# stop, test accuracy 0.746 against 0.747 after 3 epochs, 2.6x faster than
+# SGDClassifier), 20 classes t = 3.0 and 2.9 (continue: 0.160, as before); at
+# 20,000 rows 2 classes t = 3.0 and 2.1 (continue), 20 classes 1.0 and 0.04
+# (stop: 0.141 against 0.144 after 3) (docs/sparse.md, "Seventh round").
+PROGRESSIVE_SEGMENTS = 32
+PROGRESSIVE_T = 2.0
 DENSE_DEFAULT_ALPHA = 1e-4
 DENSE_DEFAULT_OPTIMIZER = "adam"
 DENSE_DEFAULT_N_ITER_NO_CHANGE = 5
@@ -210,6 +227,46 @@ def lbfgs_options(tol, max_iter):
     return {"maxiter": max_iter, "maxls": 50,
             "gtol": 1e-6 if tol is None else tol * 0.1,
             "ftol": 64 * np.finfo(np.float64).eps}
+
+
+def progressive_marks(n, batch_size):
+    """The first epoch's cut positions (multiples of batch_size, increasing,
+    inside (0, n)): PROGRESSIVE_SEGMENTS segments of equal minibatch counts
+    (within one); None when the epoch has fewer than 2 minibatches a segment."""
+    nb = -(-n // batch_size)
+    m = PROGRESSIVE_SEGMENTS
+    if nb < 2 * m:
+        return None
+    return [(j * nb // m) * batch_size for j in range(1, m)]
+
+
+def progressive_trend(segments, marks):
+    """The t statistic of the held-out losses' decrease over the second half of
+    the first epoch: ``segments`` [(start, stop, mean data loss)] of the
+    epoch's calls (cut at least at ``marks``), merged into the marks'
+    segments; the least-squares slope of the second half's segment means
+    against their middle row, negated and divided by its standard error
+    (residual variance with m - 2 degrees of freedom).  Positive = the loss
+    still falls.  +inf for an exact decrease with no scatter, 0 for none."""
+    cuts = [0] + list(marks) + [max(stop for _, stop, _ in segments)]
+    m = len(cuts) - 1
+    total = np.zeros(m)
+    rows = np.zeros(m)
+    for start, stop, mean in segments:
+        j = int(np.searchsorted(cuts, start, side="right")) - 1
+        total[j] += mean * (stop - start)
+        rows[j] += stop - start
+    half = slice(m // 2, m)
+    y = total[half] / rows[half]
+    x = 0.5 * (np.asarray(cuts[:-1], float) + np.asarray(cuts[1:], float))[half]
+    x = x - x.mean()
+    sxx = float(x @ x)
+    slope = float(x @ (y - y.mean())) / sxx
+    resid = y - y.mean() - slope * x
+    se = math.sqrt(float(resid @ resid) / (y.shape[0] - 2) / sxx)
+    if se == 0.0:
+        return math.inf if slope < 0 else 0.0
+    return -slope / se
 
 
 class _Stall:
@@ -650,18 +707,20 @@ class _BaseLinear(BaseEstimator):
         _draw_order()(int(rng.integers(0, 2 ** 63)), MODES[self.sampling], order)
         return order, bs
 
-    def _run_epoch(self, ctx, order, bs):
-        """One epoch; returns the mean minibatch loss.  Compiled when possible."""
+    def _run_epoch(self, ctx, order, bs, marks=None):
+        """One epoch; returns the mean minibatch loss.  Compiled when possible.
+        ``marks`` (sparse modes only: progressive_marks) also leaves the
+        epoch's held-out segment losses in ``ctx.segments``."""
         from optkern import epochs
 
         if ctx.sparse_mode != "dense":
-            return self._sparse_epoch(ctx, order, bs)
+            return self._sparse_epoch(ctx, order, bs, marks)
         runner = epochs.runner_for(self, ctx)
         if runner is not None:
             return _blocked_epoch(runner, order, bs, _block_rows(ctx.X, ctx.W.shape[1], bs))
         return self._reference_epoch(ctx, order, bs)
 
-    def _sparse_epoch(self, ctx, order, bs):
+    def _sparse_epoch(self, ctx, order, bs, marks=None):
         """An epoch whose steps touch only the minibatch's rows of W
         (``sparse_updates``; kernels/sparse_rules.py says what each mode computes)."""
         from optkern import sparse_epochs
@@ -681,10 +740,39 @@ class _BaseLinear(BaseEstimator):
                         self, ctx))
                 runner.reference = cold and not runner.use_twin()
             if not runner.reference:
-                return runner(order, bs, block=_block_rows(
-                    ctx.X, ctx.W.shape[1], bs, SPARSE_EPOCH_BLOCK_WORK))
+                loss = runner(order, bs, block=_block_rows(
+                    ctx.X, ctx.W.shape[1], bs, SPARSE_EPOCH_BLOCK_WORK), marks=marks or ())
+                ctx.segments = runner.segments
+                return loss
         from optkern.kernels import sparse_reference
-        return sparse_reference.epoch(self, ctx, order, bs, ctx.sparse_mode)
+        if not marks:
+            return sparse_reference.epoch(self, ctx, order, bs, ctx.sparse_mode)
+        # the reference epoch cut at the marks: the same steps (the lazy and the
+        # dense-step reference epochs do nothing at an epoch's end but add the
+        # penalty's value; the cumulative-L1 one, which does, is not cut:
+        # _progressive_fit)
+        from optkern.kernels.loss_reference import penalty
+        pen_name, alpha = self._penalty_args()
+        l1_ratio = {"l2": 0.0, "l1": 1.0}.get(pen_name, float(self.l1_ratio))
+        n = order.shape[0]
+        cuts = [0] + list(marks) + [n]
+        ctx.segments = []
+        total = 0.0
+        for start, stop in zip(cuts[:-1], cuts[1:]):
+            mean = sparse_reference.epoch(self, ctx, order[start:stop], bs, ctx.sparse_mode)
+            if not math.isfinite(mean):
+                return mean
+            if ctx.sparse_mode == "lazy":
+                # its mean adds the penalty of the weights at its end
+                data = mean - float(penalty(ctx.W, alpha, l1_ratio)[0])
+            else:
+                # _reference_epoch: each minibatch's loss adds its penalty
+                data = ctx.data_mean
+            ctx.segments.append((start, stop, data))
+            total += (data if ctx.sparse_mode == "lazy" else mean) * (stop - start)
+        if ctx.sparse_mode == "lazy":
+            return total / n + float(penalty(ctx.W, alpha, l1_ratio)[0])
+        return total / n
 
     def _reference_epoch(self, ctx, order, bs):
         """The readable epoch: the specification the compiled epochs follow.
@@ -703,6 +791,7 @@ class _BaseLinear(BaseEstimator):
         l1_ratio = {"l2": 0.0, "l1": 1.0}.get(pen_name, float(self.l1_ratio))
         w_mean = float(np.mean(sw))
         total = 0.0
+        data_total = 0.0
         count = 0
         for start in range(0, order.shape[0], bs):
             rows = order[start:start + bs]
@@ -714,6 +803,7 @@ class _BaseLinear(BaseEstimator):
                                                  penalize=False)
             scale = wsum / (rows.shape[0] * w_mean)
             pen, dpen = penalty(W, alpha, l1_ratio)
+            data_total += loss * scale * rows.shape[0]
             loss = loss * scale + pen
             dW = dW * W.dtype.type(scale) + dpen.astype(W.dtype, copy=False)
             if b is not None:
@@ -727,6 +817,9 @@ class _BaseLinear(BaseEstimator):
             total += loss * rows.shape[0]
             count += rows.shape[0]
             ctx.t += 1
+        # the mean loss before the steps without the penalty (the progressive
+        # loss of the first-epoch rule: _sparse_epoch)
+        ctx.data_mean = data_total / count if count else 0.0
         return total / count if count else 0.0
 
     # ------------------------------------------------------------------- fit
@@ -824,6 +917,8 @@ class _BaseLinear(BaseEstimator):
         adaptive = schedule is None or schedule == "adaptive"
         history = list(self.history_) if (keep_state and hasattr(self, "history_")) else []
         stall = _Stall(self.tol, self._n_iter_no_change(), self._stall_rel_tol())
+        marks = self._progressive_marks(ctx, n, partial, reuse, X_val, adaptive)
+        self.__dict__.pop("_progressive_t", None)   # set when the rule decides
         good_W, good_b = W.copy(), None if b is None else b.copy()
         good_state = opt._snapshot()
         epoch0 = len(history)
@@ -837,7 +932,7 @@ class _BaseLinear(BaseEstimator):
                 t0 = time.perf_counter()
                 lr_now = base_lr * ctx.schedule.factor(ctx.t) * ctx.plateau
                 try:
-                    loss = self._run_epoch(ctx, order, bs)
+                    loss = self._run_epoch(ctx, order, bs, marks if epoch == 0 else None)
                 except FloatingPointError:
                     loss = float("nan")
                 elapsed = time.perf_counter() - t0
@@ -887,6 +982,11 @@ class _BaseLinear(BaseEstimator):
                     else:
                         converged = True
                         break
+                if marks is not None and epoch == 0 and not partial:
+                    self._progressive_t = progressive_trend(ctx.segments, marks)
+                    if self._progressive_t < PROGRESSIVE_T:
+                        converged = True
+                        break
                 if stop:
                     converged = True
                     break
@@ -911,6 +1011,27 @@ class _BaseLinear(BaseEstimator):
                           "convergence; consider raising max_epochs", ConvergenceWarning,
                           stacklevel=2)
         return self
+
+    def _progressive_marks(self, ctx, n, partial, reuse, X_val, adaptive):
+        """The first epoch's cuts when the first-epoch rule applies to this fit
+        (PROGRESSIVE_SEGMENTS), else None: sparse, wide data with
+        n_iter_no_change="auto" and a tol; a fit from zero weights and a fresh
+        optimizer (so the first epoch's losses are held out), without a
+        validation split (its score decides) or the adaptive schedule (a
+        stall divides the rate there); every row once an epoch (not
+        sampling="replacement"); a sparse mode other than plain SGD's exact
+        cumulative L1 penalty (its reference epoch owes L1 at its end and
+        cannot be cut); at least 2 minibatches a segment."""
+        if not (self._wide and isinstance(self.n_iter_no_change, str)) or \
+                self.tol is None or partial or reuse or X_val is not None or adaptive:
+            return None
+        if self.sampling == "replacement" or ctx.sparse_mode == "dense":
+            return None
+        pen_name, alpha = self._penalty_args()
+        l1_ratio = {"l2": 0.0, "l1": 1.0}.get(pen_name, float(self.l1_ratio))
+        if ctx.sparse_mode == "scaled" and alpha * l1_ratio > 0:
+            return None
+        return progressive_marks(n, self._batch_size(n))
 
     def _divergence_hint(self, lr):
         """What to change: the penalty when alpha * lr alone overshoots (the
@@ -1147,6 +1268,26 @@ class LinearClassifier(ClassifierMixin, _BaseLinear):
     (its class and hyperparameters are used); ``lr=None`` takes the optimizer's
     default for this problem class; ``batch_size=1`` is per-example SGD,
     ``None`` full-batch gradient descent; ``solver="lbfgs"`` uses L-BFGS-B.
+
+    Stopping: ``tol`` and ``n_iter_no_change`` as scikit-learn's SGDClassifier
+    (the training loss, or the validation score with ``early_stopping``, must
+    improve by ``tol`` within ``n_iter_no_change`` epochs).
+    ``n_iter_no_change="auto"`` is 5 on dense data; on sparse, wide data
+    (``sparse_wide``) it is 1, each epoch must also improve the best loss by
+    1% of it, and a fit from zero weights may stop after its first epoch by
+    progressive validation: every row's loss is taken before the model trains
+    on it, so the first epoch's minibatch losses (penalty excluded) are
+    held-out losses; the epoch runs in ``PROGRESSIVE_SEGMENTS`` = 32 compiled
+    calls of equal minibatch counts (the same steps and weights as one call)
+    and the fit ends after it unless the least-squares slope of the second
+    half's 16 segment losses against their position is a decrease of at
+    least ``PROGRESSIVE_T`` = 2 standard errors (``_progressive_t`` holds
+    the statistic).  Not with ``tol=None``, ``early_stopping``,
+    ``warm_start`` continuing a model, ``partial_fit``,
+    ``sampling="replacement"``, the adaptive schedule,
+    ``sparse_updates="dense"``, plain SGD's exact L1 penalty, or fewer than
+    64 minibatches; an explicit ``n_iter_no_change`` keeps scikit-learn's rule
+    alone (docs/sparse.md, "Stopping").
     """
 
     _losses = CLASSIFIER_LOSSES
@@ -1279,7 +1420,9 @@ class LinearClassifier(ClassifierMixin, _BaseLinear):
 
 class LinearRegressor(RegressorMixin, _BaseLinear):
     """Linear regressor trained by optkern: ``loss`` in {"squared", "huber",
-    "epsilon_insensitive", "absolute"}; y of shape (n,) or (n, n_outputs)."""
+    "epsilon_insensitive", "absolute"}; y of shape (n,) or (n, n_outputs).
+    Stopping as ``LinearClassifier``'s (``n_iter_no_change="auto"`` on
+    sparse, wide data: the first-epoch rule by progressive validation)."""
 
     _losses = REGRESSOR_LOSSES
 

@@ -253,20 +253,31 @@ class SparseRunner:
         self.ctx.t += int(steps)
         return float(mean)
 
-    def __call__(self, order, batch_size, block=None):
+    def __call__(self, order, batch_size, block=None, marks=()):
         """One epoch over ``order``; with ``block`` (a multiple of batch_size) in
         compiled calls of ``block`` rows each (the epoch's ``start, stop``), so
         that Ctrl-C is answered between them: the same steps and weights as
         one call (the lazy catch-up state and the scaled epoch's scale carry
-        across blocks; the end-of-epoch pass runs in the last block)."""
+        across blocks; the end-of-epoch pass runs in the last block).
+
+        ``marks`` (positions in ``order``, multiples of batch_size) cut the
+        calls there too, and ``self.segments`` is then [(start, stop, mean
+        data loss)] of every call, in ``order``'s positions: each minibatch's
+        loss is taken before its step (the progressive loss of the estimators'
+        first-epoch rule), without the penalty."""
         ctx, opt = self.ctx, self.ctx.opt
         order = np.ascontiguousarray(order, dtype=np.int64)
         self._buffers(batch_size)
         user = opt._prepared_hyper(0, self.gW)
         lead = None
+        self.segments = []
+        self._offset = 0
         if self.kind == "linear" and self.gW.step == 0 \
                 and _sr.first_step_dense(self.rule, _user(opt)):
             lead = self._dense_first_step(order, batch_size)
+            # a fresh fit's weights are 0 there: its loss is the data loss
+            self.segments.append((0, min(batch_size, order.shape[0]), lead))
+            self._offset = batch_size
             order = order[batch_size:]
             if order.shape[0] == 0:
                 return lead
@@ -294,30 +305,36 @@ class SparseRunner:
             fn = self.mod.epoch_rows_k1 if one else self.mod.epoch_rows
             extra = (inv_p, P, S, self.last if self.last is not None else
                      np.zeros(1, np.int64), self.A, self.Ssum, self.tmp, self.x, self.y)
-        mean = self._blocks(fn, order, batch_size, user, extra, block)
+        marks = [m - self._offset for m in marks if 0 < m - self._offset < order.shape[0]]
+        mean = self._blocks(fn, order, batch_size, user, extra, block, marks)
         if lead is not None and np.isfinite(mean):
             n_rest = order.shape[0]
             mean = (lead * batch_size + mean * n_rest) / (batch_size + n_rest)
         return mean
 
-    def _blocks(self, fn, order, batch_size, userW, extra, block):
+    def _blocks(self, fn, order, batch_size, userW, extra, block, marks=()):
         """The epoch's compiled calls; the row-weighted mean loss plus the
         penalty at the end, as one call computes it (NaN as soon as a block
-        diverges)."""
+        diverges).  ``marks``: more positions where a call ends."""
         n = order.shape[0]
-        if block is None or block >= n:
+        if (block is None or block >= n) and not marks:
+            # (no segments asked for: no extra pass over W for the penalty)
             return self._run(fn, order, 0, n, batch_size, userW, extra)
+        if block is None or block >= n:
+            block = n
         block = max(int(block) // batch_size, 1) * batch_size
+        cuts = sorted(set(range(0, n, block)) | {int(m) for m in marks} | {n})
         total = 0.0
-        for start in range(0, n, block):
-            stop = min(start + block, n)
+        for start, stop in zip(cuts[:-1], cuts[1:]):
             mean = self._run(fn, order, start, stop, batch_size, userW, extra)
             if not np.isfinite(mean):
                 return mean
             if stop == n:
                 # the last call adds the penalty of the epoch's weights
                 pen = self._penalty_value()
+                self.segments.append((self._offset + start, self._offset + stop, mean - pen))
                 return (total + (mean - pen) * (stop - start)) / n + pen
+            self.segments.append((self._offset + start, self._offset + stop, mean))
             total += mean * (stop - start)
         return total / n  # not reached
 
