@@ -30,6 +30,8 @@ import warnings
 
 import numpy as np
 
+from optkern import optimizers as _optimizers
+
 EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process killed by it
 
@@ -40,10 +42,9 @@ class Terminated(BaseException):
     a temporary file beside the output).  Not a KeyboardInterrupt: the
     estimators' "keep the last epoch" handling does not swallow it."""
 
-# Kept here (not imported) so that building the parser imports neither
-# scikit-learn nor the estimators; tests check they match optkern.estimators.
-OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam",
-                   "adamw", "adamax", "nadam", "radam", "sgld", "ftrl")
+# The registry's names (optkern.optimizers, no scikit-learn import): the same
+# live mapping the estimators use, so a rule registered at run time is a name here.
+OPTIMIZER_NAMES = _optimizers.OPTIMIZER_NAMES
 CLASSIFIER_LOSSES = ("softmax", "log", "hinge", "squared_hinge", "modified_huber",
                      "multiclass_hinge")
 REGRESSOR_LOSSES = ("squared", "huber", "epsilon_insensitive", "absolute")
