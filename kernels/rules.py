@@ -199,13 +199,27 @@ def register(spec):
     if spec.name in RULES:
         raise ValueError(f"rule {spec.name!r} is registered twice")
     check_api(spec)
+    for fn in (spec.rule, spec.prepare):
+        # the generated drivers import the rule and prepare from this module by
+        # name: a rule written elsewhere (registered at run time) is put here
+        here = globals().get(fn.__name__)
+        if here is not None and here is not fn:
+            raise ValueError(f"rule {spec.name!r}: another function named {fn.__name__!r} "
+                             "is already in optkern.kernels.rules; rename it")
+    for fn in (spec.rule, spec.prepare):
+        globals()[fn.__name__] = fn
     RULES[spec.name] = spec
     return spec
 
 
 def unregister(name):
-    """Remove a rule registered at run time (tests; a built-in stays)."""
-    return RULES.pop(name)
+    """Remove a rule registered at run time (tests)."""
+    spec = RULES.pop(name)
+    for fn in (spec.rule, spec.prepare):
+        if globals().get(fn.__name__) is fn and not any(
+                fn in (s.rule, s.prepare) for s in RULES.values()):
+            del globals()[fn.__name__]
+    return spec
 
 
 def state_names(spec):

@@ -313,7 +313,7 @@ class Optimizer:
                     else mod.serial_checked
             else:
                 fn = mod.parallel if backend == "numba-parallel" else mod.serial
-            if self.backend_requested == "auto" and _backend.cython_module() is not None:
+            if self.backend_requested == "auto" and self._has_cython_twin():
                 # the Cython twin serves the steps until the Numba kernel is
                 # compiled (optkern._jit): no compile stall on a first step
                 return _ServedStep(fn, self._cython_step(g, checked),
@@ -388,11 +388,26 @@ class Optimizer:
             raise TypeError(f"param_groups[{gi}]: device params must all be float32 "
                             f"or all float64, got {sorted(map(str, dtypes))}")
 
+    def _has_cython_twin(self):
+        """Whether the ahead-of-time Cython kernels hold this rule (not for a
+        rule registered at run time: they are compiled when optkern is built)."""
+        mod = _backend.cython_module()
+        return mod is not None and callable(getattr(mod, self._spec.name, None))
+
     def _resolve_backend(self, g):
         requested = self.backend_requested
         if requested == "auto":
-            return _backend.choose_auto(g.size, on_device=g.device)
+            choice = _backend.choose_auto(g.size, on_device=g.device)
+            if choice == "cython" and not self._has_cython_twin():
+                choice = "numba"    # a rule registered at run time: no Cython twin
+            return choice
         _backend.require(requested)
+        if requested == "cython" and not self._has_cython_twin():
+            raise ValueError(
+                f"backend='cython' cannot run rule {self._spec.name!r}: the ahead-of-time "
+                "Cython kernels are compiled when optkern is built, from the rules in "
+                "kernels/rules.py then; a rule registered at run time runs on 'numpy', "
+                "'numba', 'numba-parallel' and 'cuda' ('auto' chooses among them)")
         if g.device and requested != "cuda":
             raise ValueError(f"backend={requested!r} cannot update device arrays; "
                              "use backend='cuda' or 'auto'")
