@@ -22,7 +22,6 @@ Guarantees:
 import inspect
 import math
 import numbers
-import operator
 from collections.abc import Mapping
 
 import numpy as np
@@ -850,7 +849,7 @@ class Optimizer:
 
     def _noise_on(self, user):
         """Whether this step draws noise: the registry entry's ``noise`` option > 0."""
-        return user[self._spec.user_hyper.index(self._spec.noise)] > 0
+        return user[self._noise_index] > 0
 
     # -------------------------------------------------------------------- CUDA
     def _setup_cuda_group(self, g):
@@ -1146,17 +1145,22 @@ def _install_api(cls, spec, decl):
     __init__.__doc__ = f"Options and defaults from the registry entry of rule {spec.name!r}."
     cls.__init__ = __init__
     cls._noisy = spec.noise is not None
+    cls._noise_index = spec.user_hyper.index(spec.noise) if cls._noisy else None
     cls._fixed_options = dict(decl.fixed)
     cls._option_names = tuple(o.name for o in spec.options)
+    # every step reads the group's hyperparameters: the generated reader
+    # itself, not a method that looks it up
+    cls._hyper_tuple = staticmethod(_hyper_getter(spec))
 
 
 _GETTERS = {}
 
 
 def _hyper_getter(spec):
-    """group dict -> user_hyper tuple, built once per rule: an itemgetter over
-    the options in user_hyper order, a pair (betas) spliced in place, as fast
-    as the hand-written tuples it replaces."""
+    """group dict -> user_hyper tuple, built once per rule from the options'
+    ``into`` names: a one-line function reading the group's entries in
+    user_hyper order (a pair such as betas by index), as fast as the
+    hand-written tuples it replaces (it runs at every step)."""
     getter = _GETTERS.get(id(spec))
     if getter is not None and getter[0] is spec:
         return getter[1]
@@ -1164,31 +1168,9 @@ def _hyper_getter(spec):
     for o in spec.options:
         for j, name in enumerate(o.into):
             source[name] = (o.name, j if o.kind == "unit_pair" else None)
-    plan = [source[name] for name in spec.user_hyper]
-    keys, pairs = [], []
-    for name, j in plan:
-        if j is None:
-            keys.append(name)
-        elif j == 0:
-            pairs.append(len(keys))
-            keys.append(name)
-    consecutive = all(plan[i + 1] == (plan[i][0], 1) for i, (n, j) in enumerate(plan)
-                      if j == 0 and i + 1 < len(plan))
-    get = operator.itemgetter(*keys)
-    if len(keys) == 1:
-        def fn(group):
-            return (get(group),)
-    elif not pairs:
-        fn = get
-    elif len(pairs) == 1 and consecutive:
-        i = pairs[0]
-
-        def fn(group):
-            v = get(group)
-            return v[:i] + tuple(v[i]) + v[i + 1:]
-    else:
-        def fn(group):
-            return tuple(group[k] if j is None else group[k][j] for k, j in plan)
+    items = "".join(f"group[{k!r}], " if j is None else f"group[{k!r}][{j}], "
+                    for k, j in (source[name] for name in spec.user_hyper))
+    fn = eval(f"lambda group: ({items})")   # keys are repr()s of option names
     _GETTERS[id(spec)] = (spec, fn)
     return fn
 
