@@ -189,6 +189,45 @@ def check_api(spec):
                              f"{sorted(unknown)}")
     if spec.noise is not None and spec.noise not in spec.user_hyper:
         raise ValueError(f"{where}: noise option {spec.noise!r} is not a user_hyper")
+    _check_signatures(spec, where)
+
+
+def _arguments(fn):
+    code = fn.__code__
+    return code.co_varnames[:code.co_argcount]
+
+
+def _check_signatures(spec, where):
+    """The positional contracts between a rule, its prepare and the entry,
+    checked by name and length once at registration: the rule takes
+    (p, g, <one per state>, <kernel_hyper by name>, z); prepare takes
+    (step, scalars, <user_hyper by name>) and returns as many kernel
+    hyperparameters and scalar states as the entry declares."""
+    args = _arguments(spec.rule)
+    n_states = len(spec.states)
+    want = len(spec.kernel_hyper) + n_states + 3
+    if len(args) != want or args[-1] != "z":
+        raise ValueError(f"{where}: the rule takes {args}; expected p, g, {n_states} states, "
+                         f"the kernel_hyper {spec.kernel_hyper} and z")
+    if tuple(args[2 + n_states:-1]) != tuple(spec.kernel_hyper):
+        raise ValueError(f"{where}: the rule's hyperparameters {args[2 + n_states:-1]} are "
+                         f"not the entry's kernel_hyper {spec.kernel_hyper}")
+    pargs = _arguments(spec.prepare)
+    if tuple(pargs[2:]) != tuple(spec.user_hyper) or len(pargs) != len(spec.user_hyper) + 2:
+        raise ValueError(f"{where}: prepare takes {pargs}; expected (step, scalars, "
+                         f"{', '.join(spec.user_hyper)})")
+    # one dry run of prepare at the defaults: the tuple lengths line up
+    user = {}
+    for o in spec.options:
+        default = 0.01 if o.default is REQUIRED else o.default
+        values = tuple(default) if o.kind == "unit_pair" else (default,) * len(o.into)
+        user.update(zip(o.into, (float(v) for v in values)))
+    hyper, scalars = spec.prepare(1, tuple(v for _, v in spec.scalar_states),
+                                  *(user[n] for n in spec.user_hyper))
+    if len(hyper) != len(spec.kernel_hyper) or len(scalars) != len(spec.scalar_states):
+        raise ValueError(f"{where}: prepare returned {len(hyper)} kernel hyperparameters and "
+                         f"{len(scalars)} scalar states; the entry declares "
+                         f"{len(spec.kernel_hyper)} and {len(spec.scalar_states)}")
 
 
 RULES = {}
