@@ -263,4 +263,14 @@ def test_register_checks_the_entry_by_name():
                         estimator_names=(rules.EstimatorName("x", "NoSuchClass", 0.1),))
     with pytest.raises(ValueError, match="uses class 'NoSuchClass'"):
         rules.register(bad)
+    bad = SPEC._replace(name="signsgd_bad", kernel_hyper=("lr", "one_minus_momentum",
+                                                          "momentum"))
+    with pytest.raises(ValueError, match="the rule's hyperparameters .* are not the entry's "
+                                         "kernel_hyper"):
+        rules.register(bad)
+    bad = SPEC._replace(name="signsgd_bad", user_hyper=("lr", "momentum", "dampening"),
+                        options=SPEC.options + (rules.real("dampening", 0.0),))
+    with pytest.raises(ValueError, match="prepare takes .*expected \\(step, scalars, lr, "
+                                         "momentum, dampening\\)"):
+        rules.register(bad)
     assert "signsgd_bad" not in rules.RULES
