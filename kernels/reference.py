@@ -210,6 +210,16 @@ UPDATES = {
 NOISY = ("sgd", "sgld")
 
 
+def register(name, update):
+    """Add the NumPy reference of a rule registered at run time:
+    ``update(p, g, state, step, **user_hyper)`` updates one flat tensor in place
+    (``state`` maps the rule's state names to arrays)."""
+    if name in UPDATES:
+        raise ValueError(f"a reference for {name!r} is registered twice")
+    UPDATES[name] = update
+    return update
+
+
 def step(name, params, grads, states, avg, avg_weight, user_hyper, step,
          scalar_state, key, offsets):
     """One reference step over a list of flat tensors, in place.

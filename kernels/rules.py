@@ -49,9 +49,13 @@ from collections import namedtuple
 
 RuleSpec = namedtuple(
     "RuleSpec",
-    "name rule prepare states kernel_hyper user_hyper scalar_states",
+    "name rule prepare states kernel_hyper user_hyper scalar_states "
+    "options classes estimator_names requires noise zero_grad_identity",
+    defaults=((), (), (), (), None, None),
 )
 RuleSpec.__doc__ = """Everything the drivers and the Python API need to know about one rule.
+
+The kernel side (read by every target):
 
 name          registry key (also the name of the functional kernel)
 rule          the scalar update function
@@ -63,7 +67,168 @@ kernel_hyper  names of the kernel hyperparameters the rule takes after its state
 user_hyper    names of the user-facing hyperparameters prepare takes
 scalar_states names of per-tensor scalar states (NAdam's mu_product) with
               their initial values, as ((name, initial), ...)
+
+The API side (read by optkern.optimizers, the estimators, the command line,
+the trajectories and the tests; docs/adding_an_optimizer.md):
+
+options       the optimizer class's options, in signature order (``real``,
+              ``flag``, ``unit_pair``): default, constraint, which user_hyper
+              names each feeds (``into``) or which state it initialises
+classes       the named optimizer classes on this rule (``OptimizerClass``):
+              the first is the rule's own; more may fix or re-default options
+              (AdamW is Adam with decoupled_weight_decay fixed True)
+estimator_names  the estimators' and command line's names on this rule
+              (``EstimatorName``: class, default learning rate, fixed options)
+requires      cross-option constraints (``Requires``), checked after each option's own
+noise         the user option whose value > 0 turns the noise draw on (None: never)
+zero_grad_identity  f(user_hyper dict) -> whether a zero gradient changes
+              nothing (the sparse step's "exact" mode); None: never
 """
+
+
+class _Required:
+    """The default of an option the caller must give (SGLD's lr)."""
+
+    def __repr__(self):
+        return "REQUIRED"
+
+
+REQUIRED = _Required()
+
+Option = namedtuple("Option", "name default kind lo lo_open hi hi_open into init_state "
+                              "keyword_only")
+Option.__doc__ = """One option of an optimizer class.
+
+kind        "real" (a finite real number within [lo, hi], ends open when
+            lo_open/hi_open), "flag" (a bool) or "unit_pair" (a pair, each
+            element in [0, 1): betas)
+into        the user_hyper names it feeds (a unit_pair feeds two); () when it
+            only initialises a state (``init_state``)
+keyword_only  after the ``*`` in the class signature
+"""
+
+
+def real(name, default, *, lo=None, lo_open=False, hi=None, hi_open=False, into=None,
+         init_state=None, keyword_only=False):
+    """A real-valued option; ``lo``/``hi`` bound it (open ends when ``*_open``)."""
+    if into is None:
+        into = () if init_state else (name,)
+    return Option(name, default, "real", lo, lo_open, hi, hi_open, tuple(into), init_state,
+                  keyword_only)
+
+
+def flag(name, default=False, *, into=None, keyword_only=False):
+    """A bool option (the kernels receive it as 0 or 1)."""
+    return Option(name, default, "flag", None, False, None, False,
+                  (name,) if into is None else tuple(into), None, keyword_only)
+
+
+def unit_pair(name, default, into):
+    """A pair of reals each in [0, 1) feeding two user hyperparameters (betas)."""
+    return Option(name, tuple(default), "unit_pair", 0.0, False, 1.0, True, tuple(into),
+                  None, False)
+
+
+OptimizerClass = namedtuple("OptimizerClass", "name defaults fixed doc",
+                            defaults=({}, {}, None))
+OptimizerClass.__doc__ = """A named optimizer class on a rule.
+
+defaults  options whose default differs from the rule's ``options``
+fixed     options set to a value and left out of the class signature
+doc       the class docstring when the class is built from the registry
+"""
+
+EstimatorName = namedtuple("EstimatorName", "name class_name lr fixed", defaults=({},))
+EstimatorName.__doc__ = """A name the estimators and the command line accept.
+
+class_name  one of the rule's ``classes``
+lr          the estimators' default learning rate (chosen on standardised data so
+            that every name trains a good model without tuning)
+fixed       options the name sets (``momentum``: SGD with momentum=0.9)
+"""
+
+Requires = namedtuple("Requires", "holds message")
+Requires.__doc__ = """A constraint between options: ``holds(options dict)`` must be true,
+else ValueError("<where>: <message>")."""
+
+
+def check_api(spec):
+    """The API side agrees with the kernel side, by name: every user_hyper is
+    fed by exactly one option, every class, name and flag refers to something
+    that exists.  Raises ValueError naming the mismatch."""
+    where = f"rule {spec.name!r}"
+    fed = [n for o in spec.options for n in o.into]
+    if sorted(fed) != sorted(spec.user_hyper):
+        raise ValueError(f"{where}: options feed {sorted(fed)} but prepare takes user_hyper "
+                         f"{sorted(spec.user_hyper)}")
+    if spec.user_hyper[:1] != ("lr",):
+        raise ValueError(f"{where}: the first user_hyper must be 'lr' (schedules set it)")
+    names = [o.name for o in spec.options]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: an option is declared twice in {names}")
+    for o in spec.options:
+        if o.kind not in ("real", "flag", "unit_pair"):
+            raise ValueError(f"{where}: option {o.name!r} has unknown kind {o.kind!r}")
+        if o.init_state and o.init_state not in state_names(spec):
+            raise ValueError(f"{where}: option {o.name!r} initialises unknown state "
+                             f"{o.init_state!r}")
+    if not spec.classes:
+        raise ValueError(f"{where}: declare at least one OptimizerClass")
+    classes = {c.name for c in spec.classes}
+    for c in spec.classes:
+        unknown = (set(c.defaults) | set(c.fixed)) - set(names)
+        if unknown:
+            raise ValueError(f"{where}: class {c.name} sets unknown options {sorted(unknown)}")
+    for e in spec.estimator_names:
+        if e.class_name not in classes:
+            raise ValueError(f"{where}: estimator name {e.name!r} uses class "
+                             f"{e.class_name!r}, not one of {sorted(classes)}")
+        unknown = set(e.fixed) - set(names)
+        if unknown:
+            raise ValueError(f"{where}: estimator name {e.name!r} fixes unknown options "
+                             f"{sorted(unknown)}")
+    if spec.noise is not None and spec.noise not in spec.user_hyper:
+        raise ValueError(f"{where}: noise option {spec.noise!r} is not a user_hyper")
+    _check_signatures(spec, where)
+
+
+def _arguments(fn):
+    code = fn.__code__
+    return code.co_varnames[:code.co_argcount]
+
+
+def _check_signatures(spec, where):
+    """The positional contracts between a rule, its prepare and the entry,
+    checked by name and length once at registration: the rule takes
+    (p, g, <one per state>, <kernel_hyper by name>, z); prepare takes
+    (step, scalars, <user_hyper by name>) and returns as many kernel
+    hyperparameters and scalar states as the entry declares."""
+    args = _arguments(spec.rule)
+    n_states = len(spec.states)
+    want = len(spec.kernel_hyper) + n_states + 3
+    if len(args) != want or args[-1] != "z":
+        raise ValueError(f"{where}: the rule takes {args}; expected p, g, {n_states} states, "
+                         f"the kernel_hyper {spec.kernel_hyper} and z")
+    if tuple(args[2 + n_states:-1]) != tuple(spec.kernel_hyper):
+        raise ValueError(f"{where}: the rule's hyperparameters {args[2 + n_states:-1]} are "
+                         f"not the entry's kernel_hyper {spec.kernel_hyper}")
+    pargs = _arguments(spec.prepare)
+    if tuple(pargs[2:]) != tuple(spec.user_hyper) or len(pargs) != len(spec.user_hyper) + 2:
+        raise ValueError(f"{where}: prepare takes {pargs}; expected (step, scalars, "
+                         f"{', '.join(spec.user_hyper)})")
+    # one dry run of prepare at the defaults: the tuple lengths line up
+    user = {}
+    for o in spec.options:
+        default = 0.01 if o.default is REQUIRED else o.default
+        values = tuple(default) if o.kind == "unit_pair" else (default,) * len(o.into)
+        user.update(zip(o.into, (float(v) for v in values)))
+    hyper, scalars = spec.prepare(1, tuple(v for _, v in spec.scalar_states),
+                                  *(user[n] for n in spec.user_hyper))
+    if len(hyper) != len(spec.kernel_hyper) or len(scalars) != len(spec.scalar_states):
+        raise ValueError(f"{where}: prepare returned {len(hyper)} kernel hyperparameters and "
+                         f"{len(scalars)} scalar states; the entry declares "
+                         f"{len(spec.kernel_hyper)} and {len(spec.scalar_states)}")
+
 
 RULES = {}
 
@@ -72,7 +237,27 @@ def register(spec):
     """Add a rule to the registry; every backend and test picks it up."""
     if spec.name in RULES:
         raise ValueError(f"rule {spec.name!r} is registered twice")
+    check_api(spec)
+    for fn in (spec.rule, spec.prepare):
+        # the generated drivers import the rule and prepare from this module by
+        # name: a rule written elsewhere (registered at run time) is put here
+        here = globals().get(fn.__name__)
+        if here is not None and here is not fn:
+            raise ValueError(f"rule {spec.name!r}: another function named {fn.__name__!r} "
+                             "is already in optkern.kernels.rules; rename it")
+    for fn in (spec.rule, spec.prepare):
+        globals()[fn.__name__] = fn
     RULES[spec.name] = spec
+    return spec
+
+
+def unregister(name):
+    """Remove a rule registered at run time (tests)."""
+    spec = RULES.pop(name)
+    for fn in (spec.rule, spec.prepare):
+        if globals().get(fn.__name__) is fn and not any(
+                fn in (s.rule, s.prepare) for s in RULES.values()):
+            del globals()[fn.__name__]
     return spec
 
 
@@ -136,6 +321,18 @@ register(RuleSpec(
     user_hyper=("lr", "momentum", "dampening", "weight_decay", "nesterov",
                 "maximize", "noise"),
     scalar_states=(),
+    options=(real("lr", 1e-3, lo=0.0), real("momentum", 0.0, lo=0.0), real("dampening", 0.0),
+             real("weight_decay", 0.0, lo=0.0), flag("nesterov"), flag("maximize"),
+             real("noise", 0.0, lo=0.0)),
+    classes=(OptimizerClass("SGD"),),
+    estimator_names=(EstimatorName("sgd", "SGD", 0.05),
+                     EstimatorName("momentum", "SGD", 0.01, {"momentum": 0.9}),
+                     EstimatorName("nesterov", "SGD", 0.01, {"momentum": 0.9, "nesterov": True})),
+    requires=(Requires(lambda o: not o["nesterov"] or (o["momentum"] > 0 and o["dampening"] == 0),
+                       "nesterov=True requires momentum > 0 and dampening == 0 "
+                       "(as torch.optim.SGD)"),),
+    noise="noise",
+    zero_grad_identity=lambda u: u["momentum"] == 0 and u["weight_decay"] == 0 and u["noise"] == 0,
 ))
 
 
@@ -153,6 +350,11 @@ register(RuleSpec(
                   "maximize", "first", "sigma"),
     user_hyper=("lr", "noise_scale", "weight_decay", "maximize"),
     scalar_states=(),
+    options=(real("lr", REQUIRED, lo=0.0), real("noise_scale", 1.0, lo=0.0),
+             real("weight_decay", 0.0, lo=0.0), flag("maximize")),
+    classes=(OptimizerClass("SGLD"),),
+    estimator_names=(EstimatorName("sgld", "SGLD", 0.02),),
+    noise="noise_scale",
 ))
 
 
@@ -183,6 +385,13 @@ register(RuleSpec(
     kernel_hyper=("clr", "weight_decay", "eps", "maximize"),
     user_hyper=("lr", "lr_decay", "weight_decay", "eps", "maximize"),
     scalar_states=(),
+    options=(real("lr", 1e-2, lo=0.0), real("lr_decay", 0.0, lo=0.0),
+             real("weight_decay", 0.0, lo=0.0),
+             real("initial_accumulator_value", 0.0, lo=0.0, init_state="sum"),
+             real("eps", 1e-10, lo=0.0, lo_open=True), flag("maximize")),
+    classes=(OptimizerClass("Adagrad"),),
+    estimator_names=(EstimatorName("adagrad", "Adagrad", 0.1),),
+    zero_grad_identity=lambda u: u["weight_decay"] == 0,
 ))
 
 
@@ -229,6 +438,11 @@ register(RuleSpec(
     user_hyper=("lr", "alpha", "eps", "weight_decay", "momentum", "centered",
                 "maximize"),
     scalar_states=(),
+    options=(real("lr", 1e-2, lo=0.0), real("alpha", 0.99, lo=0.0, hi=1.0),
+             real("eps", 1e-8, lo=0.0, lo_open=True), real("weight_decay", 0.0, lo=0.0),
+             real("momentum", 0.0, lo=0.0), flag("centered"), flag("maximize")),
+    classes=(OptimizerClass("RMSprop"),),
+    estimator_names=(EstimatorName("rmsprop", "RMSprop", 0.01),),
 ))
 
 
@@ -261,6 +475,11 @@ register(RuleSpec(
     kernel_hyper=("lr", "rho", "one_minus_rho", "eps", "weight_decay", "maximize"),
     user_hyper=("lr", "rho", "eps", "weight_decay", "maximize"),
     scalar_states=(),
+    options=(real("lr", 1.0, lo=0.0), real("rho", 0.9, lo=0.0, hi=1.0),
+             real("eps", 1e-6, lo=0.0, lo_open=True), real("weight_decay", 0.0, lo=0.0),
+             flag("maximize")),
+    classes=(OptimizerClass("Adadelta"),),
+    estimator_names=(EstimatorName("adadelta", "Adadelta", 1.0),),
 ))
 
 
@@ -321,6 +540,15 @@ register(RuleSpec(
     user_hyper=("lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad",
                 "maximize", "bias_correction", "decoupled"),
     scalar_states=(),
+    options=(real("lr", 1e-3, lo=0.0), unit_pair("betas", (0.9, 0.999), ("beta1", "beta2")),
+             real("eps", 1e-8, lo=0.0, lo_open=True), real("weight_decay", 0.0, lo=0.0),
+             flag("amsgrad"), flag("maximize"), flag("bias_correction", True),
+             flag("decoupled_weight_decay", into=("decoupled",))),
+    classes=(OptimizerClass("Adam"),
+             OptimizerClass("AdamW", defaults={"weight_decay": 1e-2},
+                            fixed={"decoupled_weight_decay": True})),
+    estimator_names=(EstimatorName("adam", "Adam", 0.01),
+                     EstimatorName("adamw", "AdamW", 0.01, {"weight_decay": 0.0})),
 ))
 
 
@@ -355,6 +583,11 @@ register(RuleSpec(
                   "maximize"),
     user_hyper=("lr", "beta1", "beta2", "eps", "weight_decay", "maximize"),
     scalar_states=(),
+    options=(real("lr", 2e-3, lo=0.0), unit_pair("betas", (0.9, 0.999), ("beta1", "beta2")),
+             real("eps", 1e-8, lo=0.0, lo_open=True), real("weight_decay", 0.0, lo=0.0),
+             flag("maximize")),
+    classes=(OptimizerClass("Adamax"),),
+    estimator_names=(EstimatorName("adamax", "Adamax", 0.02),),
 ))
 
 
@@ -408,6 +641,12 @@ register(RuleSpec(
     user_hyper=("lr", "beta1", "beta2", "eps", "weight_decay",
                 "momentum_decay", "maximize", "decoupled"),
     scalar_states=(("mu_product", 1.0),),
+    options=(real("lr", 2e-3, lo=0.0), unit_pair("betas", (0.9, 0.999), ("beta1", "beta2")),
+             real("eps", 1e-8, lo=0.0, lo_open=True), real("weight_decay", 0.0, lo=0.0),
+             real("momentum_decay", 4e-3, lo=0.0),
+             flag("decoupled_weight_decay", into=("decoupled",)), flag("maximize")),
+    classes=(OptimizerClass("NAdam"),),
+    estimator_names=(EstimatorName("nadam", "NAdam", 0.01),),
 ))
 
 
@@ -467,6 +706,11 @@ register(RuleSpec(
     user_hyper=("lr", "beta1", "beta2", "eps", "weight_decay", "maximize",
                 "decoupled"),
     scalar_states=(),
+    options=(real("lr", 1e-3, lo=0.0), unit_pair("betas", (0.9, 0.999), ("beta1", "beta2")),
+             real("eps", 1e-8, lo=0.0, lo_open=True), real("weight_decay", 0.0, lo=0.0),
+             flag("decoupled_weight_decay", into=("decoupled",)), flag("maximize")),
+    classes=(OptimizerClass("RAdam"),),
+    estimator_names=(EstimatorName("radam", "RAdam", 0.01),),
 ))
 
 
@@ -520,4 +764,12 @@ register(RuleSpec(
     kernel_hyper=("lr", "lr_power", "beta", "l1", "l2"),
     user_hyper=("lr", "lr_power", "beta", "l1", "l2", "l1_per_step", "l2_per_step"),
     scalar_states=(),
+    options=(real("lr", 0.1, lo=0.0, lo_open=True), real("lr_power", -0.5, hi=0.0),
+             real("beta", 1.0, lo=0.0), real("l1", 0.0, lo=0.0), real("l2", 0.0, lo=0.0),
+             real("initial_accumulator_value", 0.0, lo=0.0, init_state="accumulator"),
+             real("l1_per_step", 0.0, lo=0.0, keyword_only=True),
+             real("l2_per_step", 0.0, lo=0.0, keyword_only=True)),
+    classes=(OptimizerClass("FTRL"),),
+    estimator_names=(EstimatorName("ftrl", "FTRL", 0.1),),
+    zero_grad_identity=lambda u: True,
 ))

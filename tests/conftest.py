@@ -170,6 +170,25 @@ FIXED_OPTIONS = {
 }
 
 
+def registry_lr(name):
+    """The estimators' default learning rate of optimizer class ``name`` (lower
+    case), from its registry entry (kernels/rules.py: estimator_names)."""
+    cls = optkern.OPTIMIZERS[name]
+    return next(lr for c, lr, _ in optkern.OPTIMIZER_NAMES.values() if c is cls)
+
+
+# Every optimizer class in the registry is tested: one without hand-picked
+# option sets above gets its defaults with the registry's learning rate (and
+# hypothesis over the rate), so a new registry entry is in every test that
+# iterates these tables without editing this file.
+for _name, _cls in optkern.OPTIMIZERS.items():
+    if _name not in FIXED_OPTIONS:
+        FIXED_OPTIONS[_name] = [dict(lr=registry_lr(_name))]
+    if not any(n == _name for n, _ in OPTION_SETS.values()):
+        OPTION_SETS[f"{_name}-defaults"] = (_name, _d(lr=st.floats(registry_lr(_name) / 10,
+                                                                  registry_lr(_name))))
+
+
 def fixed_cases():
     """(id, optimizer name, kwargs) for every fixed option set."""
     out = []

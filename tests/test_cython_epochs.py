@@ -23,11 +23,10 @@ RULES = list(rules.RULES)
 LOSSES = list(loss_rules.LOSS_RULES)
 REGRESSION = [n for n, s in loss_rules.LOSS_RULES.items() if s.target == "regression"]
 
-# optimizer names of the estimators for each update rule (the rule behind a name
-# is checked below, so a new rule without a case here fails loudly)
-OPTIMIZER_FOR_RULE = {"sgd": "momentum", "sgld": "sgld", "adagrad": "adagrad",
-                      "rmsprop": "rmsprop", "adadelta": "adadelta", "adam": "adamw",
-                      "adamax": "adamax", "nadam": "nadam", "radam": "radam", "ftrl": "ftrl"}
+# an estimator name for each update rule: the registry's first, except where
+# another name exercises more of the rule (momentum state, decoupled decay)
+OPTIMIZER_FOR_RULE = {name: spec.estimator_names[0].name for name, spec in rules.RULES.items()}
+OPTIMIZER_FOR_RULE.update(sgd="momentum", adam="adamw")
 
 # (loss, rule, layout, dtype, fit_intercept, average, extra estimator params):
 # every loss and every rule at least once; dense and CSR, float32 and float64,

@@ -19,17 +19,12 @@ __version__ = "0.1.0"
 from ._backend import BACKENDS, available_backends  # noqa: F401
 from .optimizers import (  # noqa: F401
     FTRL, SGD, SGLD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, Optimizer, RAdam, RMSprop,
+    OPTIMIZER_NAMES, OPTIMIZERS,
 )
 from .losses import loss_and_grad, predict_scores, check_grad, LOSSES  # noqa: F401
 
 from . import schedules  # noqa: F401,E402
 from .io import load  # noqa: F401
-
-OPTIMIZERS = {
-    "sgd": SGD, "adagrad": Adagrad, "rmsprop": RMSprop, "adadelta": Adadelta,
-    "adam": Adam, "adamw": AdamW, "adamax": Adamax, "nadam": NAdam, "radam": RAdam,
-    "sgld": SGLD, "ftrl": FTRL,
-}
 
 
 def __getattr__(name):
@@ -38,4 +33,10 @@ def __getattr__(name):
         from . import estimators
 
         return getattr(estimators, name)
+    from . import optimizers   # the class of a rule registered at run time
+
+    try:
+        return optimizers.optimizer_class(name)
+    except KeyError:
+        pass
     raise AttributeError(f"module 'optkern' has no attribute {name!r}")

@@ -79,7 +79,7 @@ class _Runner:
             # the ahead-of-time twin (kernels/cython/generate_epochs.py): same
             # arguments, same arithmetic, no JIT warm-up, the GIL released
             epochs_mod = _backend.cython_module("epochs")
-            if epochs_mod is not None:
+            if epochs_mod is not None and opt._has_cython_twin():
                 self.fn = epochs_mod.epoch_for(loss_name, opt._spec.name, layout)
         # backend="auto" chose a Numba epoch: its Cython twin trains while the
         # Numba one is not compiled (optkern._jit), decided on the first epoch
@@ -90,7 +90,8 @@ class _Runner:
             self.fn = mod.epoch_parallel if parallel else mod.epoch_serial
             if getattr(estimator, "backend", None) == "auto":
                 epochs_mod = _backend.cython_module("epochs")
-                if epochs_mod is not None:
+                # a rule registered at run time has no Cython twin: Numba alone
+                if epochs_mod is not None and opt._has_cython_twin():
                     self.twin = epochs_mod.epoch_for(loss_name, opt._spec.name, layout)
         self.key = ("epoch", loss_name, opt._spec.name, layout, parallel, W.dtype.char)
         self.n_chunks = numba.get_num_threads() if parallel else 1

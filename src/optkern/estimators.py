@@ -52,24 +52,12 @@ from optkern import schedules as _sched
 
 __all__ = ["LinearClassifier", "LinearRegressor", "OPTIMIZER_NAMES"]
 
-# name -> (class, default lr, fixed options).  Default rates were chosen on
-# standardised data (scikit-learn's bundled sets and make_classification) so
-# that every name trains a good model without tuning; see tests/test_estimators.
-OPTIMIZER_NAMES = {
-    "sgd": (_opt.SGD, 0.05, {}),
-    "momentum": (_opt.SGD, 0.01, {"momentum": 0.9}),
-    "nesterov": (_opt.SGD, 0.01, {"momentum": 0.9, "nesterov": True}),
-    "adagrad": (_opt.Adagrad, 0.1, {}),
-    "rmsprop": (_opt.RMSprop, 0.01, {}),
-    "adadelta": (_opt.Adadelta, 1.0, {}),
-    "adam": (_opt.Adam, 0.01, {}),
-    "adamw": (_opt.AdamW, 0.01, {"weight_decay": 0.0}),
-    "adamax": (_opt.Adamax, 0.02, {}),
-    "nadam": (_opt.NAdam, 0.01, {}),
-    "radam": (_opt.RAdam, 0.01, {}),
-    "sgld": (_opt.SGLD, 0.02, {}),
-    "ftrl": (_opt.FTRL, 0.1, {}),
-}
+# name -> (class, default lr, fixed options), derived from the registry's
+# ``estimator_names`` (kernels/rules.py): one copy, shared with the command
+# line, Dask and the benchmarks.  Default rates were chosen on standardised
+# data (scikit-learn's bundled sets and make_classification) so that every name
+# trains a good model without tuning; see tests/test_estimators.
+OPTIMIZER_NAMES = _opt.OPTIMIZER_NAMES
 
 CLASSIFIER_LOSSES = ("softmax", "log", "hinge", "squared_hinge", "modified_huber",
                      "multiclass_hinge")
@@ -534,8 +522,8 @@ class _BaseLinear(BaseEstimator):
         if isinstance(self.optimizer, _opt.Optimizer):
             cls = type(self.optimizer)
             template = {k: v for k, v in self.optimizer.param_groups[0].items() if k != "params"}
-            if cls is _opt.AdamW:
-                template.pop("decoupled_weight_decay", None)
+            for fixed in cls._fixed_options:   # AdamW's decoupled_weight_decay
+                template.pop(fixed, None)
             template.update(params)
             params = template
             base_lr = params.pop("lr")
@@ -554,7 +542,7 @@ class _BaseLinear(BaseEstimator):
                 params.setdefault("noise_scale", 0.1 / math.sqrt(max(n_train, 1)))
         if self.lr is not None:
             base_lr = float(self.lr)
-        if cls in (_opt.SGD, _opt.SGLD):
+        if cls._noisy:
             params["seed"] = seed
         if cls is _opt.FTRL:
             # the penalty goes to FTRL's own proximal l1/l2 (exact zeros), growing
@@ -566,8 +554,8 @@ class _BaseLinear(BaseEstimator):
         groups = [{"params": [W]}]
         if b is not None:
             # the intercept is not penalised
-            unpenalised = ({"l1": 0.0, "l2": 0.0, "l1_per_step": 0.0, "l2_per_step": 0.0}
-                           if cls is _opt.FTRL else {"weight_decay": 0.0})
+            unpenalised = {k: 0.0 for k in ("weight_decay", "l1", "l2", "l1_per_step",
+                                            "l2_per_step") if k in cls._option_names}
             groups.append({"params": [b], **unpenalised})
         try:
             opt = cls(groups, lr=base_lr, backend=self._optimizer_backend(W.size),

@@ -19,17 +19,20 @@ Guarantees:
   seed, Polyak averages), so a resumed run follows the identical trajectory.
 """
 
+import inspect
 import math
 import numbers
+from collections.abc import Mapping
 
 import numpy as np
 
 from optkern import _backend, _jit
 from optkern.kernels import _helpers, drivers, reference
-from optkern.kernels.rules import RULES, allocated_states, state_names
+from optkern.kernels.rules import REQUIRED, RULES, allocated_states, state_names
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam",
-           "AdamW", "Adamax", "NAdam", "RAdam", "SGLD", "FTRL"]
+           "AdamW", "Adamax", "NAdam", "RAdam", "SGLD", "FTRL", "OPTIMIZERS",
+           "OPTIMIZER_NAMES", "optimizer_class"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -170,10 +173,22 @@ def arrays_overlap(a, b):
 
 
 class Optimizer:
-    """Base class.  Subclasses set ``_rule`` and implement ``_user_hyper``."""
+    """Base class.  A subclass sets ``_rule`` (a key of ``optkern.kernels.RULES``);
+    a subclass named like one of that rule's ``classes`` gets its signature,
+    defaults and validation from the registry entry (``__init_subclass__``)."""
 
     _rule = None
     _noisy = False
+    _fixed_options = {}
+    _option_names = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        spec = RULES.get(cls._rule)
+        decl = None if spec is None else next(
+            (c for c in spec.classes if c.name == cls.__name__), None)
+        if decl is not None and "__init__" not in cls.__dict__:
+            _install_api(cls, spec, decl)
 
     def __init__(self, params, defaults, *, backend="auto", check_finite=True,
                  average=False, seed=None):
@@ -297,7 +312,7 @@ class Optimizer:
                     else mod.serial_checked
             else:
                 fn = mod.parallel if backend == "numba-parallel" else mod.serial
-            if self.backend_requested == "auto" and _backend.cython_module() is not None:
+            if self.backend_requested == "auto" and self._has_cython_twin():
                 # the Cython twin serves the steps until the Numba kernel is
                 # compiled (optkern._jit): no compile stall on a first step
                 return _ServedStep(fn, self._cython_step(g, checked),
@@ -372,11 +387,26 @@ class Optimizer:
             raise TypeError(f"param_groups[{gi}]: device params must all be float32 "
                             f"or all float64, got {sorted(map(str, dtypes))}")
 
+    def _has_cython_twin(self):
+        """Whether the ahead-of-time Cython kernels hold this rule (not for a
+        rule registered at run time: they are compiled when optkern is built)."""
+        mod = _backend.cython_module()
+        return mod is not None and callable(getattr(mod, self._spec.name, None))
+
     def _resolve_backend(self, g):
         requested = self.backend_requested
         if requested == "auto":
-            return _backend.choose_auto(g.size, on_device=g.device)
+            choice = _backend.choose_auto(g.size, on_device=g.device)
+            if choice == "cython" and not self._has_cython_twin():
+                choice = "numba"    # a rule registered at run time: no Cython twin
+            return choice
         _backend.require(requested)
+        if requested == "cython" and not self._has_cython_twin():
+            raise ValueError(
+                f"backend='cython' cannot run rule {self._spec.name!r}: the ahead-of-time "
+                "Cython kernels are compiled when optkern is built, from the rules in "
+                "kernels/rules.py then; a rule registered at run time runs on 'numpy', "
+                "'numba', 'numba-parallel' and 'cuda' ('auto' chooses among them)")
         if g.device and requested != "cuda":
             raise ValueError(f"backend={requested!r} cannot update device arrays; "
                              "use backend='cuda' or 'auto'")
@@ -407,15 +437,31 @@ class Optimizer:
         return states
 
     def _state_init(self, group):
-        return {}
+        """Initial values of the states an option initialises (Adagrad's
+        initial_accumulator_value), by the registry entry's ``init_state``."""
+        return {o.init_state: group[o.name] for o in self._spec.options if o.init_state}
 
     # --------------------------------------------------------- hyperparameters
     def _hyper_tuple(self, group):
-        """The rule's user hyperparameters, in ``spec.user_hyper`` order."""
-        raise NotImplementedError
+        """The rule's user hyperparameters, in ``spec.user_hyper`` order
+        (each fed by the option the registry entry names in ``into``)."""
+        return _hyper_getter(self._spec)(group)
 
     def _validate_hyper(self, group, where):
-        raise NotImplementedError
+        """Each option's own constraint (registry ``options``), then the
+        constraints between options (``requires``)."""
+        spec = self._spec
+        for o in spec.options:
+            if o.kind == "flag":
+                self._check_flag(group, o.name, where)
+            elif o.kind == "unit_pair":
+                self._check_pair(group, o, where)
+            else:
+                self._check_number(group, o.name, where, lo=o.lo, lo_open=o.lo_open,
+                                   hi=o.hi, hi_open=o.hi_open)
+        for r in spec.requires:
+            if not r.holds(group):
+                raise ValueError(f"{where}: {r.message}")
 
     @staticmethod
     def _check_number(group, key, where, lo=None, lo_open=False, hi=None, hi_open=False):
@@ -438,13 +484,16 @@ class Optimizer:
             raise TypeError(f"{where}: {key} must be a bool, got {value!r}")
         return bool(value)
 
-    def _check_betas(self, group, where):
-        betas = group["betas"]
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise TypeError(f"{where}: betas must be a pair (beta1, beta2), got {betas!r}")
-        for j, b in enumerate(betas):
+    @staticmethod
+    def _check_pair(group, option, where):
+        key = option.name
+        pair = group[key]
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(f"{where}: {key} must be a pair ({', '.join(option.into)}), "
+                            f"got {pair!r}")
+        for j, b in enumerate(pair):
             if isinstance(b, bool) or not isinstance(b, numbers.Real) or not 0.0 <= b < 1.0:
-                raise ValueError(f"{where}: betas[{j}] must be in [0, 1), got {b!r}")
+                raise ValueError(f"{where}: {key}[{j}] must be in [0, 1), got {b!r}")
 
     @property
     def lr(self):
@@ -549,16 +598,10 @@ class Optimizer:
 
     # ------------------------------------------------------------ sparse step
     def _zero_step_is_identity(self, user):
-        """Whether a zero gradient leaves parameter and state unchanged."""
-        name = self._spec.name
-        u = dict(zip(self._spec.user_hyper, user))
-        if name == "ftrl":
-            return True
-        if name == "sgd":
-            return u["momentum"] == 0 and u["weight_decay"] == 0 and u["noise"] == 0
-        if name == "adagrad":
-            return u["weight_decay"] == 0
-        return False
+        """Whether a zero gradient leaves parameter and state unchanged (the
+        registry entry's ``zero_grad_identity``)."""
+        holds = self._spec.zero_grad_identity
+        return bool(holds is not None and holds(dict(zip(self._spec.user_hyper, user))))
 
     def _sparse_args(self, grads, rows):
         """[(group, index in group, flat param, rows or None, grad)] validated."""
@@ -805,7 +848,8 @@ class Optimizer:
             g.avg_count += 1
 
     def _noise_on(self, user):
-        return True
+        """Whether this step draws noise: the registry entry's ``noise`` option > 0."""
+        return user[self._noise_index] > 0
 
     # -------------------------------------------------------------------- CUDA
     def _setup_cuda_group(self, g):
@@ -1045,9 +1089,90 @@ class Optimizer:
 
 
 # ---------------------------------------------------------------------------
-# The optimizers.  Each maps its torch-style group options onto its rule's
-# user hyperparameters and validates them.
+# The optimizer classes, from the registry (kernels/rules.py): an entry's
+# ``options`` give the signature, defaults and validation, its ``classes`` the
+# names.  The classes below are thin named subclasses (docs, pickling,
+# isinstance); a rule registered at run time gets its classes from
+# ``optimizer_class``.
 # ---------------------------------------------------------------------------
+
+_RUNTIME = ("backend", "check_finite", "average")
+
+
+def _signature(spec, decl):
+    """The class's signature: params, the options not fixed (keyword-only ones
+    after ``*``), then seed (noisy rules), backend, check_finite, average."""
+    P = inspect.Parameter
+    params = [P("self", P.POSITIONAL_OR_KEYWORD), P("params", P.POSITIONAL_OR_KEYWORD)]
+    keyword = []
+    for o in spec.options:
+        if o.name in decl.fixed:
+            continue
+        default = decl.defaults.get(o.name, o.default)
+        kind = P.KEYWORD_ONLY if o.keyword_only else P.POSITIONAL_OR_KEYWORD
+        p = P(o.name, kind, default=P.empty if default is REQUIRED else default)
+        (keyword if o.keyword_only else params).append(p)
+    if spec.noise is not None:
+        keyword.append(P("seed", P.KEYWORD_ONLY, default=None))
+    keyword += [P("backend", P.KEYWORD_ONLY, default="auto"),
+                P("check_finite", P.KEYWORD_ONLY, default=True),
+                P("average", P.KEYWORD_ONLY, default=False)]
+    return inspect.Signature(params + keyword)
+
+
+def _install_api(cls, spec, decl):
+    """Give ``cls`` the ``__init__`` its registry entry describes."""
+    sig = _signature(spec, decl)
+
+    def __init__(self, *args, **kwargs):
+        try:
+            bound = sig.bind(self, *args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{cls.__name__}(): {exc}") from None
+        bound.apply_defaults()
+        given = bound.arguments
+        options = {}
+        for o in spec.options:
+            value = decl.fixed[o.name] if o.name in decl.fixed else given[o.name]
+            if o.kind == "unit_pair" and isinstance(value, list):
+                value = tuple(value)
+            options[o.name] = value
+        Optimizer.__init__(self, given["params"], options, seed=given.get("seed"),
+                           **{k: given[k] for k in _RUNTIME})
+
+    __init__.__signature__ = sig
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    __init__.__doc__ = f"Options and defaults from the registry entry of rule {spec.name!r}."
+    cls.__init__ = __init__
+    cls._noisy = spec.noise is not None
+    cls._noise_index = spec.user_hyper.index(spec.noise) if cls._noisy else None
+    cls._fixed_options = dict(decl.fixed)
+    cls._option_names = tuple(o.name for o in spec.options)
+    # every step reads the group's hyperparameters: the generated reader
+    # itself, not a method that looks it up
+    cls._hyper_tuple = staticmethod(_hyper_getter(spec))
+
+
+_GETTERS = {}
+
+
+def _hyper_getter(spec):
+    """group dict -> user_hyper tuple, built once per rule from the options'
+    ``into`` names: a one-line function reading the group's entries in
+    user_hyper order (a pair such as betas by index), as fast as the
+    hand-written tuples it replaces (it runs at every step)."""
+    getter = _GETTERS.get(id(spec))
+    if getter is not None and getter[0] is spec:
+        return getter[1]
+    source = {}
+    for o in spec.options:
+        for j, name in enumerate(o.into):
+            source[name] = (o.name, j if o.kind == "unit_pair" else None)
+    items = "".join(f"group[{k!r}], " if j is None else f"group[{k!r}][{j}], "
+                    for k, j in (source[name] for name in spec.user_hyper))
+    fn = eval(f"lambda group: ({items})")   # keys are repr()s of option names
+    _GETTERS[id(spec)] = (spec, fn)
+    return fn
 
 
 class SGD(Optimizer):
@@ -1058,35 +1183,6 @@ class SGD(Optimizer):
     """
 
     _rule = "sgd"
-    _noisy = True
-
-    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0,
-                 weight_decay=0.0, nesterov=False, maximize=False, noise=0.0, *,
-                 seed=None, backend="auto", check_finite=True, average=False):
-        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
-                                      weight_decay=weight_decay, nesterov=nesterov,
-                                      maximize=maximize, noise=noise),
-                         backend=backend, check_finite=check_finite, average=average,
-                         seed=seed)
-
-    def _validate_hyper(self, group, where):
-        self._check_number(group, "lr", where, lo=0.0)
-        self._check_number(group, "momentum", where, lo=0.0)
-        self._check_number(group, "dampening", where)
-        self._check_number(group, "weight_decay", where, lo=0.0)
-        self._check_number(group, "noise", where, lo=0.0)
-        nesterov = self._check_flag(group, "nesterov", where)
-        self._check_flag(group, "maximize", where)
-        if nesterov and (group["momentum"] <= 0 or group["dampening"] != 0):
-            raise ValueError(f"{where}: nesterov=True requires momentum > 0 and "
-                             "dampening == 0 (as torch.optim.SGD)")
-
-    def _hyper_tuple(self, group):
-        return (group["lr"], group["momentum"], group["dampening"], group["weight_decay"],
-                group["nesterov"], group["maximize"], group["noise"])
-
-    def _noise_on(self, user):
-        return user[6] > 0
 
 
 class SGLD(Optimizer):
@@ -1097,26 +1193,6 @@ class SGLD(Optimizer):
     """
 
     _rule = "sgld"
-    _noisy = True
-
-    def __init__(self, params, lr, noise_scale=1.0, weight_decay=0.0, maximize=False, *,
-                 seed=None, backend="auto", check_finite=True, average=False):
-        super().__init__(params, dict(lr=lr, noise_scale=noise_scale,
-                                      weight_decay=weight_decay, maximize=maximize),
-                         backend=backend, check_finite=check_finite, average=average,
-                         seed=seed)
-
-    def _validate_hyper(self, group, where):
-        self._check_number(group, "lr", where, lo=0.0)
-        self._check_number(group, "noise_scale", where, lo=0.0)
-        self._check_number(group, "weight_decay", where, lo=0.0)
-        self._check_flag(group, "maximize", where)
-
-    def _hyper_tuple(self, group):
-        return (group["lr"], group["noise_scale"], group["weight_decay"], group["maximize"])
-
-    def _noise_on(self, user):
-        return user[1] > 0
 
 
 class Adagrad(Optimizer):
@@ -1124,55 +1200,11 @@ class Adagrad(Optimizer):
 
     _rule = "adagrad"
 
-    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
-                 initial_accumulator_value=0.0, eps=1e-10, maximize=False, *,
-                 backend="auto", check_finite=True, average=False):
-        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                                      initial_accumulator_value=initial_accumulator_value,
-                                      eps=eps, maximize=maximize),
-                         backend=backend, check_finite=check_finite, average=average)
-
-    def _validate_hyper(self, group, where):
-        self._check_number(group, "lr", where, lo=0.0)
-        self._check_number(group, "lr_decay", where, lo=0.0)
-        self._check_number(group, "weight_decay", where, lo=0.0)
-        self._check_number(group, "initial_accumulator_value", where, lo=0.0)
-        self._check_number(group, "eps", where, lo=0.0, lo_open=True)
-        self._check_flag(group, "maximize", where)
-
-    def _hyper_tuple(self, group):
-        return (group["lr"], group["lr_decay"], group["weight_decay"], group["eps"],
-                group["maximize"])
-
-    def _state_init(self, group):
-        return {"sum": group["initial_accumulator_value"]}
-
 
 class RMSprop(Optimizer):
     """torch.optim.RMSprop (eps outside the square root; centered variant)."""
 
     _rule = "rmsprop"
-
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
-                 momentum=0.0, centered=False, maximize=False, *, backend="auto",
-                 check_finite=True, average=False):
-        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                                      momentum=momentum, centered=centered,
-                                      maximize=maximize),
-                         backend=backend, check_finite=check_finite, average=average)
-
-    def _validate_hyper(self, group, where):
-        self._check_number(group, "lr", where, lo=0.0)
-        self._check_number(group, "alpha", where, lo=0.0, hi=1.0)
-        self._check_number(group, "eps", where, lo=0.0, lo_open=True)
-        self._check_number(group, "weight_decay", where, lo=0.0)
-        self._check_number(group, "momentum", where, lo=0.0)
-        self._check_flag(group, "centered", where)
-        self._check_flag(group, "maximize", where)
-
-    def _hyper_tuple(self, group):
-        return (group["lr"], group["alpha"], group["eps"], group["weight_decay"],
-                group["momentum"], group["centered"], group["maximize"])
 
 
 class Adadelta(Optimizer):
@@ -1180,39 +1212,8 @@ class Adadelta(Optimizer):
 
     _rule = "adadelta"
 
-    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0,
-                 maximize=False, *, backend="auto", check_finite=True, average=False):
-        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
-                                      maximize=maximize),
-                         backend=backend, check_finite=check_finite, average=average)
 
-    def _validate_hyper(self, group, where):
-        self._check_number(group, "lr", where, lo=0.0)
-        self._check_number(group, "rho", where, lo=0.0, hi=1.0)
-        self._check_number(group, "eps", where, lo=0.0, lo_open=True)
-        self._check_number(group, "weight_decay", where, lo=0.0)
-        self._check_flag(group, "maximize", where)
-
-    def _hyper_tuple(self, group):
-        return (group["lr"], group["rho"], group["eps"], group["weight_decay"],
-                group["maximize"])
-
-
-class _AdamFamily(Optimizer):
-    def _validate_hyper(self, group, where):
-        self._check_number(group, "lr", where, lo=0.0)
-        self._check_betas(group, where)
-        self._check_number(group, "eps", where, lo=0.0, lo_open=True)
-        self._check_number(group, "weight_decay", where, lo=0.0)
-        self._check_flag(group, "maximize", where)
-        for flag in ("amsgrad", "bias_correction", "decoupled_weight_decay"):
-            if flag in group:
-                self._check_flag(group, flag, where)
-        if "momentum_decay" in group:
-            self._check_number(group, "momentum_decay", where, lo=0.0)
-
-
-class Adam(_AdamFamily):
+class Adam(Optimizer):
     """torch.optim.Adam; ``bias_correction=False`` gives the course's uncorrected Adam.
 
     ``decoupled_weight_decay=True`` is AdamW (as torch >= 2.5's Adam option).
@@ -1220,92 +1221,27 @@ class Adam(_AdamFamily):
 
     _rule = "adam"
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, maximize=False, bias_correction=True,
-                 decoupled_weight_decay=False, *, backend="auto", check_finite=True,
-                 average=False):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas) if isinstance(betas, list)
-                                      else betas, eps=eps,
-                                      weight_decay=weight_decay, amsgrad=amsgrad,
-                                      maximize=maximize, bias_correction=bias_correction,
-                                      decoupled_weight_decay=decoupled_weight_decay),
-                         backend=backend, check_finite=check_finite, average=average)
-
-    def _hyper_tuple(self, group):
-        b1, b2 = group["betas"]
-        return (group["lr"], b1, b2, group["eps"], group["weight_decay"], group["amsgrad"],
-                group["maximize"], group["bias_correction"],
-                group["decoupled_weight_decay"])
-
 
 class AdamW(Adam):
     """torch.optim.AdamW: Adam with decoupled weight decay (default 1e-2)."""
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, maximize=False, bias_correction=True, *, backend="auto",
-                 check_finite=True, average=False):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, maximize=maximize,
-                         bias_correction=bias_correction, decoupled_weight_decay=True,
-                         backend=backend, check_finite=check_finite, average=average)
 
-
-class Adamax(_AdamFamily):
+class Adamax(Optimizer):
     """torch.optim.Adamax (infinity-norm Adam)."""
 
     _rule = "adamax"
 
-    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 maximize=False, *, backend="auto", check_finite=True, average=False):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps,
-                                      weight_decay=weight_decay, maximize=maximize),
-                         backend=backend, check_finite=check_finite, average=average)
 
-    def _hyper_tuple(self, group):
-        b1, b2 = group["betas"]
-        return (group["lr"], b1, b2, group["eps"], group["weight_decay"], group["maximize"])
-
-
-class NAdam(_AdamFamily):
+class NAdam(Optimizer):
     """torch.optim.NAdam (Nesterov-accelerated Adam with momentum decay)."""
 
     _rule = "nadam"
 
-    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False, *,
-                 backend="auto", check_finite=True, average=False):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps,
-                                      weight_decay=weight_decay,
-                                      momentum_decay=momentum_decay,
-                                      decoupled_weight_decay=decoupled_weight_decay,
-                                      maximize=maximize),
-                         backend=backend, check_finite=check_finite, average=average)
 
-    def _hyper_tuple(self, group):
-        b1, b2 = group["betas"]
-        return (group["lr"], b1, b2, group["eps"], group["weight_decay"],
-                group["momentum_decay"], group["maximize"],
-                group["decoupled_weight_decay"])
-
-
-class RAdam(_AdamFamily):
+class RAdam(Optimizer):
     """torch.optim.RAdam (variance-rectified Adam)."""
 
     _rule = "radam"
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 decoupled_weight_decay=False, maximize=False, *, backend="auto",
-                 check_finite=True, average=False):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps,
-                                      weight_decay=weight_decay,
-                                      decoupled_weight_decay=decoupled_weight_decay,
-                                      maximize=maximize),
-                         backend=backend, check_finite=check_finite, average=average)
-
-    def _hyper_tuple(self, group):
-        b1, b2 = group["betas"]
-        return (group["lr"], b1, b2, group["eps"], group["weight_decay"],
-                group["maximize"], group["decoupled_weight_decay"])
 
 
 class FTRL(Optimizer):
@@ -1326,25 +1262,64 @@ class FTRL(Optimizer):
 
     _rule = "ftrl"
 
-    def __init__(self, params, lr=0.1, lr_power=-0.5, beta=1.0, l1=0.0, l2=0.0,
-                 initial_accumulator_value=0.0, *, l1_per_step=0.0, l2_per_step=0.0,
-                 backend="auto", check_finite=True, average=False):
-        super().__init__(params, dict(lr=lr, lr_power=lr_power, beta=beta, l1=l1, l2=l2,
-                                      initial_accumulator_value=initial_accumulator_value,
-                                      l1_per_step=l1_per_step, l2_per_step=l2_per_step),
-                         backend=backend, check_finite=check_finite, average=average)
 
-    def _validate_hyper(self, group, where):
-        self._check_number(group, "lr", where, lo=0.0, lo_open=True)
-        self._check_number(group, "lr_power", where, hi=0.0)
-        self._check_number(group, "beta", where, lo=0.0)
-        for key in ("l1", "l2", "l1_per_step", "l2_per_step"):
-            self._check_number(group, key, where, lo=0.0)
-        self._check_number(group, "initial_accumulator_value", where, lo=0.0)
+def optimizer_class(class_name):
+    """The optimizer class called ``class_name`` in the registry: a class of
+    this module, or one built (and kept here, so it pickles) for a rule
+    registered at run time."""
+    cls = globals().get(class_name)
+    if isinstance(cls, type) and issubclass(cls, Optimizer) and cls is not Optimizer:
+        return cls
+    for spec in RULES.values():
+        for k, decl in enumerate(spec.classes):
+            if decl.name == class_name:
+                base = Optimizer if k == 0 else optimizer_class(spec.classes[0].name)
+                cls = type(class_name, (base,), {
+                    "_rule": spec.name, "__module__": __name__,
+                    "__doc__": decl.doc or f"The {spec.name!r} rule (registered at run time)."})
+                globals()[class_name] = cls
+                return cls
+    raise KeyError(f"no optimizer class {class_name!r} in the registry")
 
-    def _hyper_tuple(self, group):
-        return (group["lr"], group["lr_power"], group["beta"], group["l1"], group["l2"],
-                group["l1_per_step"], group["l2_per_step"])
 
-    def _state_init(self, group):
-        return {"accumulator": group["initial_accumulator_value"]}
+class _RegistryView(Mapping):
+    """A read-only mapping computed from the registry, recomputed when a rule
+    is registered (so a rule added at run time shows up everywhere)."""
+
+    def __init__(self, build, doc):
+        self._build, self.__doc__ = build, doc
+        self._key, self._data = None, {}
+
+    def _current(self):
+        key = tuple(map(id, RULES.values()))
+        if key != self._key:
+            self._data, self._key = self._build(), key
+        return self._data
+
+    def __getitem__(self, name):
+        return self._current()[name]
+
+    def __iter__(self):
+        return iter(self._current())
+
+    def __len__(self):
+        return len(self._current())
+
+    def __repr__(self):
+        return repr(self._current())
+
+
+def _class_table():
+    return {decl.name.lower(): optimizer_class(decl.name)
+            for spec in RULES.values() for decl in spec.classes}
+
+
+def _name_table():
+    return {e.name: (optimizer_class(e.class_name), e.lr, dict(e.fixed))
+            for spec in RULES.values() for e in spec.estimator_names}
+
+
+OPTIMIZERS = _RegistryView(_class_table, "class name in lower case -> optimizer class")
+OPTIMIZER_NAMES = _RegistryView(
+    _name_table, "the estimators' and command line's optimizer names -> (class, default "
+                 "learning rate, fixed options), from the registry's estimator_names")

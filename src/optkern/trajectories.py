@@ -24,6 +24,20 @@ __all__ = ["FUNCTIONS", "OPTIMIZERS", "DEFAULT_OPTIMIZERS", "TestFunction", "get
            "optimizer_path", "paths", "plot_paths", "animate_paths"]
 
 
+class _Rates(dict):
+    """A function's learning rates by optimizer name: the rates tuned for the
+    picture, else the registry's estimator default for that name (a new
+    optimizer draws with its estimator rate until someone tunes one)."""
+
+    def __missing__(self, name):
+        return _opt.OPTIMIZER_NAMES[name][1]
+
+    def get(self, name, default=None):
+        if name in self or name in _opt.OPTIMIZER_NAMES:
+            return self[name]
+        return default
+
+
 class TestFunction:
     """A 2-D surface: value (vectorised over grids), gradient, and plot defaults."""
 
@@ -36,7 +50,7 @@ class TestFunction:
         self.xlim = xlim
         self.ylim = ylim
         self.minimum = minimum  # (x, y) of the global minimum, or None (unbounded)
-        self.lrs = dict(lrs)
+        self.lrs = _Rates(lrs)
         self.steps = int(steps)
         self.log_contours = log_contours
         self.formula = formula
@@ -122,21 +136,16 @@ FUNCTIONS = {
         formula="(1.5 - x + xy)^2 + (2.25 - x + xy^2)^2 + (2.625 - x + xy^3)^2"),
 }
 
-# Names as in optkern.estimators.OPTIMIZER_NAMES: name -> (class, fixed options).
-OPTIMIZERS = {
-    "sgd": (_opt.SGD, {}),
-    "momentum": (_opt.SGD, {"momentum": 0.9}),
-    "nesterov": (_opt.SGD, {"momentum": 0.9, "nesterov": True}),
-    "adagrad": (_opt.Adagrad, {}),
-    "rmsprop": (_opt.RMSprop, {}),
-    "adadelta": (_opt.Adadelta, {}),
-    "adam": (_opt.Adam, {}),
-    "adamw": (_opt.AdamW, {"weight_decay": 0.0}),
-    "adamax": (_opt.Adamax, {}),
-    "nadam": (_opt.NAdam, {}),
-    "radam": (_opt.RAdam, {}),
-    "sgld": (_opt.SGLD, {"noise_scale": 0.05}),
-}
+# Options the pictures fix on top of a name's own (a visible but small noise).
+_PICTURE_OPTIONS = {"sgld": {"noise_scale": 0.05}}
+
+# The names of optkern.estimators.OPTIMIZER_NAMES (the registry's
+# estimator_names, a rule registered at run time included):
+# name -> (class, fixed options).
+OPTIMIZERS = _opt._RegistryView(
+    lambda: {name: (cls, {**fixed, **_PICTURE_OPTIONS.get(name, {})})
+             for name, (cls, _lr, fixed) in _opt.OPTIMIZER_NAMES.items()},
+    "trajectory optimizer names -> (class, fixed options)")
 
 DEFAULT_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
 
@@ -176,7 +185,7 @@ def optimizer_path(function, optimizer, *, lr=None, steps=None, start=None, back
         raise ValueError(f"steps must be >= 0, got {steps}")
     kwargs = dict(fixed)
     kwargs.update(params)
-    if cls in (_opt.SGD, _opt.SGLD):
+    if cls._noisy:
         kwargs.setdefault("seed", seed)
     p = np.array(fn.start if start is None else start, dtype=np.float64)
     if p.shape != (2,):

@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 
+from optkern import optimizers as _optimizers
 from optkern.metrics import is_classifier
 
 
@@ -25,10 +26,9 @@ class Terminated(BaseException):
     estimators' "keep the last epoch" handling does not swallow it."""
 
 
-# Kept here (not imported) so that building the parser imports neither
-# scikit-learn nor the estimators; tests check they match optkern.estimators.
-OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam",
-                   "adamw", "adamax", "nadam", "radam", "sgld", "ftrl")
+# The registry's names (optkern.optimizers, no scikit-learn import): the same
+# live mapping the estimators use, so a rule registered at run time is a name here.
+OPTIMIZER_NAMES = _optimizers.OPTIMIZER_NAMES
 CLASSIFIER_LOSSES = ("softmax", "log", "hinge", "squared_hinge", "modified_huber",
                      "multiclass_hinge")
 REGRESSOR_LOSSES = ("squared", "huber", "epsilon_insensitive", "absolute")

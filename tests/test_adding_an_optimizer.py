@@ -1,0 +1,276 @@
+"""The documented way to add an optimizer (docs/adding_an_optimizer.md), done at
+run time: one rule with its registry entry plus one NumPy reference, and
+nothing else.  Every backend that compiles rules at run time, the optimizer
+class, the estimators' name, the command line and the trajectories pick it up;
+the ahead-of-time Cython backend says it cannot, and "auto" falls back to Numba.
+
+The rule is sign descent, p <- p - lr * sign(d), with an optional momentum
+(signum: d = m <- momentum*m + (1 - momentum)*g; d = g when momentum == 0).
+The momentum buffer is optional state, so with the default momentum=0 the
+optimizer holds no state at all; ``sign`` is written with comparisons.
+"""
+
+import inspect
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import optkern
+from optkern import optimizers, trajectories
+from optkern.cli import main
+from optkern.kernels import reference, rules
+
+from conftest import assert_close
+
+
+# --------------------------------------------------- the three things one writes
+def signsgd_rule(p, g, momentum_buffer, lr, momentum, one_minus_momentum, z):
+    d = g
+    if momentum != 0:
+        momentum_buffer = momentum * momentum_buffer + one_minus_momentum * g
+        d = momentum_buffer
+    if d > 0:
+        p = p - lr
+    elif d < 0:
+        p = p + lr
+    return p, momentum_buffer
+
+
+def signsgd_prepare(step, scalars, lr, momentum):
+    return (lr, momentum, 1.0 - momentum), scalars
+
+
+SPEC = rules.RuleSpec(
+    name="signsgd", rule=signsgd_rule, prepare=signsgd_prepare,
+    states=("momentum_buffer?momentum",),
+    kernel_hyper=("lr", "momentum", "one_minus_momentum"),
+    user_hyper=("lr", "momentum"),
+    scalar_states=(),
+    options=(rules.real("lr", 1e-3, lo=0.0),
+             rules.real("momentum", 0.0, lo=0.0, hi=1.0, hi_open=True)),
+    classes=(rules.OptimizerClass("SignSGD", doc="Sign descent (signum with momentum)."),),
+    estimator_names=(rules.EstimatorName("signsgd", "SignSGD", 0.01),),
+)
+
+
+def signsgd_reference(p, g, state, step, *, lr, momentum):
+    """The independent oracle, in NumPy (np.sign, not the rule's comparisons)."""
+    if momentum != 0:
+        m = state["momentum_buffer"]
+        m *= momentum
+        m += (1 - momentum) * g
+        g = m
+    p -= lr * np.sign(g)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def signsgd():
+    rules.register(SPEC)
+    reference.register("signsgd", signsgd_reference)
+    try:
+        yield SPEC
+    finally:
+        rules.unregister("signsgd")
+        reference.UPDATES.pop("signsgd")
+
+
+RUN_TIME_BACKENDS = ["numba", "numba-parallel", "cuda", "auto"]
+
+
+# ------------------------------------------------------------------ every backend
+@pytest.mark.parametrize("backend", RUN_TIME_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(n=st.integers(1, 300), lr=st.floats(1e-4, 0.5),
+       momentum=st.sampled_from([0.0, 0.3, 0.9]), seed=st.integers(0, 2 ** 32 - 1))
+def test_every_backend_agrees_with_the_reference(backend, dtype, n, lr, momentum, seed):
+    rng = np.random.default_rng(seed)
+    p0 = [rng.standard_normal((n,)).astype(dtype),
+          np.asfortranarray(rng.standard_normal((3, 2))).astype(dtype)]
+    grads = []
+    for _ in range(4):
+        gs = [rng.standard_normal(a.shape).astype(dtype) for a in p0]
+        gs[0][rng.random(n) < 0.2] = 0           # sign(0) = 0: the parameter stays
+        grads.append(gs)
+    ref = [a.copy(order="K") for a in p0]
+    got = [a.copy(order="K") for a in p0]
+    o_ref = optkern.SignSGD(ref, lr=lr, momentum=momentum, backend="numpy")
+    o_got = optkern.SignSGD(got, lr=lr, momentum=momentum, backend=backend)
+    for gs in grads:
+        o_ref.step([g.copy(order="K") for g in gs])
+        o_got.step([g.copy(order="K") for g in gs])
+    for a, b in zip(got, ref):
+        assert a.dtype == dtype
+        assert_close(a, b, dtype, f"{backend} momentum={momentum}")
+    sd_got, sd_ref = o_got.state_dict(), o_ref.state_dict()
+    for idx, entry in sd_ref["state"].items():
+        assert sorted(sd_got["state"][idx]) == sorted(entry)
+        if momentum:
+            assert_close(sd_got["state"][idx]["momentum_buffer"], entry["momentum_buffer"],
+                         dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_reference_is_sign_descent(dtype):
+    rng = np.random.default_rng(1)
+    p = rng.standard_normal(50).astype(dtype)
+    g = rng.standard_normal(50).astype(dtype)
+    g[::7] = 0
+    want = p - dtype(0.05) * np.sign(g)
+    optkern.SignSGD(p, lr=0.05, backend="numpy").step(g)
+    np.testing.assert_array_equal(p, want)
+
+
+def test_serial_backends_are_bit_identical_to_the_reference():
+    rng = np.random.default_rng(2)
+    p = rng.standard_normal(1000)
+    q = p.copy()
+    a = optkern.SignSGD(p, lr=0.01, momentum=0.5, backend="numba")
+    b = optkern.SignSGD(q, lr=0.01, momentum=0.5, backend="numpy")
+    for _ in range(5):
+        g = rng.standard_normal(1000)
+        a.step(g.copy())
+        b.step(g.copy())
+    np.testing.assert_array_equal(p, q)
+
+
+# ---------------------------------------------------------------------- the class
+def test_the_class_comes_from_the_registry_entry():
+    cls = optkern.SignSGD
+    assert cls is optimizers.optimizer_class("SignSGD") is optkern.OPTIMIZERS["signsgd"]
+    assert issubclass(cls, optkern.Optimizer) and cls.__doc__.startswith("Sign descent")
+    assert str(inspect.signature(cls)) == (
+        "(params, lr=0.001, momentum=0.0, *, backend='auto', check_finite=True, "
+        "average=False)")
+    p = np.ones(4)
+    opt = cls(p)
+    assert opt.param_groups[0]["lr"] == 1e-3 and opt.param_groups[0]["momentum"] == 0.0
+    assert opt.state_dict()["state"][0] == {"step": 0}      # no state without momentum
+    assert "momentum_buffer" in cls(np.ones(4), momentum=0.5).state_dict()["state"][0]
+    # it pickles like a built-in class, state and all
+    opt.step(np.full(4, 2.0))
+    again = pickle.loads(pickle.dumps(opt))
+    assert type(again) is cls
+    np.testing.assert_array_equal(again.param_groups[0]["params"][0], p)
+
+
+@pytest.mark.parametrize("kw, error, message", [
+    (dict(lr=-1.0), ValueError, "defaults: lr must be >= 0.0, got -1.0"),
+    (dict(momentum=1.0), ValueError, "defaults: momentum must be < 1.0, got 1.0"),
+    (dict(momentum="0.5"), TypeError, "defaults: momentum must be a real number"),
+    (dict(lr=float("nan")), ValueError, "defaults: lr must be finite"),
+    (dict(nesterov=True), TypeError, "SignSGD(): got an unexpected keyword argument 'nesterov'"),
+])
+def test_validation_and_messages_come_from_the_options(kw, error, message):
+    p = np.ones(3)
+    with pytest.raises(error) as exc:
+        optkern.SignSGD(p, **kw)
+    assert message in str(exc.value)
+    np.testing.assert_array_equal(p, 1.0)
+
+
+def test_a_changed_option_is_validated_at_the_next_step():
+    p = np.ones(3)
+    opt = optkern.SignSGD(p, lr=0.1)
+    opt.param_groups[0]["lr"] = -0.5
+    with pytest.raises(ValueError, match=r"param_groups\[0\]: lr must be >= 0.0"):
+        opt.step(np.ones(3))
+    np.testing.assert_array_equal(p, 1.0)
+
+
+# ------------------------------------------------------ Cython cannot, auto falls back
+def test_cython_says_it_cannot_and_auto_falls_back_to_numba():
+    if optkern._backend.cython_module() is None:
+        pytest.skip("the Cython extension is not built here")
+    with pytest.raises(ValueError, match="backend='cython' cannot run rule 'signsgd'.*"
+                                         "registered at run time"):
+        optkern.SignSGD(np.ones(3), backend="cython")
+    # a small problem, where "auto" would pick the Cython kernels
+    small = optkern.SignSGD(np.ones(3), backend="auto")
+    assert optkern._backend.choose_auto(3) == "cython"
+    assert small.backend == "numba"
+
+
+# ----------------------------------------------------------- estimators and the CLI
+def _data():
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(300, 6, n_informative=4, random_state=0)
+    return (X - X.mean(0)) / X.std(0), y
+
+
+@pytest.mark.parametrize("backend", ["numba", "auto", "numpy"])
+def test_the_estimators_take_the_name(backend):
+    assert "signsgd" in optkern.OPTIMIZER_NAMES
+    cls, lr, fixed = optkern.OPTIMIZER_NAMES["signsgd"]
+    assert (cls, lr, fixed) == (optkern.SignSGD, 0.01, {})
+    X, y = _data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = optkern.LinearClassifier(optimizer="signsgd", backend=backend, max_epochs=5,
+                                       random_state=0).fit(X, y)
+    # trained: well above the majority class (0.5) in 5 epochs of fixed steps
+    assert est.score(X, y) > 0.7
+
+
+def test_auto_estimator_runs_the_numba_epoch_bit_for_bit():
+    X, y = _data()
+    coefs = []
+    for backend in ("numba", "auto"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            est = optkern.LinearClassifier(optimizer="signsgd", backend=backend, max_epochs=3,
+                                           random_state=0, tol=None).fit(X, y)
+        coefs.append(est.coef_)
+    np.testing.assert_array_equal(*coefs)
+
+
+def test_the_command_line_takes_the_name(tmp_path, capsys):
+    from sklearn.datasets import dump_svmlight_file
+
+    X, y = _data()
+    data, model = tmp_path / "train.svm", tmp_path / "model.npz"
+    dump_svmlight_file(np.round(X, 4), y, str(data), zero_based=False)
+    rc = main(["train", str(data), "-o", str(model), "--optimizer", "signsgd",
+               "--epochs", "3", "--backend", "numba", "-q"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "Traceback" not in err and model.exists()
+    assert isinstance(optkern.load(str(model)), optkern.LinearClassifier)
+    assert main(["train", "--help"]) == 0
+    assert "signsgd" in capsys.readouterr().out
+
+
+def test_the_trajectories_take_the_name():
+    assert trajectories.OPTIMIZERS["signsgd"] == (optkern.SignSGD, {})
+    # no tuned rate for the picture yet: the registry's estimator rate
+    assert trajectories.FUNCTIONS["quadratic"].lrs["signsgd"] == 0.01
+    path = trajectories.optimizer_path("quadratic", "signsgd", steps=50, backend="numba")
+    assert path.shape == (51, 2)
+    # sign descent moves every coordinate by exactly lr per step
+    np.testing.assert_allclose(np.abs(np.diff(path, axis=0)), 0.01, rtol=1e-12)
+
+
+# ------------------------------------------------------------ the contract, by name
+def test_register_checks_the_entry_by_name():
+    bad = SPEC._replace(name="signsgd_bad", options=(rules.real("lr", 1e-3, lo=0.0),))
+    with pytest.raises(ValueError, match="options feed \\['lr'\\] but prepare takes "
+                                         "user_hyper \\['lr', 'momentum'\\]"):
+        rules.register(bad)
+    bad = SPEC._replace(name="signsgd_bad",
+                        estimator_names=(rules.EstimatorName("x", "NoSuchClass", 0.1),))
+    with pytest.raises(ValueError, match="uses class 'NoSuchClass'"):
+        rules.register(bad)
+    bad = SPEC._replace(name="signsgd_bad", kernel_hyper=("lr", "one_minus_momentum",
+                                                          "momentum"))
+    with pytest.raises(ValueError, match="the rule's hyperparameters .* are not the entry's "
+                                         "kernel_hyper"):
+        rules.register(bad)
+    bad = SPEC._replace(name="signsgd_bad", user_hyper=("lr", "momentum", "dampening"),
+                        options=SPEC.options + (rules.real("dampening", 0.0),))
+    with pytest.raises(ValueError, match="prepare takes .*expected \\(step, scalars, lr, "
+                                         "momentum, dampening\\)"):
+        rules.register(bad)
+    assert "signsgd_bad" not in rules.RULES
