@@ -21,9 +21,12 @@ cast to the dtype): computed inside a float32 rule from float32(beta) they
 lose digits (1 - float32(0.999) is 1.0000467e-3), where NumPy and torch
 round the double ``1 - beta`` once.
 
-So a rule may use only arithmetic, comparisons, conditional expressions,
-``if`` statements, ``abs``, ``min``, ``max`` and ``math.sqrt``; hyperparameters
-arrive already cast to the parameter's dtype, flags as 0 or 1.
+So a rule is written in the rule language, described once in
+``kernels/rulelang/__init__.py`` and docs/rules.md (arithmetic, comparisons,
+conditional expressions, ``if`` statements and ``sign``, ``floor``,
+``log1p``, ``exp``, ``log``, ``sqrt``, ``abs``, ``min``, ``max`` on every
+target); hyperparameters arrive already cast to the parameter's dtype, flags
+as 0 or 1.
 
 A *prepare* function turns the user-facing hyperparameters and the step number
 into the kernel hyperparameters, once per step, on the host (bias corrections,

@@ -94,3 +94,31 @@ def test_source_hash_changes_with_any_source_not_only_the_text(tmp_path, generat
         assert digest3 == digest2
     else:
         assert texts3 == texts0 and digest3 not in (digest0, digest1, digest2)
+
+
+def _libc_math_names(text):
+    """The names of every ``from libc.math cimport ...`` statement of a text."""
+    import re
+
+    names = set()
+    for m in re.finditer(r"from libc\.math cimport (\([^)]*\)|[^\n#]*)", text):
+        names.update(n.strip() for n in m.group(1).strip("()").replace("\n", " ").split(","))
+    return names - {""}
+
+
+def test_the_kernels_cimport_every_libc_function_the_language_maps_to():
+    """A rule may use any of the language's functions (docs/rules.md); the
+    ahead-of-time modules must cimport the libc names the emitters write for
+    them, or a new rule using one would not compile at build time."""
+    from optkern.kernels.rulelang import tables
+
+    gen = _load(os.path.join(KERNELS, "cython", "generate.py"), "_optkern_gen_cimports")
+    pxd = gen.generate()["_updates.pxd"]
+    wanted = {v for family in tables.CYTHON_UPDATE.values() for v in family.values()}
+    assert wanted <= _libc_math_names(pxd), wanted - _libc_math_names(pxd)
+    gl = _load(os.path.join(KERNELS, "cython", "generate_losses.py"), "_optkern_genl_cimports")
+    loss_pxd, loss_pyx = gl.sources()
+    wanted = {v for k, v in tables.CYTHON_LOSS.items()
+              if v is not None and k not in ("min", "max")}
+    for text in (loss_pxd, loss_pyx):
+        assert wanted <= _libc_math_names(text), wanted - _libc_math_names(text)
