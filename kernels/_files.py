@@ -62,11 +62,19 @@ def load_package(name, directory):
 def load_generated(cache, key, directory, filename, modname, make_text):
     """The generated module ``key`` of a driver: from ``cache`` (a dict), or
     written to ``directory/filename`` (only if its text changed, see
-    ``write_if_changed``) and imported as ``modname``."""
+    ``write_if_changed``) and imported as ``modname``.
+
+    A rule without state arrays (e.g. sign descent) leaves the state holes of
+    argument lists empty: their ", ," becomes ",", which changes no other
+    module (valid generated code never holds ", ,"), and ``p_i, = rule(...)``
+    unpacks the rule's 1-tuple."""
     mod = cache.get(key)
     if mod is None:
         path = os.path.join(directory, filename)
-        write_if_changed(path, make_text())
+        text = make_text()
+        while ", ," in text:        # ", , ," (two empty holes in a row) too
+            text = text.replace(", ,", ",")
+        write_if_changed(path, text)
         mod = cache[key] = load_by_path(modname, path)
     return mod
 

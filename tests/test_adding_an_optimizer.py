@@ -15,6 +15,7 @@ import pickle
 import warnings
 
 import numpy as np
+from numpy import sign
 import pytest
 from hypothesis import given, strategies as st
 
@@ -274,3 +275,71 @@ def test_register_checks_the_entry_by_name():
                                          "momentum, dampening\\)"):
         rules.register(bad)
     assert "signsgd_bad" not in rules.RULES
+
+
+# ------------------------------------------------- a rule without any state array
+def sign_descent_rule(p, g, lr, z):
+    return (p - lr * sign(g),)
+
+
+def sign_descent_prepare(step, scalars, lr):
+    return (lr,), scalars
+
+
+def sign_descent_reference(p, g, state, step, *, lr):
+    p -= lr * np.sign(g)
+
+
+STATELESS = rules.RuleSpec(
+    name="signdescent", rule=sign_descent_rule, prepare=sign_descent_prepare, states=(),
+    kernel_hyper=("lr",), user_hyper=("lr",), scalar_states=(),
+    options=(rules.real("lr", 1e-3, lo=0.0),),
+    classes=(rules.OptimizerClass("SignDescent", doc="Plain sign descent, no state."),),
+    estimator_names=(rules.EstimatorName("signdescent", "SignDescent", 0.01),),
+)
+
+
+@pytest.fixture(scope="module")
+def stateless():
+    rules.register(STATELESS)
+    reference.register("signdescent", sign_descent_reference)
+    try:
+        yield optimizers.optimizer_class("SignDescent")
+    finally:
+        rules.unregister("signdescent")
+        reference.UPDATES.pop("signdescent")
+
+
+@pytest.mark.parametrize("backend", RUN_TIME_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_rule_without_state_runs_on_every_backend(stateless, backend, dtype):
+    """The drivers' state holes left empty (``p, g, , avg``) once made the
+    generated module a SyntaxError; ``sign`` is the language's (numpy.sign)."""
+    rng = np.random.default_rng(3)
+    p0 = rng.standard_normal(257).astype(dtype)
+    ref, got = p0.copy(), p0.copy()
+    o_ref = stateless(ref, lr=0.05, backend="numpy")
+    o_got = stateless(got, lr=0.05, backend=backend)
+    for _ in range(3):
+        g = rng.standard_normal(257).astype(dtype)
+        g[::5] = 0
+        o_ref.step(g.copy())
+        o_got.step(g.copy())
+    assert_close(got, ref, dtype, backend)
+    # no state array: the step count only
+    assert all(set(v) <= {"step"} for v in o_got.state_dict()["state"].values())
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_a_rule_without_state_trains_an_estimator(stateless, sparse):
+    import scipy.sparse as sp
+    from sklearn.datasets import load_iris
+
+    X, y = load_iris(return_X_y=True)
+    if sparse:
+        X = sp.csr_matrix(X)
+    kw = dict(optimizer="signdescent", max_epochs=4, tol=None, random_state=0)
+    got = optkern.LinearClassifier(backend="numba", **kw).fit(X, y)
+    ref = optkern.LinearClassifier(backend="numpy", **kw).fit(X, y)
+    np.testing.assert_allclose(got.coef_, ref.coef_, rtol=1e-12, atol=1e-12)
+    assert got.score(X, y) > 0.5
