@@ -52,11 +52,11 @@ from . import _helpers  # noqa: F401 (the generated modules import it: in their 
 from . import _simd  # noqa: F401 (the generated modules import it: in their digest)
 from ._helpers import prefetch
 from . import drivers as _drivers
-from . import epoch_drivers as _epoch_drivers
 from . import loss_rules as _loss_rules
 from . import rules as _update_rules
 from . import schedule_rules as _schedule_rules  # noqa: F401 (the generated modules import it: in their digest)
 from . import sparse_rules as _sparse_rules
+from . import templates as _templates
 from ._simd import csr_row_scores
 
 
@@ -638,8 +638,8 @@ def _source(loss_name, rule_name):
     store_y = "\n".join(f"store(sW{j}, e, dt(y[{1 + j}]))" for j in range(ns))
     catch = _CATCH_UP_ROW.replace("{load_x}", _indent(load_x, 12)).replace(
         "{store_y}", _indent(store_y, 12))
-    loss_body = (_epoch_drivers._SCALAR_LOSS if loss.kind == "scalar"
-                 else _epoch_drivers._ROW_LOSS)
+    loss_body = _indent(_templates.snippet(
+        "epoch_parts", "scalar_loss" if loss.kind == "scalar" else "row_loss"), 12)
     parts = []
     for kind, template, scores in (("rows", _EPOCH_ROWS, _SCORES),
                                    ("scaled", _EPOCH_SCALED, _SCORES_SCALED)):
@@ -661,7 +661,7 @@ def _source(loss_name, rule_name):
         assert one.count("    k = W.shape[1]\n") == 1
         parts.append(one.replace("    k = W.shape[1]\n", "    k = 1\n"))
     # the update module's templates too: the generated epoch imports it
-    digest = _drivers.digest(__file__, "update", "update_elements")
+    digest = _drivers.digest(__file__, "update", "update_elements", "epoch_parts")
     head = _HEADER.format(
         loss=loss_name, update=rule_name, digest=digest,
         loss_fn=loss.rule.__name__, rule_fn=spec.rule.__name__,

@@ -12,6 +12,7 @@ as a diff of that file.  To change it on purpose, regenerate it with
 import ast
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 
@@ -57,6 +58,49 @@ def test_filled_templates_parse_and_leave_no_hole(name):
     for text in (drivers._source(rules.RULES[name]), sparse_drivers._source(rules.RULES[name])):
         ast.parse(text)
         assert "HOLE_" not in text and "template-only" not in text
+
+
+def _epoch_cases():
+    from optkern.kernels import loss_rules
+    losses = sorted(loss_rules.LOSS_RULES)
+    return ([(loss, "adam") for loss in losses]
+            + [(losses[0], name) for name in sorted(rules.RULES) if name != "adam"])
+
+
+@pytest.mark.parametrize("loss,rule", _epoch_cases())
+def test_filled_epoch_templates_parse_and_leave_no_hole(loss, rule):
+    from optkern.kernels import epoch_drivers, sparse_epoch_drivers
+    for text in (epoch_drivers._source(loss, rule, "dense"),
+                 epoch_drivers._source(loss, rule, "csr"),
+                 sparse_epoch_drivers._source(loss, rule)):
+        ast.parse(text.replace(", ,", ","))   # (a rule without states: _files.load_generated)
+        assert "HOLE_" not in text and "template-only" not in text
+
+
+@pytest.mark.parametrize("template", ["epoch", "epoch_parts", "epoch_batch_csr",
+                                      "epoch_batch_dense", "epoch_lanes"])
+def test_the_epoch_digest_covers_its_templates(template, tmp_path, monkeypatch):
+    """Editing an epoch template gives the generated epoch a new digest."""
+    from optkern.kernels import epoch_drivers, sparse_epoch_drivers
+
+    def digests():
+        return [text.split("\n")[1] for text in (
+            epoch_drivers._source("softmax", "adam", "dense"),
+            epoch_drivers._source("log", "sgd", "csr"),
+            sparse_epoch_drivers._source("log", "sgd"))]
+
+    copy = tmp_path / "templates"    # (a file's path is hashed too: compare copies)
+    shutil.copytree(templates.DIRECTORY, copy)
+    monkeypatch.setattr(templates, "DIRECTORY", str(copy))
+    before = digests()
+    with open(copy / f"{template}.py", "a", encoding="utf-8") as fh:
+        fh.write("# an edit\n")
+    after = digests()
+    # every epoch module reads epoch_parts; only the sparse epoch does not
+    # read the dense epoch's module templates
+    sparse_reads = template == "epoch_parts"
+    assert after[0] != before[0] and after[1] != before[1]
+    assert (after[2] != before[2]) == sparse_reads
 
 
 def test_fill_refuses_a_missing_or_an_unused_hole():

@@ -17,6 +17,8 @@ def _rule_py(*args):
 
 
 _prepare_py = _loss_py = _rule = _prepare = _rule_lanes_py = _rule_py
+# the epochs' (epoch.py): the loss rule's lane form, the update module's loops
+_loss_lanes_py = _loop_serial = _loop_parallel = _rule_py
 
 _here = os.path.dirname(os.path.abspath(__file__))
 _names = set()
@@ -28,4 +30,5 @@ for _name in _names:
     globals()[_name] = None
 HOLE_SCALAR_DEFAULT = ()
 
-__all__ = sorted(_names) + ["_rule_py", "_prepare_py", "_loss_py", "_rule", "_prepare", "_rule_lanes_py"]
+__all__ = sorted(_names) + ["_rule_py", "_prepare_py", "_loss_py", "_rule", "_prepare", "_rule_lanes_py",
+                           "_loss_lanes_py", "_loop_serial", "_loop_parallel"]
