@@ -1,7 +1,8 @@
 """Compiled training epochs: every minibatch of an epoch in one Numba call.
 
 For a (loss rule, update rule, data layout) triple this module writes one
-source file (same mechanism and reasons as ``drivers.py``) holding
+source file (the templates kernels/templates/epoch*.py filled; the mechanism
+and reasons of ``drivers.py``) holding
 
 ``epoch_serial`` / ``epoch_parallel``
     for each minibatch of ``order`` (the epoch's row order, drawn by the host):

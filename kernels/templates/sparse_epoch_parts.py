@@ -1,0 +1,268 @@
+"""Snippets for the sparse epochs (kernels/sparse_epoch_drivers.py): the
+pieces sparse_epoch_rows.py and sparse_epoch_scaled.py share, and the
+alternatives of their holes, each written once.
+
+``start`` opens both epochs (``HOLE_K`` is ``W.shape[1]``, or ``1`` in the
+one-output twins: the compiler then drops every loop over the outputs, the
+same arithmetic in the same order).  ``steps`` is both epochs' minibatch
+loop: the batch pass (scores, the loss rule, the compact gradient, db), the
+mode's update of the touched rows (``rows_update``, ``scaled_update``) and
+the intercept's dense update.
+"""
+from optkern.kernels.templates.standins import *  # noqa: F401,F403
+
+
+def start():
+    dt = W.dtype.type
+    eps = dt(epsilon)
+    n = order.shape[0]
+    d = W.shape[0]
+    k = HOLE_K
+    Wf = W.reshape(d * k)
+    step = step0
+    avg_count = avg_count0
+    total = 0.0
+    weight = 0.0
+    direct = batch_size == 1 and unique_rows
+
+
+def steps():
+    for r0 in range(HOLE_FIRST_ROW, stop, batch_size):
+        r1 = min(r0 + batch_size, stop)
+        if direct:
+            # one row without repeated features: its nonzeros are the touched rows
+            lo = indptr[order[r0]]
+            nt = indptr[order[r0] + 1] - lo
+            for u in range(nt):
+                touched[u] = indices[lo + u]
+        else:
+            nt = collect_rows(indices, indptr, order, r0, r1, slot, touched)
+            for u in range(nt):
+                for j in range(k):
+                    G[u, j] = 0.0
+        HOLE_TOUCHED
+        for j in range(k):
+            db[j] = 0.0
+        lsum = 0.0
+        wsum = 0.0
+        for r in range(r0, r1):
+            prefetch_rows(data, indices, indptr, T, sw, order, r, stop, Wf, k)
+            if r + 1 < stop:
+                nx = order[r + 1]
+                for p in range(indptr[nx], indptr[nx + 1]):
+                    HOLE_PREFETCH_NEXT
+            i = order[r]
+            w = sw[i]
+            lo = indptr[i]
+            hi = indptr[i + 1]
+            HOLE_SCORES
+            HOLE_LOSS
+            lsum += w * l
+            wsum += w
+            if w != 1.0:
+                for j in range(k):
+                    dz[j] *= w
+            for j in range(k):
+                db[j] += dz[j]
+            if direct:
+                for u in range(nt):
+                    for j in range(k):
+                        G[u, j] = data[lo + u] * dz[j]
+            else:
+                scatter_row(data, indices, lo, hi, slot, dz, G, k)
+        if wsum <= 0.0 or not math.isfinite(lsum):
+            if not direct:
+                for u in range(nt):
+                    slot[touched[u]] = -1
+        if wsum <= 0.0:
+            continue
+        inv = 1.0 / ((r1 - r0) * w_mean)
+        batch_loss = lsum * inv
+        if not math.isfinite(batch_loss):
+            return np.nan, step - step0, avg_count, scalarsW, scalarsB
+        total += batch_loss * (r1 - r0)
+        weight += r1 - r0
+        lr = base_lr * _schedule(sched[0], float(step), sched[1], sched[2], sched[3],
+                                 sched[4], sched[5]) * plateau
+        step += 1
+        key = noise_key_jit(seed, step)
+        hyperW, scalarsW = _prepare(step, scalarsW, lr, HOLE_USER_W)
+        averaging = avg_start >= 0 and step > avg_start
+        w_avg = 1.0 / (avg_count + 1) if averaging else 0.0
+        HOLE_UPDATE
+        if b is not None:
+            hyperB, scalarsB = _prepare(step, scalarsB, lr, HOLE_USER_B)
+            for j in range(k):
+                db[j] = db[j] * inv
+            _loop_serial(b, db, HOLE_B_STATES, avgB, hyperB, w_avg, key, offB)
+        if averaging:
+            avg_count += 1
+
+
+# ---------------------------------------------- the lazy and linear modes
+
+def rows_update():
+    HOLE_UNPACK
+    # two copies of the update: pure L2 (alpha * w, the value penalty_grad
+    # gives without its sign branch, which kept the loop ~20% slower) and
+    # the general penalty; exactly one of them runs
+    nt2 = nt if l2_only else 0
+    ntg = 0 if l2_only else nt
+    for u in range(nt2):
+        f = touched[u]
+        scale = 1.0
+        if inv_p is not None:
+            scale = inv_p[f]
+        for j in range(k):
+            e = f * k + j
+            p_e = Wf[e]
+            pg = alpha * p_e
+            g = dt(G[u, j] * inv + pg * scale)
+            zz = dt(draw(key, offW + e, 0.0))
+            p_i, HOLE_STATE_OUTS = _rule(p_e, g, HOLE_STATE_LOADS, HOLE_HYPER_W, zz)
+            HOLE_STATE_STORES
+            update_average(avgW, e, p_i, w_avg)
+            Wf[e] = p_i
+        if not direct:
+            slot[f] = -1
+        if P is not None:
+            last[f] = step
+    for u in range(ntg):
+        f = touched[u]
+        scale = 1.0
+        if inv_p is not None:
+            scale = inv_p[f]
+        for j in range(k):
+            e = f * k + j
+            p_e = Wf[e]
+            pg = penalty_grad(p_e, alpha, l1_ratio)
+            g = dt(G[u, j] * inv + pg * scale)
+            zz = dt(draw(key, offW + e, 0.0))
+            p_i, HOLE_STATE_OUTS = _rule(p_e, g, HOLE_STATE_LOADS, HOLE_HYPER_W, zz)
+            HOLE_STATE_STORES
+            update_average(avgW, e, p_i, w_avg)
+            Wf[e] = p_i
+        if not direct:
+            slot[f] = -1
+        if P is not None:
+            last[f] = step
+
+
+def catch_up_touched():
+    if P is not None:
+        for u in range(nt):
+            f = touched[u]
+            HOLE_CATCH_UP_ROW
+
+
+def catch_up_row():
+    # bring row f from step last[f] to ``step``: x <- M^gap x, the average with
+    # the skipped iterates (those after avg_start)
+    gap = step - last[f]
+    if gap > 0:
+        pre = 0
+        if want_sum:
+            first_avg = max(last[f], avg_start)
+            pre = min(max(first_avg - last[f], 0), gap)
+        for part in range(2):
+            g_part = pre if part == 0 else gap - pre
+            if g_part == 0:
+                continue
+            summing = want_sum and part == 1
+            gap_matrices(g_part, P, S, A, Ssum, tmp, summing)
+            c0 = float(max(last[f] + pre - avg_start, 0)) if summing else 0.0
+            for j in range(k):
+                e = f * k + j
+                x[0] = Wf[e]
+                HOLE_LOAD_X
+                for a in range(x.shape[0]):
+                    acc = 0.0
+                    for c in range(x.shape[0]):
+                        acc += A[a, c] * x[c]
+                    y[a] = acc
+                if avgW is not None:
+                    if summing:
+                        s_p = 0.0
+                        for c in range(x.shape[0]):
+                            s_p += Ssum[0, c] * x[c]
+                        avgW[e] = dt((c0 * avgW[e] + s_p) / (c0 + g_part))
+                Wf[e] = dt(y[0])
+                HOLE_STORE_Y
+        last[f] = step
+
+
+def rows_scores():
+    row_scores(data, indices, lo, hi, W, Wf, b, z)
+
+
+def prefetch_next():
+    f = indices[p]
+    prefetch(Wf, f * k)
+
+
+def prefetch_rows_epoch():
+    # the rows epoch's other per-feature arrays, for the next row's features:
+    # the slot map (batches), the rule's states, the lazy penalty's 1/pi_f
+    if not direct:
+        prefetch(slot, f)
+    HOLE_PREFETCH_STATES
+    if inv_p is not None:
+        prefetch(inv_p, f)
+
+
+def prefetch_state():
+    if HOLE_STATE is not None:
+        prefetch(HOLE_STATE, f * k)
+
+
+# ---------------------------------------------------------- the scaled mode
+
+def scaled_update():
+    HOLE_UNPACK
+    # the shrink of this step, read off the rule (1 - lr * weight_decay)
+    c_t, HOLE_STATE_OUTS = _rule(one, zero, HOLE_ZERO_STATES, HOLE_HYPER_W, zero)
+    s_new = s * c_t
+    if l1 > 0:
+        u_l1 += lr * l1 / s_new
+    for u in range(nt):
+        f = touched[u]
+        for j in range(k):
+            e = f * k + j
+            g = dt(G[u, j] * inv)
+            p_i, HOLE_STATE_OUTS = _rule(dt(s * Wf[e]), g, HOLE_STATE_LOADS, HOLE_HYPER_W, zero)
+            v = p_i / s_new
+            if l1 > 0:
+                v, q[e] = cumulative_l1(v, q[e], u_l1)
+            Wf[e] = v
+        if not direct:
+            slot[f] = -1
+    s = s_new
+    if s < HOLE_MIN_SCALE:
+        for e in range(d * k):
+            Wf[e] = Wf[e] * s
+        if l1 > 0:
+            for e in range(d * k):
+                q[e] = q[e] * s
+            u_l1 *= s
+        s = 1.0
+
+
+def clip_touched():
+    # a touched weight first gets the L1 amount it is owed so far, so that
+    # its scores and its step see what the dense algorithm's weight holds
+    if l1 > 0:
+        for u in range(nt):
+            f = touched[u]
+            for j in range(k):
+                e = f * k + j
+                v, q[e] = cumulative_l1(float(Wf[e]), float(q[e]), u_l1)
+                Wf[e] = v
+
+
+def scaled_scores():
+    row_scores(data, indices, lo, hi, W, Wf, None, z)
+    for j in range(k):
+        z[j] = z[j] * s
+    if b is not None:
+        for j in range(k):
+            z[j] += b[j]

@@ -1,0 +1,30 @@
+# Fragment of sparse_epoch.py: the epoch of the lazy and linear modes (``HOLE_NAME``  # template-only
+# is epoch_rows or its one-output twin epoch_rows_k1).  ``inv_p`` None = the full  # template-only
+# penalty (exact), else per-row 1/pi_f; ``P`` None = no tables (lazy without  # template-only
+# averaging: nothing to catch up).  # template-only
+from numba import njit  # template-only
+from optkern.kernels.templates.standins import *  # noqa: F401,F403  # template-only
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def HOLE_NAME(data, indices, indptr, T, sw, order, start, stop, batch_size, W, b, HOLE_W_STATES, HOLE_B_STATES,
+             avgW, avgB, userW, userB, scalarsW, scalarsB, step0, avg_start, avg_count0,
+             sched, base_lr, plateau, alpha, l1_ratio, epsilon, seed, offW, offB, w_mean,
+             slot, touched, G, z, dz, db, unique_rows, inv_p, P, S, last, A, Ssum, tmp, x, y):
+    HOLE_START
+    want_sum = avgW is not None
+    l2_only = l1_ratio == 0.0
+    if P is not None and start == 0:
+        for f in range(d):
+            last[f] = step0
+    HOLE_STEPS
+    if stop < n:
+        # a block of the epoch: the next call resumes at ``stop``
+        return (total / weight if weight > 0.0 else 0.0), step - step0, avg_count, \
+            scalarsW, scalarsB
+    if P is not None:
+        for f in range(d):
+            HOLE_CATCH_UP_ROW
+    mean = total / weight if weight > 0.0 else 0.0
+    return mean + penalty_value(Wf, alpha, l1_ratio), step - step0, avg_count, scalarsW, \
+        scalarsB
