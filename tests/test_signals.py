@@ -23,8 +23,12 @@ import optkern.io
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 WRAPPER = r"""
-import sys, time
+import signal, sys, time
 import numpy as np
+# as from a terminal: a process started in the background by a shell without
+# job control (nohup ... &, a CI runner) inherits SIGINT ignored, and Python
+# then keeps it ignored; these tests press Ctrl-C
+signal.signal(signal.SIGINT, signal.default_int_handler)
 if sys.argv[1] == "slow-save":
     real = np.savez
     def slow(fh, **arrays):
