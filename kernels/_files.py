@@ -59,6 +59,8 @@ def load_package(name, directory):
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
 def load_generated(cache, key, directory, filename, modname, make_text):
     """The generated module ``key`` of a driver: from ``cache`` (a dict), or
     written to ``directory/filename`` (only if its text changed, see
