@@ -4,6 +4,7 @@
     python asv_benchmarks/epoch_roofline.py --grid          # d x k x batch x dtype grid
     python asv_benchmarks/epoch_roofline.py --grid-subset   # 8 shapes covering each value
     python asv_benchmarks/epoch_roofline.py --breakdown     # + the per-stage breakdown
+    python asv_benchmarks/epoch_roofline.py --breakdown --breakdown-shape 240000,32,8,32,float32
     python asv_benchmarks/epoch_roofline.py --json out.json
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \
         python asv_benchmarks/epoch_roofline.py --e2e --backends numba   # vs the peers
@@ -66,6 +67,9 @@ def main(argv=None):
     ap.add_argument("--grid-subset", action="store_true",
                     help="8 shapes of the grid covering each d, k, batch and dtype twice")
     ap.add_argument("--breakdown", action="store_true", help="per-stage times (serial epoch)")
+    ap.add_argument("--breakdown-shape", default=None, metavar="N,D,K,BATCH,DTYPE",
+                    help="the shape --breakdown splits (default: the headline "
+                         "240000,64,8,256,float32), e.g. 240000,32,8,32,float32")
     ap.add_argument("--backends", default="numba,numba-parallel,cython")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--json", default=None)
@@ -110,6 +114,9 @@ def main(argv=None):
     stages = None
     if args.breakdown:
         n, d, k, bs, dt = HEADLINE
+        if args.breakdown_shape:
+            n, d, k, bs, dt = args.breakdown_shape.split(",")
+            n, d, k, bs = int(n), int(d), int(k), int(bs)
         X, y = R.problem(n, d, k, np.dtype(dt))
         stages = R.stage_seconds(X, y, bs, epochs=args.epochs)
         print(f"stages of one serial epoch, {n} x {d} x {k} batch {bs} {dt} (ms):")

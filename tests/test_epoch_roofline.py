@@ -36,3 +36,22 @@ def test_bench_epoch_row_reports_each_backend_and_the_roofline():
         assert f"{frac:.3f} of the roofline" in r.detail
     best = min(ours, key=lambda r: r.median_s)
     assert best.best_backend and probe[0].speedup == pytest.approx(probe[0].median_s / best.median_s)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_optimizer_stage_runs_on_the_last_minibatch_gradient(dtype):
+    # the stage breakdown's optimizer loop ran on a zero gradient, which let
+    # Adam's moments go subnormal and made that stage slower than the epoch
+    d, k, bs, w_mean = 5, 3, 16, 0.5
+    dWT = np.arange(1, d * k + 1, dtype=dtype).reshape(k, d)   # the pass writes dW^T
+    dWp = dWT.reshape(1, d, k).copy()
+    dbp = np.array([[2.0, -4.0, 8.0]], dtype)
+    G, db = R.last_gradient(dWp, dbp, bs, w_mean)
+    assert G.dtype == dtype and db.dtype == dtype and G.flags.c_contiguous
+    np.testing.assert_allclose(G, dWT.T / (bs * w_mean), rtol=1e-6)
+    np.testing.assert_allclose(db, dbp[0] / (bs * w_mean), rtol=1e-6)
+    # and from a real fit's scratch: a gradient, not zeros
+    X, y = R.problem(600, d, k, np.dtype(dtype))
+    _, args, _, _ = R._captured_epoch_args(X, y, bs, "adam", 1)
+    G, db = R.last_gradient(args[8], args[9], bs, args[-1])
+    assert G.shape == (d, k) and np.all(np.isfinite(G)) and np.any(G != 0)
