@@ -93,18 +93,19 @@ def _ol_prefetch_target(T, i):
 
 
 @njit(inline="always")
-def prefetch_rows(data, indices, indptr, T, sw, order, r, stop, Wf, k):
-    """Hint the CPU to fetch what the rows after order[r] will read: the row
-    pointers three rows ahead, the nonzeros, target and weight two rows
-    ahead, and the first cache line of each row of W the next row touches
-    (its indices were fetched one row earlier, so these hints do not wait on
-    memory).  Shuffled rows of an X larger than the cache otherwise stall on
-    memory once per row: nothing overlaps those misses, a row's work fills
-    the out-of-order window.  A no-op for the results."""
-    if r + 3 < stop:
-        prefetch(indptr, order[r + 3])
-    if r + 2 < stop:
-        nx = order[r + 2]
+def prefetch_rows(data, indices, indptr, T, sw, order, r, stop, ahead):
+    """Hint the CPU to fetch what row order[r + ahead] will read: its row
+    pointers one row earlier (at r + ahead + 1), then its nonzeros, target
+    and weight.  Shuffled rows of an X larger than the cache otherwise stall
+    on memory once per row: nothing overlaps those misses, a row's work
+    fills the out-of-order window.  The minibatch epochs look a whole batch
+    ahead (the next batch's rows arrive while this one runs: its first pass
+    over them otherwise waits on each row in turn); the per-example loop
+    two rows.  A no-op for the results."""
+    if r + ahead + 1 < stop:
+        prefetch(indptr, order[r + ahead + 1])
+    if r + ahead < stop:
+        nx = order[r + ahead]
         lo = indptr[nx]
         hi = indptr[nx + 1]
         prefetch(sw, nx)
@@ -139,6 +140,28 @@ def scatter_row(data, indices, lo, hi, slot, dz, G, k):
         x = data[q]
         for j in range(k):
             G[s, j] += x * dz[j]
+
+
+@njit(inline="always")
+def collect_scatter_row(data, indices, lo, hi, slot, touched, nt, dz, G, k):
+    """scatter_row that also lists the row's features not seen before in this
+    minibatch (collect_rows's work, in the same order, in the same pass):
+    their compact rows start at 0.  Returns the new count of touched rows.
+    The same G as collect_rows then scatter_row, bit for bit."""
+    for q in range(lo, hi):
+        f = indices[q]
+        s = slot[f]
+        if s < 0:
+            s = nt
+            slot[f] = s
+            touched[nt] = f
+            for j in range(k):
+                G[s, j] = 0.0
+            nt += 1
+        x = data[q]
+        for j in range(k):
+            G[s, j] += x * dz[j]
+    return nt
 
 
 @njit(cache=True, nogil=True)

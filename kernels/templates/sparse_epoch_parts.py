@@ -24,6 +24,11 @@ def start():
     total = 0.0
     weight = 0.0
     direct = batch_size == 1 and unique_rows
+    # how far ahead the minibatch loop prefetches: X's rows a batch ahead
+    # (at most 64 rows), the rows of W (and states) of the row half a batch
+    # ahead (at most 32), whose indices arrived by then
+    ahead = min(max(batch_size, 2), 64)
+    near = min(max(batch_size // 2, 1), 32)
 
 
 def steps():
@@ -35,6 +40,10 @@ def steps():
             nt = indptr[order[r0] + 1] - lo
             for u in range(nt):
                 touched[u] = indices[lo + u]
+        elif fused:
+            # nothing reads the touched list before the row pass: it is built
+            # there (collect_scatter_row)
+            nt = 0
         else:
             nt = collect_rows(indices, indptr, order, r0, r1, slot, touched)
             for u in range(nt):
@@ -46,9 +55,9 @@ def steps():
         lsum = 0.0
         wsum = 0.0
         for r in range(r0, r1):
-            prefetch_rows(data, indices, indptr, T, sw, order, r, stop, Wf, k)
-            if r + 1 < stop:
-                nx = order[r + 1]
+            prefetch_rows(data, indices, indptr, T, sw, order, r, stop, ahead)
+            if r + near < stop:
+                nx = order[r + near]
                 for p in range(indptr[nx], indptr[nx + 1]):
                     HOLE_PREFETCH_NEXT
             i = order[r]
@@ -68,6 +77,8 @@ def steps():
                 for u in range(nt):
                     for j in range(k):
                         G[u, j] = data[lo + u] * dz[j]
+            elif fused:
+                nt = collect_scatter_row(data, indices, lo, hi, slot, touched, nt, dz, G, k)
             else:
                 scatter_row(data, indices, lo, hi, slot, dz, G, k)
         if wsum <= 0.0 or not math.isfinite(lsum):

@@ -14,6 +14,8 @@ def HOLE_NAME(data, indices, indptr, T, sw, order, start, stop, batch_size, W, b
     HOLE_START
     want_sum = avgW is not None
     l2_only = l1_ratio == 0.0
+    # the catch-up (P) reads the touched rows before the scores
+    fused = (not direct) and P is None
     if P is not None and start == 0:
         for f in range(d):
             last[f] = step0

@@ -28,9 +28,11 @@ def HOLE_NAME(data, indices, indptr, T, sw, order, start, stop, batch_size, W, b
     # one pass over the row's nonzeros per step; the same arithmetic in the
     # same order (the same weights as the general loop)
     per_example = direct and l1 <= 0
+    # the L1 clip (clip_touched) reads the touched rows before the scores
+    fused = (not direct) and l1 <= 0
     if per_example:
         for r in range(start, stop):
-            prefetch_rows(data, indices, indptr, T, sw, order, r, stop, Wf, k)
+            prefetch_rows(data, indices, indptr, T, sw, order, r, stop, 2)
             if r + 1 < stop:
                 nx = order[r + 1]
                 for p in range(indptr[nx], indptr[nx + 1]):
