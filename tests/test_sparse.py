@@ -235,15 +235,26 @@ def test_exact_is_refused_where_it_does_not_exist():
         _fit(X, y, "auto", "numba", optimizer=name, max_epochs=1, **kw)
 
 
-def test_touch_probabilities():
-    n, B = 50, 7
-    c = np.array([0, 1, 5, 44, 50])
+@pytest.mark.parametrize("n, B", [(50, 7), (500, 64), (500, 65), (3000, 300)])
+def test_touch_probabilities(n, B):
+    # both forms (the product up to PRODUCT_MAX_BATCH, log-gammas above)
+    c = np.array([0, 1, 5, n // 3, n - B, n - B + 1, n])
     pi = sparse_rules.touch_probabilities(c, n, B, "epoch")
     want = [1.0 - math.comb(n - ci, B) / math.comb(n, B) for ci in c]
-    np.testing.assert_allclose(pi, want, rtol=1e-10)
+    np.testing.assert_allclose(pi, want, rtol=1e-9)
     pr = sparse_rules.touch_probabilities(c, n, B, "replacement")
     np.testing.assert_allclose(pr, 1.0 - (1.0 - c / n) ** B, rtol=1e-12)
     np.testing.assert_allclose(sparse_rules.touch_probabilities(c, n, 1, "epoch"), c / n)
+
+
+def test_touch_probabilities_of_rare_features_at_scale():
+    # a feature in 1 or 2 of 192,000 rows, batch 16: the log-gamma form was
+    # 2.4e-6 off (relative) there
+    n, B = 192_000, 16
+    c = np.array([1, 2, 10, 1000])
+    pi = sparse_rules.touch_probabilities(c, n, B, "epoch")
+    want = [1.0 - math.comb(n - ci, B) / math.comb(n, B) for ci in c]
+    np.testing.assert_allclose(pi, want, rtol=1e-10)  # 1 - miss cancels ~4e-12
 
 
 # ------------------------------------------------------------------------- FTRL
