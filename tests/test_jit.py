@@ -315,11 +315,11 @@ def test_sparse_epoch_twin_matches_numba_and_the_numpy_reference(
                    batch_size=batch_size, backend=backend, **extra).fit(
                        X, y, sample_weight=sw)
 
-    from optkern import estimators as E
+    from optkern import _lin_epochs   # where the sparse epoch reads its block size
     with pytest.MonkeyPatch.context() as mp:
         if blocked:
             # about two minibatches a call
-            mp.setattr(E, "SPARSE_EPOCH_BLOCK_WORK", max(1, 2 * batch_size * X.nnz // n))
+            mp.setattr(_lin_epochs, "SPARSE_EPOCH_BLOCK_WORK", max(1, 2 * batch_size * X.nnz // n))
         twin, n_twin, _ = served("aot", fit)
         numba, n_twin_sync, _ = served("sync", fit)
     ref = fit("numpy")

@@ -22,6 +22,9 @@ from hypothesis import given, settings, strategies as st
 
 import optkern
 from optkern import estimators as E
+# the module whose epoch reads SPARSE_EPOCH_BLOCK_WORK: patched there (estimators
+# re-exports the value, so patching it there would not reach the fit)
+from optkern import _lin_epochs
 from optkern.kernels import rules, sparse_rules
 
 from conftest import assert_close
@@ -631,7 +634,7 @@ def test_blocked_sparse_epoch_is_the_one_call_epoch(name, kw, mode, seed, batch,
     one = _fit(X, y, mode, "numba", **kw)
     assert E._block_rows(X, 3, batch, work) < X.shape[0]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(E, "SPARSE_EPOCH_BLOCK_WORK", work)
+        mp.setattr(_lin_epochs, "SPARSE_EPOCH_BLOCK_WORK", work)
         blocked = _fit(X, y, mode, "numba", **kw)
     np.testing.assert_array_equal(blocked.coef_, one.coef_)
     np.testing.assert_array_equal(blocked.intercept_, one.intercept_)
@@ -650,7 +653,7 @@ def test_blocked_sparse_epoch_answers_an_interrupt(monkeypatch):
     """A KeyboardInterrupt between two blocks of a sparse epoch: the fit keeps
     the last whole epoch's model (the estimators' Ctrl-C rule)."""
     X, y, _ = _csr(5)
-    monkeypatch.setattr(E, "SPARSE_EPOCH_BLOCK_WORK", 30)
+    monkeypatch.setattr(_lin_epochs, "SPARSE_EPOCH_BLOCK_WORK", 30)
     per_epoch = -(-X.shape[0] // E._block_rows(X, 1, 4, 30))
     assert per_epoch > 2
     from optkern import sparse_epochs
@@ -744,7 +747,7 @@ def test_per_example_epoch_is_the_general_batch_loop(kw, seed, dtype, classes, w
     messy.has_canonical_format = False
     with pytest.MonkeyPatch.context() as mp:
         if work:
-            mp.setattr(E, "SPARSE_EPOCH_BLOCK_WORK", work)
+            mp.setattr(_lin_epochs, "SPARSE_EPOCH_BLOCK_WORK", work)
         got = optkern.LinearClassifier(**kw).fit(X, y, sample_weight=sw)
         general = optkern.LinearClassifier(**kw).fit(messy, y, sample_weight=sw)
     np.testing.assert_array_equal(got.coef_, general.coef_)

@@ -46,6 +46,8 @@ import time
 import numpy as np
 from numba import njit, prange
 
+from optkern._epoch_args import DenseEpochArgs
+
 READ_PROBE_BYTES = 128 * 2 ** 20
 FMA_LANES = 128      # independent chains: latency x issue width of the FMA units
 FMA_REPS = 2_000_000   # about 10 ms a call: thread start-up vanishes
@@ -402,30 +404,26 @@ def stage_seconds(X, y, batch, optimizer="adam", epochs=5, repeats=5, loss="soft
     n, d = X.shape
     dt = X.dtype
     mod, args, fit_times, loss = _captured_epoch_args(X, y, batch, optimizer, epochs, loss)
-    k = args[6].shape[1]   # W's outputs (one for two classes)
     scalar = loss_rules.LOSS_RULES[loss].kind == "scalar"
     targets = st["scalar_targets"] if scalar else st["row_targets"]
     bookkeeping, opt_loop, n_states = _tail_loops(mod, optimizer)
-    (X_, T, sw, order, bs, n_chunks, W, b, dWp, dbp, Z, D, lossp, wsump) = args[:14]
-    sW = args[14:14 + n_states]
-    sB = args[14 + n_states:14 + 2 * n_states]
-    (avgW, avgB, userW, userB, scalarsW, scalarsB, step0, avg_start, avg_count0, sched,
-     base_lr, plateau, alpha, l1_ratio, epsilon, seed, offW, offB, par_work,
-     w_mean) = args[14 + 2 * n_states:]
+    call = DenseEpochArgs.from_positional(args, n_data=1, n_states=n_states)
+    o = call.opt
+    (X_,), T, sw, bs = call.data, call.T, call.sw, call.batch_size
+    k = call.W.shape[1]   # W's outputs (one for two classes)
+    dWp, dbp, Z, D, lossp, wsump = call.scratch.positional()
     # private copies: the timing calls below train them further
-    W = W.copy()
-    b = None if b is None else b.copy()
-    sW = tuple(None if s is None else s.copy() for s in sW)
-    sB = tuple(None if s is None else s.copy() for s in sB)
+    W = call.W.copy()
+    b = None if call.b is None else call.b.copy()
+    sW = tuple(None if s is None else s.copy() for s in o.sW)
+    sB = tuple(None if s is None else s.copy() for s in o.sB)
     # the fit calls the epoch in blocks of rows (estimators._blocked_epoch):
     # every stage here runs over one whole epoch's order
     order = np.random.default_rng(2).permutation(n).astype(np.int64)
+    call.order, call.n_chunks, call.W, call.b, o.sW, o.sB = order, 1, W, b, sW, sB
+    whole = call.positional()
     out = {}
-    ep_args = lambda: (X_, T, sw, order, bs, 1, W, b, dWp, dbp, Z, D, lossp, wsump, *sW,
-                       *sB, avgW, avgB, userW, userB, scalarsW, scalarsB, step0, avg_start,
-                       avg_count0, sched, base_lr, plateau, alpha, l1_ratio, epsilon, seed,
-                       offW, offB, par_work, w_mean)
-    out["epoch"] = _best_seconds(lambda: mod.epoch_serial(*ep_args()), repeats)
+    out["epoch"] = _best_seconds(lambda: mod.epoch_serial(*whole), repeats)
     out["epoch (fit)"] = min(fit_times)
 
     rng = np.random.default_rng(1)
@@ -437,7 +435,7 @@ def stage_seconds(X, y, batch, optimizer="adam", epochs=5, repeats=5, loss="soft
     DT0 = (0.01 * rng.standard_normal((k, ZT.shape[2]))).astype(dt)
     dW = np.zeros((k, d), dt)
     db = np.zeros(k, dt)
-    eps = dt.type(epsilon)
+    eps = dt.type(o.epsilon)
     s_only = _best_seconds(lambda: st["scores"](targets, X_, T, order, bs, WT, b, ZT[0],
                                                 YB[0], DT0, dW, db, False), repeats)
     s_acc = _best_seconds(lambda: st["scores"](targets, X_, T, order, bs, WT, b, ZT[0],
@@ -456,11 +454,11 @@ def stage_seconds(X, y, batch, optimizer="adam", epochs=5, repeats=5, loss="soft
     Wf = W.reshape(-1)
     G, dbz = last_gradient(dWp, dbp, bs, w_mean)
     out["optimizer"] = _best_seconds(lambda: opt_loop(
-        n, bs, Wf, G.reshape(-1), *sW, avgW, b, dbz, *sB, avgB, userW, userB, scalarsW,
-        scalarsB, step0, seed, offW, offB, float(base_lr)), repeats)
+        n, bs, Wf, G.reshape(-1), *sW, o.avgW, b, dbz, *sB, o.avgB, o.userW, o.userB,
+        o.scalarsW, o.scalarsB, o.step0, o.seed, o.offW, o.offB, float(o.base_lr)), repeats)
     out["bookkeeping"] = _best_seconds(lambda: bookkeeping(
-        n, bs, W, WT, G, dWp[0].reshape((k, d)), dbp, alpha, l1_ratio, sched, base_lr,
-        plateau, step0), repeats)
+        n, bs, W, WT, G, dWp[0].reshape((k, d)), dbp, o.alpha, o.l1_ratio, o.sched, o.base_lr,
+        o.plateau, o.step0), repeats)
     out["rest"] = out["epoch"] - passes - out["optimizer"] - out["bookkeeping"]
     out["order (NumPy permutation)"] = _best_seconds(
         lambda: np.random.default_rng(0).permutation(n), repeats)

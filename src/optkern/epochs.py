@@ -3,10 +3,11 @@
 ``runner_for(estimator, ctx)`` returns ``run(order, batch_size) -> mean loss``
 that trains one epoch in a single compiled call (``kernels/epoch_drivers.py``
 for "numba" and "numba-parallel"; its ahead-of-time twin
-``optkern.kernels.cython._epochs`` for "cython", same arguments)
-on the optimizer's own state arrays, then brings the optimizer's bookkeeping
-(step count, Polyak count, NAdam's mu_product) up to date, so ``state_dict``,
-``partial_fit`` and ``warm_start`` see exactly what a step-by-step run would.
+``optkern.kernels.cython._epochs`` for "cython", same arguments; Python
+names them in ``optkern._epoch_args.DenseEpochArgs``) on the optimizer's own
+state arrays, then brings the optimizer's bookkeeping (step count, Polyak
+count, NAdam's mu_product) up to date, so ``state_dict``, ``partial_fit`` and
+``warm_start`` see exactly what a step-by-step run would.
 Returns None when the backend has no compiled epoch ("numpy": the reference
 loop is the specification; "cuda": the per-step CUDA kernels are used).
 """
@@ -16,6 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from optkern import _backend, _jit
+from optkern._epoch_args import DenseEpochArgs, epoch_scratch, optimizer_args
 from optkern.kernels import epoch_drivers
 from optkern.kernels.rules import state_names
 
@@ -97,8 +99,7 @@ class _Runner:
         self.n_chunks = numba.get_num_threads() if parallel else 1
         dt = W.dtype
         c = self.n_chunks
-        self.scratch = (np.zeros((c, d, k), dt), np.zeros((c, k), dt), np.zeros((c, k), dt),
-                        np.zeros((c, k), dt), np.zeros(c), np.zeros(c))
+        self.scratch = epoch_scratch(c, d, k, dt)
         self.sw = ctx.sw
         self.w_mean = float(np.mean(ctx.sw))
         penalty, alpha = estimator._penalty_args()
@@ -110,29 +111,26 @@ class _Runner:
         self.gB = opt._groups[1] if b is not None else None
 
     def __call__(self, order, batch_size):
-        ctx, opt = self.ctx, self.ctx.opt
+        ctx = self.ctx
         gW, gB = self.gW, self.gB
-        userW = opt._prepared_hyper(0, gW)
-        userB = opt._prepared_hyper(1, gB) if gB is not None else userW
-        statesW = [None if s is None else s[0] for s in gW.state_list]
-        statesB = [None if (gB is None or s is None) else s[0]
-                   for s in (gB.state_list if gB is not None else gW.state_list)]
-        avg_start = -1 if opt.average_start is None else opt.average_start
-        avgW = gW.avg[0] if gW.avg is not None else None
-        avgB = gB.avg[0] if (gB is not None and gB.avg is not None) else None
-        seed = np.uint64(opt.seed) if (opt._noisy and opt._noise_on(userW)) else None
-        sched = ctx.schedule.encode()
-        args = (
-            *self.data_args, self.T, self.sw, np.ascontiguousarray(order, dtype=np.int64),
-            int(batch_size), self.n_chunks, ctx.W, ctx.b, *self.scratch,
-            *statesW, *statesB, avgW, avgB, userW, userB, gW.scalars,
-            gB.scalars if gB is not None else gW.scalars, gW.step, avg_start, gW.avg_count,
-            (float(sched[0]),) + tuple(float(v) for v in sched[1:]), float(ctx.base_lr),
-            float(ctx.plateau), self.alpha, self.l1_ratio, self.epsilon, seed,
-            int(gW.offsets[0]), int(gB.offsets[0]) if gB is not None else 0,
-            PARALLEL_MIN_WORK, self.w_mean)
+        o = optimizer_args(ctx, gW, gB, ctx.opt._prepared_hyper(0, gW), self.alpha,
+                           self.l1_ratio, self.epsilon)
+        a = DenseEpochArgs()
+        a.data = self.data_args
+        a.T = self.T
+        a.sw = self.sw
+        a.order = np.ascontiguousarray(order, dtype=np.int64)
+        a.batch_size = int(batch_size)
+        a.n_chunks = self.n_chunks
+        a.W = ctx.W
+        a.b = ctx.b
+        a.scratch = self.scratch
+        a.opt = o
+        a.par_work = PARALLEL_MIN_WORK
+        a.w_mean = self.w_mean
+        args = a.positional()
         if self.twin is not None:
-            if not _jit.ready(self.key + (seed is None, avgW is None), self.fn, args):
+            if not _jit.ready(self.key + (o.seed is None, o.avgW is None), self.fn, args):
                 self.fn = self.twin
             self.twin = None
         result = self.fn(*args)

@@ -18,6 +18,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from optkern import epochs as _epochs
+from optkern._epoch_args import (DenseEpochArgs, RowsModeArgs, ScaledModeArgs, SparseEpochArgs,
+                                 epoch_scratch, optimizer_args)
 from optkern.kernels import epoch_drivers, sparse_epoch_drivers
 from optkern.kernels import sparse_rules as _sr
 from optkern.kernels.rules import state_names
@@ -213,34 +215,26 @@ class SparseRunner:
             data = (data[0], data[1].astype(np.int64), data[2].astype(np.int64))
         else:
             fn = epoch_drivers.module_for(self.loss_name, self.rule, "csr").epoch_serial
-        c = self._common(self.ctx.opt._prepared_hyper(0, self.gW))
-        scratch = (np.zeros((1, d, k), dt), np.zeros((1, k), dt), np.zeros((1, k), dt),
-                   np.zeros((1, k), dt), np.zeros(1), np.zeros(1))
-        result = fn(*data, self.T, self.sw, order[:batch_size], int(batch_size), 1,
-                    self.ctx.W, self.ctx.b, *scratch, *c["states"], *c["rest"],
-                    _epochs.PARALLEL_MIN_WORK, self.w_mean)
-        return self._finish(result)
+        a = DenseEpochArgs()
+        a.opt = self._common(self.ctx.opt._prepared_hyper(0, self.gW))
+        a.scratch = epoch_scratch(1, d, k, dt)
+        a.data = data
+        a.T = self.T
+        a.sw = self.sw
+        a.order = order[:batch_size]
+        a.batch_size = int(batch_size)
+        a.n_chunks = 1
+        a.W = self.ctx.W
+        a.b = self.ctx.b
+        a.par_work = _epochs.PARALLEL_MIN_WORK
+        a.w_mean = self.w_mean
+        return self._finish(fn(*a.positional()))
 
     def _common(self, userW):
-        """The arguments every epoch takes, from the states to offB."""
-        ctx, opt = self.ctx, self.ctx.opt
-        gW, gB = self.gW, self.gB
-        userB = opt._prepared_hyper(1, gB) if gB is not None else userW
-        statesW = [None if s is None else s[0] for s in gW.state_list]
-        statesB = [None if (gB is None or s is None) else s[0]
-                   for s in (gB.state_list if gB is not None else gW.state_list)]
-        avg_start = -1 if opt.average_start is None else opt.average_start
-        seed = np.uint64(opt.seed) if (opt._noisy and opt._noise_on(userW)) else None
-        sched = ctx.schedule.encode()
-        rest = (gW.avg[0] if gW.avg is not None else None,
-                gB.avg[0] if (gB is not None and gB.avg is not None) else None,
-                tuple(float(v) for v in userW), tuple(float(v) for v in userB), gW.scalars,
-                gB.scalars if gB is not None else gW.scalars, gW.step, avg_start,
-                gW.avg_count, (float(sched[0]),) + tuple(float(v) for v in sched[1:]),
-                float(ctx.base_lr), float(ctx.plateau), self.alpha, self.l1_ratio,
-                self.epsilon, seed, int(gW.offsets[0]),
-                int(gB.offsets[0]) if gB is not None else 0)
-        return {"states": statesW + statesB, "rest": rest}
+        """The arguments every epoch takes, from the states to offB
+        (``_epoch_args.OptimizerArgs``)."""
+        return optimizer_args(self.ctx, self.gW, self.gB, tuple(float(v) for v in userW),
+                              self.alpha, self.l1_ratio, self.epsilon)
 
     def _finish(self, result):
         mean, steps, avg_count, scalarsW, scalarsB = result
@@ -300,11 +294,17 @@ class SparseRunner:
             wd = opt._spec.user_hyper.index("weight_decay")
             user = tuple(v + self.alpha * (1.0 - self.l1_ratio) if j == wd else v
                          for j, v in enumerate(user))
-            extra = (float(self.alpha * self.l1_ratio), self.q, self.carry)
+            extra = ScaledModeArgs()
+            extra.l1 = float(self.alpha * self.l1_ratio)
+            extra.q = self.q
+            extra.carry = self.carry
         else:
             fn = self.mod.epoch_rows_k1 if one else self.mod.epoch_rows
-            extra = (inv_p, P, S, self.last if self.last is not None else
-                     np.zeros(1, np.int64), self.A, self.Ssum, self.tmp, self.x, self.y)
+            extra = RowsModeArgs()
+            extra.inv_p, extra.P, extra.S = inv_p, P, S
+            extra.last = self.last if self.last is not None else np.zeros(1, np.int64)
+            extra.A, extra.Ssum, extra.tmp, extra.x, extra.y = \
+                self.A, self.Ssum, self.tmp, self.x, self.y
         marks = [m - self._offset for m in marks if 0 < m - self._offset < order.shape[0]]
         mean = self._blocks(fn, order, batch_size, user, extra, block, marks)
         if lead is not None and np.isfinite(mean):
@@ -353,17 +353,29 @@ class SparseRunner:
     def _run(self, fn, order, start, stop, batch_size, userW, extra):
         # the step, the averaging count and the rule's scalars as the last
         # block left them (_finish)
-        c = self._common(userW)
+        a = SparseEpochArgs()
+        a.opt = self._common(userW)
+        a.data = self.data
+        a.T = self.T
+        a.sw = self.sw
+        a.order = order
+        a.start = int(start)
+        a.stop = int(stop)
+        a.batch_size = int(batch_size)
+        a.W = self.ctx.W
+        a.b = self.ctx.b
+        a.w_mean = self.w_mean
+        a.slot = self.slot
+        a.touched = self.touched
+        a.G = self.G
+        a.z = self.z
+        a.dz = self.dz
+        a.db = self.db
+        a.unique_rows = self.unique_rows
+        a.mode = extra
+        args = a.positional()
         if self.twin is not None:
             from optkern import _jit
             _jit.count_twin()
-            result = self.twin(*self.data, self.T, self.sw, order, int(start), int(stop),
-                               int(batch_size), self.ctx.W, self.ctx.b, *c["states"],
-                               *c["rest"], self.w_mean, self.slot, self.touched, self.G,
-                               self.z, self.dz, self.db, self.unique_rows, *extra)
-            return self._finish(result)
-        result = fn(*self.data, self.T, self.sw, order, int(start), int(stop), int(batch_size),
-                    self.ctx.W, self.ctx.b, *c["states"], *c["rest"], self.w_mean, self.slot,
-                    self.touched, self.G, self.z, self.dz, self.db, self.unique_rows,
-                    *extra)
-        return self._finish(result)
+            return self._finish(self.twin(*args))
+        return self._finish(fn(*args))
