@@ -17,7 +17,10 @@ step does with those *untouched* rows (docs/sparse.md has the table):
       penalty and any schedule.  The L2 part (penalty and ``weight_decay``)
       shrinks every weight by the same factor c_t = 1 - lr_t*lambda each
       step: W = s V with one scalar s (Bottou's svmsgd, scikit-learn's
-      ``wscale``), so an untouched row costs nothing.  The L1 part is the
+      ``wscale``), so an untouched row costs nothing.  The step is affine,
+      p' = c_t p + a_t g, with both coefficients read off the rule once a
+      step (c_t = rule(1, 0), a_t = rule(0, 1)), so a touched weight costs
+      one multiply-add: V' = V + (a_t / s') g.  The L1 part is the
       cumulative penalty of Tsuruoka, Tsujii and Ananiadou (ACL 2009, as
       scikit-learn's SGD): u = the L1 amount every weight should have
       received so far, q_i = what weight i received; when weight i is

@@ -719,6 +719,33 @@ def test_one_output_epoch_is_the_general_epoch(loss, name, kw, mode, seed, batch
     np.testing.assert_allclose(got.intercept_, ref.intercept_, **tol)
 
 
+@settings(max_examples=40, deadline=None)
+@given(p=st.floats(-1e3, 1e3), g=st.floats(-1e3, 1e3), lr=st.floats(1e-6, 10.0),
+       weight_decay=st.sampled_from([0.0, 1e-4, 0.3]), dampening=st.floats(0.0, 1.0),
+       nesterov=st.booleans(), step=st.integers(1, 5))
+def test_scaled_mode_rule_is_affine(p, g, lr, weight_decay, dampening, nesterov, step):
+    """The scaled epochs (Numba and Cython) update a touched weight by
+    V' = V + (a_t / s') g with c_t = rule(1, 0) and a_t = rule(0, 1): that
+    needs every rule the "scaled" mode admits to be p' = c_t p + a_t g with a
+    zero state.  Checked on the rule itself, for every hyperparameter the
+    mode allows (exact_kind: no momentum, noise or maximize)."""
+    user = dict(lr=lr, momentum=0.0, dampening=dampening, weight_decay=weight_decay,
+                nesterov=float(nesterov), maximize=0.0, noise=0.0)
+    assert sparse_rules.exact_kind("sgd", user, 1e-4, 0.0, False, True)[0] == "scaled"
+    spec = rules.RULES["sgd"]
+    hyper, _ = spec.prepare(step, (), *[user[h] for h in spec.user_hyper])
+    ns = len(rules.state_names(spec))
+
+    def rule(p, g):
+        return spec.rule(p, g, *([0.0] * ns), *hyper, 0.0)[0]
+
+    c_t, a_t = rule(1.0, 0.0), rule(0.0, 1.0)
+    assert rule(0.0, 0.0) == 0.0
+    assert c_t == pytest.approx(1.0 - lr * weight_decay, rel=1e-15)
+    assert a_t == -lr
+    assert rule(p, g) == pytest.approx(c_t * p + a_t * g, rel=1e-12, abs=1e-12 * (abs(p) + abs(g)))
+
+
 # the scaled epoch's per-example loop (batch 1, distinct features, no L1)
 PER_EXAMPLE_CASES = [
     dict(alpha=1e-2),

@@ -203,7 +203,7 @@ def catch_up_row():
 
 
 def rows_scores():
-    row_scores(data, indices, lo, hi, W, Wf, b, z)
+    row_scores(data, indices, lo, hi, W, Wf, b, z, k)
 
 
 def prefetch_next():
@@ -230,9 +230,14 @@ def prefetch_state():
 
 def scaled_update():
     HOLE_UNPACK
-    # the shrink of this step, read off the rule (1 - lr * weight_decay)
+    # the step is affine in (p, g) (plain SGD: no state, no noise), p' = c_t p
+    # + a_t g, both read off the rule: c_t the shrink (1 - lr * weight_decay),
+    # a_t the gradient's coefficient (-lr); with W = s V and s' = s c_t,
+    # V' = V + (a_t / s') g
     c_t, HOLE_STATE_OUTS = _rule(one, zero, HOLE_ZERO_STATES, HOLE_HYPER_W, zero)
+    a_t, HOLE_STATE_OUTS = _rule(zero, one, HOLE_ZERO_STATES, HOLE_HYPER_W, zero)
     s_new = s * c_t
+    a_s = a_t / s_new
     if l1 > 0:
         u_l1 += lr * l1 / s_new
     for u in range(nt):
@@ -240,8 +245,7 @@ def scaled_update():
         for j in range(k):
             e = f * k + j
             g = dt(G[u, j] * inv)
-            p_i, HOLE_STATE_OUTS = _rule(dt(s * Wf[e]), g, HOLE_STATE_LOADS, HOLE_HYPER_W, zero)
-            v = p_i / s_new
+            v = Wf[e] + a_s * g
             if l1 > 0:
                 v, q[e] = cumulative_l1(v, q[e], u_l1)
             Wf[e] = v
@@ -271,7 +275,7 @@ def clip_touched():
 
 
 def scaled_scores():
-    row_scores(data, indices, lo, hi, W, Wf, None, z)
+    row_scores(data, indices, lo, hi, W, Wf, None, z, k)
     for j in range(k):
         z[j] = z[j] * s
     if b is not None:

@@ -63,15 +63,16 @@ def HOLE_NAME(data, indices, indptr, T, sw, order, start, stop, batch_size, W, b
             w_avg = 1.0 / (avg_count + 1) if averaging else 0.0
             HOLE_UNPACK
             c_t, HOLE_STATE_OUTS = _rule(one, zero, HOLE_ZERO_STATES, HOLE_HYPER_W, zero)
+            a_t, HOLE_STATE_OUTS = _rule(zero, one, HOLE_ZERO_STATES, HOLE_HYPER_W, zero)
             s_new = s * c_t
+            a_s = a_t / s_new
             for qq in range(lo, hi):
                 f = indices[qq]
                 x_f = data[qq]
                 for j in range(k):
                     e = f * k + j
                     g = dt(dt(x_f * dz[j]) * inv)
-                    p_i, HOLE_STATE_OUTS = _rule(dt(s * Wf[e]), g, HOLE_STATE_LOADS, HOLE_HYPER_W, zero)
-                    Wf[e] = p_i / s_new
+                    Wf[e] = Wf[e] + a_s * g
             s = s_new
             if s < HOLE_MIN_SCALE:
                 for e in range(d * k):
