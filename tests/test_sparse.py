@@ -251,6 +251,12 @@ def test_touch_probabilities(n, B):
     pr = sparse_rules.touch_probabilities(c, n, B, "replacement")
     np.testing.assert_allclose(pr, 1.0 - (1.0 - c / n) ** B, rtol=1e-12)
     np.testing.assert_allclose(sparse_rules.touch_probabilities(c, n, 1, "epoch"), c / n)
+    # the lazy penalty's factors: 1/pi_f, and 0 for a feature in no row
+    for sampling, p in (("epoch", pi), ("replacement", pr)):
+        for dtype in (np.float32, np.float64):
+            got = sparse_rules.lazy_scales(c, n, B, sampling, dtype)
+            assert got.dtype == dtype and got[0] == 0.0
+            np.testing.assert_array_equal(got[1:], (1.0 / p[1:]).astype(dtype))
 
 
 def test_touch_probabilities_of_rare_features_at_scale():
