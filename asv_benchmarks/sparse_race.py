@@ -28,12 +28,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmarks.bench_sparse import MODES, _epoch_model  # noqa: E402
 
 
-def epoch_sweep(rows, features, repeats):
+def epoch_sweep(rows, features, repeats, sklearn=False):
     """Median time of one epoch inside a fit (``history_[i]["time"]``: the
     compiled epoch and its glue, without the per-fit set-up that
     ``partial_fit`` repeats on every call: validation, the lazy penalty's
-    per-feature factors, the model-sized copies) of ``repeats`` epochs."""
+    per-feature factors, the model-sized copies) of ``repeats`` epochs.
+
+    ``sklearn``: also SGDClassifier's epoch on the same data (float64, its
+    working type), as (fit with max_iter=5 - fit with max_iter=1) / 4, medians
+    of ``repeats`` interleaved pairs: how much a per-example epoch of the
+    specialist grows with the width on this machine (key ``(d, "sklearn")``)."""
     import warnings
+
+    from optkern import _jit
 
     out = {}
     for d in features:
@@ -42,11 +49,30 @@ def epoch_sweep(rows, features, repeats):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 _epoch_model(mode, X, y)          # compile / load
+                _jit.wait(900)
+                _epoch_model(mode, X, y)
                 m = optkern.LinearClassifier(random_state=0, max_epochs=repeats, tol=None,
                                              **MODES[mode]).fit(X, y)
             out[(d, mode)] = float(np.median([h["time"] for h in m.history_]))
             print(f"n_features 2^{int(np.log2(d))}  {mode:5s}  epoch {out[(d, mode)] * 1e3:8.1f} ms"
                   f"  ({1e9 * out[(d, mode)] / X.nnz:.1f} ns per nonzero)", flush=True)
+        if sklearn:
+            from sklearn.linear_model import SGDClassifier
+            X64 = X.astype(np.float64)
+            per = []
+            for _ in range(repeats):
+                t = []
+                for it in (1, 5):
+                    t0 = time.perf_counter()
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        SGDClassifier(loss="log_loss", max_iter=it, tol=None,
+                                      random_state=0).fit(X64, y)
+                    t.append(time.perf_counter() - t0)
+                per.append((t[1] - t[0]) / 4)
+            out[(d, "sklearn")] = float(np.median(per))
+            print(f"n_features 2^{int(np.log2(d))}  SGDClassifier epoch "
+                  f"{out[(d, 'sklearn')] * 1e3:8.1f} ms", flush=True)
     return out
 
 
@@ -132,6 +158,8 @@ def main(argv=None):
     p.add_argument("--extra", default="", help="more optkern rows: ';'-separated dicts, "
                    "e.g. \"dict(n_iter_no_change=1)\"")
     p.add_argument("--skip-sweep", action="store_true")
+    p.add_argument("--sweep-sklearn", action="store_true",
+                   help="the sweep also times SGDClassifier's epoch at each width")
     p.add_argument("--per-example", action="store_true",
                    help="also time per-example SGD against SGDClassifier's loop")
     p.add_argument("--accuracy-by-epoch", type=int, default=0, metavar="EPOCHS",
@@ -162,8 +190,8 @@ def main(argv=None):
         print(f"load average after: {os.getloadavg()}")
         return
     feats = [2 ** 16, 2 ** 18, 2 ** 20, 2 ** 22]
-    sweep = epoch_sweep(args.epoch_rows, feats, args.repeats)
-    for mode in MODES:
+    sweep = epoch_sweep(args.epoch_rows, feats, args.repeats, sklearn=args.sweep_sklearn)
+    for mode in list(MODES) + (["sklearn"] if args.sweep_sklearn else []):
         ts = [sweep[(d, mode)] for d in feats]
         print(f"{mode}: largest / smallest epoch time over 2^16..2^22 = {max(ts) / min(ts):.2f}")
     if args.plot:
@@ -174,6 +202,9 @@ def main(argv=None):
         for mode in MODES:
             ax.plot(feats, [1e3 * sweep[(d, mode)] for d in feats], marker="o",
                     label=f"{mode} ({MODES[mode]['optimizer']})")
+        if args.sweep_sklearn:
+            ax.plot(feats, [1e3 * sweep[(d, "sklearn")] for d in feats], marker="s",
+                    linestyle="--", label="SGDClassifier (float64)")
         ax.set_xscale("log", base=2)
         ax.set_ylim(bottom=0)
         ax.set_xlabel("n_features")
