@@ -29,6 +29,7 @@ from optkern._lin_defaults import SPARSE_WIDE_DEFAULTS
 from optkern._lin_params import OPTIMIZER_NAMES, _check_csr_structure
 from optkern._lin_stopping import (ADAPTIVE_MIN_LR, PROGRESSIVE_T, TrainingDiverged, _Stall,
                                    _run_callbacks, _snapshot_into, progressive_trend)
+from optkern._progress import progress_bar
 
 
 @functools.lru_cache(maxsize=256)
@@ -337,9 +338,5 @@ class FitLoop:
     def _progress(self, total):
         if not self.verbose:
             return None
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            warnings.warn("verbose=True needs tqdm (pip install tqdm)", RuntimeWarning)
-            return None
-        return tqdm(total=total, desc=f"{type(self).__name__}({self._optimizer_name()})", unit="epoch")
+        return progress_bar(total=total, desc=f"{type(self).__name__}({self._optimizer_name()})",
+                            unit="epoch", warn_missing=True)
