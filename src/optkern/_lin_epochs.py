@@ -165,8 +165,7 @@ class Epochs:
         # penalty's value; the cumulative-L1 one, which does, is not cut:
         # _progressive_fit)
         from optkern.kernels.loss_reference import penalty
-        pen_name, alpha = self._penalty_args()
-        l1_ratio = {"l2": 0.0, "l1": 1.0}.get(pen_name, float(self.l1_ratio))
+        alpha, l1_ratio = self._penalty_terms()
         n = order.shape[0]
         cuts = [0] + list(marks) + [n]
         ctx.segments = []
@@ -224,8 +223,7 @@ class Epochs:
         W, b, opt = ctx.W, ctx.b, ctx.opt
         be = ctx.backend
         loss_backend = be if be != "cython" or _backend.cython_module("losses") else "numba"
-        pen_name, alpha = self._penalty_args()
-        l1_ratio = {"l2": 0.0, "l1": 1.0}.get(pen_name, float(self.l1_ratio))
+        alpha, l1_ratio = self._penalty_terms()
         total = 0.0
         data_total = 0.0
         count = 0
