@@ -12,7 +12,7 @@ The scalar functions below are in the rule language's host subset
 and the strengths), and the Cython kernels hold their C twins, translated
 from this text by ``rulelang.c.HostEmitter`` (``_templates.penalty_twins``
 in kernels/cython, into ``templates/penalty_twin.pyx.tp``, included by
-``_losses.pyx.tp`` and ``_epochs.pyx.tp``).  Where a kernel sums the
+``_losses.pyx.tp``, ``_epochs.pyx.tp`` and ``_sparse_epochs.pyx.tp``).  Where a kernel sums the
 penalty over W in its own order (runs, vector lanes, W's dtype) it keeps
 that loop and takes the pieces it can from here: the two strengths, the
 per-weight gradient, the value from the two sums.  Still written on their
