@@ -17,20 +17,26 @@ and reasons of ``drivers.py``) holding
 The loss rule (``loss_rules.py``) and the update rule (``rules.py``) are the
 same texts every other target compiles; only the loops live here.
 
-Arguments (dense layout; the CSR layout takes ``data, indices, indptr``
-instead of ``X``)::
-
-    epoch(X, T, sw, order, batch_size, n_chunks, W, b, dWp, dbp, Z, D, lossp, wsump,
-          sW0, sW1, sW2, sB0, sB1, sB2, avgW, avgB, userW, userB, scalarsW, scalarsB,
-          step0, avg_start, avg_count0, sched, base_lr, plateau, alpha, l1_ratio,
-          epsilon, seed, offW, offB, par_work, w_mean)
-      -> (mean_loss, steps_done, avg_count, scalarsW, scalarsB)
+Arguments: about 40, positional, each
+named in ``optkern._epoch_args``: ``DenseEpochArgs`` holds a call, its
+``positional()`` lays it out in the generated signature's order (the one
+place that does), and tests/test_epoch_args.py checks that order against the
+signatures generated for every rule.  In that order: the data (``X``; the
+CSR layout ``data, indices, indptr``), ``T``, ``sw``, ``order``,
+``batch_size``, ``n_chunks``, ``W``, ``b``, the scratch (``EpochScratch``),
+then ``OptimizerArgs`` (the W group's state arrays ``sW0, sW1, ...`` and the
+intercept group's ``sB0, ...``, one per state of the rule, so their number
+varies with it; the averages, the prepared hyperparameters and scalars, the
+step counters, the schedule, the penalty's ``alpha``/``l1_ratio``,
+``epsilon``, the noise seed and offsets), and ``par_work``, ``w_mean``.
+The call returns ``(mean_loss, steps_done, avg_count, scalarsW, scalarsB)``.
 
 ``T`` is the target: (n, k) float for scalar (per-output) losses, (n,) int64
-class indices for row losses.  ``dWp`` (n_chunks, d, k), ``dbp`` (n_chunks, k),
-``Z``/``D`` (n_chunks, k) and ``lossp``/``wsump`` (n_chunks,) are scratch the
-caller allocates once per fit.  A non-finite minibatch loss stops the epoch
-early and returns NaN (the caller restores the last good weights).
+class indices for row losses.  The scratch -- ``dWp`` (n_chunks, d, k),
+``dbp`` (n_chunks, k), ``Z``/``D`` (n_chunks, k) and ``lossp``/``wsump``
+(n_chunks,) -- is allocated once per fit (``_epoch_args.epoch_scratch``).
+A non-finite minibatch loss stops the epoch early and returns NaN (the
+caller restores the last good weights).
 """
 
 import numpy as np

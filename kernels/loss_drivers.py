@@ -67,6 +67,7 @@ from numba import njit, prange
 from numba.extending import overload, register_jitable
 
 from . import _helpers  # noqa: F401 (the generated modules import it: in their digest)
+from . import penalty as _pen
 from . import _simd
 from . import loss_rules as _rules
 from . import rule_lanes
@@ -199,6 +200,12 @@ def penalty_set(W, dW, alpha, l1_ratio):
 
 PENALTY_RUN = 512
 
+# kernels/penalty.py's pieces, inlined into the penalty loops below as Numba
+# IR (so that they take those loops' fastmath flags, as the text they replace)
+_l1_strength = njit(inline="always")(_pen.l1_strength)
+_l2_strength = njit(inline="always")(_pen.l2_strength)
+_penalty_of_sums = njit(inline="always")(_pen.penalty_of_sums)
+
 
 def _penalty(W, dW, alpha, l1_ratio, add):
     """The penalty loop for any layout: the rows of W are the runs."""
@@ -206,14 +213,14 @@ def _penalty(W, dW, alpha, l1_ratio, add):
     l2 = 0.0
     for f in range(W.shape[0]):
         l1, l2 = _penalty_run(W[f], dW[f], alpha, l1_ratio, l1, l2, add)
-    return alpha * (l1_ratio * l1 + 0.5 * (1.0 - l1_ratio) * l2)
+    return _penalty_of_sums(alpha, l1_ratio, l1, l2)
 
 
 @register_jitable(fastmath=_REDUCE_FLAGS)
 def _penalty_run(w_run, dw_run, alpha, l1_ratio, l1, l2, add):
     dt = w_run.dtype.type
-    a1 = dt(alpha * l1_ratio)
-    a2 = dt(alpha * (1.0 - l1_ratio))
+    a1 = dt(_l1_strength(alpha, l1_ratio))
+    a2 = dt(_l2_strength(alpha, l1_ratio))
     zero = dt(0)
     one = dt(1)
     r1 = zero
@@ -252,7 +259,7 @@ def _ov_penalty(W, dW, alpha, l1_ratio, add):
         for s in range(0, n, PENALTY_RUN):
             e = min(s + PENALTY_RUN, n)
             l1, l2 = _penalty_run(Wf[s:e], dWf[s:e], alpha, l1_ratio, l1, l2, add)
-        return alpha * (l1_ratio * l1 + 0.5 * (1.0 - l1_ratio) * l2)
+        return _penalty_of_sums(alpha, l1_ratio, l1, l2)
     return flat
 
 

@@ -37,21 +37,9 @@ def epoch(est, ctx, order, bs, mode):
 
 
 def _batches(est, ctx, order, bs):
-    """(rows, data loss, dW, db) per minibatch, the unbiased estimate of
-    _reference_epoch (sum_B w L / (|B| mean(w))), without the penalty."""
-    X, y, sw, W, b = ctx.X, ctx.y, ctx.sw, ctx.W, ctx.b
-    w_mean = float(np.mean(sw))
-    for start in range(0, order.shape[0], bs):
-        rows = order[start:start + bs]
-        swb = sw[rows]
-        wsum = float(swb.sum())
-        if wsum <= 0.0:
-            continue
-        loss, dW, db = est._batch_loss_grad(X[rows], y[rows], swb, W, b, "numpy",
-                                            penalize=False)
-        scale = wsum / (rows.shape[0] * w_mean)
-        yield rows, loss * scale, dW * W.dtype.type(scale), \
-            (None if db is None else db * W.dtype.type(scale))
+    """(rows, data loss, dW, db) per minibatch without the penalty: the
+    minibatches of the dense reference epoch (``_weighted_minibatches``)."""
+    return est._weighted_minibatches(ctx, order, bs, "numpy")
 
 
 def _update(name, p, g, states, step, hyper, scalars, z):

@@ -42,6 +42,30 @@ def language_files():
     return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".py"))
 
 
+PENALTY = os.path.join(os.path.dirname(HERE), "penalty.py")
+
+
+def penalty_twins(host_emitter):
+    """The hole ``penalty`` of templates/penalty_twin.pyx.tp: each of
+    kernels/penalty.py's KERNEL_FUNCTIONS translated by ``host_emitter``
+    (rulelang.c.HostEmitter: C doubles), as (name, args, body lines)."""
+    import runpy
+    import types
+
+    module = runpy.run_path(PENALTY)
+    twins = []
+    for name in module["KERNEL_FUNCTIONS"]:
+        tr = host_emitter(module[name], int_first=False, globals_=module)
+
+        def ret(t, st):
+            return [f"return <double>{t.expr(st.value)}"]
+
+        twins.append(types.SimpleNamespace(
+            name=name, args=", ".join(f"double {tr.var(p)}" for p in tr.params),
+            body=tr.local_decls() + tr.stmts(tr.fdef.body, 4, ret)))
+    return twins
+
+
 def template_path(name):
     return os.path.join(TEMPLATES, name)
 

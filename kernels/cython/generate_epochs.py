@@ -234,6 +234,7 @@ def adapter_holes(rules, losses, sched_mod):
         rules=rule_specs, losses=loss_specs, state_names=rules.state_names,
         ctypes=CTYPES, typenums={"f32": "NPY_FLOAT32", "f64": "NPY_FLOAT64"},
         schedule=schedule.rstrip("\n"),
+        penalty=_templates.penalty_twins(_HostTranslator),
         prepares=[_render_prepare(spec).rstrip("\n") for spec in rule_specs],
         rule_names=tuple(s.name for s in rule_specs),
         loss_names=tuple(s.name for s in loss_specs),
@@ -256,8 +257,9 @@ def _render(rules, losses, sched_mod, digest):
 
 _templates = _files.load_by_path("_optkern_cython_templates", os.path.join(HERE, "_templates.py"))
 TEMPLATES = (f"{MODULE}.pyx.tp", "_epochs_dense.c.tp", "epoch_adapters.pyx.tp",
-             "host_minmax.pyx.tp", "prepare_twin.pyx.tp", "schedule_twin.pyx.tp")
-RULE_FILES = ("rules.py", "loss_rules.py", "schedule_rules.py", "rule_lanes.py")
+             "host_minmax.pyx.tp", "prepare_twin.pyx.tp", "schedule_twin.pyx.tp",
+             "penalty_twin.pyx.tp")
+RULE_FILES = ("rules.py", "loss_rules.py", "schedule_rules.py", "rule_lanes.py", "penalty.py")
 
 
 def sources_of(module_file, templates, rule_files):

@@ -94,7 +94,8 @@ def sources():
     rules = _load_rules()
     losses = [_Loss(spec) for spec in rules.LOSS_RULES.values()]
     holes = dict(losses=losses, loss_ids={loss.name: i for i, loss in enumerate(losses)},
-                 ROW_BLOCK=ROW_BLOCK, SCORE_TILES=SCORE_TILES, ACC_TILES=ACC_TILES)
+                 ROW_BLOCK=ROW_BLOCK, SCORE_TILES=SCORE_TILES, ACC_TILES=ACC_TILES,
+                 penalty=_templates.penalty_twins(_rulelang.c.HostEmitter))
     return tuple(_templates.render(tp, **holes) for tp in TEMPLATES)
 
 

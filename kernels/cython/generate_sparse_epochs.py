@@ -80,8 +80,8 @@ def _min_scale():
 
 
 TEMPLATES = (f"{MODULE}.pyx.tp", "epoch_adapters.pyx.tp", "host_minmax.pyx.tp",
-             "prepare_twin.pyx.tp", "schedule_twin.pyx.tp")
-RULE_FILES = ("rules.py", "loss_rules.py", "schedule_rules.py", "sparse_rules.py")
+             "prepare_twin.pyx.tp", "schedule_twin.pyx.tp", "penalty_twin.pyx.tp")
+RULE_FILES = ("rules.py", "loss_rules.py", "schedule_rules.py", "sparse_rules.py", "penalty.py")
 
 
 def _generate():

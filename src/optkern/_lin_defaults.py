@@ -7,12 +7,13 @@ of a fit: the sparse, wide defaults (``SPARSE_WIDE_DEFAULTS``, chosen by
 ``sparse_wide``) or the dense ones, recorded once per fit by
 ``_set_data_defaults`` (``partial_fit`` keeps its first call's choice); and
 the penalty the gradient carries (``_penalty_args``: none with FTRL, which
-applies it proximally).
+applies it proximally; ``_penalty_terms``: its alpha and l1_ratio).
 """
 
 import scipy.sparse as sp
 
 from optkern import optimizers as _opt
+from optkern.kernels.penalty import l1_ratio_of
 
 # Defaults on sparse, wide data (CSR with at least SPARSE_WIDE_MIN_FEATURES
 # columns and at most SPARSE_WIDE_MAX_DENSITY of its entries stored), for the
@@ -105,6 +106,12 @@ class DataDefaults:
         if self.penalty is None or (for_gradient and self._uses_ftrl()):
             return "l2", 0.0
         return self.penalty, self._alpha_value()
+
+    def _penalty_terms(self, for_gradient=True):
+        """(alpha, l1_ratio) of the kernels' elastic-net form of
+        ``_penalty_args`` (kernels/penalty.py)."""
+        penalty, alpha = self._penalty_args(for_gradient)
+        return alpha, l1_ratio_of(penalty, self.l1_ratio)
 
     def _batch_size(self, n):
         """``"auto"``: n // 64 clipped to [1, 32] -- at least ~64 updates per epoch

@@ -165,8 +165,7 @@ class Epochs:
         # penalty's value; the cumulative-L1 one, which does, is not cut:
         # _progressive_fit)
         from optkern.kernels.loss_reference import penalty
-        pen_name, alpha = self._penalty_args()
-        l1_ratio = {"l2": 0.0, "l1": 1.0}.get(pen_name, float(self.l1_ratio))
+        alpha, l1_ratio = self._penalty_terms()
         n = order.shape[0]
         cuts = [0] + list(marks) + [n]
         ctx.segments = []
@@ -187,6 +186,30 @@ class Epochs:
             return total / n + float(penalty(ctx.W, alpha, l1_ratio)[0])
         return total / n
 
+    def _weighted_minibatches(self, ctx, order, bs, backend):
+        """(rows, data loss, dW, db) of each minibatch of ``order`` in turn, the
+        gradient at the weights as they stand when the minibatch is reached
+        (a generator: the caller steps between them), without the penalty.
+
+        The unbiased estimate of sum(w L)/sum(w): sum_B(w L) / (|B| mean(w)),
+        the loss and gradients of ``_batch_loss_grad`` (on ``backend``) scaled
+        by sum_B(w) / (|B| mean(w)); a minibatch of zero weight is skipped.
+        The one minibatch loop of the reference epochs (``_reference_epoch``
+        and kernels/sparse_reference.py)."""
+        X, y, sw, W, b = ctx.X, ctx.y, ctx.sw, ctx.W, ctx.b
+        w_mean = float(np.mean(sw))
+        for start in range(0, order.shape[0], bs):
+            rows = order[start:start + bs]
+            swb = sw[rows]
+            wsum = float(swb.sum())
+            if wsum <= 0.0:
+                continue
+            loss, dW, db = self._batch_loss_grad(X[rows], y[rows], swb, W, b, backend,
+                                                 penalize=False)
+            scale = wsum / (rows.shape[0] * w_mean)
+            yield rows, loss * scale, dW * W.dtype.type(scale), \
+                (None if db is None else db * W.dtype.type(scale))
+
     def _reference_epoch(self, ctx, order, bs):
         """The readable epoch: the specification the compiled epochs follow.
 
@@ -197,30 +220,18 @@ class Epochs:
         """
         from optkern.kernels.loss_reference import penalty
 
-        X, y, sw, W, b, opt = ctx.X, ctx.y, ctx.sw, ctx.W, ctx.b, ctx.opt
+        W, b, opt = ctx.W, ctx.b, ctx.opt
         be = ctx.backend
         loss_backend = be if be != "cython" or _backend.cython_module("losses") else "numba"
-        pen_name, alpha = self._penalty_args()
-        l1_ratio = {"l2": 0.0, "l1": 1.0}.get(pen_name, float(self.l1_ratio))
-        w_mean = float(np.mean(sw))
+        alpha, l1_ratio = self._penalty_terms()
         total = 0.0
         data_total = 0.0
         count = 0
-        for start in range(0, order.shape[0], bs):
-            rows = order[start:start + bs]
-            swb = sw[rows]
-            wsum = float(swb.sum())
-            if wsum <= 0.0:
-                continue
-            loss, dW, db = self._batch_loss_grad(X[rows], y[rows], swb, W, b, loss_backend,
-                                                 penalize=False)
-            scale = wsum / (rows.shape[0] * w_mean)
+        for rows, data, dW, db in self._weighted_minibatches(ctx, order, bs, loss_backend):
             pen, dpen = penalty(W, alpha, l1_ratio)
-            data_total += loss * scale * rows.shape[0]
-            loss = loss * scale + pen
-            dW = dW * W.dtype.type(scale) + dpen.astype(W.dtype, copy=False)
-            if b is not None:
-                db = db * W.dtype.type(scale)
+            data_total += data * rows.shape[0]
+            loss = data + pen
+            dW = dW + dpen.astype(W.dtype, copy=False)
             if not math.isfinite(loss):
                 return float("nan")
             lr = ctx.base_lr * ctx.schedule.factor(ctx.t) * ctx.plateau

@@ -29,6 +29,8 @@ from optkern._lin_defaults import SPARSE_WIDE_DEFAULTS
 from optkern._lin_params import OPTIMIZER_NAMES, _check_csr_structure
 from optkern._lin_stopping import (ADAPTIVE_MIN_LR, PROGRESSIVE_T, TrainingDiverged, _Stall,
                                    _run_callbacks, _snapshot_into, progressive_trend)
+from optkern._progress import progress_bar
+from optkern.kernels import penalty as _pen
 
 
 @functools.lru_cache(maxsize=256)
@@ -268,10 +270,9 @@ class FitLoop:
         if cls is _opt.FTRL:
             # the penalty goes to FTRL's own proximal l1/l2 (exact zeros), growing
             # with the step as the summed gradients do (see _penalty_args)
-            penalty, alpha = self._penalty_args(for_gradient=False)
-            l1r = {"l2": 0.0, "l1": 1.0}.get(penalty, float(self.l1_ratio))
-            params.setdefault("l1_per_step", alpha * l1r)
-            params.setdefault("l2_per_step", alpha * (1.0 - l1r))
+            alpha, l1r = self._penalty_terms(for_gradient=False)
+            params.setdefault("l1_per_step", _pen.l1_strength(alpha, l1r))
+            params.setdefault("l2_per_step", _pen.l2_strength(alpha, l1r))
         groups = [{"params": [W]}]
         if b is not None:
             # the intercept is not penalised
@@ -337,9 +338,5 @@ class FitLoop:
     def _progress(self, total):
         if not self.verbose:
             return None
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            warnings.warn("verbose=True needs tqdm (pip install tqdm)", RuntimeWarning)
-            return None
-        return tqdm(total=total, desc=f"{type(self).__name__}({self._optimizer_name()})", unit="epoch")
+        return progress_bar(total=total, desc=f"{type(self).__name__}({self._optimizer_name()})",
+                            unit="epoch", warn_missing=True)

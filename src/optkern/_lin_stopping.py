@@ -178,8 +178,7 @@ class Stopping:
             return None
         if self.sampling == "replacement" or ctx.sparse_mode == "dense":
             return None
-        pen_name, alpha = self._penalty_args()
-        l1_ratio = {"l2": 0.0, "l1": 1.0}.get(pen_name, float(self.l1_ratio))
+        alpha, l1_ratio = self._penalty_terms()
         if ctx.sparse_mode == "scaled" and alpha * l1_ratio > 0:
             return None
         return progressive_marks(n, self._batch_size(n))

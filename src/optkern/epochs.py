@@ -102,9 +102,7 @@ class _Runner:
         self.scratch = epoch_scratch(c, d, k, dt)
         self.sw = ctx.sw
         self.w_mean = float(np.mean(ctx.sw))
-        penalty, alpha = estimator._penalty_args()
-        self.alpha = alpha
-        self.l1_ratio = {"l2": 0.0, "l1": 1.0}.get(penalty, float(estimator.l1_ratio))
+        self.alpha, self.l1_ratio = estimator._penalty_terms()
         eps = getattr(estimator, "epsilon", None)
         self.epsilon = float(spec.default_epsilon if eps is None else eps)
         self.gW = opt._groups[0]

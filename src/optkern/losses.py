@@ -47,6 +47,7 @@ import scipy.sparse as sp
 
 from optkern import _backend, _jit
 from optkern.kernels import loss_rules as _rules
+from optkern.kernels.penalty import l1_ratio_of
 
 __all__ = ["loss_and_grad", "predict_scores", "check_grad", "LOSSES", "PENALTIES"]
 
@@ -71,7 +72,6 @@ FUSED_MAX_OUTPUTS = 12
 FUSED_MAX_WEIGHTS = 65_536          # n_features * n_outputs
 
 _METHODS = ("auto", "fused", "blas")
-_L1_RATIO = {"l2": 0.0, "l1": 1.0}
 _INT64 = np.dtype(np.int64)
 _FLOAT32 = np.dtype(np.float32)
 _FLOAT64 = np.dtype(np.float64)
@@ -130,7 +130,7 @@ def _penalty_ratio(penalty, alpha, l1_ratio):
     l1_ratio = _real("l1_ratio", l1_ratio, 0.0, 1.0)
     if penalty is None:
         return 0.0, 0.0
-    return alpha, _L1_RATIO.get(penalty, l1_ratio)
+    return alpha, l1_ratio_of(penalty, l1_ratio)
 
 
 def _int_range(a):

@@ -44,8 +44,7 @@ def resolve_mode(estimator, X, opt, schedule, backend):
             raise ValueError(f"sparse_updates={mode!r} runs on the CPU backends; the "
                              "'cuda' estimator path is the dense reference loop")
         return "dense"
-    penalty, alpha = estimator._penalty_args()
-    l1r = {"l2": 0.0, "l1": 1.0}.get(penalty, float(estimator.l1_ratio))
+    alpha, l1r = estimator._penalty_terms()
     lr_constant = _sr.lr_constant_within_epoch(schedule)
     return _sr.resolve(mode, opt._spec.name, _user(opt), alpha, l1r,
                        opt.average_start is not None, lr_constant)
@@ -114,9 +113,8 @@ class SparseRunner:
         self.data = (X.data, X.indices, X.indptr)
         self.rule = opt._spec.name
         self.mod = sparse_epoch_drivers.module_for(self.loss_name, self.rule)
-        penalty, alpha = estimator._penalty_args()
+        alpha, self.l1_ratio = estimator._penalty_terms()
         self.alpha = alpha
-        self.l1_ratio = {"l2": 0.0, "l1": 1.0}.get(penalty, float(estimator.l1_ratio))
         eps = getattr(estimator, "epsilon", None)
         self.epsilon = float(spec.default_epsilon if eps is None else eps)
         self.sw = ctx.sw

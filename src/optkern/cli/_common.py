@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 
 from optkern import optimizers as _optimizers
+from optkern._progress import progress_bar
 from optkern.metrics import is_classifier
 
 
@@ -321,11 +322,7 @@ def _reported_warnings(prefix):
 
 
 def _progress(iterable=None, **kw):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(iterable, file=sys.stderr, **kw)
+    return progress_bar(iterable, file=sys.stderr, **kw)
 
 
 def format_label(v):

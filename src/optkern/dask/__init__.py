@@ -65,6 +65,7 @@ from sklearn.utils import check_random_state
 
 from optkern import estimators as _est
 from optkern import schedules as _sched
+from optkern._progress import progress_bar
 from optkern.dask import _data, _worker
 from optkern.dask._data import DataFiles
 
@@ -535,13 +536,8 @@ class _DaskLinear(BaseEstimator):
     def _progress(self):
         if not self.verbose:
             return None
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            warnings.warn("verbose=True needs tqdm (pip install tqdm)", RuntimeWarning)
-            return None
-        return tqdm(total=self.max_epochs, desc=f"{type(self).__name__}({self.optimizer})",
-                    unit="round")
+        return progress_bar(total=self.max_epochs, desc=f"{type(self).__name__}({self.optimizer})",
+                            unit="round", warn_missing=True)
 
     def _adopt(self, state, ds):
         """Become the fitted model: an in-memory estimator with the user's
