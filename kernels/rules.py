@@ -37,8 +37,18 @@ An optional state (``"max_exp_avg_sq?amsgrad"``) is only allocated when the
 named user option is non-zero; the drivers pass 0 for an absent state and discard what the rule
 returns for it, so a rule reads it only under the flag that allocates it.
 
-This module imports nothing but ``math`` so that the Cython build can read it
-without Numba installed.
+A rule writes only its own update: the gradient's prologue that torch.optim
+runs in front of every method (``maximize`` flips the gradient, the decoupled
+weight decay scales the parameter, the coupled one adds ``weight_decay * p``
+to the gradient) is declared in the registry entry (``prologue``) and put in
+front of the rule's body by the rule language's front end
+(``rulelang.frontend.PROLOGUE``), for every target: ``register`` replaces
+the rule here by the function with its prologue (``rulelang.with_prologue``),
+which is what Python, Numba and the sparse closed forms call.
+
+This module imports nothing but ``math`` and the rule language (which imports
+neither numba nor optkern) so that the Cython build can read it without Numba
+installed.
 
 Relation to the course notation (documented in README): torch's forms are
 used.  RMSprop/Adam put ``eps`` outside the square root (Adadelta inside, as
@@ -50,11 +60,26 @@ False)`` is the course's uncorrected Adam.
 import math
 from collections import namedtuple
 
+if __package__:
+    from .rulelang import frontend as _frontend
+else:  # loaded by path (the Cython generators at build time)
+    import os as _os
+    import sys as _sys
+
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    _files = _sys.modules.get("_optkern_files")
+    if _files is None or not hasattr(_files, "load_package"):
+        import importlib.util as _ilu
+        _spec = _ilu.spec_from_file_location("_optkern_files", _os.path.join(_here, "_files.py"))
+        _files = _ilu.module_from_spec(_spec)
+        _spec.loader.exec_module(_files)
+    _frontend = _files.load_package("_optkern_rulelang", _os.path.join(_here, "rulelang")).frontend
+
 RuleSpec = namedtuple(
     "RuleSpec",
     "name rule prepare states kernel_hyper user_hyper scalar_states "
-    "options classes estimator_names requires noise zero_grad_identity",
-    defaults=((), (), (), (), None, None),
+    "options classes estimator_names requires noise zero_grad_identity prologue",
+    defaults=((), (), (), (), None, None, ()),
 )
 RuleSpec.__doc__ = """Everything the drivers and the Python API need to know about one rule.
 
@@ -86,6 +111,13 @@ requires      cross-option constraints (``Requires``), checked after each option
 noise         the user option whose value > 0 turns the noise draw on (None: never)
 zero_grad_identity  f(user_hyper dict) -> whether a zero gradient changes
               nothing (the sparse step's "exact" mode); None: never
+prologue      the statements put in front of the rule's body, by name, in the
+              order they run (``rulelang.frontend.PROLOGUE``): "maximize"
+              (``if maximize: g = -g``), "decoupled_weight_decay"
+              (``p = p * decay_factor``), "weight_decay"
+              (``g = g + weight_decay * p``); each needs the kernel
+              hyperparameter it reads, and the NumPy reference applies the
+              same items from the user hyperparameters (reference.prologue)
 """
 
 
@@ -192,6 +224,7 @@ def check_api(spec):
                              f"{sorted(unknown)}")
     if spec.noise is not None and spec.noise not in spec.user_hyper:
         raise ValueError(f"{where}: noise option {spec.noise!r} is not a user_hyper")
+    _frontend.check_prologue(spec.prologue, spec.kernel_hyper, spec.user_hyper, where)
     _check_signatures(spec, where)
 
 
@@ -241,11 +274,19 @@ def register(spec):
     if spec.name in RULES:
         raise ValueError(f"rule {spec.name!r} is registered twice")
     check_api(spec)
+    # the rule as it runs: its prologue in front (the function already made
+    # for an entry sharing the rule with the same prologue, SGLD's sgd_rule)
+    rule = _frontend.with_prologue(spec.rule, spec.prologue)
+    here = globals().get(rule.__name__)
+    if (getattr(here, "__wrapped__", None) is getattr(rule, "__wrapped__", rule)
+            and getattr(here, "__rule_prologue__", ()) == tuple(spec.prologue)):
+        rule = here
+    spec = spec._replace(rule=rule)
     for fn in (spec.rule, spec.prepare):
         # the generated drivers import the rule and prepare from this module by
         # name: a rule written elsewhere (registered at run time) is put here
         here = globals().get(fn.__name__)
-        if here is not None and here is not fn:
+        if here is not None and here is not fn and here is not getattr(fn, "__wrapped__", None):
             raise ValueError(f"rule {spec.name!r}: another function named {fn.__name__!r} "
                              "is already in optkern.kernels.rules; rename it")
     for fn in (spec.rule, spec.prepare):
@@ -293,9 +334,6 @@ def allocated_states(spec, user_hyper):
 
 def sgd_rule(p, g, momentum_buffer, lr, momentum, keep, weight_decay,
              nesterov, maximize, first, sigma, z):
-    if maximize:
-        g = -g
-    g = g + weight_decay * p
     if momentum != 0:
         if first:
             momentum_buffer = g
@@ -318,6 +356,7 @@ def sgd_prepare(step, scalars, lr, momentum, dampening, weight_decay,
 
 register(RuleSpec(
     name="sgd", rule=sgd_rule, prepare=sgd_prepare,
+    prologue=("maximize", "weight_decay"),
     states=("momentum_buffer?momentum",),
     kernel_hyper=("lr", "momentum", "keep", "weight_decay", "nesterov",
                   "maximize", "first", "sigma"),
@@ -348,6 +387,7 @@ def sgld_prepare(step, scalars, lr, noise_scale, weight_decay, maximize):
 
 register(RuleSpec(
     name="sgld", rule=sgd_rule, prepare=sgld_prepare,
+    prologue=("maximize", "weight_decay"),
     states=("momentum_buffer?momentum",),  # never allocated: SGLD has no momentum
     kernel_hyper=("lr", "momentum", "keep", "weight_decay", "nesterov",
                   "maximize", "first", "sigma"),
@@ -369,9 +409,6 @@ register(RuleSpec(
 
 
 def adagrad_rule(p, g, state_sum, clr, weight_decay, eps, maximize, z):
-    if maximize:
-        g = -g
-    g = g + weight_decay * p
     state_sum = state_sum + g * g
     p = p - clr * g / (math.sqrt(state_sum) + eps)
     return p, state_sum
@@ -384,6 +421,7 @@ def adagrad_prepare(step, scalars, lr, lr_decay, weight_decay, eps, maximize):
 
 register(RuleSpec(
     name="adagrad", rule=adagrad_rule, prepare=adagrad_prepare,
+    prologue=("maximize", "weight_decay"),
     states=("sum",),
     kernel_hyper=("clr", "weight_decay", "eps", "maximize"),
     user_hyper=("lr", "lr_decay", "weight_decay", "eps", "maximize"),
@@ -410,9 +448,6 @@ register(RuleSpec(
 
 def rmsprop_rule(p, g, square_avg, grad_avg, momentum_buffer, lr, alpha, one_minus_alpha,
                  eps, weight_decay, momentum, centered, maximize, z):
-    if maximize:
-        g = -g
-    g = g + weight_decay * p
     square_avg = alpha * square_avg + one_minus_alpha * g * g
     if centered:
         grad_avg = alpha * grad_avg + one_minus_alpha * g
@@ -435,6 +470,7 @@ def rmsprop_prepare(step, scalars, lr, alpha, eps, weight_decay, momentum,
 
 register(RuleSpec(
     name="rmsprop", rule=rmsprop_rule, prepare=rmsprop_prepare,
+    prologue=("maximize", "weight_decay"),
     states=("square_avg", "grad_avg?centered", "momentum_buffer?momentum"),
     kernel_hyper=("lr", "alpha", "one_minus_alpha", "eps", "weight_decay", "momentum",
                   "centered", "maximize"),
@@ -458,9 +494,6 @@ register(RuleSpec(
 
 def adadelta_rule(p, g, square_avg, acc_delta, lr, rho, one_minus_rho, eps,
                   weight_decay, maximize, z):
-    if maximize:
-        g = -g
-    g = g + weight_decay * p
     square_avg = rho * square_avg + one_minus_rho * g * g
     delta = math.sqrt(acc_delta + eps) / math.sqrt(square_avg + eps) * g
     acc_delta = rho * acc_delta + one_minus_rho * delta * delta
@@ -474,6 +507,7 @@ def adadelta_prepare(step, scalars, lr, rho, eps, weight_decay, maximize):
 
 register(RuleSpec(
     name="adadelta", rule=adadelta_rule, prepare=adadelta_prepare,
+    prologue=("maximize", "weight_decay"),
     states=("square_avg", "acc_delta"),
     kernel_hyper=("lr", "rho", "one_minus_rho", "eps", "weight_decay", "maximize"),
     user_hyper=("lr", "rho", "eps", "weight_decay", "maximize"),
@@ -499,10 +533,6 @@ register(RuleSpec(
 def adam_rule(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, step_size, beta1,
               beta2, one_minus_beta1, one_minus_beta2, eps, weight_decay,
               decay_factor, bc2_sqrt, amsgrad, maximize, z):
-    if maximize:
-        g = -g
-    p = p * decay_factor
-    g = g + weight_decay * p
     exp_avg = beta1 * exp_avg + one_minus_beta1 * g
     exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
     if amsgrad:
@@ -538,6 +568,7 @@ _ADAM_KERNEL_HYPER = ("step_size", "beta1", "beta2", "one_minus_beta1",
 
 register(RuleSpec(
     name="adam", rule=adam_rule, prepare=adam_prepare,
+    prologue=("maximize", "decoupled_weight_decay", "weight_decay"),
     states=("exp_avg", "exp_avg_sq", "max_exp_avg_sq?amsgrad"),
     kernel_hyper=_ADAM_KERNEL_HYPER,
     user_hyper=("lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad",
@@ -564,9 +595,6 @@ register(RuleSpec(
 
 def adamax_rule(p, g, exp_avg, exp_inf, clr, beta1, one_minus_beta1, beta2, eps,
                 weight_decay, maximize, z):
-    if maximize:
-        g = -g
-    g = g + weight_decay * p
     exp_avg = beta1 * exp_avg + one_minus_beta1 * g
     exp_inf = max(beta2 * exp_inf, abs(g) + eps)
     p = p - clr * exp_avg / exp_inf
@@ -581,6 +609,7 @@ def adamax_prepare(step, scalars, lr, beta1, beta2, eps, weight_decay,
 
 register(RuleSpec(
     name="adamax", rule=adamax_rule, prepare=adamax_prepare,
+    prologue=("maximize", "weight_decay"),
     states=("exp_avg", "exp_inf"),
     kernel_hyper=("clr", "beta1", "one_minus_beta1", "beta2", "eps", "weight_decay",
                   "maximize"),
@@ -606,10 +635,6 @@ register(RuleSpec(
 def nadam_rule(p, g, exp_avg, exp_avg_sq, grad_coef, avg_coef, beta1, beta2,
                one_minus_beta1, one_minus_beta2, eps, weight_decay, decay_factor, bc2,
                maximize, z):
-    if maximize:
-        g = -g
-    p = p * decay_factor
-    g = g + weight_decay * p
     exp_avg = beta1 * exp_avg + one_minus_beta1 * g
     exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
     denom = math.sqrt(exp_avg_sq / bc2) + eps
@@ -637,6 +662,7 @@ def nadam_prepare(step, scalars, lr, beta1, beta2, eps, weight_decay,
 
 register(RuleSpec(
     name="nadam", rule=nadam_rule, prepare=nadam_prepare,
+    prologue=("maximize", "decoupled_weight_decay", "weight_decay"),
     states=("exp_avg", "exp_avg_sq"),
     kernel_hyper=("grad_coef", "avg_coef", "beta1", "beta2", "one_minus_beta1",
                   "one_minus_beta2", "eps", "weight_decay", "decay_factor", "bc2",
@@ -664,10 +690,6 @@ register(RuleSpec(
 def radam_rule(p, g, exp_avg, exp_avg_sq, step_size, beta1, beta2, one_minus_beta1,
                one_minus_beta2, eps, weight_decay, decay_factor, adaptive, bc2_sqrt,
                maximize, z):
-    if maximize:
-        g = -g
-    p = p * decay_factor
-    g = g + weight_decay * p
     exp_avg = beta1 * exp_avg + one_minus_beta1 * g
     exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
     if adaptive:
@@ -702,6 +724,7 @@ def radam_prepare(step, scalars, lr, beta1, beta2, eps, weight_decay,
 
 register(RuleSpec(
     name="radam", rule=radam_rule, prepare=radam_prepare,
+    prologue=("maximize", "decoupled_weight_decay", "weight_decay"),
     states=("exp_avg", "exp_avg_sq"),
     kernel_hyper=("step_size", "beta1", "beta2", "one_minus_beta1", "one_minus_beta2",
                   "eps", "weight_decay", "decay_factor", "adaptive", "bc2_sqrt",

@@ -44,6 +44,16 @@ Types
     products of integers, ``math.floor``/``math.ceil``), so ``x ** n`` with an
     integer ``n`` is Numba's binary exponentiation.
 
+The prologue of an update rule
+    A registry entry declares what torch.optim does to the gradient before
+    the method's own step (``RuleSpec.prologue``: "maximize",
+    "decoupled_weight_decay", "weight_decay", in that order); ``Rule`` puts
+    their statements (``frontend.PROLOGUE``) in front of the rule's body, so
+    every emitter translates them and the rule holds only its core update.
+    ``with_prologue`` compiles the same tree into the Python function that
+    ``rules.register`` puts in place of the rule (what Numba and Python
+    run); ``check_prologue`` is ``register``'s check of the declaration.
+
 Anything else raises ``RuleError`` (a ValueError) naming the rule, the line
 and the construct.  A target may refuse a construct of the language that it
 cannot place (the lane form: a loop inside a row-dependent ``if``); it then
@@ -62,8 +72,10 @@ by file path at build time.
 """
 
 from . import c, cython, lanes
-from .frontend import Rule, RuleError, check, function_of, is_index, parse
+from .frontend import (PROLOGUE, Rule, RuleError, check, check_prologue, function_of,
+                       is_index, parse, source_text, with_prologue)
 from .tables import FUNCTIONS
 
-__all__ = ["FUNCTIONS", "Rule", "RuleError", "c", "check", "cython", "function_of",
-           "is_index", "lanes", "parse"]
+__all__ = ["FUNCTIONS", "PROLOGUE", "Rule", "RuleError", "c", "check", "check_prologue",
+           "cython", "function_of", "is_index", "lanes", "parse", "source_text",
+           "with_prologue"]
