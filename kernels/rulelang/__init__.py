@@ -71,7 +71,6 @@ The package imports neither numba nor optkern: the Cython generators load it
 by file path at build time.
 """
 
-from . import c, cython, lanes
 from .frontend import (PROLOGUE, Rule, RuleError, check, check_prologue, function_of,
                        is_index, parse, source_text, with_prologue)
 from .tables import FUNCTIONS
@@ -79,3 +78,14 @@ from .tables import FUNCTIONS
 __all__ = ["FUNCTIONS", "PROLOGUE", "Rule", "RuleError", "c", "check", "check_prologue",
            "cython", "function_of", "is_index", "lanes", "parse", "source_text",
            "with_prologue"]
+
+_EMITTERS = ("c", "cython", "lanes")
+
+
+def __getattr__(name):
+    # the emitters are imported when first used: kernels/rules.py imports this
+    # package for its front end (the prologue) on every ``import optkern``
+    if name in _EMITTERS:
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

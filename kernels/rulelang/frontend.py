@@ -6,6 +6,7 @@ import ast
 import copy
 import inspect
 import textwrap
+import types
 
 from .tables import BINOPS, CMPOPS, FUNCTIONS, HOST_FUNCTIONS, MATH_CONSTANTS
 
@@ -101,13 +102,10 @@ def check_prologue(items, kernel_hyper, user_hyper, where):
 def prologue_statements(items, p="p", g="g"):
     """The ``ast`` statements of the declared prologue ``items``, with ``p``
     and ``g`` the rule's parameter and gradient names."""
-    out = []
-    for item in items:
-        for st in ast.parse(PROLOGUE[item][2]).body:
-            for node in ast.walk(st):
-                if isinstance(node, ast.Name) and node.id in ("p", "g"):
-                    node.id = p if node.id == "p" else g
-            out.append(st)
+    out = ast.parse("\n".join(PROLOGUE[item][2] for item in items)).body
+    for node in ast.walk(ast.Module(body=out, type_ignores=[])):
+        if isinstance(node, ast.Name) and node.id in ("p", "g"):
+            node.id = p if node.id == "p" else g
     return out
 
 
@@ -143,6 +141,14 @@ class Rule:
         if self.prologue:
             if len(self.params) < 2:
                 raise RuleError(f"{self.where}: a rule with a prologue takes (p, g, ...)")
+            # the body as written must not apply the prologue a second time
+            applied = {PROLOGUE[item][0]: item for item in self.prologue}
+            for node in ast.walk(self.fdef):
+                if isinstance(node, ast.Name) and node.id in applied:
+                    raise RuleError(
+                        f"{self.where}, line {self.line(node)}: the rule reads "
+                        f"{node.id!r}, which its declared prologue "
+                        f"{applied[node.id]!r} applies; write only the core update")
             at = _docstring_end(self.fdef)
             self.fdef.body[at:at] = _located(
                 prologue_statements(self.prologue, *self.params[:2]), self.fdef)
@@ -187,13 +193,13 @@ def with_prologue(fn, prologue):
     if not prologue:
         return fn
     rule = Rule(fn, prologue=prologue)
-    first = fn.__code__.co_firstlineno
-    module = ast.Module(body=[rule.fdef], type_ignores=[])
-    ast.increment_lineno(module, first - rule.fdef.lineno)
-    ast.fix_missing_locations(module)
-    namespace = {}
-    exec(compile(module, fn.__code__.co_filename, "exec"), fn.__globals__, namespace)
-    full = namespace[fn.__name__]
+    module = compile(ast.Module(body=[rule.fdef], type_ignores=[]), fn.__code__.co_filename,
+                     "exec")
+    code = next(c for c in module.co_consts if isinstance(c, types.CodeType))
+    # the tree's lines count from the def (line 1); the line table is relative
+    # to co_firstlineno, so moving that moves every line to the file's
+    code = code.replace(co_firstlineno=fn.__code__.co_firstlineno + code.co_firstlineno - 1)
+    full = types.FunctionType(code, fn.__globals__, fn.__name__)
     full.__module__ = fn.__module__
     full.__qualname__ = fn.__qualname__
     full.__doc__ = fn.__doc__
