@@ -244,11 +244,18 @@ def step(name, params, grads, states, avg, avg_weight, user_hyper, step,
     hyperparameters; ``key`` the step's noise key or None.  Returns the new
     scalar-state tuple.
     """
+    # the method's own update, its prologue applied here: calling UPDATES[name]
+    # would pass the keyword arguments through one more call per tensor
     fn = UPDATES[name]
+    fn = getattr(fn, "__wrapped__", fn)
+    spec = _rules.RULES.get(name)
+    items = () if spec is None else spec.prologue
     new_scalars = scalar_state
     for k, (p, g) in enumerate(zip(params, grads)):
         st = {s: arrs[k] for s, arrs in states.items()}
         kwargs = dict(user_hyper)
+        if items:
+            g = prologue(items, p, g, kwargs)
         if name in NOISY and key is not None:
             kwargs["z"] = normal(key, int(offsets[k]), p.size)
         if name == "nadam":
