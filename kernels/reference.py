@@ -10,7 +10,7 @@ are "weak" scalars under NumPy 2, so float32 stays float32), like torch.
 
 The gradient's prologue that torch.optim runs in front of every method
 (maximize, decoupled and coupled weight decay) is written once, in
-``prologue``, from the user-facing hyperparameters; which items an optimizer
+``prologue_for``, from the user-facing hyperparameters; which items an optimizer
 has is what its registry entry declares (``RuleSpec.prologue``, the same
 declaration the rule language injects into the compiled rules).  Each
 function below is the method's own update and ``UPDATES`` holds it with the
@@ -47,29 +47,58 @@ def normal(key, offset, n):
     return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * math.pi * u2)
 
 
-def prologue(items, p, g, user):
-    """The declared prologue ``items`` (names of ``rulelang.frontend.PROLOGUE``)
-    on one tensor, from the user hyperparameters ``user``, in torch's order:
-    ``maximize`` negates the gradient; ``decoupled_weight_decay`` (when the
-    user's ``decoupled`` is set) scales p in place by 1 - lr*weight_decay;
-    otherwise ``weight_decay`` adds weight_decay*p to the gradient.  Returns
-    the gradient the method's own update sees."""
-    if "maximize" in items and user["maximize"]:
-        g = -g
-    if "decoupled_weight_decay" in items and user["decoupled"]:
-        p *= 1 - user["lr"] * user["weight_decay"]
-    elif "weight_decay" in items and user["weight_decay"] != 0:
-        g = g + user["weight_decay"] * p
-    return g
+def prologue_for(items):
+    """The declared prologue ``items`` (names of ``rulelang.prologue.PROLOGUE``)
+    as one function ``apply(p, g, user) -> g`` on one tensor, from the user
+    hyperparameters ``user``, in torch's order: ``maximize`` negates the
+    gradient; ``decoupled_weight_decay`` (when the user's ``decoupled`` is
+    set) scales p in place by 1 - lr*weight_decay; otherwise
+    ``weight_decay`` adds weight_decay*p to the gradient.  ``apply`` returns
+    the gradient the method's own update sees.  None when nothing is
+    declared.  Made once per rule (``plan``): a step runs only the tests of
+    what its rule declares."""
+    flip = "maximize" in items
+    decoupled = "decoupled_weight_decay" in items
+    coupled = "weight_decay" in items
+    if not (flip or decoupled or coupled):
+        return None
+
+    def apply(p, g, user):
+        if flip and user["maximize"]:
+            g = -g
+        if decoupled and user["decoupled"]:
+            p *= 1 - user["lr"] * user["weight_decay"]
+        elif coupled and user["weight_decay"] != 0:
+            g = g + user["weight_decay"] * p
+        return g
+
+    return apply
+
+
+# UPDATES entry -> (the method's own update, its prologue from prologue_for)
+_PLANS = {}
+
+
+def plan(name):
+    """(the method's own update, ``apply`` of its declared prologue or None)
+    of the reference ``UPDATES[name]``: resolved from the rule's registry
+    entry at its first step and kept for that entry, so a step looks up
+    nothing else."""
+    full = UPDATES[name]
+    resolved = _PLANS.get(full)
+    if resolved is None:
+        spec = _rules.RULES.get(name)
+        resolved = _PLANS[full] = (full.__wrapped__,
+                                   prologue_for(() if spec is None else spec.prologue))
+    return resolved
 
 
 def with_prologue(name, update):
     """``update`` (the method's own step) with rule ``name``'s declared
     prologue in front, as ``UPDATES`` holds it."""
     def full(p, g, state, step, **user):
-        spec = _rules.RULES.get(name)
-        items = () if spec is None else spec.prologue
-        return update(p, prologue(items, p, g, user) if items else g, state, step, **user)
+        own, apply = plan(name)
+        return own(p, g if apply is None else apply(p, g, user), state, step, **user)
 
     full.__name__ = full.__qualname__ = update.__name__
     full.__doc__ = update.__doc__
@@ -246,16 +275,13 @@ def step(name, params, grads, states, avg, avg_weight, user_hyper, step,
     """
     # the method's own update, its prologue applied here: calling UPDATES[name]
     # would pass the keyword arguments through one more call per tensor
-    fn = UPDATES[name]
-    fn = getattr(fn, "__wrapped__", fn)
-    spec = _rules.RULES.get(name)
-    items = () if spec is None else spec.prologue
+    fn, apply = _PLANS.get(UPDATES[name]) or plan(name)
     new_scalars = scalar_state
     for k, (p, g) in enumerate(zip(params, grads)):
         st = {s: arrs[k] for s, arrs in states.items()}
         kwargs = dict(user_hyper)
-        if items:
-            g = prologue(items, p, g, kwargs)
+        if apply is not None:
+            g = apply(p, g, kwargs)
         if name in NOISY and key is not None:
             kwargs["z"] = normal(key, int(offsets[k]), p.size)
         if name == "nadam":

@@ -11,6 +11,8 @@ optimizer holds no state at all; ``sign`` is written with comparisons.
 """
 
 import inspect
+import subprocess
+import sys
 import pickle
 import warnings
 
@@ -349,7 +351,7 @@ def test_a_rule_without_state_trains_an_estimator(stateless, sparse):
 # The rule writes only its core step; maximize, the decoupled decay of p and the
 # coupled decay of g are declared in the entry (``prologue``) and put in front of
 # the body by the rule language's front end, on every target, and by
-# ``reference.prologue`` in front of the reference.
+# ``reference.prologue_for`` in front of the reference.
 def plain_gd_rule(p, g, lr, weight_decay, decay_factor, maximize, z):
     return (p - lr * g,)
 
@@ -463,3 +465,42 @@ def test_register_checks_the_declared_prologue(change, message):
     with pytest.raises(rulelang.RuleError, match=message):
         rules.register(bad)
     assert "plaingd_bad" not in rules.RULES
+
+
+# ----------------------- the rules as they run are built on first use, not at import
+def test_import_parses_no_rule():
+    """``import optkern`` registers the rules and checks their declared prologues
+    without the front end: no rule is parsed or compiled until it is used."""
+    code = ("import sys, optkern\n"
+            "from optkern.kernels import rules\n"
+            "assert 'optkern.kernels.rulelang.frontend' not in sys.modules\n"
+            "assert not rules._RUNNING or all(k[1] == () for k in rules._RUNNING)\n"
+            "assert 'adam_rule' not in vars(rules)\n"
+            "waiting = {s.written.__name__ for s in rules.RULES.values() if s.prologue}\n"
+            "assert sorted(rules._PENDING) == sorted(waiting), (rules._PENDING, waiting)\n"
+            "print(len(waiting))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert int(out) == 8    # SGD (and SGLD, on SGD's rule) to RAdam; FTRL has none
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(rules.RULES) if rules.RULES[n].prologue])
+def test_a_rule_is_built_once_with_its_prologue_and_held_by_name(name):
+    spec = rules.RULES[name]
+    fn = spec.rule
+    # the name a generated driver imports, the entry and SGLD (sharing SGD's rule)
+    # all give the one function that runs; the author's function is its __wrapped__
+    assert getattr(rules, fn.__name__) is fn is spec.rule
+    assert fn.__wrapped__ is spec.written and fn.__rule_prologue__ == spec.prologue
+    assert not hasattr(spec.written, "__rule_prologue__")
+    # an entry without lambdas pickles, as before, with the function that runs
+    if not spec.requires and spec.zero_grad_identity is None:
+        again = pickle.loads(pickle.dumps(spec))
+        assert again.rule is fn and again.written is spec.written
+
+
+def test_sharing_a_rule_with_another_prologue_is_refused():
+    other = rules.RULES["sgld"]._replace(name="sgld_bad", prologue=("maximize",))
+    with pytest.raises(ValueError, match="one function runs under one name"):
+        rules.register(other)
+    assert "sgld_bad" not in rules.RULES
