@@ -70,7 +70,9 @@ def _numba_text(name, target):
             raise SystemExit(f"unknown rule {name!r}; known: {', '.join(rules.RULES)}")
         spec = rules.RULES[name]
         mod = drivers.module_for(name)
-        pieces = [_source_of(spec.prepare), _source_of(spec.rule)]
+        # the rule as it runs: its declared prologue shown in front of its body
+        from .rulelang import source_text
+        pieces = [_source_of(spec.prepare), source_text(spec.rule)]
         wanted = _UPDATE_FUNCTIONS[target]
     out = []
     for path, line, text in pieces:

@@ -7,11 +7,21 @@ independent oracle the compiled backends are tested against.
 
 All arithmetic happens in the parameter's dtype (Python-float hyperparameters
 are "weak" scalars under NumPy 2, so float32 stays float32), like torch.
+
+The gradient's prologue that torch.optim runs in front of every method
+(maximize, decoupled and coupled weight decay) is written once, in
+``prologue_for``, from the user-facing hyperparameters; which items an optimizer
+has is what its registry entry declares (``RuleSpec.prologue``, the same
+declaration the rule language injects into the compiled rules).  Each
+function below is the method's own update and ``UPDATES`` holds it with the
+prologue in front (``with_prologue``): callers get the whole step.
 """
 
 import math
 
 import numpy as np
+
+from . import rules as _rules
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -37,16 +47,67 @@ def normal(key, offset, n):
     return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * math.pi * u2)
 
 
-def _prologue(p, g, weight_decay, maximize):
-    g = -g if maximize else g
-    if weight_decay != 0:
-        g = g + weight_decay * p
-    return g
+def prologue_for(items):
+    """The declared prologue ``items`` (names of ``rulelang.prologue.PROLOGUE``)
+    as one function ``apply(p, g, user) -> g`` on one tensor, from the user
+    hyperparameters ``user``, in torch's order: ``maximize`` negates the
+    gradient; ``decoupled_weight_decay`` (when the user's ``decoupled`` is
+    set) scales p in place by 1 - lr*weight_decay; otherwise
+    ``weight_decay`` adds weight_decay*p to the gradient.  ``apply`` returns
+    the gradient the method's own update sees.  None when nothing is
+    declared.  Made once per rule (``plan``): a step runs only the tests of
+    what its rule declares."""
+    flip = "maximize" in items
+    decoupled = "decoupled_weight_decay" in items
+    coupled = "weight_decay" in items
+    if not (flip or decoupled or coupled):
+        return None
+
+    def apply(p, g, user):
+        if flip and user["maximize"]:
+            g = -g
+        if decoupled and user["decoupled"]:
+            p *= 1 - user["lr"] * user["weight_decay"]
+        elif coupled and user["weight_decay"] != 0:
+            g = g + user["weight_decay"] * p
+        return g
+
+    return apply
+
+
+# UPDATES entry -> (the method's own update, its prologue from prologue_for)
+_PLANS = {}
+
+
+def plan(name):
+    """(the method's own update, ``apply`` of its declared prologue or None)
+    of the reference ``UPDATES[name]``: resolved from the rule's registry
+    entry at its first step and kept for that entry, so a step looks up
+    nothing else."""
+    full = UPDATES[name]
+    resolved = _PLANS.get(full)
+    if resolved is None:
+        spec = _rules.RULES.get(name)
+        resolved = _PLANS[full] = (full.__wrapped__,
+                                   prologue_for(() if spec is None else spec.prologue))
+    return resolved
+
+
+def with_prologue(name, update):
+    """``update`` (the method's own step) with rule ``name``'s declared
+    prologue in front, as ``UPDATES`` holds it."""
+    def full(p, g, state, step, **user):
+        own, apply = plan(name)
+        return own(p, g if apply is None else apply(p, g, user), state, step, **user)
+
+    full.__name__ = full.__qualname__ = update.__name__
+    full.__doc__ = update.__doc__
+    full.__wrapped__ = update
+    return full
 
 
 def sgd(p, g, state, step, *, lr, momentum, dampening, weight_decay, nesterov,
         maximize, noise, z=None):
-    g = _prologue(p, g, weight_decay, maximize)
     if momentum != 0:
         buf = state["momentum_buffer"]
         if step == 1:
@@ -61,14 +122,12 @@ def sgd(p, g, state, step, *, lr, momentum, dampening, weight_decay, nesterov,
 
 
 def sgld(p, g, state, step, *, lr, noise_scale, weight_decay, maximize, z=None):
-    g = _prologue(p, g, weight_decay, maximize)
     p -= lr * g
     if z is not None:
         p += (noise_scale * math.sqrt(2.0 * lr) * z).astype(p.dtype)
 
 
 def adagrad(p, g, state, step, *, lr, lr_decay, weight_decay, eps, maximize):
-    g = _prologue(p, g, weight_decay, maximize)
     clr = lr / (1 + (step - 1) * lr_decay)
     state["sum"] += g * g
     p -= clr * g / (np.sqrt(state["sum"]) + eps)
@@ -76,7 +135,6 @@ def adagrad(p, g, state, step, *, lr, lr_decay, weight_decay, eps, maximize):
 
 def rmsprop(p, g, state, step, *, lr, alpha, eps, weight_decay, momentum,
             centered, maximize):
-    g = _prologue(p, g, weight_decay, maximize)
     sq = state["square_avg"]
     sq *= alpha
     sq += (1 - alpha) * g * g
@@ -97,7 +155,6 @@ def rmsprop(p, g, state, step, *, lr, alpha, eps, weight_decay, momentum,
 
 
 def adadelta(p, g, state, step, *, lr, rho, eps, weight_decay, maximize):
-    g = _prologue(p, g, weight_decay, maximize)
     sq, acc = state["square_avg"], state["acc_delta"]
     sq *= rho
     sq += (1 - rho) * g * g
@@ -109,11 +166,6 @@ def adadelta(p, g, state, step, *, lr, rho, eps, weight_decay, maximize):
 
 def adam(p, g, state, step, *, lr, beta1, beta2, eps, weight_decay, amsgrad,
          maximize, bias_correction, decoupled):
-    g = -g if maximize else g
-    if decoupled:
-        p *= 1 - lr * weight_decay
-    elif weight_decay != 0:
-        g = g + weight_decay * p
     m, v = state["exp_avg"], state["exp_avg_sq"]
     m *= beta1
     m += (1 - beta1) * g
@@ -130,7 +182,6 @@ def adam(p, g, state, step, *, lr, beta1, beta2, eps, weight_decay, amsgrad,
 
 
 def adamax(p, g, state, step, *, lr, beta1, beta2, eps, weight_decay, maximize):
-    g = _prologue(p, g, weight_decay, maximize)
     m, u = state["exp_avg"], state["exp_inf"]
     m *= beta1
     m += (1 - beta1) * g
@@ -141,11 +192,6 @@ def adamax(p, g, state, step, *, lr, beta1, beta2, eps, weight_decay, maximize):
 def nadam(p, g, state, step, *, lr, beta1, beta2, eps, weight_decay,
           momentum_decay, maximize, decoupled, mu_product):
     """Returns the new mu_product (torch keeps it in the state)."""
-    g = -g if maximize else g
-    if decoupled:
-        p *= 1 - lr * weight_decay
-    elif weight_decay != 0:
-        g = g + weight_decay * p
     mu = beta1 * (1 - 0.5 * 0.96 ** (step * momentum_decay))
     mu_next = beta1 * (1 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
     mu_product = mu_product * mu
@@ -162,11 +208,6 @@ def nadam(p, g, state, step, *, lr, beta1, beta2, eps, weight_decay,
 
 def radam(p, g, state, step, *, lr, beta1, beta2, eps, weight_decay, maximize,
           decoupled):
-    g = -g if maximize else g
-    if decoupled:
-        p *= 1 - lr * weight_decay
-    elif weight_decay != 0:
-        g = g + weight_decay * p
     m, v = state["exp_avg"], state["exp_avg_sq"]
     m *= beta1
     m += (1 - beta1) * g
@@ -202,21 +243,24 @@ def ftrl(p, g, state, step, *, lr, lr_power, beta, l1, l2, l1_per_step, l2_per_s
     p[i] = np.where(np.abs(z_i) <= l1, 0, w_new)
 
 
-UPDATES = {
+# the whole reference step of each rule: its own update with its declared prologue
+UPDATES = {name: with_prologue(name, update) for name, update in {
     "sgd": sgd, "sgld": sgld, "adagrad": adagrad, "rmsprop": rmsprop,
     "adadelta": adadelta, "adam": adam, "adamax": adamax, "nadam": nadam,
     "radam": radam, "ftrl": ftrl,
-}
+}.items()}
 NOISY = ("sgd", "sgld")
 
 
 def register(name, update):
     """Add the NumPy reference of a rule registered at run time:
     ``update(p, g, state, step, **user_hyper)`` updates one flat tensor in place
-    (``state`` maps the rule's state names to arrays)."""
+    (``state`` maps the rule's state names to arrays).  It is the method's own
+    update: the prologue the rule's entry declares (``prologue``) is applied
+    in front of it here, as for every built-in reference."""
     if name in UPDATES:
         raise ValueError(f"a reference for {name!r} is registered twice")
-    UPDATES[name] = update
+    UPDATES[name] = with_prologue(name, update)
     return update
 
 
@@ -229,11 +273,15 @@ def step(name, params, grads, states, avg, avg_weight, user_hyper, step,
     hyperparameters; ``key`` the step's noise key or None.  Returns the new
     scalar-state tuple.
     """
-    fn = UPDATES[name]
+    # the method's own update, its prologue applied here: calling UPDATES[name]
+    # would pass the keyword arguments through one more call per tensor
+    fn, apply = _PLANS.get(UPDATES[name]) or plan(name)
     new_scalars = scalar_state
     for k, (p, g) in enumerate(zip(params, grads)):
         st = {s: arrs[k] for s, arrs in states.items()}
         kwargs = dict(user_hyper)
+        if apply is not None:
+            g = apply(p, g, kwargs)
         if name in NOISY and key is not None:
             kwargs["z"] = normal(key, int(offsets[k]), p.size)
         if name == "nadam":

@@ -37,8 +37,21 @@ An optional state (``"max_exp_avg_sq?amsgrad"``) is only allocated when the
 named user option is non-zero; the drivers pass 0 for an absent state and discard what the rule
 returns for it, so a rule reads it only under the flag that allocates it.
 
-This module imports nothing but ``math`` so that the Cython build can read it
-without Numba installed.
+A rule writes only its own update: the gradient's prologue that torch.optim
+runs in front of every method (``maximize`` flips the gradient, the decoupled
+weight decay scales the parameter, the coupled one adds ``weight_decay * p``
+to the gradient) is declared in the registry entry (``prologue``) and put in
+front of the rule's body by the rule language's front end
+(``rulelang.prologue.PROLOGUE``), for every target: the rule here is
+replaced by the function with its prologue (``rulelang.with_prologue``),
+which is what Python, Numba and the sparse closed forms call.  That function
+is built on the rule's first use (``RuleSpec.rule``, or the module attribute
+a generated driver imports), so ``import optkern`` parses no rule.
+
+This module imports nothing but ``math`` and the rule language's declaration
+of the prologue (rulelang/prologue.py, which imports nothing; the front end
+when a rule is first used) so that the Cython build can read it without
+Numba installed.
 
 Relation to the course notation (documented in README): torch's forms are
 used.  RMSprop/Adam put ``eps`` outside the square root (Adadelta inside, as
@@ -50,18 +63,70 @@ False)`` is the course's uncorrected Adam.
 import math
 from collections import namedtuple
 
-RuleSpec = namedtuple(
+if __package__:
+    from .rulelang import prologue as _prologue
+
+    def _frontend():
+        from .rulelang import frontend
+        return frontend
+else:  # loaded by path (the Cython generators at build time)
+    import os as _os
+    import sys as _sys
+
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    _files = _sys.modules.get("_optkern_files")
+    if _files is None or not hasattr(_files, "load_package"):
+        import importlib.util as _ilu
+        _spec = _ilu.spec_from_file_location("_optkern_files", _os.path.join(_here, "_files.py"))
+        _files = _ilu.module_from_spec(_spec)
+        _spec.loader.exec_module(_files)
+    _rulelang = _files.load_package("_optkern_rulelang", _os.path.join(_here, "rulelang"))
+    _prologue = _rulelang.prologue
+
+    def _frontend():
+        return _rulelang.frontend
+
+_RuleSpecFields = namedtuple(
     "RuleSpec",
     "name rule prepare states kernel_hyper user_hyper scalar_states "
-    "options classes estimator_names requires noise zero_grad_identity",
-    defaults=((), (), (), (), None, None),
+    "options classes estimator_names requires noise zero_grad_identity prologue",
+    defaults=((), (), (), (), None, None, ()),
 )
+
+
+class RuleSpec(_RuleSpecFields):
+    __slots__ = ()
+
+    @property
+    def rule(self):
+        """The rule as it runs: the function as written with its declared
+        prologue in front (``rulelang.with_prologue``), built on first use."""
+        return _running(tuple.__getitem__(self, 1), self.prologue)
+
+    @property
+    def written(self):
+        """The rule as its author wrote it: the core update, no prologue."""
+        return _written(tuple.__getitem__(self, 1))
+
+    def __reduce__(self):
+        # pickled with the function that runs (the module holds it by name;
+        # the function as written is not reachable by its name)
+        return _unpickle_spec, ((self.name, self.rule) + tuple(self)[2:],)
+
+
+def _unpickle_spec(fields):
+    spec = RuleSpec._make(fields)
+    return spec._replace(rule=spec.written)
+
+
 RuleSpec.__doc__ = """Everything the drivers and the Python API need to know about one rule.
 
 The kernel side (read by every target):
 
 name          registry key (also the name of the functional kernel)
-rule          the scalar update function
+rule          the scalar update function, as written; reading ``spec.rule``
+              gives the function that runs (the declared ``prologue`` in
+              front, built on first use), ``spec.written`` the one given
 prepare       prepare(step, scalar_state_tuple, *user_hyper) ->
                   (kernel_hyper_tuple, new_scalar_state_tuple)
 states        per-element state names; 'name?flag' is optional, allocated
@@ -86,6 +151,13 @@ requires      cross-option constraints (``Requires``), checked after each option
 noise         the user option whose value > 0 turns the noise draw on (None: never)
 zero_grad_identity  f(user_hyper dict) -> whether a zero gradient changes
               nothing (the sparse step's "exact" mode); None: never
+prologue      the statements put in front of the rule's body, by name, in the
+              order they run (``rulelang.prologue.PROLOGUE``): "maximize"
+              (``if maximize: g = -g``), "decoupled_weight_decay"
+              (``p = p * decay_factor``), "weight_decay"
+              (``g = g + weight_decay * p``); each needs the kernel
+              hyperparameter it reads, and the NumPy reference applies the
+              same items from the user hyperparameters (reference.prologue_for)
 """
 
 
@@ -192,6 +264,7 @@ def check_api(spec):
                              f"{sorted(unknown)}")
     if spec.noise is not None and spec.noise not in spec.user_hyper:
         raise ValueError(f"{where}: noise option {spec.noise!r} is not a user_hyper")
+    _prologue.check_prologue(spec.prologue, spec.kernel_hyper, spec.user_hyper, where)
     _check_signatures(spec, where)
 
 
@@ -206,7 +279,7 @@ def _check_signatures(spec, where):
     (p, g, <one per state>, <kernel_hyper by name>, z); prepare takes
     (step, scalars, <user_hyper by name>) and returns as many kernel
     hyperparameters and scalar states as the entry declares."""
-    args = _arguments(spec.rule)
+    args = _arguments(spec.written)
     n_states = len(spec.states)
     want = len(spec.kernel_hyper) + n_states + 3
     if len(args) != want or args[-1] != "z":
@@ -235,21 +308,89 @@ def _check_signatures(spec, where):
 
 RULES = {}
 
+# The rules as they run, built on first use (``RuleSpec.rule``, or the
+# module's ``__getattr__`` for the name a generated driver imports): parsing
+# and compiling the nine rules with their prologues took 13 ms of CPU on every
+# ``import optkern``, which needs none of them.  _RUNNING maps (function as
+# written, prologue) to the function that runs; _PENDING holds, by name, the
+# rules of this module whose running function is not built yet (their names
+# leave the module's namespace at the end of this file, so that
+# ``from optkern.kernels.rules import adam_rule`` comes through ``__getattr__``).
+_RUNNING = {}
+_PENDING = {}
+_LOADING = True
+
+
+def _written(fn):
+    """The function as its author wrote it (``fn`` or, for a function that
+    runs with a prologue, the one it wraps)."""
+    return fn.__wrapped__ if hasattr(fn, "__rule_prologue__") else fn
+
+
+def _running(fn, prologue):
+    """The function that runs for rule ``fn`` with ``prologue``: built once,
+    and put in this module under its name when that name waits for it."""
+    key = _written(fn), tuple(prologue)
+    full = _RUNNING.get(key)
+    if full is None:
+        built = _frontend().with_prologue(*key) if key[1] else key[0]
+        # setdefault: one function per rule even if two threads build it
+        full = _RUNNING.setdefault(key, built)
+        name = key[0].__name__
+        if _PENDING.get(name) == key:
+            globals()[name] = full          # before it leaves _PENDING: always reachable
+            _PENDING.pop(name, None)
+    return full
+
+
+def __getattr__(name):
+    if name in _PENDING:
+        return _running(*_PENDING[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _held(name):
+    """(function as written, prologue) of the rule this module holds under
+    ``name``, built or not, or None."""
+    if name in _PENDING:
+        return _PENDING[name]
+    fn = globals().get(name)
+    if fn is None:
+        return None
+    return _written(fn), getattr(fn, "__rule_prologue__", ())
+
 
 def register(spec):
-    """Add a rule to the registry; every backend and test picks it up."""
+    """Add a rule to the registry; every backend and test picks it up.
+
+    A rule registered at run time is built with its prologue here (so its
+    errors surface here); this module's own are built on first use."""
     if spec.name in RULES:
         raise ValueError(f"rule {spec.name!r} is registered twice")
     check_api(spec)
-    for fn in (spec.rule, spec.prepare):
-        # the generated drivers import the rule and prepare from this module by
-        # name: a rule written elsewhere (registered at run time) is put here
-        here = globals().get(fn.__name__)
-        if here is not None and here is not fn:
-            raise ValueError(f"rule {spec.name!r}: another function named {fn.__name__!r} "
-                             "is already in optkern.kernels.rules; rename it")
-    for fn in (spec.rule, spec.prepare):
-        globals()[fn.__name__] = fn
+    written, prologue = _written(tuple.__getitem__(spec, 1)), tuple(spec.prologue)
+    spec = spec._replace(rule=written, prologue=prologue)
+    # the generated drivers import the rule and prepare from this module by
+    # name: a rule written elsewhere (registered at run time) is put here
+    held = _held(written.__name__)
+    if held is not None and held[0] is not written:
+        raise ValueError(f"rule {spec.name!r}: another function named {written.__name__!r} "
+                         "is already in optkern.kernels.rules; rename it")
+    for other in RULES.values():
+        if other.written is written and other.prologue != prologue:
+            raise ValueError(f"rule {spec.name!r}: its function {written.__name__!r} is rule "
+                             f"{other.name!r}'s, which declares the prologue {other.prologue}, "
+                             f"not {prologue}; one function runs under one name")
+    here = globals().get(spec.prepare.__name__)
+    if here is not None and here is not spec.prepare:
+        raise ValueError(f"rule {spec.name!r}: another function named "
+                         f"{spec.prepare.__name__!r} is already in optkern.kernels.rules; "
+                         "rename it")
+    if _LOADING and prologue:
+        _PENDING[written.__name__] = (written, prologue)
+    else:
+        globals()[written.__name__] = _running(written, prologue)
+    globals()[spec.prepare.__name__] = spec.prepare
     RULES[spec.name] = spec
     return spec
 
@@ -257,10 +398,15 @@ def register(spec):
 def unregister(name):
     """Remove a rule registered at run time (tests)."""
     spec = RULES.pop(name)
-    for fn in (spec.rule, spec.prepare):
-        if globals().get(fn.__name__) is fn and not any(
-                fn in (s.rule, s.prepare) for s in RULES.values()):
-            del globals()[fn.__name__]
+    written = spec.written
+    if not any(s.written is written for s in RULES.values()) \
+            and _held(written.__name__) == (written, spec.prologue):
+        _PENDING.pop(written.__name__, None)
+        globals().pop(written.__name__, None)
+    _RUNNING.pop((written, spec.prologue), None)
+    if globals().get(spec.prepare.__name__) is spec.prepare and not any(
+            s.prepare is spec.prepare for s in RULES.values()):
+        del globals()[spec.prepare.__name__]
     return spec
 
 
@@ -293,9 +439,6 @@ def allocated_states(spec, user_hyper):
 
 def sgd_rule(p, g, momentum_buffer, lr, momentum, keep, weight_decay,
              nesterov, maximize, first, sigma, z):
-    if maximize:
-        g = -g
-    g = g + weight_decay * p
     if momentum != 0:
         if first:
             momentum_buffer = g
@@ -318,6 +461,7 @@ def sgd_prepare(step, scalars, lr, momentum, dampening, weight_decay,
 
 register(RuleSpec(
     name="sgd", rule=sgd_rule, prepare=sgd_prepare,
+    prologue=("maximize", "weight_decay"),
     states=("momentum_buffer?momentum",),
     kernel_hyper=("lr", "momentum", "keep", "weight_decay", "nesterov",
                   "maximize", "first", "sigma"),
@@ -348,6 +492,7 @@ def sgld_prepare(step, scalars, lr, noise_scale, weight_decay, maximize):
 
 register(RuleSpec(
     name="sgld", rule=sgd_rule, prepare=sgld_prepare,
+    prologue=("maximize", "weight_decay"),
     states=("momentum_buffer?momentum",),  # never allocated: SGLD has no momentum
     kernel_hyper=("lr", "momentum", "keep", "weight_decay", "nesterov",
                   "maximize", "first", "sigma"),
@@ -369,9 +514,6 @@ register(RuleSpec(
 
 
 def adagrad_rule(p, g, state_sum, clr, weight_decay, eps, maximize, z):
-    if maximize:
-        g = -g
-    g = g + weight_decay * p
     state_sum = state_sum + g * g
     p = p - clr * g / (math.sqrt(state_sum) + eps)
     return p, state_sum
@@ -384,6 +526,7 @@ def adagrad_prepare(step, scalars, lr, lr_decay, weight_decay, eps, maximize):
 
 register(RuleSpec(
     name="adagrad", rule=adagrad_rule, prepare=adagrad_prepare,
+    prologue=("maximize", "weight_decay"),
     states=("sum",),
     kernel_hyper=("clr", "weight_decay", "eps", "maximize"),
     user_hyper=("lr", "lr_decay", "weight_decay", "eps", "maximize"),
@@ -410,9 +553,6 @@ register(RuleSpec(
 
 def rmsprop_rule(p, g, square_avg, grad_avg, momentum_buffer, lr, alpha, one_minus_alpha,
                  eps, weight_decay, momentum, centered, maximize, z):
-    if maximize:
-        g = -g
-    g = g + weight_decay * p
     square_avg = alpha * square_avg + one_minus_alpha * g * g
     if centered:
         grad_avg = alpha * grad_avg + one_minus_alpha * g
@@ -435,6 +575,7 @@ def rmsprop_prepare(step, scalars, lr, alpha, eps, weight_decay, momentum,
 
 register(RuleSpec(
     name="rmsprop", rule=rmsprop_rule, prepare=rmsprop_prepare,
+    prologue=("maximize", "weight_decay"),
     states=("square_avg", "grad_avg?centered", "momentum_buffer?momentum"),
     kernel_hyper=("lr", "alpha", "one_minus_alpha", "eps", "weight_decay", "momentum",
                   "centered", "maximize"),
@@ -458,9 +599,6 @@ register(RuleSpec(
 
 def adadelta_rule(p, g, square_avg, acc_delta, lr, rho, one_minus_rho, eps,
                   weight_decay, maximize, z):
-    if maximize:
-        g = -g
-    g = g + weight_decay * p
     square_avg = rho * square_avg + one_minus_rho * g * g
     delta = math.sqrt(acc_delta + eps) / math.sqrt(square_avg + eps) * g
     acc_delta = rho * acc_delta + one_minus_rho * delta * delta
@@ -474,6 +612,7 @@ def adadelta_prepare(step, scalars, lr, rho, eps, weight_decay, maximize):
 
 register(RuleSpec(
     name="adadelta", rule=adadelta_rule, prepare=adadelta_prepare,
+    prologue=("maximize", "weight_decay"),
     states=("square_avg", "acc_delta"),
     kernel_hyper=("lr", "rho", "one_minus_rho", "eps", "weight_decay", "maximize"),
     user_hyper=("lr", "rho", "eps", "weight_decay", "maximize"),
@@ -499,10 +638,6 @@ register(RuleSpec(
 def adam_rule(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, step_size, beta1,
               beta2, one_minus_beta1, one_minus_beta2, eps, weight_decay,
               decay_factor, bc2_sqrt, amsgrad, maximize, z):
-    if maximize:
-        g = -g
-    p = p * decay_factor
-    g = g + weight_decay * p
     exp_avg = beta1 * exp_avg + one_minus_beta1 * g
     exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
     if amsgrad:
@@ -538,6 +673,7 @@ _ADAM_KERNEL_HYPER = ("step_size", "beta1", "beta2", "one_minus_beta1",
 
 register(RuleSpec(
     name="adam", rule=adam_rule, prepare=adam_prepare,
+    prologue=("maximize", "decoupled_weight_decay", "weight_decay"),
     states=("exp_avg", "exp_avg_sq", "max_exp_avg_sq?amsgrad"),
     kernel_hyper=_ADAM_KERNEL_HYPER,
     user_hyper=("lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad",
@@ -564,9 +700,6 @@ register(RuleSpec(
 
 def adamax_rule(p, g, exp_avg, exp_inf, clr, beta1, one_minus_beta1, beta2, eps,
                 weight_decay, maximize, z):
-    if maximize:
-        g = -g
-    g = g + weight_decay * p
     exp_avg = beta1 * exp_avg + one_minus_beta1 * g
     exp_inf = max(beta2 * exp_inf, abs(g) + eps)
     p = p - clr * exp_avg / exp_inf
@@ -581,6 +714,7 @@ def adamax_prepare(step, scalars, lr, beta1, beta2, eps, weight_decay,
 
 register(RuleSpec(
     name="adamax", rule=adamax_rule, prepare=adamax_prepare,
+    prologue=("maximize", "weight_decay"),
     states=("exp_avg", "exp_inf"),
     kernel_hyper=("clr", "beta1", "one_minus_beta1", "beta2", "eps", "weight_decay",
                   "maximize"),
@@ -606,10 +740,6 @@ register(RuleSpec(
 def nadam_rule(p, g, exp_avg, exp_avg_sq, grad_coef, avg_coef, beta1, beta2,
                one_minus_beta1, one_minus_beta2, eps, weight_decay, decay_factor, bc2,
                maximize, z):
-    if maximize:
-        g = -g
-    p = p * decay_factor
-    g = g + weight_decay * p
     exp_avg = beta1 * exp_avg + one_minus_beta1 * g
     exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
     denom = math.sqrt(exp_avg_sq / bc2) + eps
@@ -637,6 +767,7 @@ def nadam_prepare(step, scalars, lr, beta1, beta2, eps, weight_decay,
 
 register(RuleSpec(
     name="nadam", rule=nadam_rule, prepare=nadam_prepare,
+    prologue=("maximize", "decoupled_weight_decay", "weight_decay"),
     states=("exp_avg", "exp_avg_sq"),
     kernel_hyper=("grad_coef", "avg_coef", "beta1", "beta2", "one_minus_beta1",
                   "one_minus_beta2", "eps", "weight_decay", "decay_factor", "bc2",
@@ -664,10 +795,6 @@ register(RuleSpec(
 def radam_rule(p, g, exp_avg, exp_avg_sq, step_size, beta1, beta2, one_minus_beta1,
                one_minus_beta2, eps, weight_decay, decay_factor, adaptive, bc2_sqrt,
                maximize, z):
-    if maximize:
-        g = -g
-    p = p * decay_factor
-    g = g + weight_decay * p
     exp_avg = beta1 * exp_avg + one_minus_beta1 * g
     exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
     if adaptive:
@@ -702,6 +829,7 @@ def radam_prepare(step, scalars, lr, beta1, beta2, eps, weight_decay,
 
 register(RuleSpec(
     name="radam", rule=radam_rule, prepare=radam_prepare,
+    prologue=("maximize", "decoupled_weight_decay", "weight_decay"),
     states=("exp_avg", "exp_avg_sq"),
     kernel_hyper=("step_size", "beta1", "beta2", "one_minus_beta1", "one_minus_beta2",
                   "eps", "weight_decay", "decay_factor", "adaptive", "bc2_sqrt",
@@ -776,3 +904,16 @@ register(RuleSpec(
     estimator_names=(EstimatorName("ftrl", "FTRL", 0.1),),
     zero_grad_identity=lambda u: True,
 ))
+
+
+def _end_of_loading():
+    """From here on this module's rules with a prologue are reached through
+    ``__getattr__`` (their function that runs is built on first use), and a
+    rule registered at run time is built at once."""
+    global _LOADING
+    for name in _PENDING:
+        del globals()[name]
+    _LOADING = False
+
+
+_end_of_loading()

@@ -11,6 +11,8 @@ optimizer holds no state at all; ``sign`` is written with comparisons.
 """
 
 import inspect
+import subprocess
+import sys
 import pickle
 import warnings
 
@@ -22,7 +24,7 @@ from hypothesis import given, strategies as st
 import optkern
 from optkern import optimizers, trajectories
 from optkern.cli import main
-from optkern.kernels import reference, rules
+from optkern.kernels import reference, rulelang, rules
 
 from conftest import assert_close
 
@@ -343,3 +345,162 @@ def test_a_rule_without_state_trains_an_estimator(stateless, sparse):
     ref = optkern.LinearClassifier(backend="numpy", **kw).fit(X, y)
     np.testing.assert_allclose(got.coef_, ref.coef_, rtol=1e-12, atol=1e-12)
     assert got.score(X, y) > 0.5
+
+
+# ------------------------------------------- a rule that declares the gradient's prologue
+# The rule writes only its core step; maximize, the decoupled decay of p and the
+# coupled decay of g are declared in the entry (``prologue``) and put in front of
+# the body by the rule language's front end, on every target, and by
+# ``reference.prologue_for`` in front of the reference.
+def plain_gd_rule(p, g, lr, weight_decay, decay_factor, maximize, z):
+    return (p - lr * g,)
+
+
+def plain_gd_prepare(step, scalars, lr, weight_decay, maximize, decoupled):
+    if decoupled:
+        coupled, factor = 0.0, 1.0 - lr * weight_decay
+    else:
+        coupled, factor = weight_decay, 1.0
+    return (lr, coupled, factor, maximize), scalars
+
+
+def plain_gd_flips_twice(p, g, lr, weight_decay, decay_factor, maximize, z):
+    if maximize:
+        g = -g
+    return (p - lr * g,)
+
+
+def plain_gd_reference(p, g, state, step, *, lr, weight_decay, maximize, decoupled):
+    p -= lr * g
+
+
+PROLOGUED = rules.RuleSpec(
+    name="plaingd", rule=plain_gd_rule, prepare=plain_gd_prepare, states=(),
+    prologue=("maximize", "decoupled_weight_decay", "weight_decay"),
+    kernel_hyper=("lr", "weight_decay", "decay_factor", "maximize"),
+    user_hyper=("lr", "weight_decay", "maximize", "decoupled"), scalar_states=(),
+    options=(rules.real("lr", 1e-3, lo=0.0), rules.real("weight_decay", 0.0, lo=0.0),
+             rules.flag("maximize"), rules.flag("decoupled_weight_decay", into=("decoupled",))),
+    classes=(rules.OptimizerClass("PlainGD", doc="Gradient descent with torch's prologue."),),
+)
+
+
+@pytest.fixture(scope="module")
+def prologued():
+    rules.register(PROLOGUED)
+    reference.register("plaingd", plain_gd_reference)
+    try:
+        yield optimizers.optimizer_class("PlainGD")
+    finally:
+        rules.unregister("plaingd")
+        reference.UPDATES.pop("plaingd")
+
+
+def test_the_declared_prologue_is_in_the_rule_that_runs(prologued):
+    fn = rules.RULES["plaingd"].rule
+    assert rules.plain_gd_rule is fn and fn.__wrapped__ is plain_gd_rule
+    # Python (and so Numba) runs it: maximize flips, the decays scale p and add to g
+    assert fn(2.0, 1.0, 0.5, 0.0, 1.0, 0.0, 0.0) == (1.5,)
+    assert fn(2.0, 1.0, 0.5, 0.0, 1.0, 1.0, 0.0) == (2.5,)
+    assert fn(2.0, 1.0, 0.5, 0.25, 1.0, 0.0, 0.0) == (2.0 - 0.5 * 1.5,)
+    assert fn(2.0, 1.0, 0.5, 0.0, 0.5, 0.0, 0.0) == (1.0 - 0.5,)
+    # every emitter reads the same statements, in front of the body as written
+    text = rulelang.cython.UpdateEmitter(fn, rules.RULES["plaingd"], "double", "f64",
+                                         {}).render()
+    assert text.split("\n")[1:] == [
+        "    if maximize:", "        g = (-g)", "    p = (p * decay_factor)",
+        "    g = (g + (weight_decay * p))", "    return (p - (lr * g))"]
+    shown = rulelang.source_text(fn)[2]
+    assert shown.index("g = -g  # prologue") < shown.index("return (p - lr * g,)")
+
+
+@pytest.mark.parametrize("backend", RUN_TIME_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(n=st.integers(1, 200), lr=st.floats(1e-3, 0.5), weight_decay=st.floats(0.0, 2.0),
+       maximize=st.booleans(), decoupled=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
+def test_a_declared_prologue_runs_on_every_backend(prologued, backend, dtype, n, lr,
+                                                   weight_decay, maximize, decoupled, seed):
+    rng = np.random.default_rng(seed)
+    p0 = rng.standard_normal(n).astype(dtype)
+    kw = dict(lr=lr, weight_decay=weight_decay, maximize=maximize,
+              decoupled_weight_decay=decoupled)
+    ref, got, hand = p0.copy(), p0.copy(), p0.astype(np.float64)
+    o_ref = prologued(ref, backend="numpy", **kw)
+    o_got = prologued(got, backend=backend, **kw)
+    for _ in range(3):
+        g = rng.standard_normal(n).astype(dtype)
+        o_ref.step(g.copy())
+        o_got.step(g.copy())
+        # torch's prologue written out: the flip, then one of the two decays
+        d = -g.astype(np.float64) if maximize else g.astype(np.float64)
+        if decoupled:
+            hand = hand * (1.0 - lr * weight_decay)
+        else:
+            d = d + weight_decay * hand
+        hand = hand - lr * d
+    assert_close(got, ref, dtype, f"{backend} {kw}")
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(ref, hand, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(prologue=("maximise",)), "prologue 'maximise' is not one of maximize, "
+                                   "decoupled_weight_decay, weight_decay"),
+    (dict(prologue=("weight_decay", "maximize")), "must name each item once, in the order "
+                                                  "they run: \\('maximize', 'weight_decay'\\)"),
+    (dict(prologue=("maximize", "maximize")), "must name each item once"),
+    (dict(rule=plain_gd_flips_twice), "line \\d+: the rule reads 'maximize', which its "
+                                      "declared prologue 'maximize' applies"),
+    (dict(prologue=("decoupled_weight_decay",), rule=sign_descent_rule,
+          prepare=sign_descent_prepare, kernel_hyper=("lr",), user_hyper=("lr",),
+          options=(rules.real("lr", 1e-3, lo=0.0),)),
+     "prologue 'decoupled_weight_decay' reads the kernel hyperparameter 'decay_factor', "
+     "which kernel_hyper \\('lr',\\) lacks"),
+    (dict(prologue=("decoupled_weight_decay",), user_hyper=("lr", "weight_decay", "maximize"),
+          options=PROLOGUED.options[:3]),
+     "prologue 'decoupled_weight_decay' needs the user hyperparameters \\['decoupled'\\]"),
+])
+def test_register_checks_the_declared_prologue(change, message):
+    bad = PROLOGUED._replace(name="plaingd_bad", **change)
+    with pytest.raises(rulelang.RuleError, match=message):
+        rules.register(bad)
+    assert "plaingd_bad" not in rules.RULES
+
+
+# ----------------------- the rules as they run are built on first use, not at import
+def test_import_parses_no_rule():
+    """``import optkern`` registers the rules and checks their declared prologues
+    without the front end: no rule is parsed or compiled until it is used."""
+    code = ("import sys, optkern\n"
+            "from optkern.kernels import rules\n"
+            "assert 'optkern.kernels.rulelang.frontend' not in sys.modules\n"
+            "assert not rules._RUNNING or all(k[1] == () for k in rules._RUNNING)\n"
+            "assert 'adam_rule' not in vars(rules)\n"
+            "waiting = {s.written.__name__ for s in rules.RULES.values() if s.prologue}\n"
+            "assert sorted(rules._PENDING) == sorted(waiting), (rules._PENDING, waiting)\n"
+            "print(len(waiting))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert int(out) == 8    # SGD (and SGLD, on SGD's rule) to RAdam; FTRL has none
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(rules.RULES) if rules.RULES[n].prologue])
+def test_a_rule_is_built_once_with_its_prologue_and_held_by_name(name):
+    spec = rules.RULES[name]
+    fn = spec.rule
+    # the name a generated driver imports, the entry and SGLD (sharing SGD's rule)
+    # all give the one function that runs; the author's function is its __wrapped__
+    assert getattr(rules, fn.__name__) is fn is spec.rule
+    assert fn.__wrapped__ is spec.written and fn.__rule_prologue__ == spec.prologue
+    assert not hasattr(spec.written, "__rule_prologue__")
+    # an entry without lambdas pickles, as before, with the function that runs
+    if not spec.requires and spec.zero_grad_identity is None:
+        again = pickle.loads(pickle.dumps(spec))
+        assert again.rule is fn and again.written is spec.written
+
+
+def test_sharing_a_rule_with_another_prologue_is_refused():
+    other = rules.RULES["sgld"]._replace(name="sgld_bad", prologue=("maximize",))
+    with pytest.raises(ValueError, match="one function runs under one name"):
+        rules.register(other)
+    assert "sgld_bad" not in rules.RULES

@@ -44,6 +44,18 @@ Types
     products of integers, ``math.floor``/``math.ceil``), so ``x ** n`` with an
     integer ``n`` is Numba's binary exponentiation.
 
+The prologue of an update rule
+    A registry entry declares what torch.optim does to the gradient before
+    the method's own step (``RuleSpec.prologue``: "maximize",
+    "decoupled_weight_decay", "weight_decay", in that order); ``Rule`` puts
+    their statements (``prologue.PROLOGUE``) in front of the rule's body, so
+    every emitter translates them and the rule holds only its core update.
+    ``with_prologue`` compiles the same tree into the Python function that
+    runs in place of the rule (what Numba and Python call; ``rules`` builds
+    it on a rule's first use); ``check_prologue`` is ``register``'s check of
+    the declaration (prologue.py, which imports nothing, so registering the
+    rules on ``import optkern`` loads no front end).
+
 Anything else raises ``RuleError`` (a ValueError) naming the rule, the line
 and the construct.  A target may refuse a construct of the language that it
 cannot place (the lane form: a loop inside a row-dependent ``if``); it then
@@ -61,9 +73,27 @@ The package imports neither numba nor optkern: the Cython generators load it
 by file path at build time.
 """
 
-from . import c, cython, lanes
-from .frontend import Rule, RuleError, check, function_of, is_index, parse
-from .tables import FUNCTIONS
+__all__ = ["FUNCTIONS", "PROLOGUE", "Rule", "RuleError", "c", "check", "check_prologue",
+           "cython", "function_of", "is_index", "lanes", "parse", "source_text",
+           "with_prologue"]
 
-__all__ = ["FUNCTIONS", "Rule", "RuleError", "c", "check", "cython", "function_of",
-           "is_index", "lanes", "parse"]
+# where each name lives; a module is imported when one of its names is first
+# used: kernels/rules.py imports this package for the prologue's declaration
+# (prologue.py, errors.py) on every ``import optkern``, and the front end and
+# the emitters are needed only when a rule is translated
+_HOME = {"FUNCTIONS": "tables", "PROLOGUE": "prologue", "check_prologue": "prologue",
+         "RuleError": "errors", "Rule": "frontend", "check": "frontend",
+         "function_of": "frontend", "is_index": "frontend", "parse": "frontend",
+         "source_text": "frontend", "with_prologue": "frontend"}
+_MODULES = ("c", "cython", "lanes", "frontend", "tables", "prologue", "errors")
+
+
+def __getattr__(name):
+    import importlib
+    if name in _MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _HOME:
+        value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

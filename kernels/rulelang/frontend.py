@@ -6,14 +6,11 @@ import ast
 import copy
 import inspect
 import textwrap
+import types
 
+from .errors import RuleError
+from .prologue import PROLOGUE
 from .tables import BINOPS, CMPOPS, FUNCTIONS, HOST_FUNCTIONS, MATH_CONSTANTS
-
-
-class RuleError(ValueError):
-    """A rule uses a construct outside the rule language (docs/rules.md), or
-    one its target does not translate.  The message names the rule, the line
-    and the construct."""
 
 
 KINDS = ("update", "scalar", "row", "host")
@@ -53,17 +50,37 @@ def sign_expansion(arg):
     return ast.copy_location(out, arg)
 
 
-class Rule:
-    """One parsed rule: its ``def`` node, parameters, locals and where it is."""
+def prologue_statements(items, p="p", g="g"):
+    """The ``ast`` statements of the declared prologue ``items``, with ``p``
+    and ``g`` the rule's parameter and gradient names."""
+    out = ast.parse("\n".join(PROLOGUE[item][2] for item in items)).body
+    for node in ast.walk(ast.Module(body=out, type_ignores=[])):
+        if isinstance(node, ast.Name) and node.id in ("p", "g"):
+            node.id = p if node.id == "p" else g
+    return out
 
-    def __init__(self, fn, label=None):
+
+class Rule:
+    """One parsed rule: its ``def`` node, parameters, locals and where it is.
+
+    The ``def`` node holds the declared prologue (``PROLOGUE``) in front of
+    the body the author wrote: ``prologue`` names it, or, for a function made
+    by ``with_prologue``, the function carries it (``__rule_prologue__``, its
+    author's function in ``__wrapped__``).  Every emitter reads this node, so
+    none of them sees the rule without its prologue."""
+
+    def __init__(self, fn, label=None, prologue=None):
         self.fn = fn
         self.name = fn.__name__
         self.label = label or fn.__name__
-        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+        if prologue is None:
+            prologue = getattr(fn, "__rule_prologue__", ())
+        self.prologue = tuple(prologue)
+        self.written = getattr(fn, "__wrapped__", fn) if hasattr(fn, "__rule_prologue__") else fn
+        tree = ast.parse(textwrap.dedent(inspect.getsource(self.written)))
         self.fdef = tree.body[0]
         try:
-            src = inspect.getsourcefile(fn)
+            src = inspect.getsourcefile(self.written)
         except TypeError:
             src = "?"
         who = (f"rule {self.label!r}" if self.label == self.name
@@ -72,6 +89,20 @@ class Rule:
         if len(tree.body) != 1 or not isinstance(self.fdef, ast.FunctionDef):
             raise RuleError(f"{self.where}: the rule must be a plain def")
         self.params = [a.arg for a in self.fdef.args.args]
+        if self.prologue:
+            if len(self.params) < 2:
+                raise RuleError(f"{self.where}: a rule with a prologue takes (p, g, ...)")
+            # the body as written must not apply the prologue a second time
+            applied = {PROLOGUE[item][0]: item for item in self.prologue}
+            for node in ast.walk(self.fdef):
+                if isinstance(node, ast.Name) and node.id in applied:
+                    raise RuleError(
+                        f"{self.where}, line {self.line(node)}: the rule reads "
+                        f"{node.id!r}, which its declared prologue "
+                        f"{applied[node.id]!r} applies; write only the core update")
+            at = _docstring_end(self.fdef)
+            self.fdef.body[at:at] = _located(
+                prologue_statements(self.prologue, *self.params[:2]), self.fdef)
         stores = [n.id for n in ast.walk(self.fdef)
                   if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)]
         self.locals = [n for n in dict.fromkeys(stores) if n not in self.params]
@@ -82,6 +113,75 @@ class Rule:
     def error(self, node, construct, cls=RuleError):
         return cls(f"{self.where}, line {self.line(node)}: {construct} is not in the "
                    "rule language (docs/rules.md)")
+
+
+def _docstring_end(fdef):
+    """Where the statements of a function body begin (after its docstring)."""
+    return 1 if fdef.body and _is_docstring(fdef.body[0]) else 0
+
+
+def _located(statements, fdef):
+    """``statements`` placed on the line of ``fdef`` (the ``def`` line: a
+    traceback through the prologue names the rule's first line)."""
+    for st in statements:
+        for node in ast.walk(st):
+            if "lineno" in node._attributes:
+                node.lineno = node.end_lineno = fdef.lineno
+                node.col_offset = node.end_col_offset = fdef.col_offset
+    return statements
+
+
+def with_prologue(fn, prologue):
+    """``fn`` with the declared ``prologue`` in front of its body, as a Python
+    function of the same name, module and globals (what Numba compiles and
+    Python calls): compiled from ``Rule``'s tree, so it runs the same
+    statements every emitter translates.  Its code keeps ``fn``'s file and
+    line numbers (tracebacks point at the rule as written); it carries
+    ``__wrapped__`` (``fn``) and ``__rule_prologue__``.  An empty prologue
+    returns ``fn`` itself; a function already made here is unwrapped first."""
+    fn = getattr(fn, "__wrapped__", fn) if hasattr(fn, "__rule_prologue__") else fn
+    prologue = tuple(prologue)
+    if not prologue:
+        return fn
+    rule = Rule(fn, prologue=prologue)
+    module = compile(ast.Module(body=[rule.fdef], type_ignores=[]), fn.__code__.co_filename,
+                     "exec")
+    code = next(c for c in module.co_consts if isinstance(c, types.CodeType))
+    # the tree's lines count from the def (line 1); the line table is relative
+    # to co_firstlineno, so moving that moves every line to the file's
+    code = code.replace(co_firstlineno=fn.__code__.co_firstlineno + code.co_firstlineno - 1)
+    full = types.FunctionType(code, fn.__globals__, fn.__name__)
+    full.__module__ = fn.__module__
+    full.__qualname__ = fn.__qualname__
+    full.__doc__ = fn.__doc__
+    full.__wrapped__ = fn
+    full.__rule_prologue__ = prologue
+    return full
+
+
+def source_text(fn):
+    """(file, first line, text) of rule ``fn`` as it runs: the author's source
+    with the declared prologue's lines put in front of the body, each marked
+    ``# prologue``.  For ``python -m optkern.kernels show``."""
+    rule = Rule(fn)
+    written = rule.written
+    path = inspect.getsourcefile(written)
+    lines, first = inspect.getsourcelines(written)
+    text = "".join(lines)
+    if rule.prologue:
+        written_def = ast.parse(textwrap.dedent(text)).body[0]
+        body = written_def.body[_docstring_end(written_def):]
+        if not body or body[0].lineno == 1:     # a one-line def: no line to insert before
+            text = ast.unparse(rule.fdef) + "\n"
+        else:
+            at = body[0].lineno - 1
+            pad = lines[at][:len(lines[at]) - len(lines[at].lstrip())]
+            extra = []
+            for st in prologue_statements(rule.prologue, *rule.params[:2]):
+                for line in ast.unparse(st).split("\n"):
+                    extra.append(f"{pad}{line}  # prologue\n")
+            text = "".join(lines[:at] + extra + lines[at:])
+    return path, first, text
 
 
 def is_index(name):
