@@ -20,6 +20,9 @@ epoch).  They write into caller buffers, allocate nothing, check nothing
     dense_blas(X, y, sw, W, b, alpha, l1_ratio, epsilon, dW, db, Z)
     rows_inplace(Z, y, sw, b, epsilon, inv_total_w, row_loss) -> weighted loss sum
     rows_inplace_parallel(...)  (same; row_loss makes the sum order fixed)
+    rows_checked(Z, y, sw, b, epsilon, inv_total_w, row_loss, tmp)
+        -> (weighted loss sum, 0 or NaN: whether every score Z + b was finite);
+        rows_inplace with the rule's vector form from 16 outputs (tmp: (k,))
 
 Arguments: ``X`` (n, d) float32/float64 (any layout; the fused kernel is
 fastest on C order); ``data, indices, indptr`` a canonical CSR matrix with d
@@ -261,6 +264,25 @@ def _ov_penalty(W, dW, alpha, l1_ratio, add):
             l1, l2 = _penalty_run(Wf[s:e], dWf[s:e], alpha, l1_ratio, l1, l2, add)
         return _penalty_of_sums(alpha, l1_ratio, l1, l2)
     return flat
+
+
+@njit(cache=True, nogil=True, fastmath=_REDUCE_FLAGS)
+def add_bias_check(z, b):
+    """z += b (b None: z unchanged); returns 0 when every z is then finite,
+    else NaN.  ``x - x`` is 0 or NaN and a sum of them is 0 or NaN in any
+    order, so the sum may be reassociated and the loop vectorises (as
+    finite.any_nonfinite; no nnan/ninf, which would fold x - x to 0)."""
+    s = z.dtype.type(0)
+    if b is None:
+        for j in range(z.shape[0]):
+            v = z[j]
+            s += v - v
+    else:
+        for j in range(z.shape[0]):
+            v = z[j] + b[j]
+            z[j] = v
+            s += v - v
+    return s
 
 
 @njit(cache=True, nogil=True)

@@ -214,6 +214,29 @@ def test_non_finite_X_raises_before_out_on_either_path(served, loss, csr, dtype,
             assert (out[0] == 7).all() and (out[1] == 7).all()
 
 
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=30)
+@given(loss=st.sampled_from(sorted(LOSSES)), dtype=st.sampled_from([np.float32, np.float64]),
+       k=st.sampled_from([1, 3, 20]), where=st.sampled_from(["W", "b"]),
+       bad=st.sampled_from([np.nan, np.inf, -np.inf]), seed=st.integers(0, 2 ** 16))
+def test_non_finite_W_or_b_raises_before_out_on_the_blas_path(served, loss, dtype, k, where,
+                                                               bad, seed):
+    # the dense BLAS path checks W and b through the scores X W + b of its
+    # row pass (no scan of W first): a NaN/inf anywhere in W or b, even where
+    # its column's scores get derivative 0, raises before out is written
+    rng = np.random.default_rng(seed)
+    n, d = 23, 9
+    X, y, W, b = _loss_problem(loss, n, d, k, dtype, rng, False)
+    target = W if where == "W" else b
+    target.flat[rng.integers(0, target.size)] = bad
+    out = (np.full_like(W, 7), np.full_like(b, 7))
+    for mode in ("aot", "sync"):
+        def call():
+            with pytest.raises(ValueError, match="W or b contains NaN"):
+                optkern.loss_and_grad(X, y, W, b, loss=loss, out=out, method="blas")
+        served(mode, call)
+        assert (out[0] == 7).all() and (out[1] == 7).all()
+
 FITS = [
     ("softmax", "adam", "dense", np.float32, {}),
     ("hinge", "sgd", "dense", np.float64, {}),

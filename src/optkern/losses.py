@@ -503,8 +503,17 @@ def _penalty_add(W, dW, alpha, l1r):
     return float(value)
 
 
+def _raise_non_finite(X, W, b):
+    """A score was not finite: name the argument holding NaN/inf (ValueError);
+    returns when none does (finite inputs whose scores overflowed)."""
+    _check_params_finite(W, b)
+    _check_X(X, True)
+
+
 def _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db, method,
-                 auto=False, serial=False):
+                 auto=False, serial=False, check=False):
+    """The CPU kernels.  ``check`` (dense BLAS path only): raise ValueError
+    naming X, W or b when one holds NaN/inf, before dW and db are written."""
     drv = _kernels("loss_drivers")
     dt = W.dtype
     n = X.shape[0]
@@ -512,12 +521,13 @@ def _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db, m
     parallel = backend == "numba-parallel"
     cy = _backend.cython_module("losses") if backend == "cython" else None
     if method == "blas":
+        tmp = _buffer("row_tmp", (k,), dt)
         if auto and cy is None:
             mod = drv.module_for(spec.name)
             rows_args = (np.empty((1, k), dt), y[:1], None if sw is None else sw[:1], b,
-                         dt.type(eps), 1.0, np.empty(1))
-            if _twin_serves(_jit_key("rows", spec, kind, False, X, y, sw, W, b),
-                            mod.rows_inplace, rows_args):
+                         dt.type(eps), 1.0, np.empty(1), tmp)
+            if _twin_serves(_jit_key("rows_checked", spec, kind, False, X, y, sw, W, b),
+                            mod.rows_checked, rows_args):
                 cy = _backend.cython_module("losses")
         Z = _buffer("Z", (n, k), dt)
         with np.errstate(invalid="ignore", over="ignore"):
@@ -531,10 +541,14 @@ def _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db, m
         # thread pool fight for the cores (measured: 0.5-0.8x of serial on 2
         # cores, docs/losses.md); the row pass is a small part of the call
         if cy is not None:
+            bad = check and not (_all_finite(Z) and (b is None or _all_finite(b)))
             total = cy.rows_inplace(spec.name, Z, y, sw, b, eps, inv_w, row_loss, 1)
         else:
             mod = drv.module_for(spec.name)
-            total = mod.rows_inplace(Z, y, sw, b, dt.type(eps), inv_w, row_loss)
+            total, bad = mod.rows_checked(Z, y, sw, b, dt.type(eps), inv_w, row_loss, tmp)
+            bad = check and bad != 0
+        if bad:
+            _raise_non_finite(X, W, b)
         with np.errstate(invalid="ignore", over="ignore"):
             np.matmul(X.T, Z, out=dW)
         if db is not None:
@@ -677,12 +691,15 @@ def loss_and_grad(X, y, W, b, loss="softmax", alpha=0.0, penalty="l2", l1_ratio=
         raise ValueError("X has 0 samples")
     dt = X.data.dtype if kind == "csr" else X.dtype
     W, b = _check_params(X, W, b, d, dt)
-    if check_input:
+    k = W.shape[1]
+    # the dense BLAS path checks X, W and b in its row pass (every score of
+    # X W + b finite, or a scan names the argument: _cpu_compute)
+    zcheck = probe and kind == "dense" and choose_method(kind, X, k, method) == "blas"
+    if check_input and not zcheck:
         # W and b are scanned apart: n times smaller than X, and a NaN in a
         # column of W that no stored entry of a CSR X reaches would not
         # show in the result
         _check_params_finite(W, b)
-    k = W.shape[1]
     y = _check_y(spec, y, n, k, dt, check_input)
     sw = _check_sample_weight(sample_weight, n, dt)
     xs = (("X.data", X.data), ("X.indices", X.indices), ("X.indptr", X.indptr)) \
@@ -706,9 +723,9 @@ def loss_and_grad(X, y, W, b, loss="softmax", alpha=0.0, penalty="l2", l1_ratio=
         value = _cuda_compute(spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db)
         return float(value), dW, db
     m = choose_method(kind, X, k, method)
-    if not probe:
+    if not probe or zcheck:
         value = _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db,
-                             m, auto)
+                             m, auto, check=zcheck)
         return float(value), dW, db
     if out is None:
         pdW, pdb = dW, db           # our own arrays: nothing to protect
