@@ -72,6 +72,13 @@ def prologue_for(items):
             g = g + user["weight_decay"] * p
         return g
 
+    def active(user):
+        """Whether ``apply`` changes anything under these hyperparameters
+        (``step`` then calls it; otherwise the call per tensor is skipped)."""
+        return bool((flip and user["maximize"]) or (decoupled and user["decoupled"])
+                    or (coupled and user["weight_decay"] != 0))
+
+    apply.active = active
     return apply
 
 
@@ -276,6 +283,8 @@ def step(name, params, grads, states, avg, avg_weight, user_hyper, step,
     # the method's own update, its prologue applied here: calling UPDATES[name]
     # would pass the keyword arguments through one more call per tensor
     fn, apply = _PLANS.get(UPDATES[name]) or plan(name)
+    if apply is not None and not apply.active(user_hyper):
+        apply = None    # (a call per tensor that changes nothing: ~0.5 us at 1e3)
     new_scalars = scalar_state
     for k, (p, g) in enumerate(zip(params, grads)):
         st = {s: arrs[k] for s, arrs in states.items()}
