@@ -7,14 +7,16 @@ templates kernels/templates/sparse_epoch*.py filled) holding
 
 ``epoch_rows``
     the "lazy" and "linear" modes of ``kernels/sparse_rules.py``.  Each
-    minibatch: the rows of W its features touch are listed once (``slot``
-    maps a feature to its place in the compact gradient ``G``, so nothing is
-    n_features x n_outputs but W and the states); with the tables ``P``/``S``
+    minibatch: the rows of W its features touch are listed once (the slot
+    table ``slot``, below, maps a feature to its place in the compact
+    gradient ``G``, so nothing is n_features x n_outputs but W and the
+    states); with the tables ``P``/``S``
     (linear mode, or averaging) the touched rows are first brought up to date
     (``last`` holds the step each row is current at); then the scores and the
     loss rule per row, the compact gradient, and the update rule (the same
     scalar rule every target compiles) on the touched rows' elements, with
-    the penalty's gradient (divided by pi_f in lazy mode: ``inv_p``), then
+    the penalty's gradient (divided by pi_f in lazy mode: ``inv_p``, per
+    feature, or per nonzero on wide data: optkern.sparse_epochs), then
     the intercept's dense update.  At the end every row is brought up to date.
 ``epoch_scaled``
     the "scaled" mode (plain SGD): W holds V with W = s V during the epoch;
@@ -66,19 +68,70 @@ from ._simd import csr_row_scores
 # ------------------------------------------------------------ shared pieces
 # (compiled into the generated epochs; not cached on their own)
 
+# The slot table: where a minibatch's touched features sit in the compact
+# gradient G.  ``slot[h, 0]`` is a feature (-1: free) and ``slot[h, 1]`` its
+# row of G.  When the table has fewer rows than W (``hashed``: a power of
+# two, at least twice the most features a minibatch can touch), h is the
+# feature's multiplicative hash with linear probing, and the table (a few
+# kB) stays in the core's caches; otherwise (n_features at most about twice
+# that) h is the feature itself.  A per-feature map of W's length reached
+# one more random cache line per nonzero on wide data: at 2^22 features the
+# lazy epoch spent a sixth of its time there (docs/sparse.md, "Tenth
+# round").  Either way the touched list is the features in order of first
+# appearance, so G and the steps are the same.
+
+_HASH = 2654435761  # Knuth's multiplicative constant (2^32 / the golden ratio)
+
+
 @njit(inline="always")
-def collect_rows(indices, indptr, order, start, stop, slot, touched):
-    """List the features of rows order[start:stop] once each; slot[f] = its place."""
+def slot_at(slot, f, hashed):
+    """The table row of feature f: its entry, or the free row it would take."""
+    if not hashed:
+        return f
+    mask = slot.shape[0] - 1
+    h = (f * _HASH) & mask
+    while slot[h, 0] >= 0 and slot[h, 0] != f:
+        h = (h + 1) & mask
+    return h
+
+
+@njit(inline="always")
+def new_slot(slot, h, f, touched, nt, inv_p, per_nz, q, tscale):
+    """Enter feature f (nonzero q) at table row h as touched row nt; with the
+    lazy penalty, its 1/pi_f in tscale[nt] (``per_nz``: inv_p holds it per
+    nonzero, read in order with the row, not at a random place of an
+    n_features array; else per feature).  (A conditional expression: the
+    same store under ``if per_nz:`` made the lazy epoch 50% slower.)"""
+    slot[h, 0] = f
+    slot[h, 1] = nt
+    touched[0, nt] = f
+    touched[1, nt] = h
+    if inv_p is not None:
+        tscale[nt] = inv_p[q] if per_nz else inv_p[f]
+
+
+@njit(inline="always")
+def collect_rows(indices, indptr, order, start, stop, slot, touched, hashed, inv_p, per_nz,
+                 tscale):
+    """List the features of rows order[start:stop] once each (touched[0]) and
+    their table rows (touched[1])."""
     nt = 0
     for r in range(start, stop):
         i = order[r]
         for q in range(indptr[i], indptr[i + 1]):
             f = indices[q]
-            if slot[f] < 0:
-                slot[f] = nt
-                touched[nt] = f
+            h = slot_at(slot, f, hashed)
+            if slot[h, 0] < 0:
+                new_slot(slot, h, f, touched, nt, inv_p, per_nz, q, tscale)
                 nt += 1
     return nt
+
+
+@njit(inline="always")
+def release_slots(slot, touched, nt):
+    """Free the table rows of the minibatch's touched features."""
+    for u in range(nt):
+        slot[touched[1, u], 0] = -1
 
 
 def prefetch_target(T, i):
@@ -93,10 +146,11 @@ def _ol_prefetch_target(T, i):
 
 
 @njit(inline="always")
-def prefetch_rows(data, indices, indptr, T, sw, order, r, stop, ahead):
+def prefetch_rows(data, indices, indptr, T, sw, order, r, stop, ahead, inv_p, per_nz):
     """Hint the CPU to fetch what row order[r + ahead] will read: its row
     pointers one row earlier (at r + ahead + 1), then its nonzeros, target
-    and weight.  Shuffled rows of an X larger than the cache otherwise stall
+    and weight (and the lazy penalty's 1/pi_f when inv_p holds it per
+    nonzero, ``per_nz``).  Shuffled rows of an X larger than the cache otherwise stall
     on memory once per row: nothing overlaps those misses, a row's work
     fills the out-of-order window.  The minibatch epochs look a whole batch
     ahead (the next batch's rows arrive while this one runs: its first pass
@@ -114,6 +168,10 @@ def prefetch_rows(data, indices, indptr, T, sw, order, r, stop, ahead):
             prefetch(data, p)
         for p in range(lo, hi, 16):
             prefetch(indices, p)
+        if inv_p is not None:
+            if per_nz:
+                for p in range(lo, hi, 64 // inv_p.itemsize):
+                    prefetch(inv_p, p)
 
 
 @njit(inline="always")
@@ -135,32 +193,42 @@ def row_scores(data, indices, lo, hi, W, Wf, b, z, k):
 
 
 @njit(inline="always")
-def scatter_row(data, indices, lo, hi, slot, dz, G, k):
-    """G[slot[f]] += x_f * dz for the row's nonzeros (k = dz's length, a
+def scatter_row(data, indices, lo, hi, slot, hashed, dz, G, k):
+    """G[slot of f] += x_f * dz for the row's nonzeros (k = dz's length, a
     literal 1 in the one-output epochs)."""
     for q in range(lo, hi):
-        s = slot[indices[q]]
+        s = slot[slot_at(slot, indices[q], hashed), 1]
         x = data[q]
         for j in range(k):
             G[s, j] += x * dz[j]
 
 
 @njit(inline="always")
-def collect_scatter_row(data, indices, lo, hi, slot, touched, nt, dz, G, k):
+def collect_scatter_row(data, indices, lo, hi, slot, hashed, touched, nt, dz, G, k, inv_p,
+                        per_nz, tscale):
     """scatter_row that also lists the row's features not seen before in this
     minibatch (collect_rows's work, in the same order, in the same pass):
     their compact rows start at 0.  Returns the new count of touched rows.
-    The same G as collect_rows then scatter_row, bit for bit."""
+    The same G as collect_rows then scatter_row, bit for bit.  (slot_at's
+    probe written into the loop: one read of the entry per probe, ~10% of
+    the lazy epoch at 2^16 features against the helper's two.)"""
+    mask = slot.shape[0] - 1
     for q in range(lo, hi):
         f = indices[q]
-        s = slot[f]
-        if s < 0:
-            s = nt
-            slot[f] = s
-            touched[nt] = f
-            for j in range(k):
-                G[s, j] = 0.0
-            nt += 1
+        h = ((f * _HASH) & mask) if hashed else f
+        while True:
+            key = slot[h, 0]
+            if key == f:
+                s = slot[h, 1]
+                break
+            if key < 0:
+                s = nt
+                new_slot(slot, h, f, touched, nt, inv_p, per_nz, q, tscale)
+                for j in range(k):
+                    G[s, j] = 0.0
+                nt += 1
+                break
+            h = (h + 1) & mask
         x = data[q]
         for j in range(k):
             G[s, j] += x * dz[j]
@@ -184,8 +252,12 @@ def penalty_grad(w, alpha, l1_ratio):
     return alpha * (l1_ratio * sgn + (1.0 - l1_ratio) * w)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})
 def penalty_value(Wf, alpha, l1_ratio):
+    """The elastic-net penalty of the weights, in float64.  The sums may be
+    reassociated (vector lanes): in feature order they were one dependent
+    chain, 11 ms an epoch at 2^22 features (docs/sparse.md, "Tenth round");
+    the epoch's reported loss moves in its last bits, the weights not at all."""
     if alpha == 0:
         return 0.0
     a1 = 0.0

@@ -24,7 +24,7 @@ import optkern
 from optkern import estimators as E
 # the module whose epoch reads SPARSE_EPOCH_BLOCK_WORK: patched there (estimators
 # re-exports the value, so patching it there would not reach the fit)
-from optkern import _lin_epochs
+from optkern import _backend, _lin_epochs
 from optkern.kernels import rules, sparse_rules
 
 from conftest import assert_close
@@ -790,3 +790,76 @@ def test_per_example_epoch_is_the_general_batch_loop(kw, seed, dtype, classes, w
     ref = optkern.LinearClassifier(**dict(kw, backend="numpy")).fit(X, y, sample_weight=sw)
     tol = dict(rtol=2e-4, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(got.coef_, ref.coef_, **tol)
+
+
+# the slot table (kernels/sparse_epoch_drivers.py) and the lazy penalty's
+# 1/pi_f: every layout the glue may choose gives the same steps
+SLOT_CASES = [
+    ("adagrad", dict(alpha=1e-2), "lazy"),             # lazy penalty (inv_p)
+    ("adam", dict(alpha=1e-2, average=True), "lazy"),  # catch-up of the average (collect_rows)
+    ("momentum", dict(alpha=1e-2), "exact"),           # the linear mode's tables
+    ("sgd", dict(alpha=1e-2, penalty="l1"), "exact"),  # the scaled mode, L1 clip first
+    ("sgd", dict(alpha=1e-2), "exact"),                # the scaled mode, fused row pass
+]
+
+
+def _tightest_table(n_features, cap, dtype):
+    """The smallest table the epochs accept when hashed: a power of two above
+    cap (up to nearly full, many collisions and long probes)."""
+    rows = 1 << int(cap).bit_length()
+    return np.full((rows, 2), -1, dtype)
+
+
+@pytest.mark.parametrize("name, kw, mode", SLOT_CASES, ids=[f"{n}-{m}-{j}" for j, (n, _, m)
+                                                               in enumerate(SLOT_CASES)])
+@pytest.mark.parametrize("twin", [False, True], ids=["numba", "cython-twin"])
+@settings(max_examples=2, deadline=None)
+@given(seed=st.integers(0, 10_000), batch=st.sampled_from([2, 5]),
+       dtype=st.sampled_from([np.float32, np.float64]), classes=st.sampled_from([2, 3]))
+def test_slot_table_and_penalty_layouts_give_the_same_steps(name, kw, mode, twin, seed,
+                                                            batch, dtype, classes):
+    """One row per feature, the default hashed table and the tightest hashed
+    table (collisions, probes wrapping round the table's end); the lazy
+    penalty's 1/pi_f per feature and per nonzero: the same weights, bit for
+    bit, in the Numba epochs and in the Cython twin."""
+    from optkern import _jit, sparse_epochs
+    if twin and _backend.cython_module("sparse_epochs") is None:
+        pytest.skip("the sparse Cython twin is not built")
+    X, y2, y3 = _csr(seed, n=60, d=300, density=0.03, dtype=dtype)
+    y = y2 if classes == 2 else y3
+    kw = dict(kw, optimizer=name, batch_size=batch, max_epochs=2)
+    layouts = {
+        "one row per feature": (lambda d, cap, dt: np.full((d, 2), -1, dt), 1 << 40),
+        "hashed, per nonzero": (sparse_epochs.slot_table, 0),
+        "tightest, per feature": (_tightest_table, 1 << 40),
+    }
+    fits = {}
+    old = _jit.set_mode("aot" if twin else "sync")
+    try:
+        for label, (table, min_bytes) in layouts.items():
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(sparse_epochs, "slot_table", table)
+                mp.setattr(sparse_epochs, "PER_NONZERO_MIN_BYTES", min_bytes)
+                fits[label] = _fit(X, y, mode, "numba", **kw)
+    finally:
+        _jit.set_mode(old)
+    first = fits["one row per feature"]
+    for label, m in fits.items():
+        np.testing.assert_array_equal(m.coef_, first.coef_, err_msg=label)
+        np.testing.assert_array_equal(m.intercept_, first.intercept_, err_msg=label)
+        np.testing.assert_allclose([h["loss"] for h in m.history_],
+                                   [h["loss"] for h in first.history_], rtol=1e-6)
+    assert np.any(first.coef_ != 0)
+
+
+def test_slot_table_shapes():
+    from optkern.sparse_epochs import slot_table
+    # hashed: a power of two, at least twice the cap, below n_features
+    for d, cap in ((4096, 912), (2 ** 22, 1088), (10, 3), (1000, 1)):
+        t = slot_table(d, cap, np.int32)
+        rows = t.shape[0]
+        assert t.shape == (rows, 2) and np.all(t == -1) and t.dtype == np.int32
+        assert rows < d and rows >= 2 * cap and rows & (rows - 1) == 0
+    # else one row per feature
+    for d, cap in ((40, 24), (1, 1), (64, 32)):
+        assert slot_table(d, cap, np.int64).shape == (d, 2)

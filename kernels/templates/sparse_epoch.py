@@ -13,7 +13,8 @@ from optkern.kernels._helpers import (
     load, store, draw, update_average, noise_key_jit, with_fast_math, exp_fast, log_fast,
     VEC_MIN_OUTPUTS, prefetch)
 from optkern.kernels.sparse_epoch_drivers import (
-    collect_rows, collect_scatter_row, prefetch_rows, row_scores, scatter_row, penalty_grad, penalty_value, gap_matrices, cumulative_l1)
+    collect_rows, collect_scatter_row, release_slots, prefetch_rows, row_scores, scatter_row,
+    penalty_grad, penalty_value, gap_matrices, cumulative_l1)
 HOLE_UPDATE_IMPORT
 
 _loss = njit(_loss_py)

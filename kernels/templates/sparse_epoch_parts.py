@@ -24,6 +24,8 @@ def start():
     total = 0.0
     weight = 0.0
     direct = batch_size == 1 and unique_rows
+    # the slot table is hashed when it is shorter than W (sparse_epoch_drivers)
+    hashed = slot.shape[0] < d
     # how far ahead the minibatch loop prefetches: X's rows a batch ahead
     # (at most 64 rows), the rows of W (and states) of the row half a batch
     # ahead (at most 32), whose indices arrived by then
@@ -39,13 +41,16 @@ def steps():
             lo = indptr[order[r0]]
             nt = indptr[order[r0] + 1] - lo
             for u in range(nt):
-                touched[u] = indices[lo + u]
+                touched[0, u] = indices[lo + u]
+                if inv_p is not None:
+                    tscale[u] = inv_p[lo + u] if per_nz else inv_p[indices[lo + u]]
         elif fused:
             # nothing reads the touched list before the row pass: it is built
             # there (collect_scatter_row)
             nt = 0
         else:
-            nt = collect_rows(indices, indptr, order, r0, r1, slot, touched)
+            nt = collect_rows(indices, indptr, order, r0, r1, slot, touched, hashed, inv_p,
+                              per_nz, tscale)
             for u in range(nt):
                 for j in range(k):
                     G[u, j] = 0.0
@@ -55,7 +60,7 @@ def steps():
         lsum = 0.0
         wsum = 0.0
         for r in range(r0, r1):
-            prefetch_rows(data, indices, indptr, T, sw, order, r, stop, ahead)
+            prefetch_rows(data, indices, indptr, T, sw, order, r, stop, ahead, inv_p, per_nz)
             if r + near < stop:
                 nx = order[r + near]
                 for p in range(indptr[nx], indptr[nx + 1]):
@@ -78,18 +83,20 @@ def steps():
                     for j in range(k):
                         G[u, j] = data[lo + u] * dz[j]
             elif fused:
-                nt = collect_scatter_row(data, indices, lo, hi, slot, touched, nt, dz, G, k)
+                nt = collect_scatter_row(data, indices, lo, hi, slot, hashed, touched, nt, dz,
+                                         G, k, inv_p, per_nz, tscale)
             else:
-                scatter_row(data, indices, lo, hi, slot, dz, G, k)
-        if wsum <= 0.0 or not math.isfinite(lsum):
-            if not direct:
-                for u in range(nt):
-                    slot[touched[u]] = -1
+                scatter_row(data, indices, lo, hi, slot, hashed, dz, G, k)
         if wsum <= 0.0:
+            if not direct:
+                release_slots(slot, touched, nt)
             continue
         inv = 1.0 / ((r1 - r0) * w_mean)
         batch_loss = lsum * inv
         if not math.isfinite(batch_loss):
+            # (the table is left free for the next call)
+            if not direct:
+                release_slots(slot, touched, nt)
             return np.nan, step - step0, avg_count, scalarsW, scalarsB
         total += batch_loss * (r1 - r0)
         weight += r1 - r0
@@ -120,10 +127,10 @@ def rows_update():
     nt2 = nt if l2_only else 0
     ntg = 0 if l2_only else nt
     for u in range(nt2):
-        f = touched[u]
+        f = touched[0, u]
         scale = 1.0
         if inv_p is not None:
-            scale = inv_p[f]
+            scale = tscale[u]
         for j in range(k):
             e = f * k + j
             p_e = Wf[e]
@@ -134,15 +141,13 @@ def rows_update():
             HOLE_STATE_STORES
             update_average(avgW, e, p_i, w_avg)
             Wf[e] = p_i
-        if not direct:
-            slot[f] = -1
         if P is not None:
             last[f] = step
     for u in range(ntg):
-        f = touched[u]
+        f = touched[0, u]
         scale = 1.0
         if inv_p is not None:
-            scale = inv_p[f]
+            scale = tscale[u]
         for j in range(k):
             e = f * k + j
             p_e = Wf[e]
@@ -153,16 +158,16 @@ def rows_update():
             HOLE_STATE_STORES
             update_average(avgW, e, p_i, w_avg)
             Wf[e] = p_i
-        if not direct:
-            slot[f] = -1
         if P is not None:
             last[f] = step
+    if not direct:
+        release_slots(slot, touched, nt)
 
 
 def catch_up_touched():
     if P is not None:
         for u in range(nt):
-            f = touched[u]
+            f = touched[0, u]
             HOLE_CATCH_UP_ROW
 
 
@@ -213,12 +218,12 @@ def prefetch_next():
 
 def prefetch_rows_epoch():
     # the rows epoch's other per-feature arrays, for the next row's features:
-    # the slot map (batches), the rule's states, the lazy penalty's 1/pi_f
-    if not direct:
-        prefetch(slot, f)
+    # the rule's states and the lazy penalty's per-feature 1/pi_f (the slot
+    # table stays in the caches; a per-nonzero 1/pi_f comes with the row)
     HOLE_PREFETCH_STATES
     if inv_p is not None:
-        prefetch(inv_p, f)
+        if not per_nz:
+            prefetch(inv_p, f)
 
 
 def prefetch_state():
@@ -241,7 +246,7 @@ def scaled_update():
     if l1 > 0:
         u_l1 += lr * l1 / s_new
     for u in range(nt):
-        f = touched[u]
+        f = touched[0, u]
         for j in range(k):
             e = f * k + j
             g = dt(G[u, j] * inv)
@@ -249,8 +254,8 @@ def scaled_update():
             if l1 > 0:
                 v, q[e] = cumulative_l1(v, q[e], u_l1)
             Wf[e] = v
-        if not direct:
-            slot[f] = -1
+    if not direct:
+        release_slots(slot, touched, nt)
     s = s_new
     if s < HOLE_MIN_SCALE:
         for e in range(d * k):
@@ -267,7 +272,7 @@ def clip_touched():
     # its scores and its step see what the dense algorithm's weight holds
     if l1 > 0:
         for u in range(nt):
-            f = touched[u]
+            f = touched[0, u]
             for j in range(k):
                 e = f * k + j
                 v, q[e] = cumulative_l1(float(Wf[e]), float(q[e]), u_l1)

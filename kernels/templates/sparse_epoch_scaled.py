@@ -10,6 +10,10 @@ def HOLE_NAME(data, indices, indptr, T, sw, order, start, stop, batch_size, W, b
              sched, base_lr, plateau, alpha, l1_ratio, epsilon, seed, offW, offB, w_mean,
              slot, touched, G, z, dz, db, unique_rows, l1, q, carry):
     HOLE_START
+    # no lazy penalty here (the steps' per-nonzero 1/pi_f)
+    inv_p = None
+    per_nz = False
+    tscale = None
     # W = s V; u: the L1 amount (in V's units) every weight is owed so far;
     # a block after the first resumes them from ``carry``
     s = 1.0
@@ -32,7 +36,7 @@ def HOLE_NAME(data, indices, indptr, T, sw, order, start, stop, batch_size, W, b
     fused = (not direct) and l1 <= 0
     if per_example:
         for r in range(start, stop):
-            prefetch_rows(data, indices, indptr, T, sw, order, r, stop, 2)
+            prefetch_rows(data, indices, indptr, T, sw, order, r, stop, 2, None, False)
             if r + 1 < stop:
                 nx = order[r + 1]
                 for p in range(indptr[nx], indptr[nx + 1]):

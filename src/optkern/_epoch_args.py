@@ -184,7 +184,8 @@ class DenseEpochArgs:
 class RowsModeArgs:
     """The tail of ``epoch_rows`` (the "lazy" and "linear" modes)."""
 
-    inv_p: Optional[Any]    # per-feature 1/pi_f of the lazy penalty; None: exact
+    inv_p: Optional[Any]    # the lazy penalty's 1/pi_f of each nonzero's feature; None: exact
+    tscale: Any             # (scratch) inv_p of each touched row of a minibatch
     P: Optional[Any]        # the untouched steps' power tables; None: nothing to catch up
     S: Optional[Any]
     last: Any               # the step each row of W is current at
@@ -195,7 +196,7 @@ class RowsModeArgs:
     y: Any
 
     def positional(self):
-        return (self.inv_p, self.P, self.S, self.last, self.A, self.Ssum, self.tmp, self.x,
+        return (self.inv_p, self.tscale, self.P, self.S, self.last, self.A, self.Ssum, self.tmp, self.x,
                 self.y)
 
 
@@ -226,8 +227,8 @@ class SparseEpochArgs:
     b: Optional[Any]
     opt: OptimizerArgs
     w_mean: float
-    slot: Any               # feature -> its place in G (-1: untouched)
-    touched: Any            # the batch's touched features
+    slot: Any               # (H, 2) table: feature (-1: free), its row of G (sparse_epoch_drivers)
+    touched: Any            # (2, cap): the batch's touched features, their rows of slot
     G: Any                  # the compact gradient of the touched rows
     z: Any                  # (k,) scratch: a row's scores,
     dz: Any                 # their derivatives,

@@ -95,6 +95,32 @@ def warm_up(params, X, y):
                callbacks=None)).fit(X, y)
 
 
+def slot_table(n_features, cap, dtype):
+    """The epochs' slot table (kernels/sparse_epoch_drivers.py) for minibatches
+    touching at most ``cap`` features: hashed, a power of two at least 2 cap
+    rows (half full at most), when that is shorter than n_features; else one
+    row per feature.  Every entry free (-1)."""
+    rows = 1 << max(int(2 * cap - 1).bit_length(), 1)
+    return np.full((rows if rows < n_features else n_features, 2), -1, dtype)
+
+
+# Above this size the lazy penalty's 1/pi_f goes to the epoch per nonzero.
+PER_NONZERO_MIN_BYTES = 1 << 20
+
+
+def per_nonzero_scales(inv_f, indices):
+    """The lazy penalty's 1/pi_f as the epoch reads it: per feature while
+    that array is small (at most PER_NONZERO_MIN_BYTES, about half a core's
+    L2 here, where it stays), else per nonzero (``inv_f[indices]``, as long
+    as X's data: the epoch reads it in order with each row instead of one
+    random cache line per touched feature; at 2^22 features the lazy epoch
+    took 1.2x less time, docs/sparse.md "Tenth round").  The epoch tells the
+    two apart by length: per nonzero is never n_features long."""
+    if inv_f.nbytes <= PER_NONZERO_MIN_BYTES or indices.shape[0] == inv_f.shape[0]:
+        return inv_f
+    return np.take(inv_f, indices)
+
+
 class SparseRunner:
     reference = False
     twin = None
@@ -122,13 +148,13 @@ class SparseRunner:
         self.gW = opt._groups[0]
         self.gB = opt._groups[1] if ctx.b is not None else None
         dt = W.dtype
-        idx_t = np.int32 if d < 2 ** 31 else np.int64
-        self.slot = np.full(d, -1, idx_t)
+        self.idx_t = np.int32 if d < 2 ** 31 else np.int64
+        self.slot = None
         self.max_row_nnz = int(np.max(np.diff(X.indptr))) if X.shape[0] else 0
         # sorted and without duplicates (scipy's flag, computed once): a row's
         # nonzeros are then its distinct touched rows
         self.unique_rows = bool(X.has_canonical_format)
-        self.touched = self.G = None
+        self.touched = self.G = self.tscale = None
         self.z, self.dz, self.db = np.zeros(k, dt), np.zeros(k, dt), np.zeros(k, dt)
         self.sampling = estimator.sampling
         self.counts = None
@@ -160,8 +186,8 @@ class SparseRunner:
         it = X.indices.dtype if X.indices.dtype in (np.int32, np.int64) else np.int64
         self.data = (X.data, np.ascontiguousarray(X.indices, it),
                      np.ascontiguousarray(X.indptr, it))
-        self.slot = np.full(self.ctx.W.shape[0], -1, it)
-        self.touched = self.G = None
+        self.idx_t = it
+        self.slot = self.touched = self.G = None
         return True
 
     def _buffers(self, batch_size):
@@ -169,7 +195,9 @@ class SparseRunner:
         need = max(1, min(d, batch_size * max(self.max_row_nnz, 1)))
         if self.G is None or self.G.shape[0] < need:
             self.G = np.zeros((need, k), self.ctx.W.dtype)
-            self.touched = np.zeros(need, self.slot.dtype)
+            self.tscale = np.zeros(need, self.ctx.W.dtype)
+            self.touched = np.zeros((2, need), self.idx_t)
+            self.slot = slot_table(d, need, self.idx_t)
 
     def _lazy_scales(self, batch_size):
         if self.inv_p_batch != batch_size:
@@ -177,8 +205,9 @@ class SparseRunner:
                 # the twin's fit: NumPy's count (no Numba compile on a cold call)
                 self.counts = feature_counts(self.X) if self.twin is None else \
                     np.bincount(self.X.indices, minlength=self.X.shape[1])
-            self.inv_p = _sr.lazy_scales(self.counts, self.X.shape[0], batch_size,
-                                         self.sampling, self.ctx.W.dtype)
+            inv_f = _sr.lazy_scales(self.counts, self.X.shape[0], batch_size,
+                                    self.sampling, self.ctx.W.dtype)
+            self.inv_p = per_nonzero_scales(inv_f, self.data[1])
             self.inv_p_batch = batch_size
         return self.inv_p
 
@@ -300,6 +329,7 @@ class SparseRunner:
             fn = self.mod.epoch_rows_k1 if one else self.mod.epoch_rows
             extra = RowsModeArgs()
             extra.inv_p, extra.P, extra.S = inv_p, P, S
+            extra.tscale = self.tscale
             extra.last = self.last if self.last is not None else np.zeros(1, np.int64)
             extra.A, extra.Ssum, extra.tmp, extra.x, extra.y = \
                 self.A, self.Ssum, self.tmp, self.x, self.y
