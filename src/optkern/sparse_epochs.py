@@ -118,7 +118,13 @@ def per_nonzero_scales(inv_f, indices):
     two apart by length: per nonzero is never n_features long."""
     if inv_f.nbytes <= PER_NONZERO_MIN_BYTES or indices.shape[0] == inv_f.shape[0]:
         return inv_f
-    return np.take(inv_f, indices)
+    out = np.empty(indices.shape[0], inv_f.dtype)
+    # in chunks: np.take converts its indices to intp, which for all of X's
+    # int32 indices at once was twice the result's size again
+    step = 1 << 20
+    for a in range(0, indices.shape[0], step):
+        np.take(inv_f, indices[a:a + step], out=out[a:a + step])
+    return out
 
 
 class SparseRunner:
