@@ -396,3 +396,37 @@ def test_both_score_kernels_train_the_numba_model(seed, n, d, k, batch, dtype, w
         E.set_simd_level(-1)
         E.set_scores_across(old)
     assert E.scores_across() is True
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_auto_runs_the_cython_epoch_where_it_measured_faster(dtype):
+    # backend="auto", serial dense epoch: the Cython twin for the whole fit at small d
+    # and k (_backend.cython_dense_epoch_pays), the Numba epoch elsewhere (its kernel
+    # compiled: the "sync" mode of the compile server); one kernel per fit
+    from optkern import _backend, _jit
+
+    def fit(backend, X, y, batch):
+        return optkern.LinearClassifier(optimizer="adam", max_epochs=2, tol=None,
+                                         batch_size=batch, random_state=5,
+                                         backend=backend).fit(X, y)
+
+    old = _jit.set_mode("sync")
+    try:
+        for d, k, batch in ((20, 5, 32), (64, 8, 256), (65, 5, 32), (20, 5, 257),
+                            (20, 11, 32)):
+            X, y, _ = _dense_problem(d + k, 200 + batch, d, k, "softmax", dtype, False)
+            pays = _backend.cython_dense_epoch_pays(d, k, batch, dtype)
+            assert pays == (d <= 64 and batch <= 256
+                            and k <= (10 if dtype == np.float32 else 8))
+            auto = fit("auto", X, y, batch)
+            want = fit("cython" if pays else "numba", X, y, batch)
+            np.testing.assert_array_equal(auto.coef_, want.coef_)
+            np.testing.assert_array_equal(auto.intercept_, want.intercept_)
+        # with the dot-product score tiles the twin is not preferred
+        was = E.set_scores_across(False)
+        try:
+            assert not _backend.cython_dense_epoch_pays(20, 5, 32, dtype)
+        finally:
+            E.set_scores_across(was)
+    finally:
+        _jit.set_mode(old)
