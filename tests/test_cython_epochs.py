@@ -412,11 +412,11 @@ def test_auto_runs_the_cython_epoch_where_it_measured_faster(dtype):
 
     old = _jit.set_mode("sync")
     try:
-        for d, k, batch in ((20, 5, 32), (64, 8, 256), (65, 5, 32), (20, 5, 257),
-                            (20, 11, 32)):
+        for d, k, batch in ((20, 5, 32), (64, 8, 256), (65, 5, 32), (12, 3, 4097),
+                            (20, 11, 32), (20, 9, 64)):
             X, y, _ = _dense_problem(d + k, 200 + batch, d, k, "softmax", dtype, False)
             pays = _backend.cython_dense_epoch_pays(d, k, batch, dtype)
-            assert pays == (d <= 64 and batch <= 256
+            assert pays == (d <= 64 and batch <= 4096
                             and k <= (10 if dtype == np.float32 else 8))
             auto = fit("auto", X, y, batch)
             want = fit("cython" if pays else "numba", X, y, batch)

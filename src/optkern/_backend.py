@@ -208,12 +208,12 @@ def require(backend, kind="updates", argname="backend"):
 # while Numba's is cold) where its C kernels -- the scores of small k with
 # vectors across the outputs -- measured faster than the Numba epoch:
 # d <= 64 features and up to 10 outputs in float32 (8 in float64), minibatches
-# of at most 256 rows (asv_benchmarks/epoch_across.py, docs/epochs.md "Ninth
-# round": 0.72-0.96x the Numba epoch at d 32-64, k 2-10, batch 32-256; at d 256
-# and 784 with k 8-10 it was not faster).  The whole fit runs one kernel.
+# of at most 4096 rows (asv_benchmarks/epoch_across.py, docs/epochs.md "Ninth
+# round": 0.59-0.96x the Numba epoch at d 32-64, k 2-10, batch 32-4096; at
+# d 256 and 784 with k 8-10 it was not faster).  The whole fit runs one kernel.
 CYTHON_DENSE_EPOCH_MAX_D = 64
 CYTHON_DENSE_EPOCH_MAX_K = {"float32": 10, "float64": 8}
-CYTHON_DENSE_EPOCH_MAX_BATCH = 256
+CYTHON_DENSE_EPOCH_MAX_BATCH = 4096
 
 
 def cython_dense_epoch_pays(d, k, batch_size, dtype):
