@@ -319,3 +319,114 @@ def test_every_vector_width_trains_the_same_model(loss, dtype):
     for m in models:
         np.testing.assert_allclose(m.coef_, ref.coef_, **tol)
         np.testing.assert_allclose(m.intercept_, ref.intercept_, **tol)
+
+
+# ---- scores with vectors across the outputs (issue 18, ninth round) ------------------
+# For 3-4 <= k <= 16 the dense pass computes the scores with W padded to whole vectors
+# of outputs (one multiply-add per row, feature and vector; up to 8 rows at once);
+# each output's sum runs over the features in order.  Checked against NumPy and, at
+# the baseline ISA (no FMA contraction), bit for bit against that order; both score
+# kernels and every vector width train the Numba model.
+
+
+def _scores_reference_in_order(X, order, W, b):
+    dt = X.dtype.type
+    Z = np.empty((W.shape[1], order.shape[0]), X.dtype)
+    for q, i in enumerate(order):
+        for j in range(W.shape[1]):
+            s = dt(0)
+            for f in range(X.shape[1]):
+                s = dt(s + dt(X[i, f] * W[f, j]))
+            Z[j, q] = dt(s + b[j])
+    return Z
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), m=st.integers(1, 48), d=st.integers(1, 23),
+       k=st.integers(2, 18), dtype=st.sampled_from([np.float32, np.float64]),
+       across=st.booleans())
+def test_score_kernels_compute_the_numpy_scores(seed, m, d, k, dtype, across):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((m + 7, d)).astype(dtype)
+    order = rng.permutation(m + 7)[:m].astype(np.int64)
+    W = rng.standard_normal((d, k)).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype)
+    want = (X[order].astype(np.float64) @ W.astype(np.float64) + b).T
+    old = E.set_scores_across(across)
+    best = E.set_simd_level(99)
+    try:
+        for level in range(best + 1):
+            assert E.set_simd_level(level) == level
+            got = E.scores_pass(X, order, W, b, m)[:, :m]
+            tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else \
+                dict(rtol=1e-5, atol=1e-5 * np.sqrt(d))
+            np.testing.assert_allclose(got, want, **tol)
+            if across and level == 0:
+                # no FMA at the baseline ISA: the features' sum in order, bit for bit
+                # (where k has an across-outputs kernel; else the dot tiles agree to
+                # rounding above)
+                inorder = _scores_reference_in_order(X, order, W, b)
+                if (dtype == np.float32 and 4 <= k <= 16) or \
+                        (dtype == np.float64 and 3 <= k <= 8):
+                    np.testing.assert_array_equal(got, inorder)
+    finally:
+        E.set_simd_level(-1)
+        E.set_scores_across(old)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**16), n=st.integers(20, 130), d=st.integers(1, 33),
+       k=st.integers(3, 17), batch=st.sampled_from([7, 32, 48, 97]),
+       dtype=st.sampled_from([np.float32, np.float64]), weighted=st.booleans())
+def test_both_score_kernels_train_the_numba_model(seed, n, d, k, batch, dtype, weighted):
+    X, y, sw = _dense_problem(seed, n, d, k, "softmax", dtype, weighted)
+    ref = _dense_fit("numba", X, y, sw, "softmax", batch, True)
+    tol = dict(rtol=1e-9, atol=1e-11) if dtype == np.float64 else dict(rtol=2e-4, atol=2e-5)
+    best = E.set_simd_level(99)
+    old = E.scores_across()
+    try:
+        for across in (True, False):
+            E.set_scores_across(across)
+            for level in range(best + 1):
+                E.set_simd_level(level)
+                got = _dense_fit("cython", X, y, sw, "softmax", batch, True)
+                np.testing.assert_allclose(got.coef_, ref.coef_, **tol)
+                np.testing.assert_allclose(got.intercept_, ref.intercept_, **tol)
+    finally:
+        E.set_simd_level(-1)
+        E.set_scores_across(old)
+    assert E.scores_across() is True
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_auto_runs_the_cython_epoch_where_it_measured_faster(dtype):
+    # backend="auto", serial dense epoch: the Cython twin for the whole fit at small d
+    # and k (_backend.cython_dense_epoch_pays), the Numba epoch elsewhere (its kernel
+    # compiled: the "sync" mode of the compile server); one kernel per fit
+    from optkern import _backend, _jit
+
+    def fit(backend, X, y, batch):
+        return optkern.LinearClassifier(optimizer="adam", max_epochs=2, tol=None,
+                                         batch_size=batch, random_state=5,
+                                         backend=backend).fit(X, y)
+
+    old = _jit.set_mode("sync")
+    try:
+        for d, k, batch in ((20, 5, 32), (64, 8, 256), (65, 5, 32), (12, 3, 4097),
+                            (20, 11, 32), (20, 9, 64)):
+            X, y, _ = _dense_problem(d + k, 200 + batch, d, k, "softmax", dtype, False)
+            pays = _backend.cython_dense_epoch_pays(d, k, batch, dtype)
+            assert pays == (d <= 64 and batch <= 4096
+                            and k <= (10 if dtype == np.float32 else 8))
+            auto = fit("auto", X, y, batch)
+            want = fit("cython" if pays else "numba", X, y, batch)
+            np.testing.assert_array_equal(auto.coef_, want.coef_)
+            np.testing.assert_array_equal(auto.intercept_, want.intercept_)
+        # with the dot-product score tiles the twin is not preferred
+        was = E.set_scores_across(False)
+        try:
+            assert not _backend.cython_dense_epoch_pays(20, 5, 32, dtype)
+        finally:
+            E.set_scores_across(was)
+    finally:
+        _jit.set_mode(old)

@@ -39,8 +39,11 @@ def served(monkeypatch):
     """run(mode, fn): fn() with the service forced to ``mode``; returns
     (result, calls the twin served, calls Numba served).  "auto" sends even
     small problems to Numba here (as it does from CYTHON_MAX_SIZE elements),
-    so that the small test problems exercise the served path."""
+    so that the small test problems exercise the served path; nor does it keep
+    their dense epochs on the Cython twin (_backend.cython_dense_epoch_pays),
+    so that "sync" runs Numba's."""
     monkeypatch.setattr(_backend, "CYTHON_MAX_SIZE", 0)
+    monkeypatch.setattr(_backend, "CYTHON_DENSE_EPOCH_MAX_D", -1)
 
     def run(mode, fn):
         old = _jit.set_mode(mode)

@@ -147,6 +147,39 @@ DENSE_ROWS = 48  # rows per block: the Numba epoch's DENSE_LANE_ROWS
 
 _SIZE = {"float": 4, "double": 8}
 
+# Scores with vectors across the outputs (small k): W held d x KP (k padded to
+# a whole number of vectors), per feature one vector multiply-add per row and
+# vector of outputs, no horizontal sums.  Up to ACROSS_KMAX outputs and
+# ACROSS_NV vectors a row; rows per register tile by the number of vectors
+# (accumulators + W's vectors + the broadcast within the 16 vector registers).
+ACROSS_KMAX = 16
+# below these k the dot-product tiles (6 rows x 2 outputs) were as fast or
+# faster (docs/epochs.md, "Ninth round"): a vector of 4 float32 holding 2 or 3
+# outputs wastes half of it
+ACROSS_KMIN = {"float": 4, "double": 3}
+ACROSS_NV = 4
+ACROSS_ROWS = {1: 8, 2: 6, 3: 4, 4: 3}
+
+
+def _across_table(ct, vbytes):
+    """k -> (vector bytes, vectors a row) for the across-outputs scores at a
+    level whose widest vector is vbytes: the narrowest vector that holds all
+    k outputs, else the widest in as few vectors as ACROSS_NV allows; k
+    without an entry keep the dot-product tiles."""
+    widths = [vb for vb in (16, 32, 64) if vb <= vbytes]
+    table = {}
+    for k in range(ACROSS_KMIN[ct], ACROSS_KMAX + 1):
+        for vb in widths:
+            if vb // _SIZE[ct] >= k:
+                table[k] = (vb, 1)
+                break
+        else:
+            ve = vbytes // _SIZE[ct]
+            nv = -(-k // ve)
+            if nv <= ACROSS_NV:
+                table[k] = (vbytes, nv)
+    return table
+
 
 def _hsum_steps(ct, n_elems):
     """A tree sum of a vector of n_elems: halves added down to one element;
@@ -201,7 +234,9 @@ def _c_text(lanes):
         inv=[1.0 / math.factorial(i) for i in range(14)], f32_literal=_f32_literal,
         hsum_steps={(ct, vbytes): _hsum_steps(ct, vbytes // _SIZE[ct])
                     for _, ct in CTYPES for _, _, vbytes in SIMD_LEVELS},
-        lanes=lanes)
+        lanes=lanes, across_rows=ACROSS_ROWS,
+        across={(ct, vbytes): _across_table(ct, vbytes)
+                for _, ct in CTYPES for _, _, vbytes in SIMD_LEVELS})
     if '"""' in text or "\\" in text:
         raise TranslateError("the C block may not hold triple quotes or backslashes")
     return text[:-1]   # the block's closing quotes follow on the next line

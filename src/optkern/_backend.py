@@ -204,6 +204,33 @@ def require(backend, kind="updates", argname="backend"):
     return backend
 
 
+# The dense serial epoch of backend="auto" runs the Cython twin (not only
+# while Numba's is cold) where its C kernels -- the scores of small k with
+# vectors across the outputs -- measured faster than the Numba epoch:
+# d <= 64 features and up to 10 outputs in float32 (8 in float64), minibatches
+# of at most 4096 rows (asv_benchmarks/epoch_across.py, docs/epochs.md "Ninth
+# round": 0.59-0.96x the Numba epoch at d 32-64, k 2-10, batch 32-4096; at
+# d 256 and 784 with k 8-10 it was not faster).  The whole fit runs one kernel.
+CYTHON_DENSE_EPOCH_MAX_D = 64
+CYTHON_DENSE_EPOCH_MAX_K = {"float32": 10, "float64": 8}
+CYTHON_DENSE_EPOCH_MAX_BATCH = 4096
+
+
+def cython_dense_epoch_pays(d, k, batch_size, dtype):
+    """Whether backend="auto"'s serial dense epoch of a (d, k) model in
+    ``dtype`` at this minibatch size runs the Cython twin (measured faster
+    than the Numba epoch there); False when the twin runs the dot-product
+    score tiles (``_epochs.set_scores_across(False)``)."""
+    import numpy as np
+
+    max_k = CYTHON_DENSE_EPOCH_MAX_K.get(np.dtype(dtype).name)
+    if max_k is None or not (d <= CYTHON_DENSE_EPOCH_MAX_D and k <= max_k
+                             and batch_size <= CYTHON_DENSE_EPOCH_MAX_BATCH):
+        return False
+    mod = cython_module("epochs")
+    return mod is not None and bool(getattr(mod, "scores_across", lambda: False)())
+
+
 def choose_auto(n_elements, on_device=False, kind="updates", load=None, cores=None):
     """The backend "auto" resolves to for a call touching ``n_elements``.
 

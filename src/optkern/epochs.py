@@ -87,6 +87,7 @@ class _Runner:
         # Numba one is not compiled (optkern._jit), decided on the first epoch
         # and kept for the whole fit (one kernel per fit, one trajectory)
         self.twin = None
+        self.prefer_twin = layout == "dense" and ctx.backend == "numba"
         if self.fn is None:
             mod = epoch_drivers.module_for(loss_name, opt._spec.name, layout)
             self.fn = mod.epoch_parallel if parallel else mod.epoch_serial
@@ -128,7 +129,13 @@ class _Runner:
         a.w_mean = self.w_mean
         args = a.positional()
         if self.twin is not None:
-            if not _jit.ready(self.key + (o.seed is None, o.avgW is None), self.fn, args):
+            # the twin for the whole fit where it measured faster (serial dense
+            # epochs of small d and k: _backend.cython_dense_epoch_pays), else
+            # while the Numba epoch is not compiled
+            W = ctx.W
+            if (self.prefer_twin and _backend.cython_dense_epoch_pays(
+                    W.shape[0], W.shape[1], a.batch_size, W.dtype)) or \
+                    not _jit.ready(self.key + (o.seed is None, o.avgW is None), self.fn, args):
                 self.fn = self.twin
             self.twin = None
         result = self.fn(*args)
