@@ -73,18 +73,13 @@ if __package__:
     def _frontend():
         from .rulelang import frontend
         return frontend
-else:  # loaded by path (the Cython generators at build time)
+else:  # loaded by path (the Cython generators at build time): kernels/_files.py finds it
     import os as _os
-    import sys as _sys
+    import runpy as _runpy
 
-    _here = _os.path.dirname(_os.path.abspath(__file__))
-    _files = _sys.modules.get("_optkern_files")
-    if _files is None or not hasattr(_files, "load_package"):
-        import importlib.util as _ilu
-        _spec = _ilu.spec_from_file_location("_optkern_files", _os.path.join(_here, "_files.py"))
-        _files = _ilu.module_from_spec(_spec)
-        _spec.loader.exec_module(_files)
-    _rulelang = _files.load_package("_optkern_rulelang", _os.path.join(_here, "rulelang"))
+    _files = _runpy.run_path(_os.path.join(_os.path.dirname(_os.path.abspath(__file__)),
+                                           "_files.py"))
+    _rulelang = _files["rulelang"]()
     _prologue = _rulelang.prologue
 
     def _frontend():
