@@ -51,6 +51,9 @@ an incompatible change is listed in docs/embedding.md.
 """
 
 from .rules import RULES
+# before any compiled module of the package: Numba's cache of a hand-written
+# module is keyed on the kernels sources it imports too (_numba_cache.py)
+from . import _numba_cache  # noqa: F401
 from ._helpers import step_key as noise_key  # noqa: F401
 
 KERNEL_NAMES = tuple(RULES)

@@ -72,7 +72,7 @@ def _numba_text(name, target):
         mod = drivers.module_for(name)
         # the rule as it runs: its declared prologue shown in front of its body
         from .rulelang import source_text
-        pieces = [_source_of(spec.prepare), source_text(spec.rule)]
+        pieces = [source_text(spec.prepare), source_text(spec.rule)]
         wanted = _UPDATE_FUNCTIONS[target]
     out = []
     for path, line, text in pieces:

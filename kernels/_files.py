@@ -61,6 +61,15 @@ def load_package(name, directory):
     return mod
 
 
+def rulelang():
+    """The rule language's package (kernels/rulelang), for a module loaded by
+    path without the package (rules.py, rule_lanes.py and the Cython
+    generators at build time): imported once under ``_optkern_rulelang``,
+    or the copy already imported under any name (``load_package``)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return load_package("_optkern_rulelang", os.path.join(here, "rulelang"))
+
+
 def load_generated(cache, key, directory, filename, modname, make_text):
     """The generated module ``key`` of a driver: from ``cache`` (a dict), or
     written to ``directory/filename`` (only if its text changed, see

@@ -44,18 +44,13 @@ which vectorises), so the module needs that name too.
 
 if __package__:
     from .rulelang import lanes as _lanes
-else:  # loaded by path (the Cython generators at build time)
+else:  # loaded by path (the Cython generators at build time): kernels/_files.py finds it
     import os as _os
-    import sys as _sys
+    import runpy as _runpy
 
-    _here = _os.path.dirname(_os.path.abspath(__file__))
-    _files = _sys.modules.get("_optkern_files")
-    if _files is None or not hasattr(_files, "load_package"):
-        import importlib.util as _ilu
-        _spec = _ilu.spec_from_file_location("_optkern_files", _os.path.join(_here, "_files.py"))
-        _files = _ilu.module_from_spec(_spec)
-        _spec.loader.exec_module(_files)
-    _lanes = _files.load_package("_optkern_rulelang", _os.path.join(_here, "rulelang")).lanes
+    _files = _runpy.run_path(_os.path.join(_os.path.dirname(_os.path.abspath(__file__)),
+                                           "_files.py"))
+    _lanes = _files["rulelang"]().lanes
 
 NotLaneable = _lanes.NotLaneable
 _Translator = _lanes.LaneEmitter

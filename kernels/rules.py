@@ -46,7 +46,11 @@ front of the rule's body by the rule language's front end
 replaced by the function with its prologue (``rulelang.with_prologue``),
 which is what Python, Numba and the sparse closed forms call.  That function
 is built on the rule's first use (``RuleSpec.rule``, or the module attribute
-a generated driver imports), so ``import optkern`` parses no rule.
+a generated driver imports), so ``import optkern`` parses no rule.  The
+decoupled decay's factor (``1 - lr*weight_decay``, or 1) is computed on the
+host once, in front of ``prepare``, by the same declaration
+(``rulelang.prepare_with_prologue``; ``RuleSpec.prepare``): Adam's, NAdam's
+and RAdam's prepares return the other kernel hyperparameters only.
 
 This module imports nothing but ``math`` and the rule language's declaration
 of the prologue (rulelang/prologue.py, which imports nothing; the front end
@@ -69,18 +73,13 @@ if __package__:
     def _frontend():
         from .rulelang import frontend
         return frontend
-else:  # loaded by path (the Cython generators at build time)
+else:  # loaded by path (the Cython generators at build time): kernels/_files.py finds it
     import os as _os
-    import sys as _sys
+    import runpy as _runpy
 
-    _here = _os.path.dirname(_os.path.abspath(__file__))
-    _files = _sys.modules.get("_optkern_files")
-    if _files is None or not hasattr(_files, "load_package"):
-        import importlib.util as _ilu
-        _spec = _ilu.spec_from_file_location("_optkern_files", _os.path.join(_here, "_files.py"))
-        _files = _ilu.module_from_spec(_spec)
-        _spec.loader.exec_module(_files)
-    _rulelang = _files.load_package("_optkern_rulelang", _os.path.join(_here, "rulelang"))
+    _files = _runpy.run_path(_os.path.join(_os.path.dirname(_os.path.abspath(__file__)),
+                                           "_files.py"))
+    _rulelang = _files["rulelang"]()
     _prologue = _rulelang.prologue
 
     def _frontend():
@@ -108,6 +107,11 @@ class RuleSpec(_RuleSpecFields):
         """The rule as its author wrote it: the core update, no prologue."""
         return _written(tuple.__getitem__(self, 1))
 
+    @property
+    def written_prepare(self):
+        """The prepare as its author wrote it (``prepare`` is the one that runs)."""
+        return _written(self.prepare)
+
     def __reduce__(self):
         # pickled with the function that runs (the module holds it by name;
         # the function as written is not reachable by its name)
@@ -128,7 +132,10 @@ rule          the scalar update function, as written; reading ``spec.rule``
               gives the function that runs (the declared ``prologue`` in
               front, built on first use), ``spec.written`` the one given
 prepare       prepare(step, scalar_state_tuple, *user_hyper) ->
-                  (kernel_hyper_tuple, new_scalar_state_tuple)
+                  (kernel_hyper_tuple, new_scalar_state_tuple); as written it
+              leaves out the kernel hyperparameters the declared prologue
+              computes (``decay_factor``), and ``register`` puts the function
+              that runs (with them) here, ``spec.written_prepare`` the one given
 states        per-element state names; 'name?flag' is optional, allocated
               only when the user option 'flag' is non-zero
 kernel_hyper  names of the kernel hyperparameters the rule takes after its states
@@ -154,7 +161,9 @@ zero_grad_identity  f(user_hyper dict) -> whether a zero gradient changes
 prologue      the statements put in front of the rule's body, by name, in the
               order they run (``rulelang.prologue.PROLOGUE``): "maximize"
               (``if maximize: g = -g``), "decoupled_weight_decay"
-              (``p = p * decay_factor``), "weight_decay"
+              (``p = p * decay_factor``, the factor ``1 - lr*weight_decay``
+              -- or 1, the coupled weight_decay 0 when ``decoupled`` -- put in
+              front of ``prepare`` by the front end), "weight_decay"
               (``g = g + weight_decay * p``); each needs the kernel
               hyperparameter it reads, and the NumPy reference applies the
               same items from the user hyperparameters (reference.prologue_for)
@@ -288,7 +297,7 @@ def _check_signatures(spec, where):
     if tuple(args[2 + n_states:-1]) != tuple(spec.kernel_hyper):
         raise ValueError(f"{where}: the rule's hyperparameters {args[2 + n_states:-1]} are "
                          f"not the entry's kernel_hyper {spec.kernel_hyper}")
-    pargs = _arguments(spec.prepare)
+    pargs = _arguments(spec.written_prepare)
     if tuple(pargs[2:]) != tuple(spec.user_hyper) or len(pargs) != len(spec.user_hyper) + 2:
         raise ValueError(f"{where}: prepare takes {pargs}; expected (step, scalars, "
                          f"{', '.join(spec.user_hyper)})")
@@ -298,12 +307,17 @@ def _check_signatures(spec, where):
         default = 0.01 if o.default is REQUIRED else o.default
         values = tuple(default) if o.kind == "unit_pair" else (default,) * len(o.into)
         user.update(zip(o.into, (float(v) for v in values)))
-    hyper, scalars = spec.prepare(1, tuple(v for _, v in spec.scalar_states),
-                                  *(user[n] for n in spec.user_hyper))
-    if len(hyper) != len(spec.kernel_hyper) or len(scalars) != len(spec.scalar_states):
+    # (the prepare as written: the kernel hyperparameters its declared
+    # prologue computes are put in by the front end, on first use)
+    hyper, scalars = spec.written_prepare(1, tuple(v for _, v in spec.scalar_states),
+                                          *(user[n] for n in spec.user_hyper))
+    provided = _prologue.prepare_provides(spec.prologue)
+    if (len(hyper) + len(provided) != len(spec.kernel_hyper)
+            or len(scalars) != len(spec.scalar_states)):
+        but = f" but {', '.join(provided)} (its prologue computes them)" if provided else ""
         raise ValueError(f"{where}: prepare returned {len(hyper)} kernel hyperparameters and "
                          f"{len(scalars)} scalar states; the entry declares "
-                         f"{len(spec.kernel_hyper)} and {len(spec.scalar_states)}")
+                         f"{len(spec.kernel_hyper)}{but} and {len(spec.scalar_states)}")
 
 
 RULES = {}
@@ -319,12 +333,61 @@ RULES = {}
 _RUNNING = {}
 _PENDING = {}
 _LOADING = True
+# The prepares likewise, but a registered entry holds its prepare as it runs
+# from the start (a compiled step reads ``spec.prepare`` every step: a
+# property would cost it ~0.2 us): for a prepare the prologue adds to, that is
+# a function made at ``register`` whose code, until first use, builds the
+# real one and takes its code (``_lazy_prepare``).  _PREPARE_KEYS maps a
+# registered prepare as written to what its running function is built from,
+# _PREPARED to that function; _PENDING_PREPARES holds, by name, the prepares
+# of this module not built yet.
+_PREPARE_KEYS = {}
+_PREPARED = {}
+_PENDING_PREPARES = {}
 
 
 def _written(fn):
     """The function as its author wrote it (``fn`` or, for a function that
     runs with a prologue, the one it wraps)."""
-    return fn.__wrapped__ if hasattr(fn, "__rule_prologue__") else fn
+    if hasattr(fn, "__rule_prologue__") or hasattr(fn, "__prepare_prologue__"):
+        return fn.__wrapped__
+    return fn
+
+
+def _lazy_prepare(written, key):
+    """The prepare that runs for ``written`` under ``key`` (its prologue's
+    prepare items, kernel_hyper), to be built on first use: a function of
+    the same name, globals, file and line whose first call (or
+    ``_build_prepare``) builds the real one (``rulelang.prepare_with_prologue``)
+    and takes its code, so it *is* the running prepare from then on and
+    nothing is parsed at import.  It carries ``__wrapped__`` and
+    ``__prepare_prologue__`` from the start (what the C emitter reads)."""
+    import types
+    args = ", ".join(_arguments(written))
+    name = written.__name__
+    code = compile(f"def {name}({args}):\n    return _build_prepare({name!r})({args})\n",
+                   written.__code__.co_filename, "exec")
+    code = next(c for c in code.co_consts if isinstance(c, types.CodeType))
+    code = code.replace(co_firstlineno=written.__code__.co_firstlineno)
+    lazy = types.FunctionType(code, written.__globals__, name)
+    lazy.__module__, lazy.__qualname__ = written.__module__, written.__qualname__
+    lazy.__doc__, lazy.__wrapped__, lazy.__prepare_prologue__ = written.__doc__, written, key
+    return lazy
+
+
+def _build_prepare(name):
+    """Build the pending prepare ``name`` (``_lazy_prepare``): its function
+    takes the built code and this module holds it under its name."""
+    lazy = _PREPARED[_PENDING_PREPARES[name]] if name in _PENDING_PREPARES else globals()[name]
+    written = lazy.__wrapped__
+    if getattr(lazy, "__built__", False):
+        return lazy
+    full = _frontend().prepare_with_prologue(written, *lazy.__prepare_prologue__)
+    lazy.__code__ = full.__code__
+    lazy.__built__ = True
+    globals()[name] = lazy              # before it leaves the pending ones: always reachable
+    _PENDING_PREPARES.pop(name, None)
+    return lazy
 
 
 def _running(fn, prologue):
@@ -346,6 +409,8 @@ def _running(fn, prologue):
 def __getattr__(name):
     if name in _PENDING:
         return _running(*_PENDING[name])
+    if name in _PENDING_PREPARES:
+        return _build_prepare(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -381,16 +446,37 @@ def register(spec):
             raise ValueError(f"rule {spec.name!r}: its function {written.__name__!r} is rule "
                              f"{other.name!r}'s, which declares the prologue {other.prologue}, "
                              f"not {prologue}; one function runs under one name")
-    here = globals().get(spec.prepare.__name__)
-    if here is not None and here is not spec.prepare:
+    prepare = _written(spec.prepare)
+    prepare_key = (_prologue.prepare_items(prologue), tuple(spec.kernel_hyper))
+    if _PREPARE_KEYS.get(prepare, prepare_key) != prepare_key:
+        raise ValueError(f"rule {spec.name!r}: its prepare {prepare.__name__!r} is another "
+                         "rule's, under another prologue or kernel_hyper; one function runs "
+                         "under one name")
+    here = globals().get(prepare.__name__, _PREPARED.get(_PENDING_PREPARES.get(
+        prepare.__name__)))
+    if here is not None and _written(here) is not prepare:
         raise ValueError(f"rule {spec.name!r}: another function named "
-                         f"{spec.prepare.__name__!r} is already in optkern.kernels.rules; "
+                         f"{prepare.__name__!r} is already in optkern.kernels.rules; "
                          "rename it")
+    running = _PREPARED.get(prepare)
+    if running is None:
+        if not prepare_key[0]:
+            running = prepare
+        elif _LOADING:
+            running = _lazy_prepare(prepare, prepare_key)
+        else:   # built now: its errors surface here, before any change
+            running = _frontend().prepare_with_prologue(prepare, *prepare_key)
+    spec = spec._replace(prepare=running)
     if _LOADING and prologue:
         _PENDING[written.__name__] = (written, prologue)
     else:
         globals()[written.__name__] = _running(written, prologue)
-    globals()[spec.prepare.__name__] = spec.prepare
+    _PREPARE_KEYS[prepare] = prepare_key
+    _PREPARED[prepare] = running
+    if running.__code__ is not prepare.__code__ and _LOADING:
+        _PENDING_PREPARES[prepare.__name__] = prepare
+    else:
+        globals()[prepare.__name__] = running
     RULES[spec.name] = spec
     return spec
 
@@ -404,9 +490,14 @@ def unregister(name):
         _PENDING.pop(written.__name__, None)
         globals().pop(written.__name__, None)
     _RUNNING.pop((written, spec.prologue), None)
-    if globals().get(spec.prepare.__name__) is spec.prepare and not any(
-            s.prepare is spec.prepare for s in RULES.values()):
-        del globals()[spec.prepare.__name__]
+    prepare = spec.written_prepare
+    if not any(s.written_prepare is prepare for s in RULES.values()):
+        running = _PREPARED.pop(prepare, prepare)
+        _PREPARE_KEYS.pop(prepare, None)
+        if _PENDING_PREPARES.get(prepare.__name__) is prepare:
+            del _PENDING_PREPARES[prepare.__name__]
+        if globals().get(prepare.__name__) in (prepare, running):
+            del globals()[prepare.__name__]
     return spec
 
 
@@ -657,14 +748,9 @@ def adam_prepare(step, scalars, lr, beta1, beta2, eps, weight_decay, amsgrad,
     else:
         bc1 = 1.0
         bc2 = 1.0
-    if decoupled:
-        decay_factor = 1.0 - lr * weight_decay
-        coupled_wd = 0.0
-    else:
-        decay_factor = 1.0
-        coupled_wd = weight_decay
-    return ((lr / bc1, beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps, coupled_wd,
-             decay_factor, math.sqrt(bc2), amsgrad, maximize), scalars)
+    # (decay_factor, and weight_decay 0 when decoupled: the declared prologue)
+    return ((lr / bc1, beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps, weight_decay,
+             math.sqrt(bc2), amsgrad, maximize), scalars)
 
 
 _ADAM_KERNEL_HYPER = ("step_size", "beta1", "beta2", "one_minus_beta1",
@@ -753,16 +839,10 @@ def nadam_prepare(step, scalars, lr, beta1, beta2, eps, weight_decay,
     mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
     mu_product = scalars[0] * mu
     bc2 = 1.0 - beta2 ** step
-    if decoupled:
-        decay_factor = 1.0 - lr * weight_decay
-        coupled_wd = 0.0
-    else:
-        decay_factor = 1.0
-        coupled_wd = weight_decay
     grad_coef = lr * (1.0 - mu) / (1.0 - mu_product)
     avg_coef = lr * mu_next / (1.0 - mu_product * mu_next)
     return ((grad_coef, avg_coef, beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps,
-             coupled_wd, decay_factor, bc2, maximize), (mu_product,))
+             weight_decay, bc2, maximize), (mu_product,))
 
 
 register(RuleSpec(
@@ -817,14 +897,8 @@ def radam_prepare(step, scalars, lr, beta1, beta2, eps, weight_decay,
     else:
         rect = 1.0
         adaptive = 0.0
-    if decoupled:
-        decay_factor = 1.0 - lr * weight_decay
-        coupled_wd = 0.0
-    else:
-        decay_factor = 1.0
-        coupled_wd = weight_decay
-    return ((lr * rect / bc1, beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps, coupled_wd,
-             decay_factor, adaptive, math.sqrt(bc2), maximize), scalars)
+    return ((lr * rect / bc1, beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps, weight_decay,
+             adaptive, math.sqrt(bc2), maximize), scalars)
 
 
 register(RuleSpec(
@@ -911,7 +985,7 @@ def _end_of_loading():
     ``__getattr__`` (their function that runs is built on first use), and a
     rule registered at run time is built at once."""
     global _LOADING
-    for name in _PENDING:
+    for name in list(_PENDING) + list(_PENDING_PREPARES):
         del globals()[name]
     _LOADING = False
 

@@ -10,12 +10,14 @@ The momentum buffer is optional state, so with the default momentum=0 the
 optimizer holds no state at all; ``sign`` is written with comparisons.
 """
 
+import ast
 import inspect
 import subprocess
 import sys
 import pickle
 import warnings
 
+import numba
 import numpy as np
 from numpy import sign
 import pytest
@@ -357,11 +359,21 @@ def plain_gd_rule(p, g, lr, weight_decay, decay_factor, maximize, z):
 
 
 def plain_gd_prepare(step, scalars, lr, weight_decay, maximize, decoupled):
+    # decay_factor (and weight_decay 0 when decoupled) come from the prologue
+    return (lr, weight_decay, maximize), scalars
+
+
+def plain_gd_prepare_by_hand(step, scalars, lr, weight_decay, maximize, decoupled):
     if decoupled:
-        coupled, factor = 0.0, 1.0 - lr * weight_decay
+        coupled, decay_factor = 0.0, 1.0 - lr * weight_decay
     else:
-        coupled, factor = weight_decay, 1.0
-    return (lr, coupled, factor, maximize), scalars
+        coupled, decay_factor = weight_decay, 1.0
+    return (lr, coupled, decay_factor, maximize), scalars
+
+
+def plain_gd_prepare_decays_twice(step, scalars, lr, weight_decay, maximize, decoupled):
+    decay_factor = 1.0 - lr * weight_decay
+    return (lr, weight_decay * decay_factor, maximize), scalars
 
 
 def plain_gd_flips_twice(p, g, lr, weight_decay, decay_factor, maximize, z):
@@ -414,6 +426,29 @@ def test_the_declared_prologue_is_in_the_rule_that_runs(prologued):
     assert shown.index("g = -g  # prologue") < shown.index("return (p - lr * g,)")
 
 
+def test_the_declared_prologue_is_in_the_prepare_that_runs(prologued):
+    """AdamW's decay factor is written once (rulelang.prologue.PROLOGUE): the
+    prepare as written returns the other kernel hyperparameters, and the one
+    that runs -- in Python, Numba and the C twin -- computes the factor and
+    zeroes the coupled weight decay when ``decoupled``."""
+    spec = rules.RULES["plaingd"]
+    fn = spec.prepare
+    assert rules.plain_gd_prepare is fn and fn.__wrapped__ is plain_gd_prepare
+    assert spec.written_prepare is plain_gd_prepare
+    for decoupled in (0.0, 1.0):
+        user = (0.3, 0.25, 1.0, decoupled)
+        assert fn(2, (), *user) == plain_gd_prepare_by_hand(2, (), *user)
+    assert fn(2, (), 0.3, 0.25, 0.0, 1.0) == ((0.3, 0.0, 1.0 - 0.3 * 0.25, 0.0), ())
+    jitted = numba.njit(fn)
+    for decoupled in (0.0, 1.0):
+        assert jitted(2, (), 0.3, 0.25, 1.0, decoupled) == fn(2, (), 0.3, 0.25, 1.0, decoupled)
+    c_text = rulelang.c.HostEmitter(fn, True, vars(rules))
+    body = "\n".join(c_text.stmts(c_text.fdef.body, 4, lambda t, st: [ast.unparse(st)]))
+    assert body.index("v_decay_factor = (1.0 - (v_lr * v_weight_decay))") \
+        < body.index("return ((lr, weight_decay, decay_factor, maximize), scalars)")
+    assert "decay_factor = 1.0 - lr * weight_decay" in rulelang.source_text(fn)[2]
+
+
 @pytest.mark.parametrize("backend", RUN_TIME_BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @given(n=st.integers(1, 200), lr=st.floats(1e-3, 0.5), weight_decay=st.floats(0.0, 2.0),
@@ -459,12 +494,25 @@ def test_a_declared_prologue_runs_on_every_backend(prologued, backend, dtype, n,
     (dict(prologue=("decoupled_weight_decay",), user_hyper=("lr", "weight_decay", "maximize"),
           options=PROLOGUED.options[:3]),
      "prologue 'decoupled_weight_decay' needs the user hyperparameters \\['decoupled'\\]"),
+    (dict(prepare=plain_gd_prepare_decays_twice),
+     "line \\d+: the prepare uses 'decay_factor', which its declared prologue "
+     "'decoupled_weight_decay' computes"),
 ])
 def test_register_checks_the_declared_prologue(change, message):
     bad = PROLOGUED._replace(name="plaingd_bad", **change)
     with pytest.raises(rulelang.RuleError, match=message):
         rules.register(bad)
     assert "plaingd_bad" not in rules.RULES
+
+
+def test_a_prepare_leaves_the_decay_factor_to_the_prologue():
+    bad = PROLOGUED._replace(name="plaingd_bad", prepare=plain_gd_prepare_by_hand)
+    with pytest.raises(ValueError, match="prepare returned 4 kernel hyperparameters and 0 "
+                       "scalar states; the entry declares 4 but decay_factor \\(its "
+                       "prologue computes them\\) and 0"):
+        rules.register(bad)
+    assert "plaingd_bad" not in rules.RULES
+    assert not hasattr(rules, "plain_gd_prepare_by_hand")
 
 
 # ----------------------- the rules as they run are built on first use, not at import

@@ -50,6 +50,12 @@ The prologue of an update rule
     "decoupled_weight_decay", "weight_decay", in that order); ``Rule`` puts
     their statements (``prologue.PROLOGUE``) in front of the rule's body, so
     every emitter translates them and the rule holds only its core update.
+    An item may also compute its kernel hyperparameter on the host
+    (``PROLOGUE[item].prepare``: AdamW's decay factor, and the coupled
+    weight decay 0 when decoupled): ``prepare_with_prologue`` puts those
+    statements in front of the rule's ``prepare`` and the value in its place
+    of ``kernel_hyper`` in the prepare's return, for Python, Numba and the C
+    twin alike.
     ``with_prologue`` compiles the same tree into the Python function that
     runs in place of the rule (what Numba and Python call; ``rules`` builds
     it on a rule's first use); ``check_prologue`` is ``register``'s check of
@@ -74,8 +80,8 @@ by file path at build time.
 """
 
 __all__ = ["FUNCTIONS", "PROLOGUE", "Rule", "RuleError", "c", "check", "check_prologue",
-           "cython", "function_of", "is_index", "lanes", "parse", "source_text",
-           "with_prologue"]
+           "cython", "function_of", "is_index", "lanes", "parse", "prepare_with_prologue",
+           "source_text", "with_prologue", "written_of"]
 
 # where each name lives; a module is imported when one of its names is first
 # used: kernels/rules.py imports this package for the prologue's declaration
@@ -84,7 +90,8 @@ __all__ = ["FUNCTIONS", "PROLOGUE", "Rule", "RuleError", "c", "check", "check_pr
 _HOME = {"FUNCTIONS": "tables", "PROLOGUE": "prologue", "check_prologue": "prologue",
          "RuleError": "errors", "Rule": "frontend", "check": "frontend",
          "function_of": "frontend", "is_index": "frontend", "parse": "frontend",
-         "source_text": "frontend", "with_prologue": "frontend"}
+         "source_text": "frontend", "with_prologue": "frontend",
+         "prepare_with_prologue": "frontend", "written_of": "frontend"}
 _MODULES = ("c", "cython", "lanes", "frontend", "tables", "prologue", "errors")
 
 

@@ -9,7 +9,7 @@ import textwrap
 import types
 
 from .errors import RuleError
-from .prologue import PROLOGUE
+from .prologue import PROLOGUE, prepare_items
 from .tables import BINOPS, CMPOPS, FUNCTIONS, HOST_FUNCTIONS, MATH_CONSTANTS
 
 
@@ -53,7 +53,7 @@ def sign_expansion(arg):
 def prologue_statements(items, p="p", g="g"):
     """The ``ast`` statements of the declared prologue ``items``, with ``p``
     and ``g`` the rule's parameter and gradient names."""
-    out = ast.parse("\n".join(PROLOGUE[item][2] for item in items)).body
+    out = ast.parse("\n".join(PROLOGUE[item].statements for item in items)).body
     for node in ast.walk(ast.Module(body=out, type_ignores=[])):
         if isinstance(node, ast.Name) and node.id in ("p", "g"):
             node.id = p if node.id == "p" else g
@@ -69,14 +69,16 @@ class Rule:
     author's function in ``__wrapped__``).  Every emitter reads this node, so
     none of them sees the rule without its prologue."""
 
-    def __init__(self, fn, label=None, prologue=None):
+    def __init__(self, fn, label=None, prologue=None, prepare_prologue=None):
         self.fn = fn
         self.name = fn.__name__
         self.label = label or fn.__name__
         if prologue is None:
             prologue = getattr(fn, "__rule_prologue__", ())
         self.prologue = tuple(prologue)
-        self.written = getattr(fn, "__wrapped__", fn) if hasattr(fn, "__rule_prologue__") else fn
+        if prepare_prologue is None:
+            prepare_prologue = getattr(fn, "__prepare_prologue__", None)
+        self.written = written_of(fn)
         tree = ast.parse(textwrap.dedent(inspect.getsource(self.written)))
         self.fdef = tree.body[0]
         try:
@@ -93,7 +95,7 @@ class Rule:
             if len(self.params) < 2:
                 raise RuleError(f"{self.where}: a rule with a prologue takes (p, g, ...)")
             # the body as written must not apply the prologue a second time
-            applied = {PROLOGUE[item][0]: item for item in self.prologue}
+            applied = {PROLOGUE[item].kernel: item for item in self.prologue}
             for node in ast.walk(self.fdef):
                 if isinstance(node, ast.Name) and node.id in applied:
                     raise RuleError(
@@ -103,9 +105,47 @@ class Rule:
             at = _docstring_end(self.fdef)
             self.fdef.body[at:at] = _located(
                 prologue_statements(self.prologue, *self.params[:2]), self.fdef)
+        if prepare_prologue is not None and prepare_items(prepare_prologue[0]):
+            self._put_prepare_prologue(*prepare_prologue)
         stores = [n.id for n in ast.walk(self.fdef)
                   if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)]
         self.locals = [n for n in dict.fromkeys(stores) if n not in self.params]
+
+    def _put_prepare_prologue(self, items, kernel_hyper):
+        """The prepare's part of the declared prologue ``items`` (``Item.prepare``)
+        in front of its body, and the kernel hyperparameter each computes put in
+        its place (``kernel_hyper``) in every ``return ((hyper...), scalars)``:
+        the prepare as written returns the others, in order."""
+        items = prepare_items(items)
+        provided = {PROLOGUE[item].kernel: item for item in items}
+        for node in ast.walk(self.fdef):
+            if isinstance(node, ast.Name) and node.id in provided:
+                raise RuleError(
+                    f"{self.where}, line {self.line(node)}: the prepare uses "
+                    f"{node.id!r}, which its declared prologue {provided[node.id]!r} "
+                    "computes; return the other kernel hyperparameters only")
+        missing = [k for k in provided if k not in kernel_hyper]
+        if missing:
+            raise RuleError(f"{self.where}: the prologue computes {missing}, which "
+                            f"kernel_hyper {tuple(kernel_hyper)} lacks")
+        places = sorted(list(kernel_hyper).index(k) for k in provided)
+        want = len(kernel_hyper) - len(places)
+        for node in ast.walk(self.fdef):
+            if not isinstance(node, ast.Return):
+                continue
+            v = node.value
+            if not (isinstance(v, ast.Tuple) and len(v.elts) == 2
+                    and isinstance(v.elts[0], ast.Tuple) and len(v.elts[0].elts) == want):
+                raise RuleError(
+                    f"{self.where}, line {self.line(node)}: a prepare with the prologue "
+                    f"{items} returns ((the {want} kernel hyperparameters but "
+                    f"{', '.join(provided)}), scalars)")
+            for at in places:
+                name = ast.copy_location(ast.Name(kernel_hyper[at], ast.Load()), node)
+                v.elts[0].elts.insert(at, name)
+        at = _docstring_end(self.fdef)
+        self.fdef.body[at:at] = _located(
+            ast.parse("\n".join(PROLOGUE[item].prepare for item in items)).body, self.fdef)
 
     def line(self, node):
         return self.fn.__code__.co_firstlineno + getattr(node, "lineno", 1) - 1
@@ -131,19 +171,18 @@ def _located(statements, fdef):
     return statements
 
 
-def with_prologue(fn, prologue):
-    """``fn`` with the declared ``prologue`` in front of its body, as a Python
-    function of the same name, module and globals (what Numba compiles and
-    Python calls): compiled from ``Rule``'s tree, so it runs the same
-    statements every emitter translates.  Its code keeps ``fn``'s file and
-    line numbers (tracebacks point at the rule as written); it carries
-    ``__wrapped__`` (``fn``) and ``__rule_prologue__``.  An empty prologue
-    returns ``fn`` itself; a function already made here is unwrapped first."""
-    fn = getattr(fn, "__wrapped__", fn) if hasattr(fn, "__rule_prologue__") else fn
-    prologue = tuple(prologue)
-    if not prologue:
-        return fn
-    rule = Rule(fn, prologue=prologue)
+def written_of(fn):
+    """The function its author wrote: ``fn``, or the one a function made by
+    ``with_prologue``/``prepare_with_prologue`` wraps."""
+    if hasattr(fn, "__rule_prologue__") or hasattr(fn, "__prepare_prologue__"):
+        return fn.__wrapped__
+    return fn
+
+
+def _compiled(rule, fn):
+    """``rule``'s tree compiled into a function of ``fn``'s name, module,
+    globals, file and line numbers (tracebacks point at the text as written),
+    carrying ``__wrapped__`` (``fn``)."""
     module = compile(ast.Module(body=[rule.fdef], type_ignores=[]), fn.__code__.co_filename,
                      "exec")
     code = next(c for c in module.co_consts if isinstance(c, types.CodeType))
@@ -155,6 +194,39 @@ def with_prologue(fn, prologue):
     full.__qualname__ = fn.__qualname__
     full.__doc__ = fn.__doc__
     full.__wrapped__ = fn
+    return full
+
+
+def prepare_with_prologue(fn, prologue, kernel_hyper):
+    """The rule's ``prepare`` ``fn`` with its part of the declared ``prologue``
+    (``PROLOGUE[item].prepare``: AdamW's decay factor) in front of its body and
+    the kernel hyperparameters that part computes put in their places of
+    ``kernel_hyper`` in its return: the function Python and Numba run and the C
+    emitter translates (``Rule`` reads ``__prepare_prologue__``).  Without such
+    an item, ``fn`` itself."""
+    fn = written_of(fn)
+    items = prepare_items(prologue)
+    if not items:
+        return fn
+    key = (items, tuple(kernel_hyper))
+    full = _compiled(Rule(fn, prepare_prologue=key), fn)
+    full.__prepare_prologue__ = key
+    return full
+
+
+def with_prologue(fn, prologue):
+    """``fn`` with the declared ``prologue`` in front of its body, as a Python
+    function of the same name, module and globals (what Numba compiles and
+    Python calls): compiled from ``Rule``'s tree, so it runs the same
+    statements every emitter translates.  Its code keeps ``fn``'s file and
+    line numbers (tracebacks point at the rule as written); it carries
+    ``__wrapped__`` (``fn``) and ``__rule_prologue__``.  An empty prologue
+    returns ``fn`` itself; a function already made here is unwrapped first."""
+    fn = written_of(fn)
+    prologue = tuple(prologue)
+    if not prologue:
+        return fn
+    full = _compiled(Rule(fn, prologue=prologue), fn)
     full.__rule_prologue__ = prologue
     return full
 
@@ -162,13 +234,17 @@ def with_prologue(fn, prologue):
 def source_text(fn):
     """(file, first line, text) of rule ``fn`` as it runs: the author's source
     with the declared prologue's lines put in front of the body, each marked
-    ``# prologue``.  For ``python -m optkern.kernels show``."""
+    ``# prologue``; a ``prepare`` with its part of the prologue
+    (``prepare_with_prologue``), the tree it runs, unparsed.  For
+    ``python -m optkern.kernels show``."""
     rule = Rule(fn)
     written = rule.written
     path = inspect.getsourcefile(written)
     lines, first = inspect.getsourcelines(written)
     text = "".join(lines)
-    if rule.prologue:
+    if getattr(fn, "__prepare_prologue__", None):
+        text = "# with its declared prologue (comments dropped)\n" + ast.unparse(rule.fdef) + "\n"
+    elif rule.prologue:
         written_def = ast.parse(textwrap.dedent(text)).body[0]
         body = written_def.body[_docstring_end(written_def):]
         if not body or body[0].lineno == 1:     # a one-line def: no line to insert before
