@@ -105,23 +105,28 @@ def slot_table(n_features, cap, dtype):
 
 
 # Above this size the lazy penalty's 1/pi_f goes to the epoch per nonzero.
-PER_NONZERO_MIN_BYTES = 1 << 20
+PER_NONZERO_MIN_BYTES = 4 << 20
 
 
 def per_nonzero_scales(inv_f, indices):
     """The lazy penalty's 1/pi_f as the epoch reads it: per feature while
-    that array is small (at most PER_NONZERO_MIN_BYTES, about half a core's
-    L2 here, where it stays), else per nonzero (``inv_f[indices]``, as long
-    as X's data: the epoch reads it in order with each row instead of one
-    random cache line per touched feature; at 2^22 features the lazy epoch
-    took 1.2x less time, docs/sparse.md "Tenth round").  The epoch tells the
-    two apart by length: per nonzero is never n_features long."""
+    that array is at most PER_NONZERO_MIN_BYTES (2^20 float32 features),
+    else per nonzero (``inv_f[indices]``, as long as X's data: the epoch
+    reads it in order with each row instead of one random cache line per
+    touched feature; at 2^22 features the lazy epoch took 1.2x less time,
+    docs/sparse.md "Tenth round").  Not lower: the copy is a fresh array of
+    X's length, made once per fit, and on this project's machine a fresh
+    69 MB array (2^18 float64 features, 192,000 rows) cost up to 0.5 s of
+    page faults in the fit's first epoch, more than the epochs gain at that
+    width.  The epoch tells the two apart by length: per nonzero is never
+    n_features long."""
     if inv_f.nbytes <= PER_NONZERO_MIN_BYTES or indices.shape[0] == inv_f.shape[0]:
         return inv_f
     out = np.empty(indices.shape[0], inv_f.dtype)
-    # in chunks: np.take converts its indices to intp, which for all of X's
-    # int32 indices at once was twice the result's size again
-    step = 1 << 20
+    # in small chunks: np.take converts its indices to intp, which for all
+    # of X's int32 indices at once was twice the result's size again (and a
+    # large temporary faults its pages in anew each time)
+    step = 1 << 16
     for a in range(0, indices.shape[0], step):
         np.take(inv_f, indices[a:a + step], out=out[a:a + step])
     return out
