@@ -11,6 +11,7 @@ optimizer holds no state at all; ``sign`` is written with comparisons.
 """
 
 import ast
+import contextlib
 import inspect
 import subprocess
 import sys
@@ -71,15 +72,22 @@ def signsgd_reference(p, g, state, step, *, lr, momentum):
     p -= lr * np.sign(g)
 
 
+@contextlib.contextmanager
+def registered(spec, reference_update):
+    """``spec`` and its NumPy reference registered for the block, then removed."""
+    rules.register(spec)
+    reference.register(spec.name, reference_update)
+    try:
+        yield
+    finally:
+        rules.unregister(spec.name)
+        reference.UPDATES.pop(spec.name)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def signsgd():
-    rules.register(SPEC)
-    reference.register("signsgd", signsgd_reference)
-    try:
+    with registered(SPEC, signsgd_reference):
         yield SPEC
-    finally:
-        rules.unregister("signsgd")
-        reference.UPDATES.pop("signsgd")
 
 
 RUN_TIME_BACKENDS = ["numba", "numba-parallel", "cuda", "auto"]
@@ -305,13 +313,8 @@ STATELESS = rules.RuleSpec(
 
 @pytest.fixture(scope="module")
 def stateless():
-    rules.register(STATELESS)
-    reference.register("signdescent", sign_descent_reference)
-    try:
+    with registered(STATELESS, sign_descent_reference):
         yield optimizers.optimizer_class("SignDescent")
-    finally:
-        rules.unregister("signdescent")
-        reference.UPDATES.pop("signdescent")
 
 
 @pytest.mark.parametrize("backend", RUN_TIME_BACKENDS)
@@ -399,13 +402,8 @@ PROLOGUED = rules.RuleSpec(
 
 @pytest.fixture(scope="module")
 def prologued():
-    rules.register(PROLOGUED)
-    reference.register("plaingd", plain_gd_reference)
-    try:
+    with registered(PROLOGUED, plain_gd_reference):
         yield optimizers.optimizer_class("PlainGD")
-    finally:
-        rules.unregister("plaingd")
-        reference.UPDATES.pop("plaingd")
 
 
 def test_the_declared_prologue_is_in_the_rule_that_runs(prologued):
