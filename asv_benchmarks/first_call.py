@@ -95,7 +95,8 @@ def default_call(repeat=30):
 
 # issue 13 item 3: what a user writes, with NumPy/SciPy (softmax, mean loss);
 # shared with ``optkern bench --rows lean``
-from optkern.bench import LEAN_CASES, lean_log, lean_problem, lean_softmax  # noqa: E402
+from optkern.bench import (LEAN_CASES, lean_log, lean_problem, lean_softmax,  # noqa: E402
+                           settled_blocks)
 
 
 STEP_CHECK_SIZES = (1_000, 10_000_000)
@@ -154,15 +155,11 @@ def lean_ratio(n, d, k, density, loss, repeat=15):
     ref, got = calls["lean"](), calls["optkern"]()
     np.testing.assert_allclose(got[0], ref[0], rtol=2e-3)     # the same objective
     _jit.wait(900)
-    for f in calls.values():
-        f()
-    times = {name: [] for name in calls}
-    for _ in range(repeat):
-        for name, f in calls.items():
-            t0 = time.perf_counter()
-            f()
-            times[name].append(time.perf_counter() - t0)
-    return statistics.median(times["optkern"]), statistics.median(times["lean"])
+    # alternating blocks, each after 0.1 s of untimed calls: call by call,
+    # OpenBLAS's workers still spin after a lean call and take the second core
+    # from optkern's parallel kernel (optkern.bench.settled_blocks)
+    optk, lean_t = settled_blocks([calls["optkern"], calls["lean"]], 0.05 * repeat, repeat)
+    return statistics.median(optk), statistics.median(lean_t)
 
 
 def lean_table(repeat=15):

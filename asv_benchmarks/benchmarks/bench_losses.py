@@ -42,6 +42,7 @@ import scipy.sparse as sp
 
 import optkern
 from optkern import _backend
+from optkern.bench import settled_blocks
 
 try:
     from . import probes
@@ -98,37 +99,10 @@ BLOCK = 0.0 if SMOKE else 0.05
 
 def interleaved_times(calls, min_time=MIN_TIME, min_reps=MIN_REPS, settle=SETTLE,
                       block=BLOCK):
-    """Seconds of every timed repeat of each callable, in alternating blocks.
-
-    Each round gives every callable a block: ``settle`` seconds of untimed
-    calls, then timed calls for ``block`` seconds (at least one).  The blocks
-    alternate, so slow drifts of a shared machine hit every callable alike.
-    The untimed start is there because calls alternating one by one measured
-    the previous callable's threads as much as this one's: a multi-threaded
-    BLAS call leaves OpenBLAS's workers spinning for a while, and a parallel
-    kernel started in that window waits for a core.  Measured on 2 cores:
-    CSR (256, 512, 1000), numba-parallel: 6.8 ms right after a dense BLAS
-    call, 3.5 ms 1 ms later, 1.2 ms from 10 ms on (numba serial: 1.0-1.5 ms
-    at any gap); CSR (4096, 512, 1000) after dense calls of 60 ms: median
-    14.8 ms with 20 ms of untimed calls first, 6.8 ms with 100 ms.  Neither
-    a training loop nor asv's own timing alternates two implementations call
-    by call."""
-    times = [[] for _ in calls]
-    start = time.perf_counter()
-    while len(times[0]) < min_reps or time.perf_counter() - start < min_time:
-        for t, fn in zip(times, calls):
-            t_end = time.perf_counter() + settle
-            while time.perf_counter() < t_end:
-                fn()
-            t_end = time.perf_counter() + block
-            while True:
-                t0 = time.perf_counter()
-                fn()
-                t1 = time.perf_counter()
-                t.append(t1 - t0)
-                if t1 >= t_end:
-                    break
-    return times
+    """Seconds of every timed repeat of each callable, in alternating blocks
+    (optkern.bench.settled_blocks: ``settle`` seconds untimed, then ``block``
+    seconds timed; its docstring says why blocks)."""
+    return settled_blocks(calls, min_time, min_reps, settle, block)
 
 
 def interleaved_medians(calls, min_time=MIN_TIME, min_reps=MIN_REPS):

@@ -171,6 +171,40 @@ def interleaved(calls, min_time, min_reps):
     return samples
 
 
+def settled_blocks(calls, min_time, min_reps, settle=0.1, block=0.05):
+    """Seconds of every timed repeat of each callable, in alternating blocks.
+
+    Each round gives every callable a block: ``settle`` seconds of untimed
+    calls, then timed calls for ``block`` seconds (at least one).  The blocks
+    alternate, so slow drifts of a shared machine hit every callable alike.
+    The untimed start is there because calls alternating one by one measured
+    the previous callable's threads as much as this one's: a multi-threaded
+    BLAS call leaves OpenBLAS's workers spinning for a while, and a parallel
+    kernel started in that window waits for a core.  Measured on 2 cores:
+    CSR (256, 512, 1000), numba-parallel: 6.8 ms right after a dense BLAS
+    call, 3.5 ms 1 ms later, 1.2 ms from 10 ms on (numba serial: 1.0-1.5 ms
+    at any gap); the default ``loss_and_grad`` at (4096, 784, 10): 1.9-2.4
+    ms alternating call by call with the lean NumPy pipeline, 1.1-1.3 ms in
+    its own loop.  Neither a training loop nor asv's own timing alternates
+    two implementations call by call."""
+    times = [[] for _ in calls]
+    start = time.perf_counter()
+    while len(times[0]) < min_reps or time.perf_counter() - start < min_time:
+        for t, fn in zip(times, calls):
+            t_end = time.perf_counter() + settle
+            while time.perf_counter() < t_end:
+                fn()
+            t_end = time.perf_counter() + block
+            while True:
+                t0 = time.perf_counter()
+                fn()
+                t1 = time.perf_counter()
+                t.append(t1 - t0)
+                if t1 >= t_end:
+                    break
+    return times
+
+
 def _fmt_time(s):
     if s is None:
         return "-"
@@ -679,7 +713,8 @@ def bench_lean(case, min_time, min_reps):
     _jit.wait(900)      # time the Numba kernels, not the twins serving meanwhile
     entries = [(Result(row, "optkern loss_and_grad, default arguments", "optkern"), ours),
                (Result(row, "lean NumPy/SciPy pipeline", "peer"), theirs)]
-    samples = interleaved([c for _, c in entries], min_time, min_reps)
+    # blocks, not call by call: OpenBLAS's spinning workers (settled_blocks)
+    samples = settled_blocks([c for _, c in entries], min_time, min_reps)
     for (r, _), s in zip(entries, samples):
         r.median_s = float(np.median(s))
         r.best_s = float(np.min(s))
