@@ -439,3 +439,46 @@ def with_fast_math(fn):
     new.__module__ = fn.__module__
     new.__doc__ = fn.__doc__
     return new
+
+
+def _compile_target_has_avx512():
+    """Whether Numba compiles for a CPU with AVX-512 (its NUMBA_CPU_NAME /
+    NUMBA_CPU_FEATURES when set, else this machine's CPU)."""
+    from numba.core import config
+    if config.CPU_FEATURES is not None:
+        return "+avx512f" in str(config.CPU_FEATURES).split(",")
+    if config.CPU_NAME is not None:
+        return False            # a named generic target: assume no AVX-512
+    try:
+        import llvmlite.binding as llvm
+        return bool(llvm.get_host_cpu_features().get("avx512f", False))
+    except Exception:           # pragma: no cover - llvmlite without the query
+        return False
+
+
+# The fused dense loss kernel's wide register tiles (loss_drivers
+# _scores_block_wide, _accumulate_block): with AVX-512 the 32 vector
+# registers hold a 4-row x 5-output tile of 512-bit accumulators.  A global
+# of the compiled functions: Numba's cache index is keyed on the target CPU,
+# so a machine without AVX-512 compiles its own (6 x 2 ymm tiles).
+AVX512 = _compile_target_has_avx512()
+
+
+@intrinsic
+def wide_vectors(typingctx):
+    """Within the compiled function that calls it, LLVM's vectoriser may use
+    the target's widest vectors: the function attribute prefer-vector-width=512
+    (LLVM's default on Intel's AVX-512 CPUs is 256 bits, so Numba never emits
+    512-bit code otherwise).  Measured on the project machine (2 vCPUs, AVX-512,
+    float32, 784 features, rows of X not 64-byte aligned as NumPy allocates
+    them): the rank-6 update of dW^T 42.6 -> 55.0 G multiply-adds/s from L2,
+    32.8 -> 38.3 from L3.  Changes no result beyond the order of a
+    fast-math reduction's partial sums; a no-op without AVX-512."""
+    sig = types.none()
+
+    def codegen(context, builder, signature, args):
+        # a string attribute; llvmlite's FunctionAttributes.add() knows only
+        # the keyword attributes, so it goes into the set as written
+        set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        return context.get_dummy_value()
+    return sig, codegen

@@ -432,3 +432,38 @@ def test_auto_csr_goes_parallel_only_with_enough_nonzeros_per_feature(monkeypatc
     # the same work dense goes parallel: the rule is about the CSR partials
     assert losses._resolve_backend("auto", "dense", np.empty((256, 4096)), 100) == \
         "numba-parallel"
+
+
+@settings(max_examples=40, deadline=None)
+@given(r_n=st.integers(1, 6), d=st.integers(1, 70), k=st.integers(1, 15),
+       dtype=st.sampled_from([np.float32, np.float64]), bias=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_score_tiles_both_forms_match_numpy(r_n, d, k, dtype, bias, seed):
+    """The fused dense kernel's two score tiles -- 6 rows x 2 outputs, and 4 x 5
+    for targets with AVX-512 (_scores_block_wide, which _scores_tiles takes
+    there) -- each give X W + b for every block size, feature count and output
+    count (the tails of both loops), whichever one this machine runs; and so
+    does the row-major update of dW^T both use."""
+    from optkern.kernels import loss_drivers as drv
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((r_n + 3, d)).astype(dtype)
+    WT = rng.standard_normal((k, d)).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype) if bias else None
+    want = X[2:2 + r_n].astype(np.float64) @ WT.T.astype(np.float64)
+    if bias:
+        want += b
+    tol = dict(rtol=1e-4, atol=1e-4 * np.sqrt(d)) if dtype == np.float32 else \
+        dict(rtol=1e-12, atol=1e-12 * np.sqrt(d))
+    wide_rows = min(r_n, drv.WIDE_ROWS)
+    for block, rows in ((drv._scores_block, r_n), (drv._scores_block_wide, wide_rows)):
+        Zb = np.full((rows, k), np.nan, dtype)
+        block(X, 2, rows, WT, b, Zb)
+        np.testing.assert_allclose(Zb, want[:rows], **tol)
+    Zr = np.full((r_n, k), np.nan, dtype)
+    drv._scores_tiles(X, 2, r_n, WT, b, Zr)
+    np.testing.assert_allclose(Zr, want, **tol)
+    D = rng.standard_normal((r_n, k)).astype(dtype)
+    accT = rng.standard_normal((k, d)).astype(dtype)
+    want_acc = accT.astype(np.float64) + D.T.astype(np.float64) @ X[2:2 + r_n]
+    drv._accumulate_tiles(X, 2, r_n, D, accT)
+    np.testing.assert_allclose(accT, want_acc, **tol)

@@ -391,6 +391,16 @@ def _n_chunks(n):
     return max(1, min(numba.get_num_threads(), n))
 
 
+def _aligned_empty(size, dt, align=64):
+    """np.empty(size, dt) starting on an ``align``-byte line (NumPy's own
+    allocations start 16 bytes into one): the kernels' scratch pieces are laid
+    out on lines from its start (loss_drivers.SCRATCH_ALIGN)."""
+    dt = np.dtype(dt)
+    raw = np.empty(size * dt.itemsize + align, np.uint8)
+    off = (-raw.ctypes.data) % align
+    return raw[off:off + size * dt.itemsize].view(dt)
+
+
 def _buffer(name, shape, dt):
     """A per-thread reusable work buffer (no allocation on repeated calls)."""
     try:
@@ -407,7 +417,7 @@ def _buffer(name, shape, dt):
     key = (name, np.dtype(dt).str)
     buf = _local.buffers.get(key)
     if buf is None or buf.size < size:
-        buf = _local.buffers[key] = np.empty(max(size, 1), dt)
+        buf = _local.buffers[key] = _aligned_empty(max(size, 1), dt)
         views.clear()           # the old views belong to the old buffers
     view = views[(name, shape, dt)] = buf[:size].reshape(shape)
     return view
@@ -779,7 +789,7 @@ class CSRObjective:
         self.mod = _kernels("loss_drivers").module_for(spec.name)
         self.parallel = backend == "numba-parallel"
         self.chunks = _n_chunks(X.shape[0]) if self.parallel else 1
-        self.scratch = np.empty(max(_scratch_size(self.chunks, d, k), 1), W.dtype)
+        self.scratch = _aligned_empty(max(_scratch_size(self.chunks, d, k), 1), W.dtype)
         self.name = spec.name
         # the Cython twin serves while the Numba kernel compiles (optkern._jit);
         # decided on the first call and kept for the whole solve
