@@ -578,6 +578,31 @@ def reduce_chunks_T(scratch, n_chunks, dW, db):
     return total
 
 
+def _add_partial(dW, part):
+    """dW += part, element by element (the plain loop, for any layout)."""
+    d, k = dW.shape
+    for f in range(d):
+        for j in range(k):
+            dW[f, j] += part[f, j]
+
+
+@overload(_add_partial, inline="always")
+def _ov_add_partial(dW, part):
+    if not (dW.layout == "C" and part.layout == "C"):
+        return _add_partial
+
+    # one flat loop, which vectorises: over (d, k) loops with k = 1 the inner
+    # loop ran one element a step (2^18 x 1 float32: 0.34 ms against 0.02 ms,
+    # the serial part of csr_parallel at one output); the same additions
+    def flat(dW, part):
+        n = dW.size
+        a = dW.reshape(n)
+        p = part.reshape(n)
+        for t in range(n):
+            a[t] += p[t]
+    return flat
+
+
 @njit(cache=True, nogil=True)
 def reduce_chunks(scratch, n_chunks, dW, db):
     """CSR variant (csr_parallel): dW += the partials of chunks 1.. (in W's
@@ -588,10 +613,7 @@ def reduce_chunks(scratch, n_chunks, dW, db):
     for c in range(n_chunks):
         acc, accb, Zb, Db, slot = _chunk_views(scratch, c, d, k)
         if c > 0:       # chunk 0 accumulated into dW itself
-            acc2 = acc.reshape((d, k))   # same memory, (d, k) layout for CSR
-            for f in range(d):
-                for j in range(k):
-                    dW[f, j] += acc2[f, j]
+            _add_partial(dW, acc.reshape((d, k)))   # same memory, (d, k) layout for CSR
         if db is not None:
             if c == 0:
                 for j in range(k):

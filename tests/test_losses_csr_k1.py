@@ -133,3 +133,32 @@ def test_k1_through_loss_and_grad_agrees_with_numpy(backend, dtype):
     assert got[0] == pytest.approx(want[0], rel=t)
     np.testing.assert_allclose(got[1], want[1], rtol=t, atol=t * np.abs(want[1]).max())
     np.testing.assert_allclose(got[2], want[2], rtol=t, atol=t)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("layout", ["C", "strided"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_reduce_chunks_adds_the_partials_in_chunk_order(k, layout, dtype):
+    """csr_parallel's reduction: dW += the partials of chunks 1, 2, ... in
+    that order, element by element (the flat loop for C-contiguous dW, the
+    plain (d, k) loop otherwise: the same additions, the same bits), db the
+    partial sums in chunk order, the loss the slots' sum."""
+    d, chunks = 1001, 3
+    rng = np.random.default_rng(k)
+    scratch = rng.standard_normal(drv.scratch_size(chunks, d, k)).astype(dtype)
+    start = rng.standard_normal((d, 2 * k)).astype(dtype)
+    dW = start.copy()[:, ::2] if layout == "strided" else start[:, :k].copy()
+    want = dW.copy()
+    db = np.full(k, np.nan, dtype)
+    want_b = np.zeros(k, dtype)
+    want_total = 0.0
+    for c in range(chunks):
+        acc, accb, _, _, slot = drv._chunk_views(scratch, c, d, k)
+        if c > 0:
+            want += acc.reshape(d, k)
+        want_b = accb.copy() if c == 0 else want_b + accb
+        want_total += float(slot[0])
+    total = drv.reduce_chunks(scratch, chunks, dW, db)
+    np.testing.assert_array_equal(dW, want)
+    np.testing.assert_array_equal(db, want_b)
+    assert total == want_total
