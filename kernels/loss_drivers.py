@@ -49,7 +49,10 @@ about one 512-bit FMA per cycle on the project machine (AMD EPYC, family 25
 model 17, Zen 4: 512-bit FMAs are double-pumped, 16 float32 multiply-adds per
 cycle and core); with 4-row, 1-output tiles they were bound by loads and
 stores at about half of that.  X is read from memory once.
-The CSR kernel does the same per row with gathers from W and scatters into dW.
+The CSR kernel does the same per row with gathers from W and scatters into dW;
+at one output (the scalar-rule losses) it runs four rows' score chains side
+by side in scalar registers (templates/loss_row_scalar.py ``_csr_chunk_k1``:
+the same bits as the row loop, docs/first_call.md).
 The BLAS path computes Z = X W with BLAS (``np.dot``), the rule row by row in
 place, and dW = X^T dZ with BLAS.
 
