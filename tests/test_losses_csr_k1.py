@@ -162,3 +162,63 @@ def test_reduce_chunks_adds_the_partials_in_chunk_order(k, layout, dtype):
     np.testing.assert_array_equal(dW, want)
     np.testing.assert_array_equal(db, want_b)
     assert total == want_total
+
+
+def _broken(X, pos, value):
+    bad = X.copy()
+    bad.indices = bad.indices.copy()
+    bad.indices[pos] = value
+    return bad
+
+
+@pytest.mark.parametrize("check_input", [True, False])
+@pytest.mark.parametrize("backend", ["numba", "numba-parallel", "auto"])
+@pytest.mark.parametrize("loss", ["log", "squared"])
+def test_k1_out_of_range_indices_raise_before_out_is_written(loss, backend, check_input):
+    """Column indices outside [0, d) at one output (the one-output loop's
+    calls): ValueError before anything is written, default call or not."""
+    X, rng = csr_problem(7, 5, np.float64, 11, 4)
+    X = X[np.diff(X.indptr) > 0]            # every row holds a nonzero
+    n = X.shape[0]
+    y = targets(loss, rng, n, np.float64)
+    W = rng.standard_normal((5, 1))
+    b = np.zeros(1)
+    for pos in (0, X.nnz // 2, X.nnz - 1):
+        for value in (5, 9, -1, np.iinfo(np.int32).max, np.iinfo(np.int32).min):
+            bad = _broken(X, pos, value)
+            dW = np.full((5, 1), 7.0)
+            db = np.full(1, 7.0)
+            with pytest.raises(ValueError, match="column indices outside"):
+                loss_and_grad(bad, y, W, b, loss=loss, backend=backend, out=(dW, db),
+                              check_input=check_input)
+            assert np.all(dW == 7.0) and np.all(db == 7.0)
+            with pytest.raises(ValueError, match="column indices outside"):
+                loss_and_grad(bad, y, W, b, loss=loss, backend=backend,
+                              check_input=check_input)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_k1_loop_with_a_decreasing_indptr_matches_the_general_loop(dtype):
+    """A row whose indptr entry decreases (a malformed matrix whose cached
+    canonical flag says otherwise, called past loss_and_grad's checks) is
+    empty in both loops: the one-output loop's common row length is taken
+    from signed differences, never a huge unsigned one."""
+    rng = np.random.default_rng(3)
+    d, n = 20, 9
+    indptr = np.array([0, 3, 1, 4, 6, 6, 2, 8, 9, 12], np.int32)
+    indices = rng.integers(0, d, 12).astype(np.int32)
+    data = rng.standard_normal(12).astype(dtype)
+    X = sp.csr_matrix((data, indices, np.arange(10, dtype=np.int32) * 0 + indptr[:10]),
+                      shape=(n, d))
+    X.indptr = indptr
+    mod = drv.module_for("log")
+    y = rng.integers(0, 2, n).astype(dtype)
+    W = rng.standard_normal((d, 1)).astype(dtype)
+    b = rng.standard_normal(1).astype(dtype)
+    v1, dW1, db1 = run(mod, X, y[:, None].copy(), None, W, b, 0.0, 1)
+    W2 = np.hstack([W, W])
+    v2, dW2, db2 = run(mod, X, np.stack([y, y], axis=1), None, W2, np.concatenate([b, b]),
+                       0.0, 1)
+    np.testing.assert_array_equal(dW1[:, 0], dW2[:, 0])
+    np.testing.assert_array_equal(db1[0], db2[0])
+    assert 2 * v1 == pytest.approx(v2, rel=1e-6)

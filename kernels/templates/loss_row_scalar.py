@@ -70,7 +70,11 @@ def _csr_chunk_k1(data, indices, indptr, y, sw, W, b, epsilon, inv_w, acc, accb,
         p2 = np.uint64(indptr[i + 2])
         p3 = np.uint64(indptr[i + 3])
         p4 = np.uint64(indptr[i + 4])
-        m = min(min(p1 - p0, p2 - p1), min(p3 - p2, p4 - p3))
+        # the common length, from signed differences (a decreasing indptr
+        # gives empty rows, as in the general loop, not a huge unsigned m)
+        n01 = min(indptr[i + 1] - indptr[i], indptr[i + 2] - indptr[i + 1])
+        n23 = min(indptr[i + 3] - indptr[i + 2], indptr[i + 4] - indptr[i + 3])
+        m = np.uint64(max(0, min(n01, n23)))
         z0 = bz
         z1 = bz
         z2 = bz
