@@ -379,3 +379,51 @@ def _ov_scatter(data, indices, lo, hi, dz, acc):
     def impl(data, indices, lo, hi, dz, acc):
         run(acc.shape[1], (data, indices, lo, hi, dz, acc))
     return impl
+
+
+# ------------------------------------------------ one output (k = 1) helpers
+#
+# The CSR kernels' one-output loop (templates/loss.py ``_csr_chunk_k1``) works
+# on scalars: it must round exactly as the vector loops above do at k = 1 (a
+# 128-bit vector with one live lane: z = fmuladd(x, W[f], z) per nonzero,
+# acc[f] = fmuladd(x, dz, acc[f])), so that its results are the same bits.
+
+
+def fmuladd(a, b, c):
+    """a * b + c, fused where the target has FMA (LLVM's llvm.fmuladd), as
+    the vector loops' multiply-adds."""
+    return a * b + c
+
+
+@intrinsic
+def _fmuladd_scalar(typingctx, a, b, c):
+    if not (_is_float(a) and a == b == c):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ty = args[0].type
+        name = "f32" if a == types.float32 else "f64"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty] * 3),
+                                            f"llvm.fmuladd.{name}")
+        return builder.call(fn, list(args))
+    return a(a, b, c), codegen
+
+
+@overload(fmuladd, inline="always")
+def _ov_fmuladd(a, b, c):
+    if _is_float(a) and a == b == c:
+        return lambda a, b, c: _fmuladd_scalar(a, b, c)
+    return None
+
+
+def vector_form(data, indices, M):
+    """Whether csr_row_scores / csr_row_scatter run their vector loops (with
+    fused multiply-adds) for these argument types; as Python, False."""
+    return False
+
+
+@overload(vector_form, inline="always")
+def _ov_vector_form(data, indices, M):
+    ok = isinstance(M, types.Array) and _vector_ok(data, indices, M,
+                                                   types.Array(M.dtype, 1, "C"))
+    return lambda data, indices, M: ok

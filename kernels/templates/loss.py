@@ -7,7 +7,8 @@ import math
 
 from optkern.kernels.templates.standins import *  # noqa: F401,F403  # template-only
 HOLE_RULE_IMPORT
-from optkern.kernels._helpers import VEC_MIN_OUTPUTS, exp_fast, log_fast, with_fast_math
+from optkern.kernels._helpers import VEC_MIN_OUTPUTS, exp_fast, load, log_fast, with_fast_math
+from optkern.kernels._simd import fmuladd, vector_form
 from optkern.kernels.loss_drivers import (
     ROW_BLOCK, LANE_ROWS, CSR_LANE_ROWS, LANE_CAP, _chunk_views, _lane_views, _shared_WT,
     _scores_block, _accumulate_block, _scores_tiles, _accumulate_tiles, _to_lanes, _csr_row_scores,
@@ -87,6 +88,11 @@ def _csr_chunk(data, indices, indptr, y, sw, W, b, epsilon, inv_w, acc, accb, z,
     dt = W.dtype.type
     eps = dt(epsilon)
     k = W.shape[1]
+    if CSR_K1_LOOP and k == 1 and vector_form(data, indices, W) \
+            and vector_form(data, indices, acc):
+        # the same bits, several rows' score chains at once (loss_row_scalar.py)
+        return _csr_chunk_k1(data, indices, indptr, y, sw, W, b, epsilon, inv_w, acc, accb,
+                             start, stop)
     accb[:] = 0
     total = 0.0
     for i in range(start, stop):

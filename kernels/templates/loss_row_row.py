@@ -11,6 +11,17 @@ def row(z, y_i, epsilon, dz):
     return _rule(z, y_i, epsilon, dz)
 
 
+# no one-output CSR loop for row rules (their targets are class indices)
+CSR_K1_LOOP = False
+
+
+@njit(cache=True, nogil=True)
+def _csr_chunk_k1(data, indices, indptr, y, sw, W, b, epsilon, inv_w, acc, accb,
+                  start, stop):
+    """Never called (CSR_K1_LOOP is False): _csr_chunk's branch needs a name."""
+    return 0.0
+
+
 def _row_source():
     return """
 def row(z, y_i, epsilon, dz):

@@ -1,6 +1,9 @@
 # Fragment of loss.py (HOLE_ROW_FORM or HOLE_LANES) for a scalar rule (one output at a time).  # template-only
 from numba import njit  # template-only
+import numpy as np  # template-only
 from optkern.kernels.templates.standins import *  # noqa: F401,F403  # template-only
+from optkern.kernels._helpers import load  # template-only
+from optkern.kernels._simd import fmuladd  # template-only
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -11,6 +14,109 @@ def row(z, y_i, epsilon, dz):
         l_j, d_j = _rule(z[j], y_i[j], epsilon)
         dz[j] = d_j
         total += l_j
+    return total
+
+
+# The CSR kernels' loop at one output (binary and single-target losses):
+# _csr_chunk runs it when k == 1.  At k = 1 the general row loop keeps one
+# score in a vector register and chains a dependent multiply-add per nonzero
+# (4 cycles each: a 131-nonzero row waits ~500 cycles for its score, and the
+# scatter waits for the score); here four rows' chains run side by side in
+# scalar registers, so the core overlaps them.  Each row's score is still
+# summed in nonzero order with the same fused multiply-adds, and the rows'
+# rules, intercept terms and scatters still run in row order: the results
+# are the same bits as the general loop's.
+CSR_K1_LOOP = True
+
+
+@njit(inline="always")
+def _k1_rule_scatter(data, indices, lo, hi, z, y_ij, w, eps, inv_w, acc):
+    """Row lo..hi's rule on its score z, then its scatter into acc (d,);
+    returns (w * L, the row's scaled derivative).  Positions and indices go
+    unsigned: no negative-index wraparound code in the loops."""
+    dt = acc.dtype.type
+    l_j, d_j = _rule(z, y_ij, eps)
+    g = dt(d_j) * dt(w * inv_w)
+    for v in range(lo, hi):
+        f = np.uint64(indices[v])
+        acc[f] = fmuladd(data[v], g, acc[f])
+    return w * (0.0 + l_j), g
+
+
+@njit(inline="always")
+def _k1_score(data, indices, lo, hi, w1, z):
+    for v in range(lo, hi):
+        z = fmuladd(data[v], w1[np.uint64(indices[v])], z)
+    return z
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _csr_chunk_k1(data, indices, indptr, y, sw, W, b, epsilon, inv_w, acc, accb,
+                  start, stop):
+    """_csr_chunk at one output (acc, W: (d, 1) C-contiguous), four rows at a
+    time: their scores side by side, then each row's rule and scatter."""
+    dt = W.dtype.type
+    eps = dt(epsilon)
+    d = W.shape[0]
+    w1 = W.reshape(d)
+    a1 = acc.reshape(d)
+    bz = load(b, 0, dt(0))
+    gb = dt(0)
+    total = 0.0
+    i = start
+    while i + 4 <= stop:
+        p0 = np.uint64(indptr[i])
+        p1 = np.uint64(indptr[i + 1])
+        p2 = np.uint64(indptr[i + 2])
+        p3 = np.uint64(indptr[i + 3])
+        p4 = np.uint64(indptr[i + 4])
+        # the common length, from signed differences (a decreasing indptr
+        # gives empty rows, as in the general loop, not a huge unsigned m)
+        n01 = min(indptr[i + 1] - indptr[i], indptr[i + 2] - indptr[i + 1])
+        n23 = min(indptr[i + 3] - indptr[i + 2], indptr[i + 4] - indptr[i + 3])
+        m = np.uint64(max(0, min(n01, n23)))
+        z0 = bz
+        z1 = bz
+        z2 = bz
+        z3 = bz
+        t = np.uint64(0)
+        while t < m:
+            z0 = fmuladd(data[p0 + t], w1[np.uint64(indices[p0 + t])], z0)
+            z1 = fmuladd(data[p1 + t], w1[np.uint64(indices[p1 + t])], z1)
+            z2 = fmuladd(data[p2 + t], w1[np.uint64(indices[p2 + t])], z2)
+            z3 = fmuladd(data[p3 + t], w1[np.uint64(indices[p3 + t])], z3)
+            t += np.uint64(1)
+        z0 = _k1_score(data, indices, p0 + m, p1, w1, z0)
+        z1 = _k1_score(data, indices, p1 + m, p2, w1, z1)
+        z2 = _k1_score(data, indices, p2 + m, p3, w1, z2)
+        z3 = _k1_score(data, indices, p3 + m, p4, w1, z3)
+        w = 1.0 if sw is None else float(sw[i])
+        l, g = _k1_rule_scatter(data, indices, p0, p1, z0, y[i, 0], w, eps, inv_w, a1)
+        total += l
+        gb += g
+        w = 1.0 if sw is None else float(sw[i + 1])
+        l, g = _k1_rule_scatter(data, indices, p1, p2, z1, y[i + 1, 0], w, eps, inv_w, a1)
+        total += l
+        gb += g
+        w = 1.0 if sw is None else float(sw[i + 2])
+        l, g = _k1_rule_scatter(data, indices, p2, p3, z2, y[i + 2, 0], w, eps, inv_w, a1)
+        total += l
+        gb += g
+        w = 1.0 if sw is None else float(sw[i + 3])
+        l, g = _k1_rule_scatter(data, indices, p3, p4, z3, y[i + 3, 0], w, eps, inv_w, a1)
+        total += l
+        gb += g
+        i += 4
+    while i < stop:
+        p0 = np.uint64(indptr[i])
+        p1 = np.uint64(indptr[i + 1])
+        z0 = _k1_score(data, indices, p0, p1, w1, bz)
+        w = 1.0 if sw is None else float(sw[i])
+        l, g = _k1_rule_scatter(data, indices, p0, p1, z0, y[i, 0], w, eps, inv_w, a1)
+        total += l
+        gb += g
+        i += 1
+    accb[0] = gb
     return total
 
 
