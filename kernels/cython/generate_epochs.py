@@ -235,6 +235,7 @@ def _c_text(lanes):
         hsum_steps={(ct, vbytes): _hsum_steps(ct, vbytes // _SIZE[ct])
                     for _, ct in CTYPES for _, _, vbytes in SIMD_LEVELS},
         lanes=lanes, across_rows=ACROSS_ROWS,
+        penalty_c=_templates.penalty_twins(_rulelang.c.CHostEmitter, "C_FUNCTIONS"),
         across={(ct, vbytes): _across_table(ct, vbytes)
                 for _, ct in CTYPES for _, _, vbytes in SIMD_LEVELS})
     if '"""' in text or "\\" in text:

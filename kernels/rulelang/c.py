@@ -86,13 +86,15 @@ class HostEmitter(CythonSyntax):
 
     def power(self, node):
         if self.is_int(node.right):
-            return f"_ipow(<double>{self.expr(node.left)}, <int64_t>{self.expr(node.right)})"
-        return f"pow(<double>{self.expr(node.left)}, <double>{self.expr(node.right)})"
+            return (f"_ipow({self.cast('double', self.expr(node.left))}, "
+                    f"{self.cast('int64_t', self.expr(node.right))})")
+        return (f"pow({self.cast('double', self.expr(node.left))}, "
+                f"{self.cast('double', self.expr(node.right))})")
 
     def binop(self, node):
         left = self.expr(node.left)
         if isinstance(node.op, ast.Div) and self.is_int(node.left) and self.is_int(node.right):
-            left = f"<double>{left}"  # true division
+            left = self.cast("double", left)  # true division
         return f"({left} {BINOPS[type(node.op)]} {self.expr(node.right)})"
 
     def call(self, node):
@@ -101,16 +103,16 @@ class HostEmitter(CythonSyntax):
             return self.expr(sign_expansion(node.args[0]))
         args = [self.expr(a) for a in node.args]
         if name in ("floor", "ceil"):  # Numba: math.floor(float) -> int64
-            return f"(<int64_t>{C_HOST[name]}(<double>{args[0]}))"
+            return f"({self.cast('int64_t', C_HOST[name] + '(' + self.cast('double', args[0]) + ')')})"
         if name == "float":
-            return f"(<double>{args[0]})"
+            return f"({self.cast('double', args[0])})"
         if name in ("min", "max"):
             out = args[0]
             for a in args[1:]:
-                out = f"{C_HOST[name]}(<double>{out}, <double>{a})"
+                out = f"{C_HOST[name]}({self.cast('double', out)}, {self.cast('double', a)})"
             return out
         if name in C_HOST:
-            return f"{C_HOST[name]}(<double>{args[0]})"
+            return f"{C_HOST[name]}({self.cast('double', args[0])})"
         raise self.err(node, f"the call {ast.unparse(node)!r}")
 
     def stmts(self, body, indent, ret=None):
@@ -131,6 +133,49 @@ class HostEmitter(CythonSyntax):
         if reals:
             out.append("    cdef double " + ", ".join(reals))
         return out
+
+
+class CHostEmitter(HostEmitter):
+    """A host function as plain C (the dense epoch's C block,
+    templates/_epochs_dense.c.tp): HostEmitter with C's spellings.  The C
+    block defines none of the epoch module's helpers (``_ipow``, ``_pymin``,
+    ``_pymax``): a function that needs one does not compile there."""
+
+    NOT, AND, OR, PASS, END = "(!{})", " && ", " || ", ";", ";"
+    IFEXP = "(({test}) ? ({body}) : ({orelse}))"
+
+    @staticmethod
+    def cast(ctype, text):
+        return f"(({ctype}){text})"
+
+    def stmt(self, st, indent):
+        pad = " " * indent
+        if isinstance(st, ast.Assign):
+            t = st.targets[0]
+            if isinstance(t, ast.Name):
+                return [f"{pad}{self.target_text(t.id)} = {self.expr(st.value)};"]
+            if isinstance(t, ast.Tuple):  # every value before any assignment
+                tmp = [f"okx_t{i}" for i in range(len(t.elts))]
+                out = [f"{pad}{{"]
+                out += [f"{pad}    const {'int64_t' if self.is_int(v) else 'double'} {n} = "
+                        f"{self.expr(v)};" for n, v in zip(tmp, st.value.elts)]
+                out += [f"{pad}    {self.target_text(x.id)} = {n};" for x, n in zip(t.elts, tmp)]
+                return out + [f"{pad}}}"]
+            raise self.err(st, "this assignment target")
+        if isinstance(st, ast.AugAssign):
+            n = self.target_text(st.target.id)
+            return [f"{pad}{n} = ({n} {BINOPS[type(st.op)]} {self.expr(st.value)});"]
+        if isinstance(st, ast.If):
+            out = [f"{pad}if ({self.expr(st.test)}) {{"]
+            out += self.stmts(st.body, indent + 4)
+            if st.orelse:
+                out.append(f"{pad}}} else {{")
+                out += self.stmts(st.orelse, indent + 4)
+            return out + [f"{pad}}}"]
+        return super().stmt(st, indent)
+
+    def local_decls(self):
+        return [line.replace("    cdef ", "    ", 1) + ";" for line in super().local_decls()]
 
 
 class LaneToC:

@@ -26,7 +26,15 @@ class CythonSyntax:
     Numba): operators, comparisons, conditionals, assignments, ``if``.  A
     subclass says how names, constants, powers, calls and returns become
     text (``name_text``, ``target_text``, ``const_text``, ``power``, ``call``,
-    ``ret``; ``leaf`` for what only it reads)."""
+    ``ret``; ``leaf`` for what only it reads).  The spellings below are the
+    table a C subclass replaces (c.CHostEmitter)."""
+
+    NOT, AND, OR, PASS, END = "(not {})", " and ", " or ", "pass", ""
+    IFEXP = "({body} if {test} else {orelse})"
+
+    @staticmethod
+    def cast(ctype, text):
+        return f"<{ctype}>{text}"
 
     def err(self, node, what):
         return self.rule.error(node, what)
@@ -50,9 +58,9 @@ class CythonSyntax:
                 return f"(-{e(node.operand)})"
             if isinstance(node.op, ast.UAdd):
                 return e(node.operand)
-            return f"(not {e(node.operand)})"
+            return self.NOT.format(e(node.operand))
         if isinstance(node, ast.BoolOp):
-            op = " and " if isinstance(node.op, ast.And) else " or "
+            op = self.AND if isinstance(node.op, ast.And) else self.OR
             return "(" + op.join(e(v) for v in node.values) + ")"
         if isinstance(node, ast.Compare):
             parts = []
@@ -60,9 +68,10 @@ class CythonSyntax:
             for op, right in zip(node.ops, node.comparators):
                 parts.append(f"({e(left)} {CMPOPS[type(op)]} {e(right)})")
                 left = right
-            return parts[0] if len(parts) == 1 else "(" + " and ".join(parts) + ")"
+            return parts[0] if len(parts) == 1 else "(" + self.AND.join(parts) + ")"
         if isinstance(node, ast.IfExp):
-            return f"({e(node.body)} if {e(node.test)} else {e(node.orelse)})"
+            return self.IFEXP.format(body=e(node.body), test=e(node.test),
+                                     orelse=e(node.orelse))
         if isinstance(node, ast.Call):
             return self.call(node)
         return self.leaf(node)
@@ -71,7 +80,7 @@ class CythonSyntax:
         out = []
         for st in body:
             out.extend(self.stmt(st, indent))
-        return out or [" " * indent + "pass"]
+        return out or [" " * indent + self.PASS]
 
     def stmt(self, st, indent):
         pad = " " * indent
@@ -99,7 +108,7 @@ class CythonSyntax:
         if isinstance(st, ast.Return):
             return [pad + x for x in self.ret(st)]
         if isinstance(st, ast.Pass):
-            return [f"{pad}pass"]
+            return [pad + self.PASS]
         return []  # a docstring (check() let nothing else through)
 
 
