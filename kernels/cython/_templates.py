@@ -60,7 +60,7 @@ def penalty_twins(host_emitter, names="KERNEL_FUNCTIONS"):
         tr = host_emitter(module[name], int_first=False, globals_=module)
 
         def ret(t, st):
-            return [f"return {t.cast('double', t.expr(st.value))}{t.END}"]
+            return [f"return {t.cast('double', t.expr(st.value))}{t.SYNTAX['end']}"]
 
         twins.append(types.SimpleNamespace(
             name=name, args=", ".join(f"double {tr.var(p)}" for p in tr.params),

@@ -75,7 +75,7 @@ rule_lanes = _load_by_path("_optkern_rule_lanes_for_epochs", os.path.join(KERNEL
 # form -> C: kernels/rulelang (the language: docs/rules.md)
 # --------------------------------------------------------------------------
 
-_rulelang = _files.load_package("_optkern_rulelang", os.path.join(KERNELS, "rulelang"))
+_rulelang = _files.rulelang()
 TranslateError = _rulelang.RuleError
 _HostTranslator = _rulelang.c.HostEmitter
 _LaneToC = _rulelang.c.LaneToC

@@ -5,9 +5,9 @@ docs/rules.md."""
 
 import ast
 
-from .frontend import Rule, RuleError, check, function_of, sign_expansion
+from .frontend import Rule, RuleError, check
 from .cython import CythonSyntax
-from .tables import BINOPS, C_HOST, C_LANES, CMPOPS, MATH_CONSTANTS
+from .tables import BINOPS, C_HOST, C_LANES, C_SYNTAX, CMPOPS, MATH_CONSTANTS
 
 
 class HostEmitter(CythonSyntax):
@@ -97,20 +97,14 @@ class HostEmitter(CythonSyntax):
             left = self.cast("double", left)  # true division
         return f"({left} {BINOPS[type(node.op)]} {self.expr(node.right)})"
 
-    def call(self, node):
-        name = function_of(node)
-        if name == "sign":
-            return self.expr(sign_expansion(node.args[0]))
-        args = [self.expr(a) for a in node.args]
+    def minmax(self, name, a, b):
+        return f"{C_HOST[name]}({self.cast('double', a)}, {self.cast('double', b)})"
+
+    def function(self, node, name, args):
         if name in ("floor", "ceil"):  # Numba: math.floor(float) -> int64
             return f"({self.cast('int64_t', C_HOST[name] + '(' + self.cast('double', args[0]) + ')')})"
         if name == "float":
             return f"({self.cast('double', args[0])})"
-        if name in ("min", "max"):
-            out = args[0]
-            for a in args[1:]:
-                out = f"{C_HOST[name]}({self.cast('double', out)}, {self.cast('double', a)})"
-            return out
         if name in C_HOST:
             return f"{C_HOST[name]}({self.cast('double', args[0])})"
         raise self.err(node, f"the call {ast.unparse(node)!r}")
@@ -128,10 +122,11 @@ class HostEmitter(CythonSyntax):
         ints = [self.var(n) for n in self.locals if n in self.ints]
         reals = [self.var(n) for n in self.locals if n not in self.ints]
         out = []
+        decl, end = self.SYNTAX["decl"], self.SYNTAX["end"]
         if ints:
-            out.append("    cdef int64_t " + ", ".join(ints))
+            out.append(f"    {decl}int64_t " + ", ".join(ints) + end)
         if reals:
-            out.append("    cdef double " + ", ".join(reals))
+            out.append(f"    {decl}double " + ", ".join(reals) + end)
         return out
 
 
@@ -141,41 +136,16 @@ class CHostEmitter(HostEmitter):
     block defines none of the epoch module's helpers (``_ipow``, ``_pymin``,
     ``_pymax``): a function that needs one does not compile there."""
 
-    NOT, AND, OR, PASS, END = "(!{})", " && ", " || ", ";", ";"
-    IFEXP = "(({test}) ? ({body}) : ({orelse}))"
+    SYNTAX = C_SYNTAX
 
-    @staticmethod
-    def cast(ctype, text):
-        return f"(({ctype}){text})"
-
-    def stmt(self, st, indent):
-        pad = " " * indent
-        if isinstance(st, ast.Assign):
-            t = st.targets[0]
-            if isinstance(t, ast.Name):
-                return [f"{pad}{self.target_text(t.id)} = {self.expr(st.value)};"]
-            if isinstance(t, ast.Tuple):  # every value before any assignment
-                tmp = [f"okx_t{i}" for i in range(len(t.elts))]
-                out = [f"{pad}{{"]
-                out += [f"{pad}    const {'int64_t' if self.is_int(v) else 'double'} {n} = "
-                        f"{self.expr(v)};" for n, v in zip(tmp, st.value.elts)]
-                out += [f"{pad}    {self.target_text(x.id)} = {n};" for x, n in zip(t.elts, tmp)]
-                return out + [f"{pad}}}"]
-            raise self.err(st, "this assignment target")
-        if isinstance(st, ast.AugAssign):
-            n = self.target_text(st.target.id)
-            return [f"{pad}{n} = ({n} {BINOPS[type(st.op)]} {self.expr(st.value)});"]
-        if isinstance(st, ast.If):
-            out = [f"{pad}if ({self.expr(st.test)}) {{"]
-            out += self.stmts(st.body, indent + 4)
-            if st.orelse:
-                out.append(f"{pad}}} else {{")
-                out += self.stmts(st.orelse, indent + 4)
-            return out + [f"{pad}}}"]
-        return super().stmt(st, indent)
-
-    def local_decls(self):
-        return [line.replace("    cdef ", "    ", 1) + ";" for line in super().local_decls()]
+    def tuple_assignment(self, targets, values, pad):
+        # every value before any assignment, as Python's
+        tmp = [f"okx_t{i}" for i in range(len(targets))]
+        out = [f"{pad}{{"]
+        out += [f"{pad}    const {'int64_t' if self.is_int(v) else 'double'} {n} = "
+                f"{self.expr(v)};" for n, v in zip(tmp, values)]
+        out += [f"{pad}    {self.target_text(x.id)} = {n};" for x, n in zip(targets, tmp)]
+        return out + [f"{pad}}}"]
 
 
 class LaneToC:
