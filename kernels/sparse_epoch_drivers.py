@@ -57,6 +57,7 @@ from . import _simd  # noqa: F401 (the generated modules import it: in their dig
 from ._helpers import prefetch
 from . import drivers as _drivers
 from . import loss_rules as _loss_rules
+from . import penalty as _pen
 from . import rules as _update_rules
 from . import schedule_rules as _schedule_rules  # noqa: F401 (the generated modules import it: in their digest)
 from . import sparse_rules as _sparse_rules
@@ -245,11 +246,10 @@ def feature_counts(indices, n_features):
     return out
 
 
-@njit(inline="always")
-def penalty_grad(w, alpha, l1_ratio):
-    """The penalty's (sub)gradient at w (sign(0) = 0), as the dense path's."""
-    sgn = 1.0 if w > 0 else (-1.0 if w < 0 else 0.0)
-    return alpha * (l1_ratio * sgn + (1.0 - l1_ratio) * w)
+# the penalty's (sub)gradient at w (sign(0) = 0), as the dense path's: the
+# one definition, kernels/penalty.py's, compiled inline into the sparse epochs
+penalty_grad = njit(inline="always")(_pen.penalty_grad)
+_penalty_of_sums = njit(inline="always")(_pen.penalty_of_sums)
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})
@@ -266,7 +266,7 @@ def penalty_value(Wf, alpha, l1_ratio):
         w = float(Wf[e])
         a1 += abs(w)
         a2 += w * w
-    return alpha * (l1_ratio * a1 + 0.5 * (1.0 - l1_ratio) * a2)
+    return _penalty_of_sums(alpha, l1_ratio, a1, a2)
 
 
 @njit(inline="always")

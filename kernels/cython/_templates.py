@@ -45,20 +45,22 @@ def language_files():
 PENALTY = os.path.join(os.path.dirname(HERE), "penalty.py")
 
 
-def penalty_twins(host_emitter):
+def penalty_twins(host_emitter, names="KERNEL_FUNCTIONS"):
     """The hole ``penalty`` of templates/penalty_twin.pyx.tp: each of
     kernels/penalty.py's KERNEL_FUNCTIONS translated by ``host_emitter``
-    (rulelang.c.HostEmitter: C doubles), as (name, args, body lines)."""
+    (rulelang.c.HostEmitter: C doubles, Cython), as (name, args, body lines).
+    With rulelang.c.CHostEmitter and ``names="C_FUNCTIONS"``: the hole
+    ``penalty_c`` of templates/_epochs_dense.c.tp, the same in plain C."""
     import runpy
     import types
 
     module = runpy.run_path(PENALTY)
     twins = []
-    for name in module["KERNEL_FUNCTIONS"]:
+    for name in module[names]:
         tr = host_emitter(module[name], int_first=False, globals_=module)
 
         def ret(t, st):
-            return [f"return <double>{t.expr(st.value)}"]
+            return [f"return {t.cast('double', t.expr(st.value))}{t.SYNTAX['end']}"]
 
         twins.append(types.SimpleNamespace(
             name=name, args=", ".join(f"double {tr.var(p)}" for p in tr.params),

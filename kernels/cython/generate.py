@@ -69,8 +69,7 @@ def load_rules(path=RULES_PATH):
 # Translating one rule: kernels/rulelang (the language: docs/rules.md)
 # --------------------------------------------------------------------------
 
-_rulelang = _files.load_package(
-    "_optkern_rulelang", os.path.join(HERE, os.pardir, "rulelang"))
+_rulelang = _files.rulelang()
 RuleError = _rulelang.RuleError
 _RESERVED = _rulelang.cython.RESERVED
 _Translator = _rulelang.cython.UpdateEmitter

@@ -75,7 +75,7 @@ rule_lanes = _load_by_path("_optkern_rule_lanes_for_epochs", os.path.join(KERNEL
 # form -> C: kernels/rulelang (the language: docs/rules.md)
 # --------------------------------------------------------------------------
 
-_rulelang = _files.load_package("_optkern_rulelang", os.path.join(KERNELS, "rulelang"))
+_rulelang = _files.rulelang()
 TranslateError = _rulelang.RuleError
 _HostTranslator = _rulelang.c.HostEmitter
 _LaneToC = _rulelang.c.LaneToC
@@ -235,6 +235,7 @@ def _c_text(lanes):
         hsum_steps={(ct, vbytes): _hsum_steps(ct, vbytes // _SIZE[ct])
                     for _, ct in CTYPES for _, _, vbytes in SIMD_LEVELS},
         lanes=lanes, across_rows=ACROSS_ROWS,
+        penalty_c=_templates.penalty_twins(_rulelang.c.CHostEmitter, "C_FUNCTIONS"),
         across={(ct, vbytes): _across_table(ct, vbytes)
                 for _, ct in CTYPES for _, _, vbytes in SIMD_LEVELS})
     if '"""' in text or "\\" in text:

@@ -43,17 +43,8 @@ def _load_rules():
     return _files.load_by_path("_optkern_loss_rules", path)
 
 
-def _load_rulelang():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "_optkern_files", os.path.join(os.path.dirname(HERE), "_files.py"))
-    files = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(files)
-    return files.load_package("_optkern_rulelang", os.path.join(os.path.dirname(HERE), "rulelang"))
-
-
 # translating a loss rule: kernels/rulelang (the language: docs/rules.md)
-_rulelang = _load_rulelang()
+_rulelang = _files.rulelang()
 _ToCython = _rulelang.cython.LossToCython
 _rule_to_cython = _rulelang.cython.loss_to_cython
 

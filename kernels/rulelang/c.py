@@ -5,9 +5,9 @@ docs/rules.md."""
 
 import ast
 
-from .frontend import Rule, RuleError, check, function_of, sign_expansion
+from .frontend import Rule, RuleError, check
 from .cython import CythonSyntax
-from .tables import BINOPS, C_HOST, C_LANES, CMPOPS, MATH_CONSTANTS
+from .tables import BINOPS, C_HOST, C_LANES, C_SYNTAX, CMPOPS, MATH_CONSTANTS
 
 
 class HostEmitter(CythonSyntax):
@@ -86,31 +86,27 @@ class HostEmitter(CythonSyntax):
 
     def power(self, node):
         if self.is_int(node.right):
-            return f"_ipow(<double>{self.expr(node.left)}, <int64_t>{self.expr(node.right)})"
-        return f"pow(<double>{self.expr(node.left)}, <double>{self.expr(node.right)})"
+            return (f"_ipow({self.cast('double', self.expr(node.left))}, "
+                    f"{self.cast('int64_t', self.expr(node.right))})")
+        return (f"pow({self.cast('double', self.expr(node.left))}, "
+                f"{self.cast('double', self.expr(node.right))})")
 
     def binop(self, node):
         left = self.expr(node.left)
         if isinstance(node.op, ast.Div) and self.is_int(node.left) and self.is_int(node.right):
-            left = f"<double>{left}"  # true division
+            left = self.cast("double", left)  # true division
         return f"({left} {BINOPS[type(node.op)]} {self.expr(node.right)})"
 
-    def call(self, node):
-        name = function_of(node)
-        if name == "sign":
-            return self.expr(sign_expansion(node.args[0]))
-        args = [self.expr(a) for a in node.args]
+    def minmax(self, name, a, b):
+        return f"{C_HOST[name]}({self.cast('double', a)}, {self.cast('double', b)})"
+
+    def function(self, node, name, args):
         if name in ("floor", "ceil"):  # Numba: math.floor(float) -> int64
-            return f"(<int64_t>{C_HOST[name]}(<double>{args[0]}))"
+            return f"({self.cast('int64_t', C_HOST[name] + '(' + self.cast('double', args[0]) + ')')})"
         if name == "float":
-            return f"(<double>{args[0]})"
-        if name in ("min", "max"):
-            out = args[0]
-            for a in args[1:]:
-                out = f"{C_HOST[name]}(<double>{out}, <double>{a})"
-            return out
+            return f"({self.cast('double', args[0])})"
         if name in C_HOST:
-            return f"{C_HOST[name]}(<double>{args[0]})"
+            return f"{C_HOST[name]}({self.cast('double', args[0])})"
         raise self.err(node, f"the call {ast.unparse(node)!r}")
 
     def stmts(self, body, indent, ret=None):
@@ -126,11 +122,30 @@ class HostEmitter(CythonSyntax):
         ints = [self.var(n) for n in self.locals if n in self.ints]
         reals = [self.var(n) for n in self.locals if n not in self.ints]
         out = []
+        decl, end = self.SYNTAX["decl"], self.SYNTAX["end"]
         if ints:
-            out.append("    cdef int64_t " + ", ".join(ints))
+            out.append(f"    {decl}int64_t " + ", ".join(ints) + end)
         if reals:
-            out.append("    cdef double " + ", ".join(reals))
+            out.append(f"    {decl}double " + ", ".join(reals) + end)
         return out
+
+
+class CHostEmitter(HostEmitter):
+    """A host function as plain C (the dense epoch's C block,
+    templates/_epochs_dense.c.tp): HostEmitter with C's spellings.  The C
+    block defines none of the epoch module's helpers (``_ipow``, ``_pymin``,
+    ``_pymax``): a function that needs one does not compile there."""
+
+    SYNTAX = C_SYNTAX
+
+    def tuple_assignment(self, targets, values, pad):
+        # every value before any assignment, as Python's
+        tmp = [f"okx_t{i}" for i in range(len(targets))]
+        out = [f"{pad}{{"]
+        out += [f"{pad}    const {'int64_t' if self.is_int(v) else 'double'} {n} = "
+                f"{self.expr(v)};" for n, v in zip(tmp, values)]
+        out += [f"{pad}    {self.target_text(x.id)} = {n};" for x, n in zip(targets, tmp)]
+        return out + [f"{pad}}}"]
 
 
 class LaneToC:

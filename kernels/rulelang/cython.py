@@ -7,7 +7,7 @@ import ast
 import textwrap
 
 from .frontend import Rule, RuleError, check, function_of, is_index, sign_expansion
-from .tables import BINOPS, CMPOPS, CYTHON_LOSS, CYTHON_UPDATE
+from .tables import BINOPS, CMPOPS, CYTHON_LOSS, CYTHON_SYNTAX, CYTHON_UPDATE
 
 # Cython keywords and names the generated code itself uses: a rule variable
 # with one of these names gets a trailing underscore.
@@ -26,7 +26,14 @@ class CythonSyntax:
     Numba): operators, comparisons, conditionals, assignments, ``if``.  A
     subclass says how names, constants, powers, calls and returns become
     text (``name_text``, ``target_text``, ``const_text``, ``power``, ``call``,
-    ``ret``; ``leaf`` for what only it reads)."""
+    ``ret``; ``leaf`` for what only it reads).  What Cython and plain C
+    spell differently is the table ``SYNTAX`` (tables.py), which the C
+    subclass replaces (c.CHostEmitter)."""
+
+    SYNTAX = CYTHON_SYNTAX
+
+    def cast(self, ctype, text):
+        return self.SYNTAX["cast"].format(ctype=ctype, text=text)
 
     def err(self, node, what):
         return self.rule.error(node, what)
@@ -50,9 +57,9 @@ class CythonSyntax:
                 return f"(-{e(node.operand)})"
             if isinstance(node.op, ast.UAdd):
                 return e(node.operand)
-            return f"(not {e(node.operand)})"
+            return self.SYNTAX["not"].format(e(node.operand))
         if isinstance(node, ast.BoolOp):
-            op = " and " if isinstance(node.op, ast.And) else " or "
+            op = self.SYNTAX["and" if isinstance(node.op, ast.And) else "or"]
             return "(" + op.join(e(v) for v in node.values) + ")"
         if isinstance(node, ast.Compare):
             parts = []
@@ -60,46 +67,67 @@ class CythonSyntax:
             for op, right in zip(node.ops, node.comparators):
                 parts.append(f"({e(left)} {CMPOPS[type(op)]} {e(right)})")
                 left = right
-            return parts[0] if len(parts) == 1 else "(" + " and ".join(parts) + ")"
+            return parts[0] if len(parts) == 1 else "(" + self.SYNTAX["and"].join(parts) + ")"
         if isinstance(node, ast.IfExp):
-            return f"({e(node.body)} if {e(node.test)} else {e(node.orelse)})"
+            return self.SYNTAX["ifexp"].format(body=e(node.body), test=e(node.test),
+                                               orelse=e(node.orelse))
         if isinstance(node, ast.Call):
             return self.call(node)
         return self.leaf(node)
+
+    def call(self, node):
+        """A call of the language's functions: ``sign`` as its conditional
+        expression, ``min``/``max`` as a chain of the target's two-argument
+        form (Python's rule: the first of equal values), the others as the
+        target's ``function`` says."""
+        name = function_of(node)
+        if name == "sign":
+            return self.expr(sign_expansion(node.args[0]))
+        args = [self.expr(a) for a in node.args]
+        if name in ("min", "max"):
+            out = args[0]
+            for a in args[1:]:
+                out = self.minmax(name, out, a)
+            return out
+        return self.function(node, name, args)
 
     def stmts(self, body, indent):
         out = []
         for st in body:
             out.extend(self.stmt(st, indent))
-        return out or [" " * indent + "pass"]
+        return out or [" " * indent + self.SYNTAX["pass"]]
+
+    def tuple_assignment(self, targets, values, pad):
+        lhs = ", ".join(self.target_text(x.id) for x in targets)
+        rhs = ", ".join(self.expr(v) for v in values)
+        return [f"{pad}{lhs} = {rhs}"]
 
     def stmt(self, st, indent):
         pad = " " * indent
+        syntax, end = self.SYNTAX, self.SYNTAX["end"]
         if isinstance(st, ast.Assign):
             t = st.targets[0]
             if isinstance(t, ast.Name):
-                return [f"{pad}{self.target_text(t.id)} = {self.expr(st.value)}"]
+                return [f"{pad}{self.target_text(t.id)} = {self.expr(st.value)}{end}"]
             if isinstance(t, ast.Tuple):
-                lhs = ", ".join(self.target_text(x.id) for x in t.elts)
-                rhs = ", ".join(self.expr(v) for v in st.value.elts)
-                return [f"{pad}{lhs} = {rhs}"]
+                return self.tuple_assignment(t.elts, st.value.elts, pad)
             raise self.err(st, "this assignment target")
         if isinstance(st, ast.AugAssign):
             if not isinstance(st.target, ast.Name):
                 raise self.err(st, "this augmented assignment")
             n = self.target_text(st.target.id)
-            return [f"{pad}{n} = ({n} {BINOPS[type(st.op)]} {self.expr(st.value)})"]
+            return [f"{pad}{n} = ({n} {BINOPS[type(st.op)]} {self.expr(st.value)}){end}"]
         if isinstance(st, ast.If):
-            out = [f"{pad}if {self.expr(st.test)}:"]
+            out = [pad + syntax["if"].format(self.expr(st.test))]
             out += self.stmts(st.body, indent + 4)
             if st.orelse:
-                out.append(f"{pad}else:")
+                out.append(pad + syntax["else"])
                 out += self.stmts(st.orelse, indent + 4)
-            return out
+            return out + ([pad + syntax["endif"]] if syntax["endif"] else [])
         if isinstance(st, ast.Return):
             return [pad + x for x in self.ret(st)]
         if isinstance(st, ast.Pass):
-            return [f"{pad}pass"]
+            return [pad + syntax["pass"]]
         return []  # a docstring (check() let nothing else through)
 
 
@@ -147,17 +175,10 @@ class UpdateEmitter(CythonSyntax):
     def power(self, node):  # a real power (FTRL's n ** -lr_power)
         return f"{self.libm['pow']}({self.expr(node.left)}, {self.expr(node.right)})"
 
-    def call(self, node):
-        name = function_of(node)
-        if name == "sign":
-            return self.expr(sign_expansion(node.args[0]))
-        args = [self.expr(a) for a in node.args]
-        if name in ("min", "max"):
-            # Python's min/max keep the first of equal (or unordered) values
-            out = args[0]
-            for a in args[1:]:
-                out = f"{name}_{self.suffix}({out}, {a})"
-            return out
+    def minmax(self, name, a, b):
+        return f"{name}_{self.suffix}({a}, {b})"
+
+    def function(self, node, name, args):
         if name in self.libm:
             return f"{self.libm[name]}({args[0]})"
         raise self.err(node, f"the call {ast.unparse(node)!r}")

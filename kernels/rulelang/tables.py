@@ -51,3 +51,14 @@ C_HOST = {"exp": "exp", "log": "log", "log1p": "log1p", "sqrt": "sqrt",
 # log_fast are handled by the emitter (they depend on the type and ISA level)
 C_LANES = {"math.log1p": "log1p", "math.sqrt": "sqrt", "math.floor": "floor",
            "abs": "fabs"}
+
+# how the host emitters spell what Cython and plain C write differently
+# (rulelang.cython.CythonSyntax reads SYNTAX; c.CHostEmitter takes C_SYNTAX)
+CYTHON_SYNTAX = {"not": "(not {})", "and": " and ", "or": " or ", "pass": "pass",
+                 "end": "", "ifexp": "({body} if {test} else {orelse})",
+                 "cast": "<{ctype}>{text}", "if": "if {}:", "else": "else:",
+                 "endif": None, "decl": "cdef "}
+C_SYNTAX = {"not": "(!{})", "and": " && ", "or": " || ", "pass": ";",
+            "end": ";", "ifexp": "(({test}) ? ({body}) : ({orelse}))",
+            "cast": "(({ctype}){text})", "if": "if ({}) {{", "else": "} else {",
+            "endif": "}", "decl": ""}
