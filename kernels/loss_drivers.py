@@ -317,6 +317,30 @@ def transpose_into(W, WT):
 
 
 @njit(cache=True, nogil=True, fastmath=_REDUCE_FLAGS)
+def _scores_rows(X, i, r_n, WT, Zb):
+    """Zb[r] = X[i + r] W for r < r_n, row by row (a partial block)."""
+    k, d = WT.shape
+    dt = WT.dtype.type
+    for r in range(r_n):
+        xr = X[i + r]
+        for j in range(k):
+            w = WT[j]
+            a = dt(0)
+            for f in range(d):
+                a += xr[f] * w[f]
+            Zb[r, j] = a
+
+
+@njit(cache=True, nogil=True)
+def _add_bias(Zb, r_n, b):
+    """Zb[r] += b for r < r_n (nothing without an intercept)."""
+    if b is not None:
+        for r in range(r_n):
+            for j in range(Zb.shape[1]):
+                Zb[r, j] += b[j]
+
+
+@njit(cache=True, nogil=True, fastmath=_REDUCE_FLAGS)
 def _scores_block(X, i, r_n, WT, b, Zb):
     """Zb[r] = X[i + r] W + b for r < r_n (dot products along contiguous rows).
 
@@ -405,18 +429,8 @@ def _scores_block(X, i, r_n, WT, b, Zb):
             Zb[4, j] = a4
             Zb[5, j] = a5
     else:
-        for r in range(r_n):
-            xr = X[i + r]
-            for j in range(k):
-                w = WT[j]
-                a = dt(0)
-                for f in range(d):
-                    a += xr[f] * w[f]
-                Zb[r, j] = a
-    if b is not None:
-        for r in range(r_n):
-            for j in range(k):
-                Zb[r, j] += b[j]
+        _scores_rows(X, i, r_n, WT, Zb)
+    _add_bias(Zb, r_n, b)
 
 
 @njit(cache=True, nogil=True, fastmath=_REDUCE_FLAGS)
@@ -572,18 +586,8 @@ def _scores_block_wide(X, i, r_n, WT, b, Zb):
             Zb[2, j] = a20
             Zb[3, j] = a30
     else:
-        for r in range(r_n):
-            xr = X[i + r]
-            for j in range(k):
-                w = WT[j]
-                a = dt(0)
-                for f in range(d):
-                    a += xr[f] * w[f]
-                Zb[r, j] = a
-    if b is not None:
-        for r in range(r_n):
-            for j in range(k):
-                Zb[r, j] += b[j]
+        _scores_rows(X, i, r_n, WT, Zb)
+    _add_bias(Zb, r_n, b)
 
 
 @njit(cache=True, nogil=True, fastmath=_REDUCE_FLAGS)
