@@ -72,8 +72,11 @@ def rulelang():
 
 def load_generated(cache, key, directory, filename, modname, make_text):
     """The generated module ``key`` of a driver: from ``cache`` (a dict), or
-    written to ``directory/filename`` (only if its text changed, see
-    ``write_if_changed``) and imported as ``modname``.
+    written to ``directory()/filename`` (only if its text changed, see
+    ``write_if_changed``) and imported as ``modname``.  ``directory`` is a
+    function (``drivers.generated_dir``), called only when the module is not
+    cached: it makes and probes the folder (mkdir, access: three system calls,
+    9 us), and the loss kernels look their module up on every call.
 
     A rule without state arrays (e.g. sign descent) leaves the state holes of
     argument lists empty: their ", ," becomes ",", which changes no other
@@ -81,7 +84,7 @@ def load_generated(cache, key, directory, filename, modname, make_text):
     unpacks the rule's 1-tuple."""
     mod = cache.get(key)
     if mod is None:
-        path = os.path.join(directory, filename)
+        path = os.path.join(directory(), filename)
         text = make_text()
         while ", ," in text:        # ", , ," (two empty holes in a row) too
             text = text.replace(", ,", ",")

@@ -115,7 +115,7 @@ def module_for(name):
         raise ValueError(
             f"unknown rule {name!r}; known: {sorted(_rules.RULES)}")
     return _files.load_generated(
-        _MODULES, name, generated_dir(), f"optkern_{name}_drivers.py",
+        _MODULES, name, generated_dir, f"optkern_{name}_drivers.py",
         f"optkern.kernels._generated_{name}", lambda: _source(_rules.RULES[name]))
 
 

@@ -363,7 +363,7 @@ def module_for(loss_name, rule_name, layout):
     if layout not in ("dense", "csr"):
         raise ValueError(f"layout must be 'dense' or 'csr', got {layout!r}")
     return _files.load_generated(
-        _MODULES, key, _drivers.generated_dir(),
+        _MODULES, key, _drivers.generated_dir,
         f"optkern_epoch_{loss_name}_{rule_name}_{layout}.py",
         f"optkern.kernels._generated_epoch_{loss_name}_{rule_name}_{layout}",
         lambda: _source(loss_name, rule_name, layout))

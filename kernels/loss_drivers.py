@@ -957,7 +957,7 @@ def module_for(loss):
     if loss not in _MODULES and loss not in _rules.LOSS_RULES:
         raise ValueError(f"unknown loss {loss!r}; known: {sorted(_rules.LOSS_RULES)}")
     return _files.load_generated(
-        _MODULES, loss, generated_dir(), f"optkern_loss_{loss}_drivers.py",
+        _MODULES, loss, generated_dir, f"optkern_loss_{loss}_drivers.py",
         f"optkern.kernels._generated_loss_{loss}", lambda: _source(_rules.LOSS_RULES[loss]))
 
 

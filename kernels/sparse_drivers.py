@@ -53,7 +53,7 @@ _CUDA = {}
 def module_for(name):
     """Import (generating if needed) the row-kernel module of rule ``name``."""
     return _files.load_generated(
-        _MODULES, name, _drivers.generated_dir(), f"optkern_{name}_rows.py",
+        _MODULES, name, _drivers.generated_dir, f"optkern_{name}_rows.py",
         f"optkern.kernels._generated_{name}_rows", lambda: _source(_rules.RULES[name]))
 
 

@@ -409,7 +409,7 @@ def module_for(loss_name, rule_name):
     if rule_name not in _update_rules.RULES:
         raise ValueError(f"unknown update rule {rule_name!r}")
     return _files.load_generated(
-        _MODULES, key, _drivers.generated_dir(),
+        _MODULES, key, _drivers.generated_dir,
         f"optkern_sparse_epoch_{loss_name}_{rule_name}.py",
         f"optkern.kernels._generated_sparse_epoch_{loss_name}_{rule_name}",
         lambda: _source(loss_name, rule_name))
