@@ -147,8 +147,9 @@ def softmax_row(z, y, epsilon, dz):
     zy = z[y]
     zmax = z[0]
     for j in range(1, z.shape[0]):
-        if z[j] > zmax:
-            zmax = z[j]
+        # (written as max: the vector form's max_fast, kernels/_helpers.py,
+        # makes this reduction vector code)
+        zmax = max(zmax, z[j])
     # the exponentials first, then their sum: a loop that only writes can be
     # vectorised (the in-order sum cannot), so the compiled exp runs on whole
     # vectors (kernels/_helpers.py exp_fast: 2.0 vs 4.0 ns per score at k=100)

@@ -127,6 +127,35 @@ def test_blas_path_with_many_outputs_agrees(backend, k):
                     assert_agree(got, want, dtype, f"{loss} {backend} k={k} {check}")
 
 
+@settings(deadline=None, max_examples=40)
+@given(k=st.integers(16, 300), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 10_000),
+       special=st.sampled_from([None, np.nan, np.inf, -np.inf, 0.0, -0.0, 80.0, -1e4]),
+       where=st.sampled_from(["first", "label", "last", "everywhere"]))
+def test_softmax_vector_form_agrees_with_row_form(k, dtype, seed, special, where):
+    # the vector form (k >= VEC_MIN_OUTPUTS) takes its row maximum with
+    # _helpers.max_fast (llvm.maxnum, which skips NaN), the row form with
+    # Python's max: the same loss and derivatives, NaN where the row form has
+    # NaN, on rows with NaN, infinities, signed zeros, ties and huge scores
+    from optkern.kernels import loss_drivers as drv
+    mod = drv.module_for("softmax")
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal(k).astype(dtype) * dtype(3)
+    y = int(rng.integers(0, k))
+    if special is not None:
+        at = {"first": [0], "label": [y], "last": [k - 1], "everywhere": list(range(k))}[where]
+        z[at] = special
+    dz_row, dz_vec = np.empty_like(z), np.empty_like(z)
+    eps = dtype(0)
+    loss_row = mod._rule(z.copy(), y, eps, dz_row)
+    loss_vec = mod._rule_vec(z.copy(), y, eps, dz_vec)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_array_equal(np.isnan(dz_vec), np.isnan(dz_row))
+    np.testing.assert_allclose(dz_vec, dz_row, rtol=tol, atol=tol)
+    assert np.isnan(loss_vec) == np.isnan(loss_row)
+    if not np.isnan(loss_row):
+        np.testing.assert_allclose(loss_vec, loss_row, rtol=tol, atol=tol)
+
+
 @settings(deadline=None, max_examples=25)
 @given(loss=st.sampled_from(LOSS_NAMES), backend=st.sampled_from(BACKENDS),
        dtype=st.sampled_from(DTYPES), layout=st.sampled_from(LAYOUTS),
