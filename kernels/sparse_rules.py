@@ -72,6 +72,7 @@ tables and the probabilities as arrays.
 
 import numpy as np
 
+from .penalty import l1_strength, l2_strength
 from .rules import RULES, state_names
 
 MODES = ("auto", "exact", "lazy", "dense")
@@ -87,8 +88,8 @@ def exact_kind(rule, user, alpha, l1_ratio, averaging, lr_constant):
     the penalty of the gradient, ``averaging`` whether Polyak averaging is on,
     ``lr_constant`` whether the learning rate stays the same within an epoch.
     """
-    l1 = alpha * l1_ratio
-    l2 = alpha * (1.0 - l1_ratio)
+    l1 = l1_strength(alpha, l1_ratio)
+    l2 = l2_strength(alpha, l1_ratio)
     wd = user.get("weight_decay", 0.0)
     if rule == "ftrl":
         return "linear", None

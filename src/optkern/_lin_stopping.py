@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 
 from optkern import _backend
+from optkern.kernels import penalty as _penalty
 from optkern._lin_defaults import DENSE_DEFAULT_N_ITER_NO_CHANGE
 
 # A sparse, wide fit (SPARSE_WIDE_DEFAULTS, optkern._lin_defaults) may also
@@ -179,7 +180,7 @@ class Stopping:
         if self.sampling == "replacement" or ctx.sparse_mode == "dense":
             return None
         alpha, l1_ratio = self._penalty_terms()
-        if ctx.sparse_mode == "scaled" and alpha * l1_ratio > 0:
+        if ctx.sparse_mode == "scaled" and _penalty.l1_strength(alpha, l1_ratio) > 0:
             return None
         return progressive_marks(n, self._batch_size(n))
 
