@@ -46,9 +46,10 @@ front of the rule's body by the rule language's front end
 replaced by the function with its prologue (``rulelang.with_prologue``),
 which is what Python, Numba and the sparse closed forms call.  That function
 is built on the rule's first use (``RuleSpec.rule``, or the module attribute
-a generated driver imports), so ``import optkern`` parses no rule.  The
-decoupled decay's factor (``1 - lr*weight_decay``, or 1) is computed on the
-host once, in front of ``prepare``, by the same declaration
+a generated driver imports), so ``import optkern`` parses no rule; its code
+is cached on disk (``_built_code``), so a later process loads no front end
+at all.  The decoupled decay's factor (``1 - lr*weight_decay``, or 1) is
+computed on the host once, in front of ``prepare``, by the same declaration
 (``rulelang.prepare_with_prologue``; ``RuleSpec.prepare``): Adam's, NAdam's
 and RAdam's prepares return the other kernel hyperparameters only.
 
