@@ -262,14 +262,16 @@ _FIRST_STEPS = textwrap.dedent("""
             for cls, kw in ((optkern.Adam, dict(amsgrad=True, maximize=True)),
                             (optkern.Adam, dict(weight_decay=0.3)),
                             (optkern.AdamW, dict(weight_decay=0.3))):
-                lr, b1, b2 = rng.uniform(1e-3, 0.2), rng.uniform(0.5, 0.95), rng.uniform(0.9, 0.9999)
+                lr, b1 = rng.uniform(1e-3, 0.2), rng.uniform(0.5, 0.95)
+                b2 = rng.uniform(0.9, 0.9999)
                 p = rng.standard_normal(257).astype(dtype)
                 opt = cls(p, lr=lr, betas=(b1, b2), backend=backend, check_finite=False, **kw)
                 for _ in range(3):
                     opt.step(rng.standard_normal(257).astype(dtype))
                 out[f"{backend} {dtype.__name__} {cls.__name__} {sorted(kw)}"] = p.tobytes().hex()
     out["front end"] = "optkern.kernels.rulelang.frontend" in sys.modules
-    out["built"] = sorted(f.__name__ for f in rules._RUNNING.values() if hasattr(f, "__rule_prologue__"))
+    out["built"] = sorted(f.__name__ for f in rules._RUNNING.values()
+                          if hasattr(f, "__rule_prologue__"))
     print(json.dumps(out))
 """)
 
