@@ -12,16 +12,18 @@ def write_if_changed(path, text):
     cache sees a change; the temporary file plus ``os.replace`` means a
     concurrent reader (another test worker, another process compiling) never
     sees half a file.  mkstemp creates 0600 files: they are made readable by
-    every user of a shared install.
+    every user of a shared install.  ``text`` may be ``bytes`` (written as
+    they are: the rules' cached built code, kernels/rules.py).
     """
+    binary = isinstance(text, bytes)
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, "rb") if binary else open(path, encoding="utf-8") as fh:
             if fh.read() == text:
                 return False
     except OSError:
         pass
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)

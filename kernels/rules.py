@@ -46,9 +46,10 @@ front of the rule's body by the rule language's front end
 replaced by the function with its prologue (``rulelang.with_prologue``),
 which is what Python, Numba and the sparse closed forms call.  That function
 is built on the rule's first use (``RuleSpec.rule``, or the module attribute
-a generated driver imports), so ``import optkern`` parses no rule.  The
-decoupled decay's factor (``1 - lr*weight_decay``, or 1) is computed on the
-host once, in front of ``prepare``, by the same declaration
+a generated driver imports), so ``import optkern`` parses no rule; its code
+is cached on disk (``_built_code``), so a later process loads no front end
+at all.  The decoupled decay's factor (``1 - lr*weight_decay``, or 1) is
+computed on the host once, in front of ``prepare``, by the same declaration
 (``rulelang.prepare_with_prologue``; ``RuleSpec.prepare``): Adam's, NAdam's
 and RAdam's prepares return the other kernel hyperparameters only.
 
@@ -354,6 +355,159 @@ def _written(fn):
     return fn
 
 
+# The code of this module's functions that run with a prologue, cached on
+# disk beside the generated drivers (``drivers.generated_dir()``): building
+# one loads the rule language's front end (4-5 ms the first time in a
+# process) and parses the function (1-2 ms), which was most of a first Adam
+# step on the Cython backend.  A file holds one function's code (``marshal``)
+# under a header naming everything it was built from (``_built_key``); a
+# file that is missing, stale, truncated or corrupt, or a directory that
+# cannot be read or written, means building it in memory as before.  The
+# function made from cached code is the one the front end makes (same code,
+# name, globals, file and lines, ``__wrapped__`` and prologue attribute).
+
+
+def _built_sources():
+    """(files, package directory): every source the built code depends on,
+    this module and the files of the rule language (its front end, which
+    imports nothing else of the package, and the prologue's declaration)."""
+    import os
+    here = os.path.dirname(os.path.abspath(__file__))
+    lang = os.path.join(here, "rulelang")
+    return ([os.path.abspath(__file__)] + [os.path.join(lang, f) for f in
+                                           sorted(os.listdir(lang)) if f.endswith(".py")],
+            here)
+
+
+_SOURCES_DIGESTS = {}
+
+
+def _sources_digest():
+    """sha256 of ``_built_sources`` (paths relative to the package and texts),
+    once per process while the files' sizes and times stay the same.  Not
+    ``_files.source_digest``: its scan of import lines would take in this
+    module's lazy imports (drivers.py and what it imports) and cost ~1.5 ms
+    more on a first step."""
+    import hashlib
+    import os
+    files, here = _built_sources()
+    stamp = tuple((f, st.st_mtime_ns, st.st_size) for f, st in
+                  ((f, os.stat(f)) for f in files))
+    digest = _SOURCES_DIGESTS.get(stamp)
+    if digest is None:
+        h = hashlib.sha256()
+        for f, _mtime, size in stamp:
+            fd = os.open(f, os.O_RDONLY)    # not open(): a fifth of the cost on a first step
+            try:
+                chunks = [os.read(fd, size + 1)]
+                while chunks[-1]:
+                    chunks.append(os.read(fd, 1 << 16))
+            finally:
+                os.close(fd)
+            text = b"".join(chunks)
+            h.update(f[len(here) + 1:].replace(os.sep, "/").encode() + b"\0")
+            h.update(len(text).to_bytes(8, "little") + text)
+        digest = _SOURCES_DIGESTS[stamp] = h.hexdigest()
+    return digest
+
+
+def _built_key(kind, written, key):
+    """The cache key of ``kind``'s ("rule", "prepare") built code for
+    ``written`` under ``key`` (its prologue, or its prepare's prologue key):
+    the digest of its sources (``_sources_digest``), the bytecode's version
+    (marshal is specific to it), the function as written (file, line,
+    bytecode: they also tie the key to the function in memory) and ``key``."""
+    import hashlib
+    import importlib.util
+    code = written.__code__
+    h = hashlib.sha256()
+    for part in (_sources_digest(), importlib.util.MAGIC_NUMBER.hex(), kind,
+                 written.__qualname__, code.co_filename, str(code.co_firstlineno), repr(key)):
+        h.update(part.encode() + b"\0")
+    h.update(code.co_code)
+    return h.hexdigest()[:32]
+
+
+_BUILT_TAG = b"optkern-built-code"
+
+
+def _built_file(kind, written):
+    import os
+    from . import drivers
+    return os.path.join(drivers.generated_dir(), f"optkern_{kind}_{written.__name__}.bin")
+
+
+def _load_built(kind, written, key):
+    """(cached code or None, what ``_store_built`` needs to write it); both
+    None for a function this module does not cache (one written elsewhere and
+    registered at run time, or this file loaded by path at build time)."""
+    if not __package__ or written.__globals__ is not globals():
+        return None, None
+    import hashlib
+    import marshal
+    import types
+    try:
+        where = _built_file(kind, written), _built_key(kind, written, key)
+    except (OSError, ValueError):       # no cache directory, a source unreadable
+        return None, None
+    try:
+        with open(where[0], "rb") as fh:
+            header, _, payload = fh.read().partition(b"\n")
+        tag, file_key, check = header.split(b" ")
+        if (tag == _BUILT_TAG and file_key.decode() == where[1]
+                and check.decode() == hashlib.sha256(payload).hexdigest()):
+            code = marshal.loads(payload)
+            if isinstance(code, types.CodeType) and code.co_name == written.__name__:
+                return code, None
+    except (OSError, ValueError, EOFError, TypeError):  # missing, truncated, corrupt
+        pass
+    return None, where
+
+
+def _store_built(where, code):
+    """Write ``code`` where ``_load_built`` looks for it (atomically:
+    ``_files.write_if_changed``); a directory that cannot be written to is
+    left alone (the code was built in memory)."""
+    if where is None:
+        return
+    import hashlib
+    import marshal
+    from . import _files
+    payload = marshal.dumps(code)
+    header = b" ".join([_BUILT_TAG, where[1].encode(),
+                        hashlib.sha256(payload).hexdigest().encode()])
+    try:
+        _files.write_if_changed(where[0], header + b"\n" + payload)
+    except OSError:
+        pass
+
+
+def _built_code(kind, written, key, build):
+    """(code, function) of the function that runs for ``written`` under
+    ``key``: the code from its cache file, function None; or, when the file
+    does not hold it, ``build()`` (the front end) and its code, written to
+    the file for the next process."""
+    code, where = _load_built(kind, written, key)
+    if code is not None:
+        return code, None
+    built = build()
+    _store_built(where, built.__code__)
+    return built.__code__, built
+
+
+def _rule_of_code(code, fn, prologue):
+    """The function ``rulelang.with_prologue(fn, prologue)`` makes, from its
+    (cached) ``code``: the same attributes (frontend ``_compiled``)."""
+    import types
+    full = types.FunctionType(code, fn.__globals__, fn.__name__)
+    full.__module__ = fn.__module__
+    full.__qualname__ = fn.__qualname__
+    full.__doc__ = fn.__doc__
+    full.__wrapped__ = fn
+    full.__rule_prologue__ = prologue
+    return full
+
+
 def _lazy_prepare(written, key):
     """The prepare that runs for ``written`` under ``key`` (its prologue's
     prepare items, kernel_hyper), to be built on first use: a function of
@@ -382,8 +536,9 @@ def _build_prepare(name):
     written = lazy.__wrapped__
     if getattr(lazy, "__built__", False):
         return lazy
-    full = _frontend().prepare_with_prologue(written, *lazy.__prepare_prologue__)
-    lazy.__code__ = full.__code__
+    key = lazy.__prepare_prologue__
+    lazy.__code__ = _built_code("prepare", written, key,
+                                lambda: _frontend().prepare_with_prologue(written, *key))[0]
     lazy.__built__ = True
     globals()[name] = lazy              # before it leaves the pending ones: always reachable
     _PENDING_PREPARES.pop(name, None)
@@ -396,7 +551,10 @@ def _running(fn, prologue):
     key = _written(fn), tuple(prologue)
     full = _RUNNING.get(key)
     if full is None:
-        built = _frontend().with_prologue(*key) if key[1] else key[0]
+        built = key[0]
+        if key[1]:
+            code, built = _built_code("rule", *key, lambda: _frontend().with_prologue(*key))
+            built = built or _rule_of_code(code, *key)
         # setdefault: one function per rule even if two threads build it
         full = _RUNNING.setdefault(key, built)
         name = key[0].__name__
