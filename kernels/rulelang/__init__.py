@@ -33,7 +33,9 @@ Functions, in every target
     ``sign`` to ``numpy.sign`` so Python and Numba run it as written),
     ``math.floor``, ``math.log1p``, ``math.exp``, ``math.log``, ``math.sqrt``,
     ``abs`` (or ``math.fabs``), ``min``, ``max`` (two or more arguments,
-    Python's rule: the first of equal or unordered values).  Host functions
+    Python's rule: the first of equal or unordered values; the Numba vector
+    form of a row rule computes a two-float ``max`` as ``llvm.maxnum``,
+    which skips a NaN first argument: docs/rules.md).  Host functions
     may also call ``math.cos``, ``math.sin``, ``math.ceil`` and ``float``.
 
 Types
