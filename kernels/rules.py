@@ -379,36 +379,13 @@ def _built_sources():
             here)
 
 
-_SOURCES_DIGESTS = {}
-
-
 def _sources_digest():
-    """sha256 of ``_built_sources`` (paths relative to the package and texts),
-    once per process while the files' sizes and times stay the same.  Not
-    ``_files.source_digest``: its scan of import lines would take in this
-    module's lazy imports (drivers.py and what it imports) and cost ~1.5 ms
-    more on a first step."""
-    import hashlib
-    import os
+    """The digest of ``_built_sources`` (``_files.source_digest`` of exactly
+    those files: its scan of import lines would take in this module's lazy
+    imports, drivers.py and what it imports, ~1.5 ms more on a first step)."""
+    from . import _files
     files, here = _built_sources()
-    stamp = tuple((f, st.st_mtime_ns, st.st_size) for f, st in
-                  ((f, os.stat(f)) for f in files))
-    digest = _SOURCES_DIGESTS.get(stamp)
-    if digest is None:
-        h = hashlib.sha256()
-        for f, _mtime, size in stamp:
-            fd = os.open(f, os.O_RDONLY)    # not open(): a fifth of the cost on a first step
-            try:
-                chunks = [os.read(fd, size + 1)]
-                while chunks[-1]:
-                    chunks.append(os.read(fd, 1 << 16))
-            finally:
-                os.close(fd)
-            text = b"".join(chunks)
-            h.update(f[len(here) + 1:].replace(os.sep, "/").encode() + b"\0")
-            h.update(len(text).to_bytes(8, "little") + text)
-        digest = _SOURCES_DIGESTS[stamp] = h.hexdigest()
-    return digest
+    return _files.source_digest(files, here, follow_imports=False)
 
 
 def _built_key(kind, written, key):
