@@ -55,3 +55,16 @@ def test_optimizer_stage_runs_on_the_last_minibatch_gradient(dtype):
     _, args, _, _ = R._captured_epoch_args(X, y, bs, "adam", 1)
     G, db = R.last_gradient(args[8], args[9], bs, args[-1])
     assert G.shape == (d, k) and np.all(np.isfinite(G)) and np.any(G != 0)
+
+
+def test_stage_breakdown_runs_and_its_stages_add_up():
+    # `epoch_roofline.py --breakdown` called stage_seconds, which raised a
+    # NameError after the epoch's arguments became named records; every
+    # stage must come back as a time, and the split must cover the epoch
+    X, y = R.problem(600, 8, 3, np.dtype(np.float32))
+    out = R.stage_seconds(X, y, 32, epochs=1, repeats=1)
+    for stage in ("epoch", "epoch (fit)", "scores", "batch passes", "rule (alone)",
+                  "optimizer", "bookkeeping", "order (NumPy permutation)"):
+        assert np.isfinite(out[stage]) and out[stage] > 0, stage
+    assert out["rest"] == pytest.approx(out["epoch"] - out["batch passes"] - out["optimizer"]
+                                        - out["bookkeeping"])

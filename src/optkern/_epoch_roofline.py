@@ -452,7 +452,7 @@ def stage_seconds(X, y, batch, optimizer="adam", epochs=5, repeats=5, loss="soft
         mod._loss_lanes, targets, T, order, bs, ZT[0], YB[0], eps, DT[0], LS[0], S[0], SI[0]),
         repeats)
     Wf = W.reshape(-1)
-    G, dbz = last_gradient(dWp, dbp, bs, w_mean)
+    G, dbz = last_gradient(dWp, dbp, bs, call.w_mean)
     out["optimizer"] = _best_seconds(lambda: opt_loop(
         n, bs, Wf, G.reshape(-1), *sW, o.avgW, b, dbz, *sB, o.avgB, o.userW, o.userB,
         o.scalarsW, o.scalarsB, o.step0, o.seed, o.offW, o.offB, float(o.base_lr)), repeats)
