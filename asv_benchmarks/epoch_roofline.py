@@ -15,7 +15,10 @@ larger of bytes of X / streaming-read bandwidth and 2 n d k multiply-adds /
 multiply-add rate, both rates measured by compiled probes in this run,
 ``optkern._epoch_roofline``) and the fraction roofline / epoch (1 = at the
 limit).  The probes run before and after the shapes; the table uses the
-larger rate of the two runs.  docs/epochs.md has the results.
+larger rate of the two runs.  Beside it, the shuffled-row floor: X's rows read
+once in a random order (``R.shuffled_read_seconds``, the best of one core and
+all cores and of a few prefetch distances), which no epoch that keeps the
+fixed row order can beat.  docs/epochs.md has the results.
 """
 
 import argparse
@@ -88,6 +91,10 @@ def main(argv=None):
     for n, d, k, bs, dt in _shapes(args):
         X, y = R.problem(n, d, k, np.dtype(dt))
         limit, bound = probes.roofline(n, d, k, dt)
+        # the shuffled-row floor: X's rows read once in a random order
+        floor, dist = R.shuffled_read_seconds(X)
+        print(f"{n:>7} x {d:>3} {dt:<7} reading the rows shuffled: {floor * 1e3:8.2f} ms "
+              f"(prefetch distance {dist}), {floor / limit:.1f}x the roofline", flush=True)
         for be in backends:
             try:
                 sec, _ = R.epoch_seconds(X, y, bs, be, args.epochs)
@@ -95,7 +102,8 @@ def main(argv=None):
                 print(f"  {be}: skipped ({exc})")
                 continue
             rows.append(dict(n=n, d=d, k=k, batch=bs, dtype=dt, backend=be, epoch_s=sec,
-                             roofline_s=limit, bound=bound, fraction=limit / sec))
+                             roofline_s=limit, bound=bound, fraction=limit / sec,
+                             shuffled_read_s=floor))
             print(f"{n:>7} x {d:>3} x {k:>3} batch {bs:>4} {dt:<7} {be:<14} "
                   f"epoch {sec * 1e3:8.2f} ms  roofline {limit * 1e3:6.2f} ms ({bound})  "
                   f"fraction {limit / sec:.3f} ({sec / limit:.1f}x)", flush=True)
@@ -126,7 +134,9 @@ def main(argv=None):
     for r in rows:
         print(f"  {r['n']:>7} x {r['d']:>3} x {r['k']:>3} batch {r['batch']:>4} {r['dtype']:<7} "
               f"{r['backend']:<14} roofline {r['roofline_s'] * 1e3:6.2f} ms ({r['bound']})  "
-              f"fraction {r['fraction']:.3f} ({1 / r['fraction']:.1f}x)")
+              f"fraction {r['fraction']:.3f} ({1 / r['fraction']:.1f}x); shuffled read "
+              f"{r['shuffled_read_s'] / r['roofline_s']:.1f}x the roofline, epoch "
+              f"{r['epoch_s'] / r['shuffled_read_s']:.1f}x the shuffled read")
     print(f"load average: {os.getloadavg()}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:

@@ -68,3 +68,22 @@ def test_stage_breakdown_runs_and_its_stages_add_up():
         assert np.isfinite(out[stage]) and out[stage] > 0, stage
     assert out["rest"] == pytest.approx(out["epoch"] - out["batch passes"] - out["optimizer"]
                                         - out["bookkeeping"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_shuffled_read_probe_reads_every_row_once(dtype):
+    # the shuffled-row floor's loop must read exactly the rows of the order
+    # (a probe that skipped rows would report a floor too low)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((257, 19)).astype(dtype)
+    order = rng.permutation(257).astype(np.int64)
+    for dist in R.ROW_PREFETCH_DISTANCES:
+        assert R._read_rows(X, order, dist) == pytest.approx(float(X.sum(dtype=np.float64)),
+                                                             rel=1e-4)
+        half = order[:100]
+        assert R._read_rows(X, half, dist) == pytest.approx(
+            float(X[half].sum(dtype=np.float64)), rel=1e-4)
+        assert R._read_rows_parallel(X, order, dist, 3) == pytest.approx(
+            float(X.sum(dtype=np.float64)), rel=1e-4)
+    sec, dist = R.shuffled_read_seconds(X, repeats=1)
+    assert 0 < sec < np.inf and dist in R.ROW_PREFETCH_DISTANCES

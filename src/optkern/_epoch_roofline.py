@@ -47,6 +47,7 @@ import numpy as np
 from numba import njit, prange
 
 from optkern._epoch_args import DenseEpochArgs
+from optkern.kernels._helpers import prefetch
 
 READ_PROBE_BYTES = 128 * 2 ** 20
 FMA_LANES = 128      # independent chains: latency x issue width of the FMA units
@@ -122,6 +123,70 @@ def fma_per_s(dtype=np.float32, parallel=True, repeats=5, n_threads=None, reps=F
     acc = np.ones(FMA_LANES, dt)
     sec = _best_seconds(lambda: _fma_chains(acc, a, c, reps), repeats)
     return FMA_LANES * reps / sec
+
+
+# the shuffled-row floor: an epoch must visit X's rows in its fixed shuffled
+# order (the same minibatches in the same order on every backend), so no
+# epoch is faster than reading the rows once in such an order
+ROW_PREFETCH_DISTANCES = (0, 4, 8, 16, 32)
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _read_rows(X, order, dist):
+    # every row of X once, in ``order``, summed into a d-vector (the reads a
+    # score pass makes, without its arithmetic); the row ``dist`` rows ahead
+    # prefetched line by line (0: none), as the epochs prefetch the next block
+    from_ = X.reshape(X.size)
+    n = order.shape[0]
+    d = X.shape[1]
+    step = max(64 // X.itemsize, 1)
+    acc = np.zeros(d, X.dtype)
+    for r in range(n):
+        if dist > 0 and r + dist < n:
+            ahead = order[r + dist] * d
+            for p in range(0, d, step):
+                prefetch(from_, ahead + p)
+        i = order[r]
+        for f in range(d):
+            acc[f] += X[i, f]
+    return acc.sum()
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _read_rows_parallel(X, order, dist, n_parts):
+    # one contiguous part of the order per thread, as the parallel epoch
+    # splits a minibatch
+    out = np.zeros(n_parts)
+    n = order.shape[0]
+    for t in prange(n_parts):
+        out[t] = _read_rows(X, order[(n * t) // n_parts:(n * (t + 1)) // n_parts], dist)
+    return out.sum()
+
+
+def shuffled_read_seconds(X, order=None, parallel=True, repeats=5,
+                          distances=ROW_PREFETCH_DISTANCES):
+    """(seconds, distance): the best time to read every row of ``X`` once in a
+    random order (``order``, default a permutation of the rows), over the
+    prefetch ``distances`` and, with ``parallel``, one core and all cores.
+
+    X of the grid is 30-120 MB and its rows are 128 B-6 KB: in a shuffled
+    order each row is a few cache lines from a random place, which costs more
+    than streaming the same bytes (``read_bytes_per_s``).  This is a floor
+    for any epoch that keeps the issue's fixed row order (it reads at least
+    X, in that order); ``--grid`` reports it beside the roofline."""
+    import numba
+
+    X = np.ascontiguousarray(X)
+    if order is None:
+        order = np.random.default_rng(12345).permutation(X.shape[0]).astype(np.int64)
+    best = (np.inf, 0)
+    for dist in distances:
+        best = min(best, (_best_seconds(lambda: _read_rows(X, order, dist), repeats), dist))
+        if parallel and numba.get_num_threads() > 1:
+            nt = numba.get_num_threads()
+            best = min(best, (_best_seconds(lambda: _read_rows_parallel(X, order, dist, nt),
+                                            repeats), dist))
+    return best
 
 
 def epoch_bytes(n, d, dtype):
