@@ -272,14 +272,8 @@ def _part(function, **holes):
 def _lanes(loss, scalar):
     """The loss rule's lane form (kernels/rule_lanes.py) and its slot counts,
     or ("", 0, 0) when the translator refuses it."""
-    try:
-        if scalar:
-            return (_rule_lanes.scalar_lane_source(loss.rule, "_loss_lanes_py"),
-                    *_rule_lanes.scalar_lane_slots(loss.rule))
-        return (_rule_lanes.lane_source(loss.rule, "_loss_lanes_py", returns=True),
-                *_rule_lanes.lane_slots(loss.rule, returns=True))
-    except _rule_lanes.NotLaneable:
-        return "", 0, 0
+    form = _rule_lanes.lane_form(loss.rule, "_loss_lanes_py", returns=True, scalar=scalar)
+    return form if form is not None else ("", 0, 0)
 
 
 def _source(loss_name, rule_name, layout):

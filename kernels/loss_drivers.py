@@ -922,11 +922,10 @@ def _lanes_part(spec):
     refuses, e.g. multiclass_hinge's early returns)."""
     if spec.kind != "row":
         return _templates.fragment("loss_no_lanes")
-    try:
-        text = rule_lanes.lane_source(spec.rule, "_rule_lanes_py")
-    except rule_lanes.NotLaneable:
+    form = rule_lanes.lane_form(spec.rule, "_rule_lanes_py")
+    if form is None:
         return _templates.fragment("loss_no_lanes")
-    n_real, n_int = rule_lanes.lane_slots(spec.rule)
+    text, n_real, n_int = form
     if n_int or n_real > LANE_SLOTS:
         return _templates.fragment("loss_no_lanes")    # its locals would not fit the scratch
     return text.strip("\n") + "\n\n\n" + _templates.fragment("loss_lanes")

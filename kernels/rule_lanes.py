@@ -40,32 +40,56 @@ rule's lane form, with ``Y`` the block's targets in lane form, (k, R) like
 ``ZT``; each output's loss is added into ``LOSS[r]``, its derivative goes to
 ``DT[j, r]``; ``math.log1p`` becomes ``log1p_lanes`` (kernels/epoch_drivers.py,
 which vectorises), so the module needs that name too.
+
+The drivers take a lane form through ``lane_form`` (source and slots at once,
+None for a refusal), which keeps what it built on disk beside the generated
+modules: a process whose generated modules are warm imports neither the
+emitters nor the front end (``lane_source`` and the others build every time).
 """
 
+# The emitters (kernels/rulelang/lanes.py, with the front end and the tables)
+# are imported when a lane form is built, not when this module is: the
+# drivers import it on every fit, and a process whose generated modules are
+# warm reads the lane forms they need from the cache (``lane_form``).
 if __package__:
-    from .rulelang import lanes as _lanes
+    from . import _files as _files_mod
+
+    def _emitters():
+        from .rulelang import lanes
+        return lanes
 else:  # loaded by path (the Cython generators at build time): kernels/_files.py finds it
     import os as _os
     import runpy as _runpy
+    import types as _types
 
-    _files = _runpy.run_path(_os.path.join(_os.path.dirname(_os.path.abspath(__file__)),
-                                           "_files.py"))
-    _lanes = _files["rulelang"]().lanes
+    _files_mod = _types.SimpleNamespace(**_runpy.run_path(
+        _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "_files.py")))
 
-NotLaneable = _lanes.NotLaneable
-_Translator = _lanes.LaneEmitter
-_ScalarTranslator = _lanes.ScalarLaneEmitter
+    def _emitters():
+        return _files_mod.rulelang().lanes
+
+# this module's names for the emitters' classes (NotLaneable, the translators)
+_LAZY = {"NotLaneable": "NotLaneable", "_Translator": "LaneEmitter",
+         "_ScalarTranslator": "ScalarLaneEmitter"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(_emitters(), _LAZY[name])
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def scalar_lane_source(rule, name):
     """Source of the lane form of the scalar rule ``rule`` (module docstring),
     as a function ``name``; raises NotLaneable."""
-    return _ScalarTranslator(rule).source(name)
+    return _emitters().ScalarLaneEmitter(rule).source(name)
 
 
 def scalar_lane_slots(rule):
     """(real slots, integer slots) of a scalar rule's lane form."""
-    t = _ScalarTranslator(rule)
+    t = _emitters().ScalarLaneEmitter(rule)
     return len(t.real), len(t.ints)
 
 
@@ -75,10 +99,104 @@ def lane_source(rule, name, returns=False):
     NotLaneable.  ``returns``: take returns inside row-dependent branches
     (``_returns_to_else``; the dense epoch's fused pass does, the loss
     kernels of loss_drivers.py keep the row form of such rules)."""
-    return _Translator(rule, returns).source(name)
+    return _emitters().LaneEmitter(rule, returns).source(name)
 
 
 def lane_slots(rule, returns=False):
     """(real slots, integer slots) of the lane form's ``S`` and ``SI``."""
-    t = _Translator(rule, returns)
+    t = _emitters().LaneEmitter(rule, returns)
     return len(t.real), len(t.ints)
+
+
+# --------------------------------------------------------------------------
+# The lane forms the drivers use, cached on disk beside the generated modules
+# (``drivers.generated_dir()``): a generated module's text is made again in
+# every process that loads it (kernels/_files.py ``load_generated`` compares
+# it with the file), and building a lane form loads the front end (parse,
+# check) and the emitters, ~5-10 ms of imports a warm fit does not need.  A
+# file holds one lane form (or the translator's refusal) under a key naming
+# everything it was built from (``_form_key``); a missing, stale or damaged
+# file, a rule whose source file cannot be read, or a directory that cannot
+# be written means building it as before.
+# --------------------------------------------------------------------------
+
+_FORM_TAG = "optkern-lane-form"
+
+
+def _form_key(rule, name, returns, scalar):
+    """The digest of the lane form's sources (this module, the rule language's
+    files, the rule's own file) and of what names the form (the rule's place
+    in its file, the function's name, ``returns``, ``scalar``); raises
+    OSError/ValueError when a source cannot be read."""
+    import os
+    here = os.path.dirname(os.path.abspath(__file__))
+    lang = os.path.join(here, "rulelang")
+    code = rule.__code__
+    files = [os.path.abspath(__file__), os.path.abspath(code.co_filename)]
+    files += [os.path.join(lang, f) for f in sorted(os.listdir(lang)) if f.endswith(".py")]
+    extra = "\0".join([_FORM_TAG, rule.__qualname__, code.co_filename,
+                        str(code.co_firstlineno), name, repr(bool(returns)),
+                        repr(bool(scalar))])
+    return _files_mod.source_digest(files, here, extra, follow_imports=False)
+
+
+def _form_file(rule, name, returns, scalar):
+    import os
+    from . import drivers
+    kind = "scalar" if scalar else "returns" if returns else "row"
+    return os.path.join(drivers.generated_dir(),
+                        f"optkern_lanes_{rule.__name__}_{name}_{kind}.json")
+
+
+def _load_form(rule, name, returns, scalar):
+    """(found, form, where): the cached lane form, or where to store it
+    (None: not cached, a rule whose source cannot be read)."""
+    if not __package__:
+        return False, None, None
+    import json
+    try:
+        where = _form_file(rule, name, returns, scalar), _form_key(rule, name, returns, scalar)
+    except (OSError, ValueError, TypeError):
+        return False, None, None
+    try:
+        with open(where[0], encoding="utf-8") as fh:
+            data = json.load(fh)
+        if data["key"] == where[1]:
+            form = data["form"]
+            if form is None:
+                return True, None, None
+            text, n_real, n_int = form
+            if isinstance(text, str) and isinstance(n_real, int) and isinstance(n_int, int):
+                return True, (text, n_real, n_int), None
+    except (OSError, ValueError, KeyError, TypeError):    # missing, truncated, corrupt
+        pass
+    return False, None, where
+
+
+def _store_form(where, form):
+    if where is None:
+        return
+    import json
+    try:
+        _files_mod.write_if_changed(where[0], json.dumps({"key": where[1], "form": form}))
+    except OSError:
+        pass
+
+
+def lane_form(rule, name, returns=False, scalar=False):
+    """(source, real slots, integer slots) of the lane form of ``rule`` as a
+    function ``name`` (``scalar``: a scalar rule's, ``scalar_lane_source``;
+    otherwise a row rule's, ``lane_source`` with ``returns``), or None when
+    the translator refuses the rule (NotLaneable).  Read from the cache when
+    it holds it: then the front end and the emitters are not imported."""
+    found, form, where = _load_form(rule, name, returns, scalar)
+    if found:
+        return form
+    lanes = _emitters()
+    try:
+        t = lanes.ScalarLaneEmitter(rule) if scalar else lanes.LaneEmitter(rule, returns)
+        form = (t.source(name), len(t.real), len(t.ints))
+    except lanes.NotLaneable:
+        form = None
+    _store_form(where, form)
+    return form

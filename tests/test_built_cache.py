@@ -11,6 +11,8 @@ same results on random hyperparameters); a truncated, corrupt or stale file is
 rebuilt; an unwritable directory builds in memory; an edited source, or another
 bytecode version, gives a new key; a fresh process with a warm cache takes a
 first Adam step without the front end, with the same results as a cold one.
+The loss rules' lane forms likewise (kernels/rule_lanes.py ``lane_form``): a
+warm process fits without the front end, the emitters or their tables.
 """
 
 import hashlib
@@ -296,3 +298,93 @@ def test_a_warm_process_steps_without_the_front_end(tmp_path):
     assert warm.pop("front end") is False
     assert warm == cold
     assert warm["built"] == ["adam_rule"]     # the Numba driver imports the rule
+
+
+# A warm fit reads the loss rules' lane forms from the cache too
+# (kernels/rule_lanes.py ``lane_form``): with its generated modules and
+# Numba's cache warm it imports none of the rule language's front end,
+# emitters or tables.
+_FITS = textwrap.dedent("""
+    import json, sys
+    import warnings
+    import numpy as np
+    import scipy.sparse as sp
+    import optkern
+    warnings.simplefilter("ignore")
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((120, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 120)
+    out = {}
+    for backend in ("numba", "cython"):
+        for loss in ("softmax", "log"):
+            for layout, data in (("dense", X), ("csr", sp.csr_matrix(X))):
+                target = y if loss == "softmax" else (y > 0).astype(np.int64)
+                est = optkern.LinearClassifier(loss=loss, backend=backend, max_epochs=2,
+                                               random_state=0).fit(data, target)
+                out[f"{backend} {loss} {layout}"] = est.coef_.tobytes().hex()
+    out["loaded"] = sorted(m for m in ("optkern.kernels.rulelang.frontend",
+                                       "optkern.kernels.rulelang.lanes",
+                                       "optkern.kernels.rulelang.tables") if m in sys.modules)
+    print(json.dumps(out))
+""")
+
+
+def test_a_warm_process_fits_without_the_front_end(tmp_path):
+    """Fits (Numba and Cython, softmax and log, dense and CSR) in a fresh
+    process: the cold one builds the lane forms with the front end and writes
+    them to the cache, the warm one imports none of rulelang.frontend,
+    .lanes, .tables; the coefficients are bit-identical."""
+    env = dict(os.environ, OPTKERN_CACHE_DIR=str(tmp_path / "generated"))
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", _FITS], env=env,
+                             capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    cold = run()
+    assert cold.pop("loaded") == ["optkern.kernels.rulelang.frontend",
+                                  "optkern.kernels.rulelang.lanes",
+                                  "optkern.kernels.rulelang.tables"]
+    assert any(p.name.startswith("optkern_lanes_") for p in (tmp_path / "generated").iterdir())
+    warm = run()
+    assert warm.pop("loaded") == []
+    assert warm == cold
+
+
+def _lane_rule(z, y, epsilon, dz):
+    total = 0.0
+    for j in range(z.shape[0]):
+        dz[j] = z[j] - epsilon
+        total += dz[j] * dz[j]
+    return total
+
+
+def test_a_cached_lane_form_is_the_emitters(cache_dir):
+    """``lane_form`` builds with the emitter and stores; the next call reads the
+    file (the emitters not called); a damaged or stale file is rebuilt; a
+    refusal is cached as None."""
+    from optkern.kernels import loss_rules, rule_lanes
+
+    built = rule_lanes.lane_form(_lane_rule, "lanes")
+    assert built == (rule_lanes.lane_source(_lane_rule, "lanes"),
+                     *rule_lanes.lane_slots(_lane_rule))
+    (path,) = [p for p in cache_dir.iterdir() if p.name.startswith("optkern_lanes_")]
+    real = rule_lanes._emitters
+    rule_lanes._emitters = _no_build
+    try:
+        assert rule_lanes.lane_form(_lane_rule, "lanes") == built
+    finally:
+        rule_lanes._emitters = real
+    for damage in (path.read_text()[:20], "{}", path.read_text().replace(
+            json.loads(path.read_text())["key"], "0" * 16)):
+        path.write_text(damage)
+        assert rule_lanes.lane_form(_lane_rule, "lanes") == built
+        assert json.loads(path.read_text())["form"] == list(built)
+    hinge = loss_rules.LOSS_RULES["multiclass_hinge"].rule
+    assert rule_lanes.lane_form(hinge, "lanes") is None        # its early returns
+    rule_lanes._emitters = _no_build
+    try:
+        assert rule_lanes.lane_form(hinge, "lanes") is None
+    finally:
+        rule_lanes._emitters = real

@@ -176,6 +176,77 @@ def test_the_language_has_the_nine_functions():
                                        "abs", "min", "max"}
 
 
+# ------------------------------------- one expression translator per target language
+
+def _two_reals(epsilon, r):
+    """A host function whose parameters have the lane form's names of reals
+    (the expressions below are translated in its scope, never called)."""
+    return epsilon
+
+
+def _c_translators():
+    from optkern.kernels.rulelang import c
+    host = c.CHostEmitter(_two_reals, int_first=False, globals_={})
+    return host, c.LaneToC("float", "f32", 1)
+
+
+def _host_c(host, text):
+    """The host's C with its own naming undone (``v_<name>``, real arguments
+    cast to double): what is left is spelled by the shared tables."""
+    import re
+    out = host.expr(__import__("ast").parse(text, mode="eval").body)
+    return re.sub(r"\(\(double\)(v_\w+)\)", r"\1", out).replace("v_", "")
+
+
+def _operator_texts():
+    """Every operator of the tables (BINOPS, CMPOPS, single and chained,
+    ``**``), and/or/not, unary minus and plus, the conditional expression."""
+    import ast
+    from optkern.kernels.rulelang import tables
+
+    a, b = ast.Name("epsilon", ast.Load()), ast.Name("r", ast.Load())
+    texts = [ast.unparse(ast.BinOp(a, op(), b)) for op in (*tables.BINOPS, ast.Pow)]
+    for op in tables.CMPOPS:
+        texts.append(ast.unparse(ast.Compare(a, [op()], [b])))
+        texts.append(ast.unparse(ast.Compare(a, [op(), op()], [b, a])))
+    return texts + ["epsilon < r and r < epsilon", "epsilon < r or r < epsilon",
+                    "not epsilon < r", "-epsilon", "+r", "epsilon if epsilon < r else r",
+                    "(epsilon + 1.5) * 2 - r / 3.0"]
+
+
+@pytest.mark.parametrize("text", _operator_texts())
+def test_the_host_and_lane_translators_spell_every_operator_alike(text):
+    """c.LaneToC and c.CHostEmitter translate expressions through the same
+    CythonSyntax with C_SYNTAX: every operator of the tables comes out the
+    same text (the host's own naming aside), so the two cannot drift."""
+    host, lane = _c_translators()
+    assert lane.expr(__import__("ast").parse(text, mode="eval").body) == _host_c(host, text)
+
+
+@pytest.mark.parametrize("name", [f for f in rulelang.FUNCTIONS if f != "sign"])
+def test_the_host_and_lane_translators_call_the_same_c_functions(name):
+    """Every function of the language: the lane translator calls the C
+    function the host does (C_FUNCTIONS), unless the lane table C_LANES
+    declares the lane form's own spelling (exp_fast, log_fast, min/max as
+    selects).  sign never reaches C as a call (frontend.sign_expansion)."""
+    import ast
+    import re
+    from optkern.kernels.rulelang import tables
+
+    host, lane = _c_translators()
+    args = "epsilon, r" if name in ("min", "max") else "epsilon"
+    lane_call = f"{tables.NUMBA_LANES[name]}({args})"          # as the lane form writes it
+    host_call = ("math." if name not in ("abs", "min", "max") else "") + f"{name}({args})"
+    got = lane.expr(ast.parse(lane_call, mode="eval").body)
+    if name in tables.C_LANES:
+        assert got == tables.C_LANES[name].format(ct="float", sfx="f32", lvl=1, x="epsilon",
+                                                  a="epsilon", b="r")
+        return
+    called = re.findall(r"(\w+)\(epsilon\)", _host_c(host, host_call))
+    assert called == [tables.C_FUNCTIONS[name]] == [tables.C_HOST[name]]
+    assert got == f"{tables.C_FUNCTIONS[name]}(epsilon)"
+
+
 # ------------------------------------------- every function through every target
 
 # case -> (expression of x and w, domain of x and w).  Domains are what each

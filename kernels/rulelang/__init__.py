@@ -75,7 +75,8 @@ name each function becomes on each target)
     ``cython.UpdateEmitter``   update rule -> Cython, float and double
     ``cython.loss_to_cython``  loss rule -> Cython over ``floating``
     ``c.HostEmitter``          prepare/schedule -> Cython C code (doubles)
-    ``c.LaneToC``              the lane form's Python text -> C (SIMD epoch)
+    ``c.LaneToC``              the lane form's Python text -> C (SIMD epoch),
+                               through the host emitters' CythonSyntax and C_SYNTAX
 
 The package imports neither numba nor optkern: the Cython generators load it
 by file path at build time.

@@ -1,13 +1,16 @@
 """C emitters: a host function (``prepare``, ``schedule_factor``) as Cython
 C code (HostEmitter), and the Numba lane form's Python text as a C function
-(LaneToC), for kernels/cython/generate_epochs.py.  The language:
+(LaneToC), for kernels/cython/generate_epochs.py: both translate expressions
+through rulelang.cython.CythonSyntax with C's spellings (tables.C_SYNTAX,
+C_FUNCTIONS), so C has one expression translator.  The language:
 docs/rules.md."""
 
 import ast
 
 from .frontend import Rule, RuleError, check
 from .cython import CythonSyntax
-from .tables import BINOPS, C_HOST, C_LANES, C_SYNTAX, CMPOPS, MATH_CONSTANTS
+from .tables import (BINOPS, C_FUNCTIONS, C_HOST, C_LANES, C_SYNTAX, LANE_ARRAYS1,
+                     LANE_ARRAYS2, LANE_NAMES, MATH_CONSTANTS, NUMBA_LANES)
 
 
 class HostEmitter(CythonSyntax):
@@ -148,86 +151,89 @@ class CHostEmitter(HostEmitter):
         return out + [f"{pad}}}"]
 
 
-class LaneToC:
+# the lane form's Python spelling of a call (NUMBA_LANES' values: "exp_fast",
+# "math.sqrt") -> the language's function ("exp", "sqrt")
+_LANE_FUNCTIONS = {v: k for k, v in NUMBA_LANES.items() if v is not None}
+
+
+class LaneToC(CythonSyntax):
     """The lane form of a row rule (kernels/rule_lanes.py's Python text, the
     one the Numba epoch compiles) as a C function for one C type.  Inside the
     loop over the lanes an ``if`` becomes selects (each assignment keeps its
     old value where the condition is false, the condition evaluated once),
-    so that every lane loop vectorises."""
+    so that every lane loop vectorises.
 
-    _OPS = {**BINOPS, **CMPOPS}
-    _ARR2 = ("ZT", "DT", "S", "SI")
+    Expressions go through the host emitters' CythonSyntax with C's
+    spellings (C_SYNTAX: operators, comparisons, conditionals, the libm
+    functions of C_FUNCTIONS); what only the lane form has (its arrays,
+    ``dt()``, ``exp_fast``/``log_fast``, min/max as selects) is the table
+    C_LANES.  Fully parenthesised: the evaluation order is the Python text's."""
+
+    SYNTAX = C_SYNTAX
 
     def __init__(self, ct, sfx, lvl):
         self.ct, self.sfx, self.lvl = ct, sfx, lvl
         self.n_cond = 0
 
-    def expr(self, node):
-        e = self.expr
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) \
-                and not isinstance(node.value, bool):
-            return repr(float(node.value)) if isinstance(node.value, float) \
-                else f"{node.value}"
-        if isinstance(node, ast.Name):
-            if node.id in ("k", "n", "epsilon", "r") or node.id.startswith("j"):
-                return node.id
-            raise RuleError(f"lane form: the name {node.id!r}")
+    def err(self, node, what):
+        return RuleError(f"lane form: {what}")
+
+    def name_text(self, node):
+        if node.id in LANE_NAMES or node.id.startswith("j"):
+            return node.id
+        raise self.err(node, f"the name {node.id!r}")
+
+    def const_text(self, v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise self.err(None, repr(v))
+        return repr(v) if isinstance(v, float) else f"{v}"
+
+    def leaf(self, node):
         if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name):
             arr = node.value.id
-            if arr in self._ARR2 and isinstance(node.slice, ast.Tuple) \
+            if arr in LANE_ARRAYS2 and isinstance(node.slice, ast.Tuple) \
                     and len(node.slice.elts) == 2:
                 i, r = node.slice.elts
-                return f"{arr}[({e(i)}) * R + ({e(r)})]"
-            if arr in ("Y", "LOSS"):
-                return f"{arr}[{e(node.slice)}]"
-            raise RuleError(f"lane form: the subscript of {arr!r}")
-        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
-            return f"pow({e(node.left)}, {e(node.right)})"
-        if isinstance(node, ast.BinOp) and type(node.op) in self._OPS:
-            return f"({e(node.left)} {self._OPS[type(node.op)]} {e(node.right)})"
-        if isinstance(node, ast.UnaryOp):
-            if isinstance(node.op, ast.USub):
-                return f"(-{e(node.operand)})"
-            if isinstance(node.op, ast.Not):
-                return f"(!{e(node.operand)})"
-            if isinstance(node.op, ast.UAdd):
-                return e(node.operand)
-        if isinstance(node, ast.Compare):
-            parts = []
-            left = node.left
-            for op, right in zip(node.ops, node.comparators):
-                if type(op) not in self._OPS:
-                    break
-                parts.append(f"({e(left)} {self._OPS[type(op)]} {e(right)})")
-                left = right
-            else:
-                return "(" + " && ".join(parts) + ")"
-        if isinstance(node, ast.BoolOp):
-            word = " && " if isinstance(node.op, ast.And) else " || "
-            return "(" + word.join(e(v) for v in node.values) + ")"
-        if isinstance(node, ast.IfExp):
-            return f"(({e(node.test)}) ? ({e(node.body)}) : ({e(node.orelse)}))"
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
-                and not node.keywords:
-            args = [e(a) for a in node.args]
-            f = node.func.id
-            if f == "dt" and len(args) == 1:
-                return f"(({self.ct})({args[0]}))"
-            if f == "exp_fast" and len(args) == 1:
-                return f"okx_exp_{self.sfx}_{self.lvl}({args[0]})"
-            if f == "log_fast" and len(args) == 1:
-                # log_fast works in float64 and rounds the result once
-                return f"(({self.ct})log((double)({args[0]})))"
-            if f in ("min", "max") and len(args) >= 2:
-                # Python's: the first of equal (or unordered) values
-                out, cmp = args[0], "<" if f == "min" else ">"
-                for a in args[1:]:
-                    out = f"((({a}) {cmp} ({out})) ? ({a}) : ({out}))"
-                return out
-        if isinstance(node, ast.Call) and not node.keywords and len(node.args) == 1 \
-                and ast.unparse(node.func) in C_LANES:
-            return f"{C_LANES[ast.unparse(node.func)]}({e(node.args[0])})"
-        raise RuleError(f"lane form: {ast.unparse(node)!r}")
+                return C_LANES["array2"].format(arr=arr, i=self.expr(i), r=self.expr(r))
+            if arr in LANE_ARRAYS1:
+                return C_LANES["array1"].format(arr=arr, i=self.expr(node.slice))
+            raise self.err(node, f"the subscript of {arr!r}")
+        raise self.err(node, repr(ast.unparse(node)))
+
+    def binop(self, node):
+        if type(node.op) not in BINOPS:
+            raise self.err(node, repr(ast.unparse(node)))
+        return super().binop(node)
+
+    def power(self, node):
+        return f"pow({self.expr(node.left)}, {self.expr(node.right)})"
+
+    def call(self, node):
+        """A call of the lane form's Python text: ``dt()``, or one of the
+        language's functions as NUMBA_LANES spells it (read back to its name,
+        then CythonSyntax.call: min/max through ``minmax``, the others
+        through ``function``)."""
+        if node.keywords:
+            raise self.err(node, repr(ast.unparse(node)))
+        f = ast.unparse(node.func)
+        if f == "dt" and len(node.args) == 1:
+            return C_LANES["dt"].format(ct=self.ct, x=self.expr(node.args[0]))
+        name = _LANE_FUNCTIONS.get(f)
+        if name in ("min", "max") and len(node.args) >= 2:
+            return super().call(ast.Call(ast.Name(name, ast.Load()), node.args, []))
+        if name is not None and name not in ("min", "max") and len(node.args) == 1:
+            return self.function(node, name, [self.expr(node.args[0])])
+        raise self.err(node, repr(ast.unparse(node)))
+
+    def minmax(self, name, a, b):
+        return C_LANES[name].format(a=a, b=b)
+
+    def function(self, node, name, args):
+        if name in C_LANES:
+            return C_LANES[name].format(ct=self.ct, sfx=self.sfx, lvl=self.lvl, x=args[0])
+        if name in C_FUNCTIONS:
+            return f"{C_FUNCTIONS[name]}({args[0]})"
+        raise self.err(node, repr(ast.unparse(node)))
 
     def lane(self, stmts, cond, pad):
         """Statements for one lane under the condition ``cond`` (C text or None)."""
@@ -235,8 +241,8 @@ class LaneToC:
         for st in stmts:
             if isinstance(st, ast.Assign) and len(st.targets) == 1:
                 t, v = self.expr(st.targets[0]), self.expr(st.value)
-                out.append(f"{pad}{t} = {v};" if cond is None
-                           else f"{pad}{t} = {cond} ? ({v}) : {t};")
+                out.append(f"{pad}{t} = {v};" if cond is None else
+                           pad + C_LANES["select"].format(target=t, cond=cond, value=v))
             elif isinstance(st, ast.If):
                 # both branches' conditions from the test's value before either runs
                 test = self.expr(st.test)

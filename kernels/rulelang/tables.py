@@ -41,16 +41,41 @@ CYTHON_LOSS = {"exp": "exp", "log": "log", "log1p": "log1p", "sqrt": "sqrt",
                "floor": "floor", "abs": "fabs", "min": "min", "max": "max",
                "sign": SIGN}
 
+# C's spelling of the language's functions that are a libm call of one
+# argument, for every C target (host code and the lane form)
+C_FUNCTIONS = {"exp": "exp", "log": "log", "log1p": "log1p", "sqrt": "sqrt",
+               "cos": "cos", "sin": "sin", "abs": "fabs", "floor": "floor", "ceil": "ceil"}
+
 # C host code (Cython, every real a double): floor and ceil are Numba's
 # float -> int64; min/max the epoch module's _pymin/_pymax
-C_HOST = {"exp": "exp", "log": "log", "log1p": "log1p", "sqrt": "sqrt",
-          "cos": "cos", "sin": "sin", "abs": "fabs", "floor": "floor", "ceil": "ceil",
-          "min": "_pymin", "max": "_pymax", "sign": SIGN}
+C_HOST = dict(C_FUNCTIONS, min="_pymin", max="_pymax", sign=SIGN)
 
-# C text of the Numba lane form (its Python names -> C); exp_fast and
-# log_fast are handled by the emitter (they depend on the type and ISA level)
-C_LANES = {"math.log1p": "log1p", "math.sqrt": "sqrt", "math.floor": "floor",
-           "abs": "fabs"}
+# C text of the Numba lane form (c.LaneToC): a call in the lane form's Python
+# text is read back to the language's function by NUMBA_LANES (``exp_fast`` is
+# "exp"), then spelled by C_FUNCTIONS, except what the lane form does its own
+# way (formats over the call's arguments ``a``/``b``, ``x``, the C type
+# ``ct``, its suffix ``sfx`` and the SIMD level ``lvl``):
+C_LANES = {
+    # exp_fast: the epoch's own vectorising exp, per type and ISA level
+    "exp": "okx_exp_{sfx}_{lvl}({x})",
+    # log_fast works in float64 and rounds the result once
+    "log": "(({ct})log((double)({x})))",
+    # Python's min/max: the first of equal (or unordered) values, as a select
+    "min": "((({b}) < ({a})) ? ({b}) : ({a}))",
+    "max": "((({b}) > ({a})) ? ({b}) : ({a}))",
+    # the lane form's own names: dt() the data's type, the block's arrays
+    # (ZT, DT, S, SI are (slots, R) in lane form, row r in column r)
+    "dt": "(({ct})({x}))",
+    "array2": "{arr}[({i}) * R + ({r})]",
+    "array1": "{arr}[{i}]",
+    # an assignment inside the lane loop under the condition ``cond``
+    "select": "{target} = {cond} ? ({value}) : {target};",
+}
+LANE_ARRAYS2 = ("ZT", "DT", "S", "SI")
+LANE_ARRAYS1 = ("Y", "LOSS")
+# the lane form's names of scalars: the block's k, n, epsilon, the lane r,
+# and the integer locals j*
+LANE_NAMES = ("k", "n", "epsilon", "r")
 
 # how the host emitters spell what Cython and plain C write differently
 # (rulelang.cython.CythonSyntax reads SYNTAX; c.CHostEmitter takes C_SYNTAX)
