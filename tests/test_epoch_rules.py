@@ -155,8 +155,9 @@ def bad_stop(n, batch_size):
 
 @pytest.mark.parametrize("fn, message", [
     (bad_break, "line {}: the statement Break is not in the rule language (docs/rules.md)"),
-    (bad_primitive_arguments, "line {}: a call of the primitive batch_pass other than "
-                              "'lsum, wsum = batch_pass(start, stop)' is not in the rule language"),
+    (bad_primitive_arguments,
+     "line {}: a call of the primitive batch_pass other than "
+     "'lsum, wsum = batch_pass(start, stop)' is not in the rule language"),
     (bad_primitive_in_expression, "line {}: the primitive finish_gradients inside an expression"),
     (bad_return, "line {}: a return of other than (mean loss, steps, averaging count)"),
     (bad_loop_variable, "line {}: an assignment to the loop variable 'start' in its loop"),
