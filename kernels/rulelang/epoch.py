@@ -101,13 +101,14 @@ def numba_text(fn, blocks, table=NUMBA_EPOCH):
     for (s0, e0, _), (s1, _, _) in zip(edits, edits[1:]):
         if s1 < e0:
             raise RuleError(f"{rule.where}: a primitive inside another's call")
+    # the body's first line (after a docstring): the edits are all below it
+    # (the text is not parsed again: an empty hole of a primitive's argument
+    # list, ", ,", is load_generated's to mend)
+    body = rule.fdef.body[1:] if _docstring(rule.fdef) else rule.fdef.body
+    head = starts[body[0].lineno - 1]
     for s, e, text in reversed(edits):
         source = source[:s] + text + source[e:]
-    body = ast.parse(source).body[0]
-    first = body.body[0]
-    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):  # docstring
-        first = body.body[1]
-    return textwrap.dedent("\n".join(source.split("\n")[first.lineno - 1:body.end_lineno]))
+    return textwrap.dedent(source[head:].rstrip("\n"))
 
 
 # ---------------------------------------------------------------- Cython
