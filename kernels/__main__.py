@@ -1,6 +1,8 @@
 """``python -m optkern.kernels show NAME --target TARGET``: the code that runs.
 
-NAME is an optimizer rule (``adam``) or ``loss:NAME`` (``loss:softmax``).
+NAME is an optimizer rule (``adam``), ``loss:NAME`` (``loss:softmax``) or
+``epoch[:LOSS:RULE:LAYOUT]`` (the minibatch epoch, kernels/epoch_rules.py, as
+the epoch of that combination runs it; softmax, adam, dense by default).
 TARGET is ``numba``, ``numba-parallel``, ``cuda`` or ``cython``.
 
 For the Numba targets the text is taken from the generated module itself
@@ -55,8 +57,28 @@ def _source_of(fn):
     return inspect.getsourcefile(fn), inspect.getsourcelines(fn)[1], inspect.getsource(fn)
 
 
+def _epoch_name(name):
+    """(loss, rule, layout) of ``epoch[:LOSS:RULE:LAYOUT]``."""
+    parts = name.split(":")[1:]
+    if len(parts) not in (0, 3):
+        raise SystemExit(f"expected epoch or epoch:LOSS:RULE:LAYOUT, got {name!r}")
+    return tuple(parts) or ("softmax", "adam", "dense")
+
+
+def _epoch_written():
+    from . import epoch_rules
+    return _source_of(epoch_rules.minibatch_epoch)
+
+
 def _numba_text(name, target):
-    if name.startswith("loss:"):
+    if name == "epoch" or name.startswith("epoch:"):
+        from . import epoch_drivers
+        if target == "cuda":
+            raise SystemExit("the minibatch epoch has no cuda target")
+        mod = epoch_drivers.module_for(*_epoch_name(name))
+        pieces = [_epoch_written()]
+        wanted = ("epoch_serial",) if target == "numba" else ("epoch_parallel",)
+    elif name.startswith("loss:"):
         from . import loss_drivers, loss_rules
         loss = name[len("loss:"):]
         if loss not in loss_rules.LOSS_RULES:
@@ -106,6 +128,15 @@ def _cython_blocks(path, name):
 
 def _cython_text(name):
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cython")
+    if name == "epoch" or name.startswith("epoch:"):
+        layout = _epoch_name(name)[2]
+        path = os.path.join(here, "_epochs.pyx")
+        if not os.path.exists(path):
+            raise SystemExit(f"{path} does not exist: the Cython kernels are not built here")
+        written, line, text = _epoch_written()
+        blocks = [(ln, t) for ln, t in _cython_blocks(path, f"epoch_f64_{layout}")]
+        return (f"# ---- {written}:{line} (translated)\n{text.rstrip()}\n\n"
+                + "\n\n".join(f"# ---- {path}:{ln}\n{t}" for ln, t in blocks) + "\n")
     if name.startswith("loss:"):
         fname, name = "_losses.pyx", name[len("loss:"):]
     else:
@@ -133,7 +164,8 @@ def main(argv=None):
                                      description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("show", help="print the exact code that runs for a rule or loss")
-    p.add_argument("name", help="an optimizer rule (adam) or loss:NAME (loss:softmax)")
+    p.add_argument("name", help="an optimizer rule (adam), loss:NAME (loss:softmax) or "
+                   "epoch[:LOSS:RULE:LAYOUT]")
     p.add_argument("--target", default="numba", choices=TARGETS)
     args = parser.parse_args(argv)
     sys.stdout.write(show(args.name, args.target))

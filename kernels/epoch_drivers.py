@@ -15,7 +15,10 @@ and reasons of ``drivers.py``) holding
     rule's driver module) for W and then b, and Polyak averaging.
 
 The loss rule (``loss_rules.py``) and the update rule (``rules.py``) are the
-same texts every other target compiles; only the loops live here.
+same texts every other target compiles; so is the minibatch loop itself
+(``epoch_rules.minibatch_epoch``, pasted as the body after its set-up, each of
+its primitives bound to the code of templates/epoch_parts.py for this layout:
+``rulelang.epoch.numba_text``).  Only the batch passes live here.
 
 Arguments: about 40, positional, each
 named in ``optkern._epoch_args``: ``DenseEpochArgs`` holds a call, its
@@ -47,6 +50,7 @@ from . import _helpers  # noqa: F401 (the generated modules import it: in their 
 from ._helpers import log_fast
 from . import _simd  # noqa: F401 (the generated modules import it: in their digest)
 from . import drivers as _drivers
+from . import epoch_rules as _epoch_rules
 from . import loss_drivers as _loss_drivers  # noqa: F401 (the generated modules import it: in their digest)
 from . import loss_rules as _loss_rules
 from . import rule_lanes as _rule_lanes
@@ -278,6 +282,7 @@ def _lanes(loss, scalar):
 
 def _source(loss_name, rule_name, layout):
     """The text of the epoch module: templates/epoch.py filled."""
+    from .rulelang import epoch as _epoch_lang
     loss = _loss_rules.LOSS_RULES[loss_name]
     spec = _update_rules.RULES[rule_name]
     update_mod = _drivers.module_for(rule_name)
@@ -319,13 +324,19 @@ def _source(loss_name, rule_name, layout):
     epoch = _templates.snippet("epoch_parts", "epoch")
 
     def epoch_body(kind, range_fn):
-        return _templates.substitute(epoch, dict(
-            grad_setup=grad_setup, range=range_fn, grad_read=grad_read,
-            batch_call="\n".join([refresh, _part(kind + "_batch", **call)]),
-            update_call=_part(kind + "_update", w_states=w_states),
-            user_w=", ".join(f"userW[{j}]" for j in range(1, n_user)),
-            user_b=", ".join(f"userB[{j}]" for j in range(1, n_user)),
-            b_states=b_states))
+        # the loop written once (epoch_rules.py), its primitives bound to this
+        # layout's code: the functions of templates/epoch_parts.py named in
+        # rulelang.tables.NUMBA_EPOCH, their holes filled
+        primitives = dict(
+            batch_pass=_part("batch_pass", range=range_fn, batch_call="\n".join(
+                [refresh, _part(kind + "_batch", **call)])),
+            finish_gradients=_part("finish_gradients", grad_read=grad_read),
+            prepare_w=_part("prepare_w", user_w=", ".join(f"userW[{j}]" for j in range(1, n_user))),
+            update_w=_part("update_w", update_call=_part(kind + "_update", w_states=w_states)),
+            prepare_b=_part("prepare_b", user_b=", ".join(f"userB[{j}]" for j in range(1, n_user))),
+            update_b=_part("update_b", b_states=b_states))
+        loop = _epoch_lang.numba_text(_epoch_rules.minibatch_epoch, primitives)
+        return _templates.substitute(epoch, dict(grad_setup=grad_setup, loop=loop))
 
     return _templates.fill("epoch", dict(
         loss_repr=repr(loss_name), update_repr=repr(rule_name), layout=layout,

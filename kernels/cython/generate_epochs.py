@@ -10,7 +10,10 @@ Nothing is written per (loss, rule) pair.  The generated module holds
 
 * one epoch loop per (C type, layout) -- float/double x dense/CSR, rendered
   from a single template -- that calls the row loss, the rule's ``prepare``
-  and its update loop through function pointers;
+  and its update loop through function pointers; the loop itself is
+  translated from ``kernels/epoch_rules.py`` (the one definition the Numba
+  epoch compiles too: ``rulelang.epoch.CythonEpochEmitter``), its primitives
+  the sections of ``templates/epoch_primitives.pyx.tp``;
 * per loss, a C row-loss function (wrapping the scalar/row rule that
   ``generate_losses.py`` translated into ``_losses.pxd``);
 * per rule, a C twin of its ``prepare`` translated from the Python source in
@@ -281,21 +284,55 @@ def adapter_holes(rules, losses, sched_mod):
         MAX_STATES=MAX_STATES)
 
 
-def _render(rules, losses, sched_mod, digest):
+def primitive_sections(layout, sfx, ct):
+    """The Cython code of the epoch's primitives for one layout and C type
+    (templates/epoch_primitives.pyx.tp): {section name: text}."""
+    text = _templates.render("epoch_primitives.pyx.tp", layout=layout, sfx=sfx, ct=ct,
+                             dense_buffers=DENSE_BUFFERS)
+    sections, name = {}, None
+    for line in text.split("\n"):
+        if line.startswith("#: "):
+            name = line[3:].strip()
+            sections[name] = []
+        elif name is not None:
+            sections[name].append(line)
+        elif line.strip():
+            raise TranslateError(f"epoch_primitives.pyx.tp: text before its first section: {line!r}")
+    return {k: "\n".join(v) for k, v in sections.items()}
+
+
+def epoch_loops(epoch_fn):
+    """The minibatch epoch written once (kernels/epoch_rules.py) as the
+    Cython of each (layout, C suffix): (declarations, statements), lines
+    indented for the body of ``_epoch_<sfx>_<layout>``."""
+    decls, loops = {}, {}
+    for layout in LAYOUTS:
+        for sfx, ct in CTYPES:
+            em = _rulelang.epoch.CythonEpochEmitter(epoch_fn, primitive_sections(layout, sfx, ct))
+            decls[layout, sfx] = em.decls(4)
+            loops[layout, sfx] = em.body(4)
+    return decls, loops
+
+
+def _render(rules, losses, sched_mod, digest, epoch_fn):
     check_buffers(rules)
     holes = adapter_holes(rules, losses, sched_mod)
     lanes = _lanes(holes["losses"])
+    decls, loops = epoch_loops(epoch_fn)
     return _templates.render(
         f"{MODULE}.pyx.tp", digest=digest, layouts=LAYOUTS, lanes=lanes,
         lane_slots={ln.name: ln.slots for ln in lanes}, c_text=textwrap.indent(_c_text(lanes), "    "),
-        DENSE_ROWS=DENSE_ROWS, dense_buffers=DENSE_BUFFERS, **holes)
+        DENSE_ROWS=DENSE_ROWS, dense_buffers=DENSE_BUFFERS, epoch_decls=decls,
+        epoch_loop=loops, **holes)
 
 
 _templates = _files.load_by_path("_optkern_cython_templates", os.path.join(HERE, "_templates.py"))
 TEMPLATES = (f"{MODULE}.pyx.tp", "_epochs_dense.c.tp", "epoch_adapters.pyx.tp",
+             "epoch_primitives.pyx.tp",
              "host_minmax.pyx.tp", "prepare_twin.pyx.tp", "schedule_twin.pyx.tp",
              "penalty_twin.pyx.tp")
-RULE_FILES = ("rules.py", "loss_rules.py", "schedule_rules.py", "rule_lanes.py", "penalty.py")
+RULE_FILES = ("rules.py", "loss_rules.py", "schedule_rules.py", "rule_lanes.py", "penalty.py",
+              "epoch_rules.py")
 
 
 def sources_of(module_file, templates, rule_files):
@@ -310,10 +347,11 @@ def _generate():
     rules = _load("_optkern_rules_for_epochs", "rules.py")
     losses = _load("_optkern_loss_rules_for_epochs", "loss_rules.py")
     sched = _load("_optkern_schedule_rules_for_epochs", "schedule_rules.py")
+    epoch = _load("_optkern_epoch_rules_for_epochs", "epoch_rules.py").minibatch_epoch
     # SOURCE_HASH covers every source of the text and the text itself
     digest = _templates.source_digest(sources_of(__file__, TEMPLATES, RULE_FILES),
-                                      [_render(rules, losses, sched, "")])
-    return {f"{MODULE}.pyx": _render(rules, losses, sched, digest)}, digest
+                                      [_render(rules, losses, sched, "", epoch)])
+    return {f"{MODULE}.pyx": _render(rules, losses, sched, digest, epoch)}, digest
 
 
 def generate():

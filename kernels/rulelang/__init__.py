@@ -12,6 +12,9 @@ Kinds of rule (``frontend.check(rule, kind)``)
     ``scalar``  ``rule(z, y, epsilon) -> (loss, derivative)``, one output
     ``row``     ``rule(z, y, epsilon, dz) -> loss``, one row of k scores
     ``host``    ``prepare(step, scalars, lr, ...)`` and ``schedule_factor``
+    ``epoch``   the minibatch epoch (kernels/epoch_rules.py): a host function
+                with ``for``/``while`` loops, ``continue``, early returns and
+                calls of the primitives each target binds (epoch.py)
 
 Statements
     assignment to a local (``x = e``; tuple ``a, b = e1, e2``), augmented
@@ -77,13 +80,15 @@ name each function becomes on each target)
     ``c.HostEmitter``          prepare/schedule -> Cython C code (doubles)
     ``c.LaneToC``              the lane form's Python text -> C (SIMD epoch),
                                through the host emitters' CythonSyntax and C_SYNTAX
+    ``epoch.numba_text``       the epoch -> the body of the Numba epoch
+    ``epoch.CythonEpochEmitter``  the epoch -> the loop of the Cython epoch
 
 The package imports neither numba nor optkern: the Cython generators load it
 by file path at build time.
 """
 
 __all__ = ["FUNCTIONS", "PROLOGUE", "Rule", "RuleError", "c", "check", "check_prologue",
-           "cython", "function_of", "is_index", "lanes", "parse", "prepare_with_prologue",
+           "cython", "epoch", "function_of", "is_index", "lanes", "parse", "prepare_with_prologue",
            "source_text", "with_prologue", "written_of"]
 
 # where each name lives; a module is imported when one of its names is first
@@ -95,7 +100,7 @@ _HOME = {"FUNCTIONS": "tables", "PROLOGUE": "prologue", "check_prologue": "prolo
          "function_of": "frontend", "is_index": "frontend", "parse": "frontend",
          "source_text": "frontend", "with_prologue": "frontend",
          "prepare_with_prologue": "frontend", "written_of": "frontend"}
-_MODULES = ("c", "cython", "lanes", "frontend", "tables", "prologue", "errors")
+_MODULES = ("c", "cython", "epoch", "lanes", "frontend", "tables", "prologue", "errors")
 
 
 def __getattr__(name):

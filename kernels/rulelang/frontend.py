@@ -10,10 +10,11 @@ import types
 
 from .errors import RuleError
 from .prologue import PROLOGUE, prepare_items
-from .tables import BINOPS, CMPOPS, FUNCTIONS, HOST_FUNCTIONS, MATH_CONSTANTS
+from .tables import (BINOPS, CMPOPS, EPOCH_BLOCKS, EPOCH_FUNCTIONS, EPOCH_MATH, FUNCTIONS,
+                     HOST_FUNCTIONS, MATH_CONSTANTS)
 
 
-KINDS = ("update", "scalar", "row", "host")
+KINDS = ("update", "scalar", "row", "host", "epoch")
 
 
 def function_of(call):
@@ -275,7 +276,9 @@ def check(rule, kind, constants=()):
     """Raise RuleError at the first construct of ``rule`` outside the
     language for its ``kind``: "update" (an optimizer's elementwise rule),
     "scalar"/"row" (a loss rule), "host" (prepare, schedule_factor; these may
-    also read the module's numeric ``constants``)."""
+    also read the module's numeric ``constants``), "epoch" (the minibatch
+    epoch: a host function with loops, ``continue``, early returns and calls
+    of the primitives of tables.EPOCH_BLOCKS/EPOCH_FUNCTIONS)."""
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r}")
     a = rule.fdef.args
@@ -287,6 +290,9 @@ def check(rule, kind, constants=()):
     row_arrays = set(rule.params[:1]) | set(rule.params[3:4]) if kind == "row" else set()
     out_array = rule.params[3] if kind == "row" and len(rule.params) > 3 else None
 
+    host = kind in ("host", "epoch")
+    loops = []     # the loops around the statement being checked (epoch: continue)
+
     def bad(node, what):
         raise rule.error(node, what)
 
@@ -294,9 +300,29 @@ def check(rule, kind, constants=()):
         for st in body:
             stmt(st)
 
+    def block_call(st, value, targets):
+        """An epoch's statement calling one of its block primitives
+        (tables.EPOCH_BLOCKS): the arguments and results are the epoch's
+        own names, the ones the primitive's code reads and writes."""
+        name = value.func.id
+        args, results = EPOCH_BLOCKS[name]
+        got_args = tuple(a.id if isinstance(a, ast.Name) else None for a in value.args)
+        if value.keywords or got_args != args or tuple(targets) != results:
+            sig = f"{', '.join(results)} = " if results else ""
+            bad(st, f"a call of the primitive {name} other than "
+                    f"'{sig}{name}({', '.join(args)})'")
+
     def stmt(st):
         if _is_docstring(st) or isinstance(st, ast.Pass):
             return
+        if kind == "epoch" and isinstance(st, (ast.Assign, ast.Expr)) \
+                and isinstance(st.value, ast.Call) and isinstance(st.value.func, ast.Name) \
+                and st.value.func.id in EPOCH_BLOCKS:
+            t = st.targets[0] if isinstance(st, ast.Assign) and len(st.targets) == 1 else None
+            names = ([] if isinstance(st, ast.Expr) else
+                     [x.id for x in t.elts if isinstance(x, ast.Name)] if isinstance(t, ast.Tuple)
+                     else [t.id] if isinstance(t, ast.Name) else [None])
+            return block_call(st, st.value, names)
         if isinstance(st, ast.Assign):
             if len(st.targets) != 1:
                 bad(st, "chained assignment")
@@ -318,21 +344,38 @@ def check(rule, kind, constants=()):
             expr(st.test)
             stmts(st.body)
             stmts(st.orelse)
-        elif isinstance(st, ast.For) and kind == "row":
+        elif isinstance(st, ast.For) and kind in ("row", "epoch"):
             it = st.iter
+            most = 3 if kind == "epoch" else 2
             if not (isinstance(st.target, ast.Name) and isinstance(it, ast.Call)
                     and isinstance(it.func, ast.Name) and it.func.id == "range"
-                    and 1 <= len(it.args) <= 2 and not it.keywords and not st.orelse):
-                bad(st, "a for other than 'for <name> in range(<stop>)' or range(<start>, <stop>)")
+                    and 1 <= len(it.args) <= most and not it.keywords and not st.orelse):
+                bad(st, "a for other than 'for <name> in range(<stop>)' or range(<start>, <stop>)"
+                    + (" or range(<start>, <stop>, <step>)" if kind == "epoch" else ""))
             for x in it.args:
                 expr(x)
+            if kind == "epoch" and any(
+                    isinstance(n, ast.Name) and n.id == st.target.id and isinstance(n.ctx, ast.Store)
+                    for b in st.body for n in ast.walk(b)):
+                bad(st, f"an assignment to the loop variable {st.target.id!r} in its loop")
+            loops.append(st)
             stmts(st.body)
+            loops.pop()
+        elif isinstance(st, ast.While) and kind == "epoch":
+            if st.orelse:
+                bad(st, "a while with an else")
+            expr(st.test)
+            loops.append(st)
+            stmts(st.body)
+            loops.pop()
+        elif isinstance(st, ast.Continue) and kind == "epoch" and loops:
+            return
         elif isinstance(st, ast.Return):
             if st.value is None:
                 bad(st, "a bare return")
             if isinstance(st.value, ast.Tuple):
                 for x in st.value.elts:
-                    if isinstance(x, ast.Tuple) and kind == "host":
+                    if isinstance(x, ast.Tuple) and host:
                         for y in x.elts:
                             expr(y)
                     else:
@@ -355,7 +398,7 @@ def check(rule, kind, constants=()):
 
     def expr(e):
         if isinstance(e, ast.Name):
-            if e.id in known or (kind == "host" and e.id in constants):
+            if e.id in known or (host and e.id in constants):
                 return
             bad(e, f"the global name {e.id!r}")
         elif isinstance(e, ast.Constant):
@@ -389,8 +432,8 @@ def check(rule, kind, constants=()):
         elif isinstance(e, ast.Subscript):
             subscript(e)
         elif isinstance(e, ast.Attribute):
-            if not (kind == "host" and isinstance(e.value, ast.Name)
-                    and e.value.id == "math" and e.attr in MATH_CONSTANTS):
+            if not (host and isinstance(e.value, ast.Name) and e.value.id == "math"
+                    and (e.attr in MATH_CONSTANTS or kind == "epoch" and e.attr == "nan")):
                 bad(e, f"the attribute {ast.unparse(e)!r}")
         else:
             bad(e, f"the expression {type(e).__name__}")
@@ -401,7 +444,18 @@ def check(rule, kind, constants=()):
         name = function_of(e)
         f = e.func
         head = f.id if isinstance(f, ast.Name) else getattr(getattr(f, "value", None), "id", None)
-        if name is None or head in shadowed or (name in HOST_FUNCTIONS and kind != "host"):
+        if kind == "epoch" and name is None:
+            if isinstance(f, ast.Name) and f.id in EPOCH_FUNCTIONS and f.id not in known:
+                if len(e.args) != EPOCH_FUNCTIONS[f.id][0]:
+                    bad(e, f"{f.id} with {len(e.args)} arguments")
+                for x in e.args:
+                    expr(x)
+                return
+            if isinstance(f, ast.Attribute) and head == "math" and f.attr in EPOCH_MATH:
+                name = f.attr
+            elif isinstance(f, ast.Name) and f.id in EPOCH_BLOCKS:
+                bad(e, f"the primitive {f.id} inside an expression (it is a statement)")
+        if name is None or head in shadowed or (name in HOST_FUNCTIONS and not host):
             bad(e, f"the call {ast.unparse(e)!r}")
         n = len(e.args)
         if (name in ("min", "max") and n < 2) or (name not in ("min", "max") and n != 1):
@@ -419,7 +473,7 @@ def check(rule, kind, constants=()):
             if isinstance(v, ast.Name) and v.id in row_arrays:
                 expr(e.slice)
                 return
-        if (kind == "host" and isinstance(v, ast.Name) and v.id in rule.params
+        if (host and isinstance(v, ast.Name) and v.id in rule.params
                 and isinstance(e.slice, ast.Constant) and type(e.slice.value) is int):
             return
         bad(e, f"the subscript {ast.unparse(e)!r}")

@@ -87,3 +87,59 @@ C_SYNTAX = {"not": "(!{})", "and": " && ", "or": " || ", "pass": ";",
             "end": ";", "ifexp": "(({test}) ? ({body}) : ({orelse}))",
             "cast": "(({ctype}){text})", "if": "if ({}) {{", "else": "} else {",
             "endif": "}", "decl": ""}
+
+# ---- the minibatch epoch (kernels/epoch_rules.py, kind "epoch": rulelang/epoch.py)
+#
+# The epoch's loop is written once; the steps whose code is the target's own
+# (the batch pass's row-block kernels, the penalty pass, the update loops) are
+# primitives, which each target binds to its code through the tables below.
+
+# its parameters' types ("int": int64, "real": double, "reals": an array of
+# doubles read at constant indices, "key": the noise seed)
+EPOCH_PARAMS = {"n": "int", "batch_size": "int", "step0": "int", "avg_count0": "int",
+                "avg_start": "int", "sched": "reals", "base_lr": "real", "plateau": "real",
+                "w_mean": "real", "seed": "key"}
+
+# block primitives, statements: name -> (arguments, results).  The call is
+# ``results = name(arguments)`` spelled with exactly these names: the
+# primitive's code reads and writes the epoch's own variables of those names.
+EPOCH_BLOCKS = {
+    "batch_pass": (("start", "stop"), ("lsum", "wsum")),   # losses, dW, db of the rows
+    "finish_gradients": (("inv",), ("pen",)),   # dW, db scaled by inv; the penalty added
+    "prepare_w": (("step", "lr"), ()),          # the rule's prepare for W's group
+    "update_w": (("w_avg", "key"), ()),         # its update loop on W (and the average)
+    "prepare_b": (("step", "lr"), ()),          # ... for the intercept's group
+    "update_b": (("w_avg", "key"), ()),
+}
+# function primitives, expressions: name -> (number of arguments, result type)
+EPOCH_FUNCTIONS = {"schedule_factor": (7, "real"), "noise_key": (2, "key"),
+                   "has_intercept": (0, "bool")}
+# math functions an epoch may call besides the language's own
+EPOCH_MATH = ("isfinite",)
+# the result types of the epoch's return, (mean loss, steps done, averaging count)
+EPOCH_RETURN = ("real", "int", "int")
+
+# Numba: a block is the body of that function of kernels/templates/epoch_parts.py
+# (its HOLE_* filled by epoch_drivers.py per layout); a function, the format of
+# its call; "return", how (mean, steps, avg_count) leave the epoch.  The rest
+# of the epoch's text is pasted as written.
+NUMBA_EPOCH = {"batch_pass": "batch_pass", "finish_gradients": "finish_gradients",
+               "prepare_w": "prepare_w", "update_w": "update_w", "prepare_b": "prepare_b",
+               "update_b": "update_b",
+               "schedule_factor": "_schedule({})", "noise_key": "noise_key_jit({})",
+               "has_intercept": "b is not None",
+               "return": "return {}, scalarsW, scalarsB"}
+
+# Cython: a block is the section of that name in
+# kernels/cython/templates/epoch_primitives.pyx.tp; "return" is a section
+# too (the out-parameters, the buffers freed) whose ``{0}``-``{2}`` are the
+# returned values; functions and the math names as formats of their arguments
+CYTHON_EPOCH = {"batch_pass": "batch_pass", "finish_gradients": "finish_gradients",
+                "prepare_w": "prepare_w", "update_w": "update_w", "prepare_b": "prepare_b",
+                "update_b": "update_b",
+                "schedule_factor": "_schedule_factor({})",
+                "noise_key": "(_step_key({}) if has_seed else 0)",
+                "has_intercept": "(b != NULL)", "isfinite": "isfinite({})", "nan": "NAN",
+                "return": "epoch_return"}
+# C types of the epoch's values in Cython
+CYTHON_EPOCH_TYPES = {"int": "int64_t", "real": "double", "bool": "bint", "key": "uint64_t"}

@@ -1,8 +1,11 @@
 """Snippets for epoch.py (kernels/epoch_drivers.py): the bodies of its
 functions and the pieces their block holes take, each written once.
 
-``epoch`` is the body of ``epoch_serial`` and ``epoch_parallel``
-(``HOLE_RANGE`` is ``range`` or ``prange``); ``batch_csr``, ``batch_dense``
+``epoch`` is the body of ``epoch_serial`` and ``epoch_parallel``: its set-up,
+then (``HOLE_LOOP``) the loop of kernels/epoch_rules.py as written, each of
+its primitives replaced by the body of the function of its name here
+(``batch_pass``, ``finish_gradients``, ``prepare_w``, ...; ``HOLE_RANGE`` is
+``range`` or ``prange``); ``batch_csr``, ``batch_dense``
 and ``batch_dense_lanes`` are the bodies of the two ``_batch_*`` passes of
 each layout (epoch_batch_csr.py, epoch_batch_dense.py); the rest are the
 alternatives of their holes.  ``scalar_loss`` and ``row_loss`` (the loss
@@ -22,67 +25,58 @@ def epoch():
     Wf = W.reshape(d * k)
     HOLE_GRAD_SETUP
     dWf = G.reshape(d * k)
-    step = step0
-    avg_count = avg_count0
-    total = 0.0
-    weight = 0.0
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        HOLE_BATCH_CALL
-        lsum = 0.0
-        wsum = 0.0
-        for c in range(used):
-            lsum += lossp[c]
-            wsum += wsump[c]
-        if used > 1:
-            # each element summed in chunk order 0, 1, ...: the same result
-            # whichever thread does it
-            for f in HOLE_RANGE(d):
-                for c in range(1, used):
-                    for j in range(k):
-                        dWp[0, f, j] += dWp[c, f, j]
+    HOLE_LOOP
+
+
+# ------------------- the epoch's primitives (kernels/epoch_rules.py, tables.NUMBA_EPOCH)
+
+def batch_pass():
+    HOLE_BATCH_CALL
+    lsum = 0.0
+    wsum = 0.0
+    for c in range(used):
+        lsum += lossp[c]
+        wsum += wsump[c]
+    if used > 1:
+        # each element summed in chunk order 0, 1, ...: the same result
+        # whichever thread does it
+        for f in HOLE_RANGE(d):
             for c in range(1, used):
                 for j in range(k):
-                    dbp[0, j] += dbp[c, j]
-        if wsum <= 0.0:
-            continue
-        # unbiased minibatch estimate of sum(w L)/sum(w) over the whole data set:
-        # normalising by the batch's own weight sum would cancel the weights of a
-        # batch holding one class only
-        inv = 1.0 / ((stop - start) * w_mean)
-        for f in range(d):
+                    dWp[0, f, j] += dWp[c, f, j]
+        for c in range(1, used):
             for j in range(k):
-                G[f, j] = HOLE_GRAD_READ * inv
-        # the penalty's (sub)gradient and value in one branch-free pass that
-        # vectorises (the loss kernels' own): a per-element loop with the sign
-        # as branches and an in-order sum cost digits (64 x 10, batch 21)
-        # about 50 us of a 340 us epoch
-        pen = penalty_add(W, G, alpha, l1_ratio)
+                dbp[0, j] += dbp[c, j]
+
+
+def finish_gradients():
+    for f in range(d):
         for j in range(k):
-            dbp[0, j] = dbp[0, j] * inv
-        batch_loss = lsum * inv + pen
-        if not math.isfinite(batch_loss):
-            return np.nan, step - step0, avg_count, scalarsW, scalarsB
-        total += batch_loss * (stop - start)
-        weight += stop - start
-        lr = base_lr * _schedule(sched[0], float(step), sched[1], sched[2], sched[3],
-                                 sched[4], sched[5]) * plateau
-        step += 1
-        key = noise_key_jit(seed, step)
-        hyperW, scalarsW = _prepare(step, scalarsW, lr, HOLE_USER_W)
-        averaging = avg_start >= 0 and step > avg_start
-        w_avg = 1.0 / (avg_count + 1) if averaging else 0.0
-        # before averaging starts w_avg is 0 and the average is left as it is; one
-        # call signature (not two) keeps the compile time down
-        HOLE_UPDATE_CALL
-        if b is not None:
-            hyperB, scalarsB = _prepare(step, scalarsB, lr, HOLE_USER_B)
-            db = dbp[0]
-            _loop_serial(b, db, HOLE_B_STATES, avgB, hyperB, w_avg, key, offB)
-        if averaging:
-            avg_count += 1
-    mean = total / weight if weight > 0.0 else 0.0
-    return mean, step - step0, avg_count, scalarsW, scalarsB
+            G[f, j] = HOLE_GRAD_READ * inv
+    # the penalty's (sub)gradient and value in one branch-free pass that
+    # vectorises (the loss kernels' own): a per-element loop with the sign
+    # as branches and an in-order sum cost digits (64 x 10, batch 21)
+    # about 50 us of a 340 us epoch
+    pen = penalty_add(W, G, alpha, l1_ratio)
+    for j in range(k):
+        dbp[0, j] = dbp[0, j] * inv
+
+
+def prepare_w():
+    hyperW, scalarsW = _prepare(step, scalarsW, lr, HOLE_USER_W)
+
+
+def update_w():
+    HOLE_UPDATE_CALL
+
+
+def prepare_b():
+    hyperB, scalarsB = _prepare(step, scalarsB, lr, HOLE_USER_B)
+
+
+def update_b():
+    db = dbp[0]
+    _loop_serial(b, db, HOLE_B_STATES, avgB, hyperB, w_avg, key, offB)
 
 
 # ------------------------------------------ the epoch's holes, per layout
