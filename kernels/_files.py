@@ -95,6 +95,31 @@ def load_generated(cache, key, directory, filename, modname, make_text):
     return mod
 
 
+def cached_json(path, key, build, valid=lambda value: True):
+    """``build()``'s value (JSON: strings, numbers, lists, None), kept in the
+    file ``path`` under ``key``: read back when the file holds that key and
+    ``valid(value)``, else built and written (``write_if_changed``: atomic).
+    A missing, stale, truncated or corrupt file means building; a file that
+    cannot be written is left as it is.  For text a generated module is made
+    from that would otherwise load the rule language's front end in every
+    process (``load_generated`` remakes a module's text each time): the lane
+    forms of kernels/rule_lanes.py, the epoch's loop of kernels/epoch_drivers.py."""
+    import json
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        if data["key"] == key and valid(data["value"]):
+            return data["value"]
+    except (OSError, ValueError, KeyError, TypeError):    # missing, truncated, corrupt
+        pass
+    value = build()
+    try:
+        write_if_changed(path, json.dumps({"key": key, "value": value}))
+    except OSError:
+        pass
+    return value
+
+
 _IMPORT = None
 
 

@@ -280,9 +280,32 @@ def _lanes(loss, scalar):
     return form if form is not None else ("", 0, 0)
 
 
+def _epoch_loop(name, primitives):
+    """The epoch's loop as Numba compiles it (``epoch_rules.minibatch_epoch``
+    with ``primitives`` bound, rulelang.epoch.numba_text), kept beside the
+    generated modules (``_files.cached_json``) under a digest of its sources
+    (epoch_rules.py, the rule language's files) and of the primitives' text:
+    the module's text is made again in every process (``load_generated``),
+    and a warm one then loads no front end."""
+    import json
+    import os
+
+    def build():
+        from .rulelang import epoch as _epoch_lang
+        return _epoch_lang.numba_text(_epoch_rules.minibatch_epoch, primitives)
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    lang = os.path.join(here, "rulelang")
+    files = [os.path.abspath(_epoch_rules.__file__)]
+    files += [os.path.join(lang, f) for f in sorted(os.listdir(lang)) if f.endswith(".py")]
+    key = _files.source_digest(files, here, json.dumps(primitives, sort_keys=True),
+                               follow_imports=False)
+    path = os.path.join(_drivers.generated_dir(), f"optkern_epochloop_{name}.json")
+    return _files.cached_json(path, key, build, lambda value: isinstance(value, str))
+
+
 def _source(loss_name, rule_name, layout):
     """The text of the epoch module: templates/epoch.py filled."""
-    from .rulelang import epoch as _epoch_lang
     loss = _loss_rules.LOSS_RULES[loss_name]
     spec = _update_rules.RULES[rule_name]
     update_mod = _drivers.module_for(rule_name)
@@ -335,7 +358,7 @@ def _source(loss_name, rule_name, layout):
             update_w=_part("update_w", update_call=_part(kind + "_update", w_states=w_states)),
             prepare_b=_part("prepare_b", user_b=", ".join(f"userB[{j}]" for j in range(1, n_user))),
             update_b=_part("update_b", b_states=b_states))
-        loop = _epoch_lang.numba_text(_epoch_rules.minibatch_epoch, primitives)
+        loop = _epoch_loop(f"{rule_name}_{layout}_{kind}", primitives)
         return _templates.substitute(epoch, dict(grad_setup=grad_setup, loop=loop))
 
     return _templates.fill("epoch", dict(

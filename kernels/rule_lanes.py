@@ -148,39 +148,10 @@ def _form_file(rule, name, returns, scalar):
                         f"optkern_lanes_{rule.__name__}_{name}_{kind}.json")
 
 
-def _load_form(rule, name, returns, scalar):
-    """(found, form, where): the cached lane form, or where to store it
-    (None: not cached, a rule whose source cannot be read)."""
-    if not __package__:
-        return False, None, None
-    import json
-    try:
-        where = _form_file(rule, name, returns, scalar), _form_key(rule, name, returns, scalar)
-    except (OSError, ValueError, TypeError):
-        return False, None, None
-    try:
-        with open(where[0], encoding="utf-8") as fh:
-            data = json.load(fh)
-        if data["key"] == where[1]:
-            form = data["form"]
-            if form is None:
-                return True, None, None
-            text, n_real, n_int = form
-            if isinstance(text, str) and isinstance(n_real, int) and isinstance(n_int, int):
-                return True, (text, n_real, n_int), None
-    except (OSError, ValueError, KeyError, TypeError):    # missing, truncated, corrupt
-        pass
-    return False, None, where
-
-
-def _store_form(where, form):
-    if where is None:
-        return
-    import json
-    try:
-        _files_mod.write_if_changed(where[0], json.dumps({"key": where[1], "form": form}))
-    except OSError:
-        pass
+def _valid_form(form):
+    return form is None or (isinstance(form, list) and len(form) == 3
+                            and isinstance(form[0], str) and isinstance(form[1], int)
+                            and isinstance(form[2], int))
 
 
 def lane_form(rule, name, returns=False, scalar=False):
@@ -189,14 +160,20 @@ def lane_form(rule, name, returns=False, scalar=False):
     otherwise a row rule's, ``lane_source`` with ``returns``), or None when
     the translator refuses the rule (NotLaneable).  Read from the cache when
     it holds it: then the front end and the emitters are not imported."""
-    found, form, where = _load_form(rule, name, returns, scalar)
-    if found:
-        return form
-    lanes = _emitters()
+    def build():
+        lanes = _emitters()
+        try:
+            t = lanes.ScalarLaneEmitter(rule) if scalar else lanes.LaneEmitter(rule, returns)
+            return [t.source(name), len(t.real), len(t.ints)]
+        except lanes.NotLaneable:
+            return None
+
     try:
-        t = lanes.ScalarLaneEmitter(rule) if scalar else lanes.LaneEmitter(rule, returns)
-        form = (t.source(name), len(t.real), len(t.ints))
-    except lanes.NotLaneable:
-        form = None
-    _store_form(where, form)
-    return form
+        if not __package__:    # loaded by path at build time: nothing cached
+            raise ValueError
+        where = _form_file(rule, name, returns, scalar), _form_key(rule, name, returns, scalar)
+    except (OSError, ValueError, TypeError):    # a rule whose source cannot be read
+        form = build()
+    else:
+        form = _files_mod.cached_json(*where, build, _valid_form)
+    return None if form is None else tuple(form)

@@ -380,7 +380,7 @@ def test_a_cached_lane_form_is_the_emitters(cache_dir):
             json.loads(path.read_text())["key"], "0" * 16)):
         path.write_text(damage)
         assert rule_lanes.lane_form(_lane_rule, "lanes") == built
-        assert json.loads(path.read_text())["form"] == list(built)
+        assert json.loads(path.read_text())["value"] == list(built)
     hinge = loss_rules.LOSS_RULES["multiclass_hinge"].rule
     assert rule_lanes.lane_form(hinge, "lanes") is None        # its early returns
     rule_lanes._emitters = _no_build
@@ -388,3 +388,69 @@ def test_a_cached_lane_form_is_the_emitters(cache_dir):
         assert rule_lanes.lane_form(hinge, "lanes") is None
     finally:
         rule_lanes._emitters = real
+
+
+def test_the_epoch_loop_is_cached_beside_the_generated_modules(cache_dir, monkeypatch):
+    """The Numba epoch's loop (epoch_rules.minibatch_epoch with a layout's
+    primitives) is the emitter's text, stored on first use and read back
+    without the front end; a damaged or stale file, or other primitives, make
+    it again."""
+    from optkern.kernels import epoch_drivers, epoch_rules
+    from optkern.kernels.rulelang import epoch as epoch_lang
+
+    src = epoch_drivers._source("softmax", "adam", "dense")
+    (path,) = [p for p in cache_dir.iterdir() if p.name == "optkern_epochloop_adam_dense_serial.json"]
+    loop = json.loads(path.read_text())["value"]
+    assert textwrap.indent(loop, "    ") in src
+    prims = None
+
+    def spy(fn, primitives):
+        nonlocal prims
+        prims = primitives
+        return real(fn, primitives)
+
+    real = epoch_lang.numba_text
+    monkeypatch.setattr(epoch_lang, "numba_text", spy)
+    path.unlink()
+    epoch_drivers._source("softmax", "adam", "dense")
+    assert prims is not None and json.loads(path.read_text())["value"] == loop
+    assert real(epoch_rules.minibatch_epoch, prims) == loop
+
+    def refuse(fn, primitives):
+        raise AssertionError("the loop was made again")
+
+    monkeypatch.setattr(epoch_lang, "numba_text", refuse)
+    assert epoch_drivers._source("softmax", "adam", "dense") == src      # read back
+    assert epoch_drivers._epoch_loop("adam_dense_serial", prims) == loop
+    monkeypatch.setattr(epoch_lang, "numba_text", spy)
+    for damage in (path.read_text()[:20], "{}", json.dumps({"key": "0" * 16, "value": "x"})):
+        path.write_text(damage)
+        assert epoch_drivers._epoch_loop("adam_dense_serial", prims) == loop
+    other = dict(prims, update_b=prims["update_b"] + "\n# another intercept update")
+    assert "# another intercept update" in epoch_drivers._epoch_loop("adam_dense_serial", other)
+
+
+def test_cached_json_builds_what_it_cannot_read(tmp_path):
+    path = str(tmp_path / "v.json")
+    calls = []
+
+    def build():
+        calls.append(1)
+        return ["text", 3]
+
+    assert _files.cached_json(path, "k1", build) == ["text", 3] and len(calls) == 1
+    assert _files.cached_json(path, "k1", build) == ["text", 3] and len(calls) == 1
+    assert _files.cached_json(path, "k2", build) == ["text", 3] and len(calls) == 2   # stale
+    assert _files.cached_json(path, "k2", build, valid=lambda v: False) == ["text", 3]
+    assert len(calls) == 3                                                           # invalid
+    with open(path, "w") as fh:
+        fh.write('{"key": "k2", "val')                                               # truncated
+    assert _files.cached_json(path, "k2", build) == ["text", 3] and len(calls) == 4
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        # an unwritable folder: built every time, nothing raised (root writes anyway)
+        assert _files.cached_json(str(ro / "v.json"), "k", build) == ["text", 3]
+    finally:
+        ro.chmod(0o700)
