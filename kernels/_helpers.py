@@ -179,6 +179,18 @@ def prefetch(typingctx, arr, idx):
     return sig, codegen
 
 
+
+def prefetch_target(T, i):
+    """Prefetch row i of the targets (2-D: one row per example; 1-D: labels)."""
+
+
+@overload(prefetch_target, inline="always")
+def _ol_prefetch_target(T, i):
+    if T.ndim == 2:
+        return lambda T, i: prefetch(T[i], 0)
+    return lambda T, i: prefetch(T, i)
+
+
 # ------------------------------------------------------------------ exp
 # ``exp_fast``: the exponential for the loss rules compiled by Numba.  A call
 # to libm's exp/expf cannot be vectorised here (no vector maths library) and

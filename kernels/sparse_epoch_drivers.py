@@ -49,12 +49,11 @@ template of the generated code); the glue is ``optkern.sparse_epochs``.
 
 import numpy as np
 from numba import njit
-from numba.extending import overload
 
 from . import _files
 from . import _helpers  # noqa: F401 (the generated modules import it: in their digest)
 from . import _simd  # noqa: F401 (the generated modules import it: in their digest)
-from ._helpers import prefetch
+from ._helpers import prefetch, prefetch_target
 from . import drivers as _drivers
 from . import loss_rules as _loss_rules
 from . import penalty as _pen
@@ -133,17 +132,6 @@ def release_slots(slot, touched, nt):
     """Free the table rows of the minibatch's touched features."""
     for u in range(nt):
         slot[touched[1, u], 0] = -1
-
-
-def prefetch_target(T, i):
-    """Prefetch row i of the targets (2-D: one row per example; 1-D: labels)."""
-
-
-@overload(prefetch_target, inline="always")
-def _ol_prefetch_target(T, i):
-    if T.ndim == 2:
-        return lambda T, i: prefetch(T[i], 0)
-    return lambda T, i: prefetch(T, i)
 
 
 @njit(inline="always")

@@ -10,7 +10,7 @@ HOLE_LOSS_IMPORT
 HOLE_PREPARE_IMPORT
 from optkern.kernels.schedule_rules import schedule_factor as _schedule_py
 from optkern.kernels._helpers import (
-    load, store, noise_key_jit, prefetch, with_fast_math, exp_fast, log_fast,
+    load, store, noise_key_jit, prefetch, prefetch_target, with_fast_math, exp_fast, log_fast,
     VEC_MIN_OUTPUTS)
 from optkern.kernels.loss_drivers import (
     LANE_ROWS, penalty_add, _scores_tiles, _accumulate_tiles, _to_lanes, lane_buffers)

@@ -210,9 +210,13 @@ def batch_dense():
                 # is often one block): shuffled rows of an X larger than the
                 # cache otherwise stall on memory
                 if r0 + m + q < n_order:
-                    nxt = order[r0 + m + q] * d
+                    i_next = order[r0 + m + q]
+                    nxt = i_next * d
                     for p in range(0, d, pf_step):
                         prefetch(Xflat, nxt + p)
+                    # its target and weight, at random places too
+                    prefetch(sw, i_next)
+                    prefetch_target(T, i_next)
                 i = order[r0 + q]
                 xb[q, :] = X[i]
             _scores_tiles(xb, 0, m, WT, b, zb)
@@ -275,9 +279,13 @@ def batch_dense_lanes():
             # is often a few blocks): shuffled rows of an X larger than the
             # cache otherwise stall on memory
             for q in range(min(m, n_order - r0 - m)):
-                nxt = order[r0 + m + q] * d
+                i_next = order[r0 + m + q]
+                nxt = i_next * d
                 for p in range(0, d, pf_step):
                     prefetch(Xflat, nxt + p)
+                # its target and weight, at random places too
+                prefetch(sw, i_next)
+                prefetch_target(T, i_next)
             HOLE_TARGETS
             gathered_scores_lanes(X, order, r0, m, WT, b, zt)
             _loss_lanes(zt, yb, eps, dt_, ls, m, S[c], SI[c])

@@ -25,6 +25,15 @@
             m_next = n - r0 - m
             if m_next > m:
                 m_next = m
+            # the next block's labels and weights: like its rows (prefetched by
+            # okx_scores), they sit at random places of arrays larger than L1
+            for q in range(m_next):
+                i = order[r0 + m + q]
+                OKX_PREFETCH(sw + i)
+                if Ti != NULL:
+                    OKX_PREFETCH(Ti + i)
+                elif Tf != NULL:
+                    OKX_PREFETCH(Tf + i * k)
             okx_scores_f64(X, d, order + r0, m, order + r0 + m, m_next, WT, b, ZT, k, R)
             if lanes != NULL:
                 for q in range(m):
