@@ -109,6 +109,31 @@ def test_the_epoch_digests_cover_their_templates(template, tmp_path, monkeypatch
     assert tuple(a != b for a, b in zip(after, before)) == _EPOCH_TEMPLATES[template]
 
 
+def test_snippets_parse_a_template_once_and_see_an_edit(tmp_path, monkeypatch):
+    """A process makes a module's text from many snippets of one template:
+    the template is parsed once, and an edited template (new size or mtime)
+    is read and parsed again."""
+    copy = tmp_path / "templates"
+    shutil.copytree(templates.DIRECTORY, copy)
+    monkeypatch.setattr(templates, "DIRECTORY", str(copy))
+    parses = []
+    real_parse = ast.parse
+    monkeypatch.setattr(templates.ast, "parse",
+                        lambda text, *a, **kw: parses.append(1) or real_parse(text, *a, **kw))
+    first = templates.snippet("epoch_parts", "scalar_loss")
+    assert templates.snippet("epoch_parts", "row_loss") != first
+    assert templates.snippet("epoch_parts", "scalar_loss") == first
+    assert len(parses) == 1
+    with pytest.raises(KeyError, match="no function 'nothing' in template 'epoch_parts'"):
+        templates.snippet("epoch_parts", "nothing")
+    path = copy / "epoch_parts.py"
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("def scalar_loss():\n",
+                                 "def scalar_loss():\n    edited = 1\n", 1), encoding="utf-8")
+    assert templates.snippet("epoch_parts", "scalar_loss") == "edited = 1\n" + first
+    assert len(parses) == 2
+
+
 def test_fill_refuses_a_missing_or_an_unused_hole():
     text = "def f(a, HOLE_ARGS):\n    HOLE_BODY\n"
     assert templates.substitute(text, {"args": "b, c", "body": "x = 1\ny = 2"}) == (
