@@ -72,6 +72,14 @@ def rulelang():
     return load_package("_optkern_rulelang", os.path.join(here, "rulelang"))
 
 
+def rulelang_files():
+    """The rule language's source files (kernels/rulelang/*.py), sorted: the
+    sources of text the language makes (the lane forms of kernels/rule_lanes.py,
+    the epoch's loop of kernels/epoch_drivers.py), hashed into their keys."""
+    lang = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rulelang")
+    return [os.path.join(lang, f) for f in sorted(os.listdir(lang)) if f.endswith(".py")]
+
+
 def load_generated(cache, key, directory, filename, modname, make_text):
     """The generated module ``key`` of a driver: from ``cache`` (a dict), or
     written to ``directory()/filename`` (only if its text changed, see

@@ -295,9 +295,7 @@ def _epoch_loop(name, primitives):
         return _epoch_lang.numba_text(_epoch_rules.minibatch_epoch, primitives)
 
     here = os.path.dirname(os.path.abspath(__file__))
-    lang = os.path.join(here, "rulelang")
-    files = [os.path.abspath(_epoch_rules.__file__)]
-    files += [os.path.join(lang, f) for f in sorted(os.listdir(lang)) if f.endswith(".py")]
+    files = [os.path.abspath(_epoch_rules.__file__)] + _files.rulelang_files()
     key = _files.source_digest(files, here, json.dumps(primitives, sort_keys=True),
                                follow_imports=False)
     path = os.path.join(_drivers.generated_dir(), f"optkern_epochloop_{name}.json")

@@ -130,10 +130,9 @@ def _form_key(rule, name, returns, scalar):
     OSError/ValueError when a source cannot be read."""
     import os
     here = os.path.dirname(os.path.abspath(__file__))
-    lang = os.path.join(here, "rulelang")
     code = rule.__code__
     files = [os.path.abspath(__file__), os.path.abspath(code.co_filename)]
-    files += [os.path.join(lang, f) for f in sorted(os.listdir(lang)) if f.endswith(".py")]
+    files += _files_mod.rulelang_files()
     extra = "\0".join([_FORM_TAG, rule.__qualname__, code.co_filename,
                         str(code.co_firstlineno), name, repr(bool(returns)),
                         repr(bool(scalar))])
