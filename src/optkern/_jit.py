@@ -113,6 +113,24 @@ def ready(key, dispatcher, args):
     return ok
 
 
+def numba_warm():
+    """Whether this process has paid Numba's one-time start-up: the target
+    context's registries, imported when the first kernel is compiled or
+    loaded from the cache (0.1-0.6 s once a process on the 2-core machine).
+    A scan whose NumPy form is exact and costs microseconds to a few
+    milliseconds (``losses._int_range``, ``losses._all_finite``) runs in
+    NumPy until then, so that a process whose kernels are the Cython ones
+    (``backend="cython"``, or "auto" before the Numba kernel is ready) never
+    pays that start-up for a helper.  True when the answer is unknown (a
+    Numba without this attribute): the compiled scan, as before."""
+    try:
+        from numba.core.registry import cpu_target
+        regs = getattr(cpu_target.target_context, "_registries", None)
+    except Exception:   # pragma: no cover - a Numba that moved these
+        return True
+    return True if regs is None else bool(regs)
+
+
 def _signature(dispatcher, args):
     return tuple(dispatcher.typeof_pyval(a) for a in args)
 

@@ -133,11 +133,25 @@ def _penalty_ratio(penalty, alpha, l1_ratio):
     return alpha, l1_ratio_of(penalty, l1_ratio)
 
 
+# Below this many elements a scan with an exact NumPy form runs in NumPy until
+# Numba has started in this process (_jit.numba_warm): at 2^24 NumPy's form
+# costs ~10 ms more than the compiled one, Numba's start-up 100-600 ms.
+_NUMPY_SCAN_MAX = 1 << 24
+
+
+def _compiled_scan(key, fn, args, size):
+    """Whether the compiled scan ``fn(*args)`` serves (see _NUMPY_SCAN_MAX)."""
+    if size < _NUMPY_SCAN_MAX and not _jit.numba_warm():
+        return False
+    return _jit.ready(key, fn, args)
+
+
 def _int_range(a):
     """(min, max) of a non-empty 1-D integer array, one compiled pass (NumPy's
-    two reductions while the compiled scan is not loaded yet: optkern._jit)."""
+    two reductions while the compiled scan is not loaded yet, or Numba has
+    not started in this process: optkern._jit)."""
     fn = _kernels("finite").int_range
-    if _jit.ready(("int_range", a.dtype.char, a.flags.writeable), fn, (a,)):
+    if _compiled_scan(("int_range", a.dtype.char, a.flags.writeable), fn, (a,), a.size):
         return fn(a)
     return a.min(), a.max()
 
@@ -150,8 +164,8 @@ def _all_finite(a):
     if not flat.flags.c_contiguous:
         flat = np.ascontiguousarray(flat)
     args = ((flat,),)
-    if _jit.ready(("first_nonfinite", flat.dtype.char, flat.flags.writeable),
-                  finite.first_nonfinite, args):
+    if _compiled_scan(("first_nonfinite", flat.dtype.char, flat.flags.writeable),
+                      finite.first_nonfinite, args, flat.size):
         return finite.first_nonfinite(*args) < 0
     return bool(np.isfinite(flat).all())
 
