@@ -2,7 +2,10 @@
 
 NAME is an optimizer rule (``adam``), ``loss:NAME`` (``loss:softmax``) or
 ``epoch[:LOSS:RULE:LAYOUT]`` (the minibatch epoch, kernels/epoch_rules.py, as
-the epoch of that combination runs it; softmax, adam, dense by default).
+the epoch of that combination runs it; softmax, adam, dense by default) or
+``sparse_epoch[:LOSS:RULE:MODE]`` (the sparse epochs of wide CSR data,
+kernels/sparse_epoch_rules.py, MODE ``rows`` (lazy, linear) or ``scaled``;
+softmax, adagrad, rows by default; scaled runs sgd only).
 TARGET is ``numba``, ``numba-parallel``, ``cuda`` or ``cython``.
 
 For the Numba targets the text is taken from the generated module itself
@@ -70,8 +73,31 @@ def _epoch_written():
     return _source_of(epoch_rules.minibatch_epoch)
 
 
+def _sparse_epoch_name(name):
+    """(loss, rule, mode) of ``sparse_epoch[:LOSS:RULE:MODE]``."""
+    parts = name.split(":")[1:]
+    if len(parts) not in (0, 3) or parts and parts[2] not in ("rows", "scaled"):
+        raise SystemExit(f"expected sparse_epoch or sparse_epoch:LOSS:RULE:MODE (MODE rows or "
+                         f"scaled), got {name!r}")
+    return tuple(parts) or ("softmax", "adagrad", "rows")
+
+
+def _sparse_written():
+    from . import sparse_epoch_rules
+    return _source_of(sparse_epoch_rules.sparse_epoch)
+
+
 def _numba_text(name, target):
-    if name == "epoch" or name.startswith("epoch:"):
+    if name == "sparse_epoch" or name.startswith("sparse_epoch:"):
+        from . import sparse_epoch_drivers
+        if target == "cuda":
+            raise SystemExit("the sparse epochs have no cuda target")
+        loss, rule, mode = _sparse_epoch_name(name)
+        mod = sparse_epoch_drivers.module_for(loss, rule)
+        pieces = [_sparse_written()]
+        # (numba-parallel runs the same serial epochs)
+        wanted = (f"epoch_{mode}", f"epoch_{mode}_k1")
+    elif name == "epoch" or name.startswith("epoch:"):
         from . import epoch_drivers
         if target == "cuda":
             raise SystemExit("the minibatch epoch has no cuda target")
@@ -128,6 +154,16 @@ def _cython_blocks(path, name):
 
 def _cython_text(name):
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cython")
+    if name == "sparse_epoch" or name.startswith("sparse_epoch:"):
+        mode = _sparse_epoch_name(name)[2]
+        path = os.path.join(here, "_sparse_epochs.pyx")
+        if not os.path.exists(path):
+            raise SystemExit(f"{path} does not exist: the Cython kernels are not built here")
+        written, line, text = _sparse_written()
+        fn = "rows_f64_i64" if mode == "rows" else "scaled_sgd_f64_i64"
+        blocks = [(ln, t) for ln, t in _cython_blocks(path, fn)]
+        return (f"# ---- {written}:{line} (translated)\n{text.rstrip()}\n\n"
+                + "\n\n".join(f"# ---- {path}:{ln}\n{t}" for ln, t in blocks) + "\n")
     if name == "epoch" or name.startswith("epoch:"):
         layout = _epoch_name(name)[2]
         path = os.path.join(here, "_epochs.pyx")
@@ -164,8 +200,8 @@ def main(argv=None):
                                      description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("show", help="print the exact code that runs for a rule or loss")
-    p.add_argument("name", help="an optimizer rule (adam), loss:NAME (loss:softmax) or "
-                   "epoch[:LOSS:RULE:LAYOUT]")
+    p.add_argument("name", help="an optimizer rule (adam), loss:NAME (loss:softmax), "
+                   "epoch[:LOSS:RULE:LAYOUT] or sparse_epoch[:LOSS:RULE:MODE]")
     p.add_argument("--target", default="numba", choices=TARGETS)
     args = parser.parse_args(argv)
     sys.stdout.write(show(args.name, args.target))

@@ -280,23 +280,31 @@ def _lanes(loss, scalar):
     return form if form is not None else ("", 0, 0)
 
 
-def _epoch_loop(name, primitives):
-    """The epoch's loop as Numba compiles it (``epoch_rules.minibatch_epoch``
+def _epoch_loop(name, primitives, written=None):
+    """The epoch's loop as Numba compiles it (``epoch_rules.minibatch_epoch``,
+    or ``written`` = (module, function name, rulelang.epoch's tables' name),
     with ``primitives`` bound, rulelang.epoch.numba_text), kept beside the
     generated modules (``_files.cached_json``) under a digest of its sources
-    (epoch_rules.py, the rule language's files) and of the primitives' text:
-    the module's text is made again in every process (``load_generated``),
-    and a warm one then loads no front end."""
+    (the written epoch's file, the rule language's files) and of the
+    primitives' text: the module's text is made again in every process
+    (``load_generated``), and a warm one then loads no front end."""
     import json
     import os
 
+    module, fn_name, tables = written or (_epoch_rules, "minibatch_epoch", "DENSE")
+
     def build():
         from .rulelang import epoch as _epoch_lang
-        return _epoch_lang.numba_text(_epoch_rules.minibatch_epoch, primitives)
+        fn = getattr(module, fn_name)
+        if tables == "DENSE":
+            return _epoch_lang.numba_text(fn, primitives)
+        return _epoch_lang.numba_text(fn, primitives, epoch=getattr(_epoch_lang, tables))
 
     here = os.path.dirname(os.path.abspath(__file__))
-    files = [os.path.abspath(_epoch_rules.__file__)] + _files.rulelang_files()
-    key = _files.source_digest(files, here, json.dumps(primitives, sort_keys=True),
+    files = [os.path.abspath(module.__file__)] + _files.rulelang_files()
+    key = _files.source_digest(files, here, json.dumps([fn_name, tables, primitives],
+                                                       sort_keys=True) if written
+                               else json.dumps(primitives, sort_keys=True),
                                follow_imports=False)
     path = os.path.join(_drivers.generated_dir(), f"optkern_epochloop_{name}.json")
     return _files.cached_json(path, key, build, lambda value: isinstance(value, str))

@@ -33,9 +33,13 @@ end-of-epoch pass and the penalty's value run when stop == n, and
 one-output twin (``epoch_rows_k1``, ``epoch_scaled_k1``): the same source
 with k a literal 1, the same arithmetic.
 
-``epoch_scaled`` at batch 1 on canonical CSR without L1 (per-example SGD)
-runs its own loop: no touched list, no compact gradient, the same arithmetic
-in the same order.  Every epoch's row loop prefetches what the next rows
+The minibatch loop of both is the one written in
+kernels/sparse_epoch_rules.py (``sparse_epoch``, which the Cython twins are
+generated from too), pasted with its primitives bound to the mode's code in
+templates/sparse_epoch_parts.py.  ``epoch_scaled`` at batch 1 on canonical
+CSR without L1 (per-example SGD) runs the same loop bound to the per-example
+primitives: no touched list, no compact gradient, the same arithmetic in the
+same order.  Every epoch's row loop prefetches what the next rows
 read (``prefetch_rows``: their nonzeros, and the rows of W and its states
 they touch): shuffled rows otherwise stall on memory once per row.
 
@@ -59,9 +63,11 @@ from . import loss_rules as _loss_rules
 from . import penalty as _pen
 from . import rules as _update_rules
 from . import schedule_rules as _schedule_rules  # noqa: F401 (the generated modules import it: in their digest)
+from . import sparse_epoch_rules as _sparse_epoch_rules
 from . import sparse_rules as _sparse_rules
 from . import templates as _templates
 from ._simd import csr_row_scores
+from .epoch_drivers import _epoch_loop
 
 
 
@@ -337,34 +343,55 @@ def _source(loss_name, rule_name):
     min_scale = repr(_sparse_rules.MIN_SCALE)
     # the scaled mode reads no state: its step is c_t p + a_t g (scaled_update)
     scaled_rule = {hole: text for hole, text in rule.items() if hole != "state_loads"}
-    modes = {
-        "rows": dict(
-            steps=dict(first_row="start", touched=_part("catch_up_touched", catch_up_row=catch_up),
-                       scores=_part("rows_scores"),
-                       prefetch_next="\n".join([_part("prefetch_next"), _part(
-                           "prefetch_rows_epoch", prefetch_states="\n".join(
-                               _part("prefetch_state", state=f"sW{j}") for j in range(ns)))]),
-                       update=_part("rows_update", state_stores="\n".join(
-                           f"store(sW{j}, e, s{j}_i)" for j in range(ns)), **rule)),
-            epoch=dict(catch_up_row=catch_up)),
-        "scaled": dict(
-            steps=dict(first_row="stop if per_example else start", touched=_part("clip_touched"),
-                       scores=_part("scaled_scores"),
-                       # (an empty line after it: the generated text is kept as it was)
-                       prefetch_next="\n".join([_part("prefetch_next"), ""]),
-                       update=_part("scaled_update", min_scale=min_scale, **scaled_rule,
-                                    zero_states=", ".join("zero" for _ in range(ns)))),
-            # the per-example loop (batch 1) is written out in the scaled epoch
-            epoch=dict(scores=_part("scaled_scores"), min_scale=min_scale, **scaled_rule,
-                       zero_states=", ".join("zero" for _ in range(ns)), loss=common["loss"],
-                       user_w=common["user_w"], user_b=common["user_b"])),
-    }
+    scaled_rule["zero_states"] = ", ".join("zero" for _ in range(ns))
+    # the primitives of sparse_epoch_rules.sparse_epoch, per mode (the names:
+    # rulelang.tables.NUMBA_SPARSE_EPOCH): the functions of
+    # templates/sparse_epoch_parts.py, their holes filled
+    shared = dict(
+        collect_touched=_part("collect_touched"),
+        release_touched=_part("release_touched"),
+        prepare_w=_part("prepare_w", user_w=common["user_w"]),
+        prepare_b=_part("prepare_b", user_b=common["user_b"]),
+        update_b=_part("update_b", b_states=common["b_states"]))
+
+    def batch_pass(scores, prefetch_next):
+        return _part("batch_pass", scores=scores, loss=common["loss"],
+                     prefetch_next=prefetch_next)
+
+    rows = dict(
+        shared, begin_block=_part("rows_begin_block"),
+        bring_touched=_part("catch_up_touched", catch_up_row=catch_up),
+        batch_pass=batch_pass(_part("rows_scores"), "\n".join([_part("prefetch_next"), _part(
+            "prefetch_rows_epoch", prefetch_states="\n".join(
+                _part("prefetch_state", state=f"sW{j}") for j in range(ns)))])),
+        update_touched=_part("rows_update", state_stores="\n".join(
+            f"store(sW{j}, e, s{j}_i)" for j in range(ns)), **rule),
+        end_block=_part("no_step"),
+        end_epoch=_part("rows_end_epoch", catch_up_row=catch_up))
+    scaled = dict(
+        shared, begin_block=_part("scaled_begin_block"),
+        bring_touched=_part("clip_touched"),
+        batch_pass=batch_pass(_part("scaled_scores"), _part("prefetch_next")),
+        update_touched=_part("scaled_update", min_scale=min_scale, **scaled_rule),
+        end_block=_part("scaled_end_block"),
+        end_epoch=_part("scaled_end_epoch"))
+    # the per-example path: the same loop, without the touched list and the
+    # compact gradient (nothing to collect, bring up to date or free)
+    example = dict(
+        scaled, collect_touched=_part("no_step"), bring_touched=_part("no_step"),
+        release_touched=_part("no_step"),
+        batch_pass=_part("example_pass", scores=_part("scaled_scores"), loss=common["loss"]),
+        update_touched=_part("example_update", min_scale=min_scale, **scaled_rule))
+    written = (_sparse_epoch_rules, "sparse_epoch", "SPARSE")
+
+    def loop(mode, primitives):
+        return _epoch_loop(f"sparse_{loss_name}_{rule_name}_{mode}", primitives, written)
+
+    modes = {"rows": dict(loop=loop("rows", rows)),
+             "scaled": dict(loop=loop("scaled", scaled), example_loop=loop("example", example))}
     epochs = {}
-    for kind, mode in modes.items():
-        steps = _part("steps", user_w=common["user_w"], user_b=common["user_b"],
-                      b_states=common["b_states"], loss=common["loss"], **mode["steps"])
-        holes = dict(mode["epoch"], w_states=common["w_states"], b_states=common["b_states"],
-                     steps=steps)
+    for kind, holes in modes.items():
+        holes = dict(holes, w_states=common["w_states"], b_states=common["b_states"])
         text = _templates.fragment(f"sparse_epoch_{kind}")
         # the one-output twin (binary losses, regression): k a literal 1, so
         # the compiler drops every loop over the outputs (the same arithmetic

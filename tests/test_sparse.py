@@ -767,8 +767,9 @@ PER_EXAMPLE_CASES = [
        classes=st.sampled_from([2, 3]), weighted=st.booleans(), work=st.sampled_from([0, 60]))
 def test_per_example_epoch_is_the_general_batch_loop(kw, seed, dtype, classes, weighted,
                                                     work):
-    """Plain SGD at batch 1 on a canonical CSR runs its own loop (no touched
-    list, no compact gradient): the weights of the general minibatch loop (the
+    """Plain SGD at batch 1 on a canonical CSR runs the written loop bound to
+    the per-example primitives (no touched list, no compact gradient): the
+    weights of the general minibatch loop (the
     same matrix flagged non-canonical, so each step goes through the slot map)
     bit for bit, with sample weights, in blocks, and the NumPy reference."""
     X, y2, y3 = _csr(seed, dtype=dtype)

@@ -289,6 +289,12 @@ def primitive_sections(layout, sfx, ct):
     (templates/epoch_primitives.pyx.tp): {section name: text}."""
     text = _templates.render("epoch_primitives.pyx.tp", layout=layout, sfx=sfx, ct=ct,
                              dense_buffers=DENSE_BUFFERS)
+    return sections_of(text, "epoch_primitives.pyx.tp")
+
+
+def sections_of(text, template):
+    """{section name: text} of a rendered primitives template: each section
+    starts at a line "#: <name>"."""
     sections, name = {}, None
     for line in text.split("\n"):
         if line.startswith("#: "):
@@ -297,7 +303,7 @@ def primitive_sections(layout, sfx, ct):
         elif name is not None:
             sections[name].append(line)
         elif line.strip():
-            raise TranslateError(f"epoch_primitives.pyx.tp: text before its first section: {line!r}")
+            raise TranslateError(f"{template}: text before its first section: {line!r}")
     return {k: "\n".join(v) for k, v in sections.items()}
 
 

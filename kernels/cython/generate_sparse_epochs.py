@@ -31,10 +31,15 @@ As ``generate_epochs.py`` does for the dense epochs, nothing is written per
   ``carry`` between blocks).  The one-output Numba epochs (``*_k1``) need no
   twin: they do the same arithmetic as the general ones.
 
-The code is the Tempita template ``templates/_sparse_epochs.pyx.tp`` (one
-epoch function for both kinds, ``{{if kind == 'rows'}}`` where they differ),
-which includes ``epoch_adapters.pyx.tp`` with the dense epoch; this file
-computes the holes' values.
+The epochs' loop is the one written in ``kernels/sparse_epoch_rules.py``
+(the Numba epochs compile the same text), translated per mode, C type and
+index type by ``rulelang.epoch.CythonEpochEmitter`` (tables
+``rulelang.epoch.SPARSE``); the primitives it calls are the sections of
+``templates/sparse_epoch_primitives.pyx.tp`` (``{{if kind == 'rows'}}`` where
+the modes differ).  The rest is the Tempita template
+``templates/_sparse_epochs.pyx.tp`` (the functions' set-up, the shared
+pieces, the entry point), which includes ``epoch_adapters.pyx.tp`` with the
+dense epoch; this file computes the holes' values.
 
 Run by ``setup.py`` at build time (``write_sources``) and by hand with
 ``python kernels/cython/generate_sparse_epochs.py``.  Imports neither numba
@@ -57,15 +62,43 @@ ITYPES = (("i32", "int32_t", "NPY_INT32"), ("i64", "int64_t", "NPY_INT64"))
 # the rule of the "scaled" mode (sparse_rules.exact_kind: plain SGD only)
 SCALED_RULES = ("sgd",)
 
-def _render(rules, losses, sched_mod, min_scale, digest):
+def primitive_sections(kind, sfx, ct, isfx, it, rule=None, n_hyper=0):
+    """The Cython code of the sparse epoch's primitives for one mode ("rows"
+    or "scaled" with its ``rule``), C type and index type
+    (templates/sparse_epoch_primitives.pyx.tp): {section name: text}."""
+    text = _ge._templates.render("sparse_epoch_primitives.pyx.tp", kind=kind, sfx=sfx, ct=ct,
+                                 isfx=isfx, it=it, rule=rule, n_hyper=n_hyper)
+    return _ge.sections_of(text, "sparse_epoch_primitives.pyx.tp")
+
+
+def epoch_loops(epoch_fn, rules):
+    """The sparse epoch written once (kernels/sparse_epoch_rules.py) as the
+    Cython of each (mode, C suffix, index suffix): (declarations,
+    statements), lines indented for the body of ``_rows_<sfx>_<isfx>`` and
+    ``_scaled_<rule>_<sfx>_<isfx>``."""
+    decls, loops = {}, {}
+    for sfx, ct in CTYPES:
+        for isfx, it, _ in ITYPES:
+            for kind, rule in [("rows", None)] + [("scaled", r) for r in SCALED_RULES]:
+                n_hyper = len(rules.RULES[rule].kernel_hyper) if rule else 0
+                em = _ge._rulelang.epoch.CythonEpochEmitter(
+                    epoch_fn, primitive_sections(kind, sfx, ct, isfx, it, rule, n_hyper),
+                    epoch=_ge._rulelang.epoch.SPARSE)
+                decls[kind, sfx, isfx] = em.decls(4)
+                loops[kind, sfx, isfx] = em.body(4)
+    return decls, loops
+
+
+def _render(rules, losses, sched_mod, min_scale, digest, epoch_fn):
     _ge.check_buffers(rules)
     holes = _ge.adapter_holes(rules, losses, sched_mod)
     for rule in SCALED_RULES:
         if len(rules.state_names(rules.RULES[rule])) != 1:
             raise _ge.TranslateError(f"the scaled epoch expects one state of {rule!r}")
+    decls, loops = epoch_loops(epoch_fn, rules)
     return _ge._templates.render(
         f"{MODULE}.pyx.tp", digest=digest, itypes=ITYPES, scaled_rules=SCALED_RULES,
-        rules_by_name=rules.RULES, min_scale=min_scale, **holes)
+        min_scale=min_scale, epoch_decls=decls, epoch_loop=loops, **holes)
 
 
 def _min_scale():
@@ -79,9 +112,11 @@ def _min_scale():
     raise _ge.TranslateError("kernels/sparse_rules.py defines no MIN_SCALE")
 
 
-TEMPLATES = (f"{MODULE}.pyx.tp", "epoch_adapters.pyx.tp", "host_minmax.pyx.tp",
-             "prepare_twin.pyx.tp", "schedule_twin.pyx.tp", "penalty_twin.pyx.tp")
-RULE_FILES = ("rules.py", "loss_rules.py", "schedule_rules.py", "sparse_rules.py", "penalty.py")
+TEMPLATES = (f"{MODULE}.pyx.tp", "sparse_epoch_primitives.pyx.tp", "epoch_adapters.pyx.tp",
+             "host_minmax.pyx.tp", "prepare_twin.pyx.tp", "schedule_twin.pyx.tp",
+             "penalty_twin.pyx.tp")
+RULE_FILES = ("rules.py", "loss_rules.py", "schedule_rules.py", "sparse_rules.py", "penalty.py",
+              "sparse_epoch_rules.py")
 
 
 def _generate():
@@ -89,11 +124,13 @@ def _generate():
     losses = _ge._load("_optkern_loss_rules_for_sparse_epochs", "loss_rules.py")
     sched = _ge._load("_optkern_schedule_rules_for_sparse_epochs", "schedule_rules.py")
     min_scale = _min_scale()
+    epoch = _ge._load("_optkern_sparse_epoch_rules_for_sparse_epochs",
+                      "sparse_epoch_rules.py").sparse_epoch
     # SOURCE_HASH covers every source of the text and the text itself
     digest = _ge._templates.source_digest(
         _ge.sources_of(__file__, TEMPLATES, RULE_FILES),
-        [_render(rules, losses, sched, min_scale, "")])
-    return {f"{MODULE}.pyx": _render(rules, losses, sched, min_scale, digest)}, digest
+        [_render(rules, losses, sched, min_scale, "", epoch)])
+    return {f"{MODULE}.pyx": _render(rules, losses, sched, min_scale, digest, epoch)}, digest
 
 
 def generate():

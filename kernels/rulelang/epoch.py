@@ -16,28 +16,50 @@ write and how each target spells them.
                 the stepped range as a ``while`` whose ``continue`` steps
                 first, the return through the out-parameters
 
-A later epoch (the sparse lazy/scaled ones) is another written function with
-primitives of its own in the same tables.
+Each written epoch has its tables, an ``Epoch`` record: ``DENSE`` the
+dense/CSR minibatch epoch (kernels/epoch_rules.py), ``SPARSE`` the sparse
+epochs of wide CSR data (kernels/sparse_epoch_rules.py: the lazy/linear and
+the scaled modes, one loop, the modes' steps primitives).
 """
 
 import ast
 import inspect
 import textwrap
+from typing import NamedTuple
 
 from .c import HostEmitter
 from .frontend import Rule, RuleError, check
-from .tables import (CYTHON_EPOCH, CYTHON_EPOCH_TYPES, EPOCH_BLOCKS, EPOCH_FUNCTIONS,
-                     EPOCH_PARAMS, EPOCH_RETURN, NUMBA_EPOCH)
+from .tables import (CYTHON_EPOCH, CYTHON_EPOCH_TYPES, CYTHON_SPARSE_EPOCH, EPOCH_BLOCKS,
+                     EPOCH_FUNCTIONS, EPOCH_PARAMS, EPOCH_RETURN, NUMBA_EPOCH,
+                     NUMBA_SPARSE_EPOCH, SPARSE_EPOCH_BLOCKS, SPARSE_EPOCH_FUNCTIONS,
+                     SPARSE_EPOCH_PARAMS)
 
 
-def parse(fn):
+class Epoch(NamedTuple):
+    """The tables of one written epoch: its parameters' types, its block and
+    function primitives, and each target's spelling of them."""
+    name: str
+    params: dict
+    blocks: dict
+    functions: dict
+    numba: dict
+    cython: dict
+
+
+DENSE = Epoch("EPOCH", EPOCH_PARAMS, EPOCH_BLOCKS, EPOCH_FUNCTIONS, NUMBA_EPOCH, CYTHON_EPOCH)
+SPARSE = Epoch("SPARSE_EPOCH", SPARSE_EPOCH_PARAMS, SPARSE_EPOCH_BLOCKS, SPARSE_EPOCH_FUNCTIONS,
+               NUMBA_SPARSE_EPOCH, CYTHON_SPARSE_EPOCH)
+
+
+def parse(fn, epoch=DENSE):
     """``fn`` checked as an epoch: its Rule; the parameters must be the
-    epoch's (tables.EPOCH_PARAMS) and every return three values."""
-    rule = check(Rule(fn), "epoch")
-    unknown = [p for p in rule.params if p not in EPOCH_PARAMS]
+    epoch's (tables.EPOCH_PARAMS, or ``epoch``'s) and every return three
+    values."""
+    rule = check(Rule(fn), "epoch", primitives=(epoch.blocks, epoch.functions))
+    unknown = [p for p in rule.params if p not in epoch.params]
     if unknown:
         raise RuleError(f"{rule.where}: the parameters {unknown} are not an epoch's "
-                        f"(tables.EPOCH_PARAMS: {', '.join(EPOCH_PARAMS)})")
+                        f"(tables.{epoch.name}_PARAMS: {', '.join(epoch.params)})")
     for node in ast.walk(rule.fdef):
         if isinstance(node, ast.Return) and not (
                 isinstance(node.value, ast.Tuple) and len(node.value.elts) == len(EPOCH_RETURN)):
@@ -45,24 +67,26 @@ def parse(fn):
     return rule
 
 
-def _is_block(st):
+def _is_block(st, blocks=EPOCH_BLOCKS):
     """The block primitive a statement calls, or None."""
     if isinstance(st, (ast.Assign, ast.Expr)) and isinstance(st.value, ast.Call) \
-            and isinstance(st.value.func, ast.Name) and st.value.func.id in EPOCH_BLOCKS:
+            and isinstance(st.value.func, ast.Name) and st.value.func.id in blocks:
         return st.value.func.id
     return None
 
 
 # ---------------------------------------------------------------- Numba
 
-def numba_text(fn, blocks, table=NUMBA_EPOCH):
+def numba_text(fn, blocks, table=None, epoch=DENSE):
     """The body of the epoch ``fn`` as Numba compiles it: its text as written
     (comments kept), dedented, with each block primitive's statement replaced
     by ``blocks[table[name]]`` (text, indented like the statement), each
     function primitive's call by ``table[name]`` formatted with its
     arguments' text, and each return's values followed as ``table["return"]``
-    says."""
-    rule = parse(fn)
+    says.  ``epoch``: the written epoch's tables (``table`` its Numba
+    spelling unless given)."""
+    table = epoch.numba if table is None else table
+    rule = parse(fn, epoch)
     lines, _ = inspect.getsourcelines(rule.written)
     source = textwrap.dedent("".join(lines))
     starts = [0]
@@ -75,7 +99,7 @@ def numba_text(fn, blocks, table=NUMBA_EPOCH):
 
     edits = []   # (start, end, text)
     for node in ast.walk(rule.fdef):
-        name = _is_block(node)
+        name = _is_block(node, epoch.blocks)
         if name is not None:
             pad = " " * node.col_offset
             text = textwrap.dedent(blocks[table[name]]).strip("\n")
@@ -83,7 +107,7 @@ def numba_text(fn, blocks, table=NUMBA_EPOCH):
             edits.append((starts[node.lineno - 1], starts[node.end_lineno] - 1,
                           text))
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
-                and node.func.id in EPOCH_FUNCTIONS:
+                and node.func.id in epoch.functions:
             # the arguments' text as written (line breaks kept)
             args = source[at(node.args[0].lineno, node.args[0].col_offset):
                           at(node.args[-1].end_lineno, node.args[-1].end_col_offset)] \
@@ -123,11 +147,14 @@ class CythonEpochEmitter(HostEmitter):
     every one is a truth value, the noise key's uint64 for noise_key, else a
     double.  ``sections``: the Cython text of each block primitive and of
     the return (kernels/cython/templates/epoch_primitives.pyx.tp, rendered
-    for one layout and C type)."""
+    for one layout and C type).  ``epoch``: the written epoch's tables
+    (``table`` its Cython spelling unless given)."""
 
-    def __init__(self, fn, sections, table=CYTHON_EPOCH):
+    def __init__(self, fn, sections, table=None, epoch=DENSE):
         self.fn = fn
-        self.rule = parse(fn)
+        self.epoch = epoch
+        table = epoch.cython if table is None else table
+        self.rule = parse(fn, epoch)
         self.fdef = self.rule.fdef
         self.where = self.rule.where
         self.params = self.rule.params
@@ -136,7 +163,7 @@ class CythonEpochEmitter(HostEmitter):
         self.sections = sections
         self.table = table
         self.loops = []
-        self.types = {p: EPOCH_PARAMS[p] for p in self.params}
+        self.types = {p: epoch.params[p] for p in self.params}
         self._infer()
         self.ints = {n for n, t in self.types.items() if t == "int"}
 
@@ -166,8 +193,8 @@ class CythonEpochEmitter(HostEmitter):
             return None if a is None or b is None else a if a == b else "real"
         if isinstance(node, ast.Call):
             f = node.func
-            if isinstance(f, ast.Name) and f.id in EPOCH_FUNCTIONS:
-                return EPOCH_FUNCTIONS[f.id][1]
+            if isinstance(f, ast.Name) and f.id in self.epoch.functions:
+                return self.epoch.functions[f.id][1]
             if isinstance(f, ast.Name) and f.id in ("min", "max"):
                 ts = [self.type_of(a) for a in node.args]
                 return None if None in ts else "int" if set(ts) == {"int"} else "real"
@@ -182,9 +209,9 @@ class CythonEpochEmitter(HostEmitter):
         """Every local's type, from every value given to it (to a fixed point)."""
         values = {}
         for node in ast.walk(self.fdef):
-            block = _is_block(node)
+            block = _is_block(node, self.epoch.blocks)
             if block:
-                for r in EPOCH_BLOCKS[block][1]:
+                for r in self.epoch.blocks[block][1]:
                     values.setdefault(r, []).append(ast.Constant(0.0))
             elif isinstance(node, ast.Assign):
                 t = node.targets[0]
@@ -245,7 +272,7 @@ class CythonEpochEmitter(HostEmitter):
     def call(self, node):
         f = node.func
         args = [self.expr(a) for a in node.args]
-        if isinstance(f, ast.Name) and f.id in EPOCH_FUNCTIONS:
+        if isinstance(f, ast.Name) and f.id in self.epoch.functions:
             return self.table[f.id].format(", ".join(args))
         if isinstance(f, ast.Attribute) and f.attr == "isfinite":
             return self.table["isfinite"].format(args[0])
@@ -268,7 +295,7 @@ class CythonEpochEmitter(HostEmitter):
 
     def stmt(self, st, indent):
         pad = " " * indent
-        block = _is_block(st)
+        block = _is_block(st, self.epoch.blocks)
         if block is not None:
             return self._section(self.table[block], indent)
         if isinstance(st, ast.For):

@@ -272,13 +272,14 @@ def _is_docstring(st):
             and isinstance(st.value.value, str))
 
 
-def check(rule, kind, constants=()):
+def check(rule, kind, constants=(), primitives=None):
     """Raise RuleError at the first construct of ``rule`` outside the
     language for its ``kind``: "update" (an optimizer's elementwise rule),
     "scalar"/"row" (a loss rule), "host" (prepare, schedule_factor; these may
     also read the module's numeric ``constants``), "epoch" (the minibatch
     epoch: a host function with loops, ``continue``, early returns and calls
-    of the primitives of tables.EPOCH_BLOCKS/EPOCH_FUNCTIONS)."""
+    of the primitives of tables.EPOCH_BLOCKS/EPOCH_FUNCTIONS, or of the
+    (blocks, functions) tables ``primitives`` names: another epoch's)."""
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r}")
     a = rule.fdef.args
@@ -290,6 +291,7 @@ def check(rule, kind, constants=()):
     row_arrays = set(rule.params[:1]) | set(rule.params[3:4]) if kind == "row" else set()
     out_array = rule.params[3] if kind == "row" and len(rule.params) > 3 else None
 
+    blocks, functions = primitives or (EPOCH_BLOCKS, EPOCH_FUNCTIONS)
     host = kind in ("host", "epoch")
     loops = []     # the loops around the statement being checked (epoch: continue)
 
@@ -305,7 +307,7 @@ def check(rule, kind, constants=()):
         (tables.EPOCH_BLOCKS): the arguments and results are the epoch's
         own names, the ones the primitive's code reads and writes."""
         name = value.func.id
-        args, results = EPOCH_BLOCKS[name]
+        args, results = blocks[name]
         got_args = tuple(a.id if isinstance(a, ast.Name) else None for a in value.args)
         if value.keywords or got_args != args or tuple(targets) != results:
             sig = f"{', '.join(results)} = " if results else ""
@@ -317,7 +319,7 @@ def check(rule, kind, constants=()):
             return
         if kind == "epoch" and isinstance(st, (ast.Assign, ast.Expr)) \
                 and isinstance(st.value, ast.Call) and isinstance(st.value.func, ast.Name) \
-                and st.value.func.id in EPOCH_BLOCKS:
+                and st.value.func.id in blocks:
             t = st.targets[0] if isinstance(st, ast.Assign) and len(st.targets) == 1 else None
             names = ([] if isinstance(st, ast.Expr) else
                      [x.id for x in t.elts if isinstance(x, ast.Name)] if isinstance(t, ast.Tuple)
@@ -445,15 +447,15 @@ def check(rule, kind, constants=()):
         f = e.func
         head = f.id if isinstance(f, ast.Name) else getattr(getattr(f, "value", None), "id", None)
         if kind == "epoch" and name is None:
-            if isinstance(f, ast.Name) and f.id in EPOCH_FUNCTIONS and f.id not in known:
-                if len(e.args) != EPOCH_FUNCTIONS[f.id][0]:
+            if isinstance(f, ast.Name) and f.id in functions and f.id not in known:
+                if len(e.args) != functions[f.id][0]:
                     bad(e, f"{f.id} with {len(e.args)} arguments")
                 for x in e.args:
                     expr(x)
                 return
             if isinstance(f, ast.Attribute) and head == "math" and f.attr in EPOCH_MATH:
                 name = f.attr
-            elif isinstance(f, ast.Name) and f.id in EPOCH_BLOCKS:
+            elif isinstance(f, ast.Name) and f.id in blocks:
                 bad(e, f"the primitive {f.id} inside an expression (it is a statement)")
         if name is None or head in shadowed or (name in HOST_FUNCTIONS and not host):
             bad(e, f"the call {ast.unparse(e)!r}")

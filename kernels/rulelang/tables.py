@@ -143,3 +143,40 @@ CYTHON_EPOCH = {"batch_pass": "batch_pass", "finish_gradients": "finish_gradient
                 "return": "epoch_return"}
 # C types of the epoch's values in Cython
 CYTHON_EPOCH_TYPES = {"int": "int64_t", "real": "double", "bool": "bint", "key": "uint64_t"}
+
+# ---- the sparse epochs (kernels/sparse_epoch_rules.py, kind "epoch")
+#
+# The lazy/linear ("rows") and scaled epochs on wide CSR data, whose steps
+# touch only a minibatch's rows of W: one written loop, the modes' steps
+# primitives.  It trains on the rows order[start:stop] (a block of the epoch)
+# and resumes where the previous block stopped.
+SPARSE_EPOCH_PARAMS = dict({"start": "int", "stop": "int"}, **EPOCH_PARAMS)
+
+SPARSE_EPOCH_BLOCKS = {
+    "begin_block": (("start",), ()),            # the mode's state at the block's start
+    "collect_touched": (("r0", "r1"), ()),      # the touched rows listed (the slot table)
+    "bring_touched": (("step",), ()),           # rows: caught up; scaled: the L1 owed
+    "batch_pass": (("r0", "r1"), ("lsum", "wsum")),   # scores, losses, compact G, db
+    "release_touched": ((), ()),                # the slot table's rows freed
+    "prepare_w": (("step", "lr"), ()),          # the rule's prepare for W's group
+    "update_touched": (("step", "lr", "inv", "w_avg", "key"), ()),  # the mode's update
+    "prepare_b": (("step", "lr"), ()),          # ... for the intercept's group
+    "update_b": (("inv", "w_avg", "key"), ()),  # db scaled by inv, the rule's update
+    "end_block": ((), ()),                      # what the next block resumes from
+    "end_epoch": ((), ("pen",)),                # every row brought up to date; the penalty
+}
+SPARSE_EPOCH_FUNCTIONS = EPOCH_FUNCTIONS
+
+# Numba: a block is the body of that function of kernels/templates/
+# sparse_epoch_parts.py (its HOLE_* filled per mode by sparse_epoch_drivers.py)
+NUMBA_SPARSE_EPOCH = dict({name: name for name in SPARSE_EPOCH_BLOCKS},
+                          schedule_factor=NUMBA_EPOCH["schedule_factor"],
+                          noise_key=NUMBA_EPOCH["noise_key"],
+                          has_intercept=NUMBA_EPOCH["has_intercept"],
+                          **{"return": NUMBA_EPOCH["return"]})
+# Cython: a block is the section of that name in
+# kernels/cython/templates/sparse_epoch_primitives.pyx.tp (per mode)
+CYTHON_SPARSE_EPOCH = dict({name: name for name in SPARSE_EPOCH_BLOCKS},
+                           **{n: CYTHON_EPOCH[n] for n in
+                              ("schedule_factor", "noise_key", "has_intercept", "isfinite",
+                               "nan", "return")})

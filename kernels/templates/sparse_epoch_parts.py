@@ -1,13 +1,16 @@
-"""Snippets for the sparse epochs (kernels/sparse_epoch_drivers.py): the
-pieces sparse_epoch_rows.py and sparse_epoch_scaled.py share, and the
-alternatives of their holes, each written once.
+"""Snippets for the sparse epochs (kernels/sparse_epoch_drivers.py): their
+set-up and the primitives of the loop written once in
+kernels/sparse_epoch_rules.py (``sparse_epoch``; the names: the table
+rulelang.tables.NUMBA_SPARSE_EPOCH), each mode's alternatives written once.
 
 ``start`` opens both epochs (``HOLE_K`` is ``W.shape[1]``, or ``1`` in the
 one-output twins: the compiler then drops every loop over the outputs, the
-same arithmetic in the same order).  ``steps`` is both epochs' minibatch
-loop: the batch pass (scores, the loss rule, the compact gradient, db), the
-mode's update of the touched rows (``rows_update``, ``scaled_update``) and
-the intercept's dense update.
+same arithmetic in the same order).  The primitives shared by the modes come
+first (``collect_touched``, ``batch_pass``, ...: the batch pass's
+``HOLE_SCORES`` and ``HOLE_PREFETCH_NEXT`` are the mode's), then the lazy
+and linear modes' (``rows_*``), the scaled mode's (``scaled_*``) and its
+per-example path's (``example_*``: batch 1, a row's features distinct, no
+L1: the same loop without the touched list and the compact gradient).
 """
 from optkern.kernels.templates.standins import *  # noqa: F401,F403
 
@@ -19,10 +22,6 @@ def start():
     d = W.shape[0]
     k = HOLE_K
     Wf = W.reshape(d * k)
-    step = step0
-    avg_count = avg_count0
-    total = 0.0
-    weight = 0.0
     direct = batch_size == 1 and unique_rows
     # the slot table is hashed when it is shorter than W (sparse_epoch_drivers)
     hashed = slot.shape[0] < d
@@ -33,91 +32,94 @@ def start():
     near = min(max(batch_size // 2, 1), 32)
 
 
-def steps():
-    for r0 in range(HOLE_FIRST_ROW, stop, batch_size):
-        r1 = min(r0 + batch_size, stop)
-        if direct:
-            # one row without repeated features: its nonzeros are the touched rows
-            lo = indptr[order[r0]]
-            nt = indptr[order[r0] + 1] - lo
-            for u in range(nt):
-                touched[0, u] = indices[lo + u]
-                if inv_p is not None:
-                    tscale[u] = inv_p[lo + u] if per_nz else inv_p[indices[lo + u]]
-        elif fused:
-            # nothing reads the touched list before the row pass: it is built
-            # there (collect_scatter_row)
-            nt = 0
-        else:
-            nt = collect_rows(indices, indptr, order, r0, r1, slot, touched, hashed, inv_p,
-                              per_nz, tscale)
-            for u in range(nt):
-                for j in range(k):
-                    G[u, j] = 0.0
-        HOLE_TOUCHED
+# ------------------------------- the primitives of both modes' minibatch loop
+
+def collect_touched():
+    if direct:
+        # one row without repeated features: its nonzeros are the touched rows
+        lo = indptr[order[r0]]
+        nt = indptr[order[r0] + 1] - lo
+        for u in range(nt):
+            touched[0, u] = indices[lo + u]
+            if inv_p is not None:
+                tscale[u] = inv_p[lo + u] if per_nz else inv_p[indices[lo + u]]
+    elif fused:
+        # nothing reads the touched list before the row pass: it is built
+        # there (collect_scatter_row)
+        nt = 0
+    else:
+        nt = collect_rows(indices, indptr, order, r0, r1, slot, touched, hashed, inv_p,
+                          per_nz, tscale)
+        for u in range(nt):
+            for j in range(k):
+                G[u, j] = 0.0
+
+
+def batch_pass():
+    for j in range(k):
+        db[j] = 0.0
+    lsum = 0.0
+    wsum = 0.0
+    for r in range(r0, r1):
+        prefetch_rows(data, indices, indptr, T, sw, order, r, stop, ahead, inv_p, per_nz)
+        if r + near < stop:
+            nx = order[r + near]
+            for p in range(indptr[nx], indptr[nx + 1]):
+                HOLE_PREFETCH_NEXT
+        i = order[r]
+        w = sw[i]
+        lo = indptr[i]
+        hi = indptr[i + 1]
+        HOLE_SCORES
+        HOLE_LOSS
+        lsum += w * l
+        wsum += w
+        if w != 1.0:
+            for j in range(k):
+                dz[j] *= w
         for j in range(k):
-            db[j] = 0.0
-        lsum = 0.0
-        wsum = 0.0
-        for r in range(r0, r1):
-            prefetch_rows(data, indices, indptr, T, sw, order, r, stop, ahead, inv_p, per_nz)
-            if r + near < stop:
-                nx = order[r + near]
-                for p in range(indptr[nx], indptr[nx + 1]):
-                    HOLE_PREFETCH_NEXT
-            i = order[r]
-            w = sw[i]
-            lo = indptr[i]
-            hi = indptr[i + 1]
-            HOLE_SCORES
-            HOLE_LOSS
-            lsum += w * l
-            wsum += w
-            if w != 1.0:
+            db[j] += dz[j]
+        if direct:
+            for u in range(nt):
                 for j in range(k):
-                    dz[j] *= w
-            for j in range(k):
-                db[j] += dz[j]
-            if direct:
-                for u in range(nt):
-                    for j in range(k):
-                        G[u, j] = data[lo + u] * dz[j]
-            elif fused:
-                nt = collect_scatter_row(data, indices, lo, hi, slot, hashed, touched, nt, dz,
-                                         G, k, inv_p, per_nz, tscale)
-            else:
-                scatter_row(data, indices, lo, hi, slot, hashed, dz, G, k)
-        if wsum <= 0.0:
-            if not direct:
-                release_slots(slot, touched, nt)
-            continue
-        inv = 1.0 / ((r1 - r0) * w_mean)
-        batch_loss = lsum * inv
-        if not math.isfinite(batch_loss):
-            # (the table is left free for the next call)
-            if not direct:
-                release_slots(slot, touched, nt)
-            return np.nan, step - step0, avg_count, scalarsW, scalarsB
-        total += batch_loss * (r1 - r0)
-        weight += r1 - r0
-        lr = base_lr * _schedule(sched[0], float(step), sched[1], sched[2], sched[3],
-                                 sched[4], sched[5]) * plateau
-        step += 1
-        key = noise_key_jit(seed, step)
-        hyperW, scalarsW = _prepare(step, scalarsW, lr, HOLE_USER_W)
-        averaging = avg_start >= 0 and step > avg_start
-        w_avg = 1.0 / (avg_count + 1) if averaging else 0.0
-        HOLE_UPDATE
-        if b is not None:
-            hyperB, scalarsB = _prepare(step, scalarsB, lr, HOLE_USER_B)
-            for j in range(k):
-                db[j] = db[j] * inv
-            _loop_serial(b, db, HOLE_B_STATES, avgB, hyperB, w_avg, key, offB)
-        if averaging:
-            avg_count += 1
+                    G[u, j] = data[lo + u] * dz[j]
+        elif fused:
+            nt = collect_scatter_row(data, indices, lo, hi, slot, hashed, touched, nt, dz,
+                                     G, k, inv_p, per_nz, tscale)
+        else:
+            scatter_row(data, indices, lo, hi, slot, hashed, dz, G, k)
+
+
+def release_touched():
+    if not direct:
+        release_slots(slot, touched, nt)
+
+
+def prepare_w():
+    hyperW, scalarsW = _prepare(step, scalarsW, lr, HOLE_USER_W)
+
+
+def prepare_b():
+    hyperB, scalarsB = _prepare(step, scalarsB, lr, HOLE_USER_B)
+
+
+def update_b():
+    for j in range(k):
+        db[j] = db[j] * inv
+    _loop_serial(b, db, HOLE_B_STATES, avgB, hyperB, w_avg, key, offB)
+
+
+def no_step():
+    pass
 
 
 # ---------------------------------------------- the lazy and linear modes
+
+def rows_begin_block():
+    if P is not None and start == 0:
+        for f in range(d):
+            last[f] = step0
+
 
 def rows_update():
     HOLE_UNPACK
@@ -160,8 +162,13 @@ def rows_update():
             Wf[e] = p_i
         if P is not None:
             last[f] = step
-    if not direct:
-        release_slots(slot, touched, nt)
+
+
+def rows_end_epoch():
+    if P is not None:
+        for f in range(d):
+            HOLE_CATCH_UP_ROW
+    pen = penalty_value(Wf, alpha, l1_ratio)
 
 
 def catch_up_touched():
@@ -233,6 +240,20 @@ def prefetch_state():
 
 # ---------------------------------------------------------- the scaled mode
 
+def scaled_begin_block():
+    # W = s V; u: the L1 amount (in V's units) every weight is owed so far;
+    # a block after the first resumes them from ``carry``
+    s = 1.0
+    u_l1 = 0.0
+    if start == 0:
+        if l1 > 0:
+            for e in range(d * k):
+                q[e] = 0.0
+    else:
+        s = carry[0]
+        u_l1 = carry[1]
+
+
 def scaled_update():
     HOLE_UNPACK
     # the step is affine in (p, g) (plain SGD: no state, no noise), p' = c_t p
@@ -254,8 +275,6 @@ def scaled_update():
             if l1 > 0:
                 v, q[e] = cumulative_l1(v, q[e], u_l1)
             Wf[e] = v
-    if not direct:
-        release_slots(slot, touched, nt)
     s = s_new
     if s < HOLE_MIN_SCALE:
         for e in range(d * k):
@@ -265,6 +284,20 @@ def scaled_update():
                 q[e] = q[e] * s
             u_l1 *= s
         s = 1.0
+
+
+def scaled_end_block():
+    carry[0] = s
+    carry[1] = u_l1
+
+
+def scaled_end_epoch():
+    for e in range(d * k):
+        v = float(Wf[e])
+        if l1 > 0:
+            v, _ = cumulative_l1(v, float(q[e]), u_l1)
+        Wf[e] = v * s
+    pen = penalty_value(Wf, alpha, l1_ratio)
 
 
 def clip_touched():
@@ -286,3 +319,51 @@ def scaled_scores():
     if b is not None:
         for j in range(k):
             z[j] += b[j]
+
+
+# ------------------------------------ the scaled mode's per-example path
+
+def example_pass():
+    # batch 1 (r1 = r0 + 1), one pass over the row's nonzeros per step: no
+    # touched list, no compact gradient
+    prefetch_rows(data, indices, indptr, T, sw, order, r0, stop, 2, None, False)
+    if r0 + 1 < stop:
+        nx = order[r0 + 1]
+        for p in range(indptr[nx], indptr[nx + 1]):
+            prefetch(Wf, indices[p] * k)
+    i = order[r0]
+    w = sw[i]
+    lo = indptr[i]
+    hi = indptr[i + 1]
+    HOLE_SCORES
+    HOLE_LOSS
+    if w != 1.0:
+        for j in range(k):
+            dz[j] *= w
+    for j in range(k):
+        db[j] = 0.0
+        db[j] += dz[j]
+    lsum = 0.0
+    wsum = 0.0
+    lsum += w * l
+    wsum += w
+
+
+def example_update():
+    HOLE_UNPACK
+    c_t, HOLE_STATE_OUTS = _rule(one, zero, HOLE_ZERO_STATES, HOLE_HYPER_W, zero)
+    a_t, HOLE_STATE_OUTS = _rule(zero, one, HOLE_ZERO_STATES, HOLE_HYPER_W, zero)
+    s_new = s * c_t
+    a_s = a_t / s_new
+    for qq in range(lo, hi):
+        f = indices[qq]
+        x_f = data[qq]
+        for j in range(k):
+            e = f * k + j
+            g = dt(dt(x_f * dz[j]) * inv)
+            Wf[e] = Wf[e] + a_s * g
+    s = s_new
+    if s < HOLE_MIN_SCALE:
+        for e in range(d * k):
+            Wf[e] = Wf[e] * s
+        s = 1.0

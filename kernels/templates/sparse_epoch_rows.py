@@ -23,17 +23,5 @@ def HOLE_NAME(data, indices, indptr, T, sw, order, start, stop, batch_size, W, b
     l2_only = l1_ratio == 0.0
     # the catch-up (P) reads the touched rows before the scores
     fused = (not direct) and P is None
-    if P is not None and start == 0:
-        for f in range(d):
-            last[f] = step0
-    HOLE_STEPS
-    if stop < n:
-        # a block of the epoch: the next call resumes at ``stop``
-        return (total / weight if weight > 0.0 else 0.0), step - step0, avg_count, \
-            scalarsW, scalarsB
-    if P is not None:
-        for f in range(d):
-            HOLE_CATCH_UP_ROW
-    mean = total / weight if weight > 0.0 else 0.0
-    return mean + penalty_value(Wf, alpha, l1_ratio), step - step0, avg_count, scalarsW, \
-        scalarsB
+    # the loop of kernels/sparse_epoch_rules.py, its primitives the rows mode's
+    HOLE_LOOP
