@@ -34,10 +34,12 @@ _UPDATE_FUNCTIONS = {
 _LOSS_FUNCTIONS = {
     "numba": ("row", "_dense_chunk", "dense_serial", "_csr_chunk", "csr_serial", "dense_blas",
               "_dense_rows", "_csr_rows", "_block_rule", "_dense_chunk_lanes",
-              "_csr_chunk_lanes", "_rule_lanes_py"),
+              "_csr_chunk_lanes", "_rule_lanes_py", "_csr_chunk_k1", "_k1_in_range",
+              "_k1_scores", "_k1_rules_scatter"),
     "numba-parallel": ("row", "_dense_chunk", "dense_parallel", "_csr_chunk", "csr_parallel",
                        "_dense_rows", "_csr_rows", "_block_rule", "_dense_chunk_lanes",
-                       "_csr_chunk_lanes", "_rule_lanes_py"),
+                       "_csr_chunk_lanes", "_rule_lanes_py", "_csr_chunk_k1", "_k1_in_range",
+                       "_k1_scores", "_k1_rules_scatter", "_csr_parallel_k1"),
     "cuda": ("make_cuda_kernels",),
 }
 

@@ -52,7 +52,13 @@ stores at about half of that.  X is read from memory once.
 The CSR kernel does the same per row with gathers from W and scatters into dW;
 at one output (the scalar-rule losses) it runs four rows' score chains side
 by side in scalar registers (templates/loss_row_scalar.py ``_csr_chunk_k1``:
-the same bits as the row loop, docs/first_call.md).
+the same bits as the row loop, docs/first_call.md), and, when the rows'
+scores fit the scratch (``k1_room``), in two passes over X: every row's
+score, then the rules and the scatter, each pass split into the same row
+chunks (the same bits again).  At one output the CSR kernels check the
+column indices themselves (in the score pass, or in a scan before the
+fused loop): an index outside [0, d) returns NaN with nothing written, and
+``loss_and_grad`` then names it.
 The BLAS path computes Z = X W with BLAS (``np.dot``), the rule row by row in
 place, and dW = X^T dZ with BLAS.
 
@@ -178,6 +184,15 @@ def _chunk_views(scratch, c, n_features, n_outputs):
     Db = scratch[o:o + ROW_BLOCK * k].reshape((ROW_BLOCK, k))
     o += ROW_BLOCK * k
     return accT, accb, Zb, Db, scratch[o:o + 1]
+
+
+@register_jitable
+def k1_room(n_features):
+    """Scores the CSR kernels' one-output two-pass loop can keep in the
+    scratch: the shared W^T piece and chunk 0's partial, which the CSR
+    kernels do not use otherwise (chunk 0 adds into dW).  With more rows than
+    this they run the fused one-output loop after a scan of the indices."""
+    return _padded(n_features) + n_features
 
 
 @register_jitable

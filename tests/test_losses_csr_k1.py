@@ -222,3 +222,177 @@ def test_k1_loop_with_a_decreasing_indptr_matches_the_general_loop(dtype):
     np.testing.assert_array_equal(dW1[:, 0], dW2[:, 0])
     np.testing.assert_array_equal(db1[0], db2[0])
     assert 2 * v1 == pytest.approx(v2, rel=1e-6)
+
+
+# ------------------------------------------ the two-pass one-output kernels
+#
+# csr_serial / csr_parallel at k = 1 run every row's score first, then the
+# rules and scatters (when the scores fit the scratch: drv.k1_room), and
+# check the column indices in the first pass.  The fused one-output loop
+# (``_csr_chunk_k1``, per chunk, added as csr_parallel adds its chunks) is the
+# reference, bit for bit: the kernels before the change.
+
+
+def fused_reference(mod, X, Y, sw, W, b, alpha, chunks):
+    """csr_serial / csr_parallel as they ran before the two passes: the
+    penalty's gradient into dW, chunk 0's rows added into dW by the fused
+    loop, chunks 1.. into zeroed partials added after in chunk order, db and
+    the loss the chunks' sums in chunk order."""
+    d = W.shape[0]
+    n = Y.shape[0]
+    inv_w = drv.inverse_weight(sw, n)
+    dW = np.full_like(W, np.nan)
+    pen = drv.penalty_set(W, dW, alpha, 0.15)
+    total = 0.0
+    gb = None
+    for c in range(chunks):
+        acc = dW if c == 0 else np.zeros_like(W)
+        accb = np.full(1, np.nan, W.dtype)
+        part = mod._csr_chunk_k1(X.data, X.indices, X.indptr, Y, sw, W, b, 0.1, inv_w,
+                                 acc, accb, c * n // chunks, (c + 1) * n // chunks)
+        # csr_parallel keeps a chunk's sum in its slot of the scratch (X's dtype)
+        total += part if chunks == 1 else float(W.dtype.type(part))
+        if c > 0:
+            dW += acc
+        gb = accb.copy() if c == 0 else gb + accb
+    return total * inv_w + pen, dW, (None if b is None else gb)
+
+
+@settings(deadline=None, max_examples=60)
+@given(loss=st.sampled_from(SCALAR), dtype=st.sampled_from([np.float32, np.float64]),
+       n=st.integers(1, 70), d=st.integers(1, 40), max_row=st.integers(0, 30),
+       empty_every=st.sampled_from([0, 2, 5]), chunks=st.sampled_from([1, 2, 3]),
+       weights=st.booleans(), intercept=st.booleans(),
+       alpha=st.sampled_from([0.0, 0.05]), seed=st.integers(0, 2 ** 16))
+def test_two_pass_kernels_are_the_fused_loop_bit_for_bit(loss, dtype, n, d, max_row,
+                                                         empty_every, chunks, weights,
+                                                         intercept, alpha, seed):
+    """Both of the kernels' one-output branches (two passes when n <=
+    k1_room(d), else the fused loop after a scan of the indices: both occur
+    here) give the fused loop's bits, serial and in 2-3 chunks; the loss
+    and the gradient agree with the NumPy reference."""
+    X, rng = csr_problem(n, d, dtype, seed, max_row, empty_every)
+    chunks = min(chunks, n)
+    mod = drv.module_for(loss)
+    Y = targets(loss, rng, n, dtype)[:, None].copy()
+    W = rng.standard_normal((d, 1)).astype(dtype)
+    b = rng.standard_normal(1).astype(dtype) if intercept else None
+    sw = rng.uniform(0.1, 2.0, n).astype(dtype) if weights else None
+    v, dW, db = run(mod, X, Y, sw, W, b, alpha, chunks)
+    vr, dWr, dbr = fused_reference(mod, X, Y, sw, W, b, alpha, chunks)
+    np.testing.assert_array_equal(dW, dWr)
+    if b is not None:
+        np.testing.assert_array_equal(db, dbr)
+    assert v == vr
+    want, gW, gb = ref.loss_and_grad(X, Y, W, b, loss, alpha, 0.15, sw, 0.1)
+    t = 1e-10 if dtype == np.float64 else 2e-4
+    assert v == pytest.approx(float(want), rel=t, abs=t)
+    np.testing.assert_allclose(dW, gW, rtol=t, atol=t * max(1.0, np.abs(gW).max()))
+
+
+@pytest.mark.parametrize("chunks", [1, 2, 3])
+@pytest.mark.parametrize("many_rows", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernels_return_nan_and_write_nothing_for_an_index_out_of_range(dtype, many_rows,
+                                                                         chunks):
+    """The one-output kernels check the column indices themselves (in the
+    score pass, or in a scan before the fused loop when the scores do not
+    fit the scratch): NaN, and dW, db untouched, for an index outside
+    [0, d) anywhere -- first row, a group of four, the leftover rows."""
+    d = 6
+    n = drv.k1_room(d) + 9 if many_rows else 19
+    X, rng = csr_problem(n, d, dtype, 5, 4)
+    assert (n > drv.k1_room(d)) == many_rows
+    mod = drv.module_for("log")
+    Y = targets("log", rng, n, dtype)[:, None].copy()
+    W = rng.standard_normal((d, 1)).astype(dtype)
+    b = np.zeros(1, dtype)
+    scratch = np.empty(drv.scratch_size(chunks, d, 1), dtype)
+    for pos in (0, X.nnz // 2, X.nnz - 1):
+        for value in (d, d + 100, -1, np.iinfo(np.int32).max, np.iinfo(np.int32).min):
+            bad = _broken(X, pos, value)
+            dW = np.full((d, 1), 7, dtype)
+            db = np.full(1, 7, dtype)
+            args = (bad.data, bad.indices, bad.indptr, Y, None, W, b, 0.01, 0.15, 0.1, dW, db,
+                    scratch)
+            v = mod.csr_serial(*args) if chunks == 1 else mod.csr_parallel(*args, chunks)
+            assert np.isnan(v)
+            assert np.all(dW == 7) and np.all(db == 7)
+
+
+@pytest.mark.parametrize("check_input", [True, False])
+@pytest.mark.parametrize("backend", ["numba", "numba-parallel", "auto", "cython"])
+@pytest.mark.parametrize("many_rows", [False, True])
+def test_out_of_range_through_loss_and_grad_on_both_k1_branches(many_rows, backend,
+                                                                 check_input):
+    """loss_and_grad skips its scan of the indices when the Numba kernel
+    checks them: the same ValueError before ``out`` is written, on the
+    two-pass branch and the fused one, and on the backends that scan."""
+    d = 6
+    n = drv.k1_room(d) + 9 if many_rows else 19
+    X, rng = csr_problem(n, d, np.float32, 8, 4)
+    y = rng.integers(0, 2, n)
+    W = rng.standard_normal((d, 1)).astype(np.float32)
+    b = np.zeros(1, np.float32)
+    for pos in (0, X.nnz - 1):
+        bad = _broken(X, pos, d + 3)
+        dW = np.full((d, 1), 7, np.float32)
+        db = np.full(1, 7, np.float32)
+        with pytest.raises(ValueError, match="column indices outside"):
+            loss_and_grad(bad, y, W, b, loss="log", backend=backend, out=(dW, db),
+                          check_input=check_input)
+        assert np.all(dW == 7) and np.all(db == 7)
+
+
+@pytest.mark.parametrize("mode", ["aot", "sync"])
+def test_out_of_range_when_the_twin_serves(mode):
+    """backend "auto" with the Cython twin serving (the Numba kernel not
+    ready: forced with OPTKERN_JIT=aot) scans the indices itself."""
+    from optkern import _jit
+    X, rng = csr_problem(40, 9, np.float64, 2, 5)
+    y = rng.integers(0, 2, 40)
+    W = rng.standard_normal((9, 1))
+    b = np.zeros(1)
+    bad = _broken(X, X.nnz // 2, 9)
+    old = _jit.set_mode(mode)
+    _jit.forget()
+    try:
+        dW = np.full((9, 1), 7.0)
+        db = np.full(1, 7.0)
+        for check_input in (True, False):
+            with pytest.raises(ValueError, match="column indices outside"):
+                loss_and_grad(bad, y, W, b, loss="log", out=(dW, db), check_input=check_input)
+            assert np.all(dW == 7.0) and np.all(db == 7.0)
+        got = loss_and_grad(X, y, W, b, loss="log")
+    finally:
+        _jit.set_mode(old)
+        _jit.forget()
+    want = loss_and_grad(X, y, W, b, loss="log", backend="numpy")
+    assert got[0] == pytest.approx(want[0], rel=1e-10)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("backend", ["numba", "numba-parallel", "auto"])
+@pytest.mark.parametrize("many_rows", [False, True])
+def test_non_finite_X_raises_before_out_on_both_k1_branches(many_rows, backend, bad):
+    """NaN/inf in X's data at one output, default arguments: the ValueError
+    naming X, before ``out`` is written; with check_input=False the
+    non-finite result comes back (no index error: the NaN was not one)."""
+    d = 6
+    n = drv.k1_room(d) + 9 if many_rows else 19
+    X, rng = csr_problem(n, d, np.float64, 4, 4)
+    y = rng.integers(0, 2, n)
+    W = rng.standard_normal((d, 1))
+    b = np.zeros(1)
+    for pos in (0, X.nnz - 1):
+        Xb = X.copy()
+        Xb.data[pos] = bad
+        dW = np.full((d, 1), 7.0)
+        db = np.full(1, 7.0)
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            loss_and_grad(Xb, y, W, b, loss="log", backend=backend, out=(dW, db))
+        assert np.all(dW == 7.0) and np.all(db == 7.0)
+        value, gW, _ = loss_and_grad(Xb, y, W, b, loss="log", backend=backend,
+                                     check_input=False)
+        assert not (np.isfinite(value) and np.isfinite(gW).all())

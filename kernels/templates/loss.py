@@ -14,7 +14,7 @@ from optkern.kernels.loss_drivers import (
     _scores_block, _accumulate_block, _scores_tiles, _accumulate_tiles, _to_lanes, _csr_row_scores,
     _csr_row_scatter, _scale_lanes,
     inverse_weight, penalty_add, penalty_set, transpose_into, reduce_chunks_T, reduce_chunks,
-    add_bias_check)
+    add_bias_check, k1_room)
 
 _rule = njit(inline="always", error_model="numpy")(_rule_py)
 HOLE_RULE_VEC
@@ -115,6 +115,24 @@ def csr_serial(data, indices, indptr, y, sw, W, b, alpha, l1_ratio, epsilon, dW,
     n = indptr.shape[0] - 1
     inv_w = inverse_weight(sw, n)
     accT, accb, Zb, Db, slot = _chunk_views(scratch, 0, d, k)
+    if CSR_K1_LOOP and k == 1:
+        # one output: every row's score, then the rules and the scatter
+        # (loss_row_scalar.py), the column indices checked on the way: NaN,
+        # and nothing written, for one outside [0, d)
+        if vector_form(data, indices, W) and vector_form(data, indices, dW) \
+                and n <= k1_room(d):
+            zs = scratch[:n]
+            if not _k1_scores(data, indices, indptr, W.reshape(d), load(b, 0, W.dtype.type(0)),
+                              zs, 0, n):
+                return np.nan
+            pen = penalty_set(W, dW, alpha, l1_ratio)
+            total, gb = _k1_rules_scatter(data, indices, indptr, y, sw, zs, epsilon, inv_w,
+                                          dW.reshape(d), 0, n)
+            if db is not None:
+                db[0] = gb
+            return total * inv_w + pen
+        if not _k1_in_range(indices, np.uint64(0), np.uint64(indices.shape[0]), d):
+            return np.nan
     # straight into dW and db, dW starting from the penalty's gradient: a
     # (d, k) partial and its copy cost as much as the rows at 1% density with
     # d*k large
@@ -130,6 +148,13 @@ def csr_parallel(data, indices, indptr, y, sw, W, b, alpha, l1_ratio, epsilon, d
     d, k = W.shape
     n = indptr.shape[0] - 1
     inv_w = inverse_weight(sw, n)
+    if CSR_K1_LOOP and k == 1:
+        if vector_form(data, indices, W) and vector_form(data, indices, dW) \
+                and n <= k1_room(d):
+            return _csr_parallel_k1(data, indices, indptr, y, sw, W, b, alpha, l1_ratio,
+                                    epsilon, dW, db, scratch, n_chunks, inv_w)
+        if not _k1_in_range(indices, np.uint64(0), np.uint64(indices.shape[0]), d):
+            return np.nan
     # chunk 0 adds its rows straight into dW, which starts from the penalty's
     # gradient (as in csr_serial); the others into zeroed partials, added
     # after in chunk order: one (d, k) partial less to zero and to copy
@@ -145,6 +170,47 @@ def csr_parallel(data, indices, indptr, y, sw, W, b, alpha, l1_ratio, epsilon, d
                             acc, accb, Zb[0], Db[0], scratch, c,
                             c * n // n_chunks, (c + 1) * n // n_chunks)
     total = reduce_chunks(scratch, n_chunks, dW, db)   # serially: one fork-join only
+    return total * inv_w + pen
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _csr_parallel_k1(data, indices, indptr, y, sw, W, b, alpha, l1_ratio, epsilon, dW, db,
+                     scratch, n_chunks, inv_w):
+    """csr_parallel at one output in two passes (loss_row_scalar.py), each
+    split into the same row chunks: all scores (the column indices checked:
+    NaN and nothing written for one outside [0, d)), then per chunk the rules
+    and the scatter into chunk 0's dW or chunk c's partial, added in chunk
+    order as csr_parallel does -- the same bits.  Two parallel regions: no
+    row is scattered before every index is checked.  "auto" runs this
+    kernel only with a core to spare (machine_busy), where a second
+    fork-join costs microseconds, not a descheduled thread's wait."""
+    d, k = W.shape
+    n = indptr.shape[0] - 1
+    zs = scratch[:n]
+    w1 = W.reshape(d)
+    bz = load(b, 0, W.dtype.type(0))
+    for c in prange(n_chunks):
+        accT, accb, Zb, Db, slot = _chunk_views(scratch, c, d, k)
+        slot[0] = 0 if _k1_scores(data, indices, indptr, w1, bz, zs, c * n // n_chunks,
+                                  (c + 1) * n // n_chunks) else 1
+    for c in range(n_chunks):
+        accT, accb, Zb, Db, slot = _chunk_views(scratch, c, d, k)
+        if slot[0] != 0:
+            return np.nan
+    pen = penalty_set(W, dW, alpha, l1_ratio)
+    for c in prange(n_chunks):
+        accT, accb, Zb, Db, slot = _chunk_views(scratch, c, d, k)
+        acc = accT.reshape((d, k))
+        if c == 0:
+            acc = dW
+        else:
+            acc[:, :] = 0
+        part, gb = _k1_rules_scatter(data, indices, indptr, y, sw, zs, epsilon, inv_w,
+                                     acc.reshape(d), c * n // n_chunks,
+                                     (c + 1) * n // n_chunks)
+        accb[0] = gb
+        slot[0] = part
+    total = reduce_chunks(scratch, n_chunks, dW, db)
     return total * inv_w + pen
 
 

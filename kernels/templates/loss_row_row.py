@@ -22,6 +22,24 @@ def _csr_chunk_k1(data, indices, indptr, y, sw, W, b, epsilon, inv_w, acc, accb,
     return 0.0
 
 
+@njit(inline="always")
+def _k1_in_range(indices, lo, hi, d):
+    """Never called (CSR_K1_LOOP is False)."""
+    return True
+
+
+@njit(inline="always")
+def _k1_scores(data, indices, indptr, w1, bz, zs, start, stop):
+    """Never called (CSR_K1_LOOP is False)."""
+    return True
+
+
+@njit(inline="always")
+def _k1_rules_scatter(data, indices, indptr, y, sw, zs, epsilon, inv_w, a1, start, stop):
+    """Never called (CSR_K1_LOOP is False)."""
+    return 0.0, a1.dtype.type(0)
+
+
 def _row_source():
     return """
 def row(z, y_i, epsilon, dz):

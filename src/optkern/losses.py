@@ -170,8 +170,22 @@ def _all_finite(a):
     return bool(np.isfinite(flat).all())
 
 
-def _check_X(X, check_input):
-    """(kind, X) with kind "dense" or "csr"; X validated (not yet against W)."""
+def _check_indices(X):
+    """ValueError when a CSR X has a column index outside [0, n_features)."""
+    indices = X.indices
+    lo, hi = _int_range(indices) if indices.shape[0] else (0, -1)
+    if lo < 0 or hi >= X.shape[1]:
+        raise ValueError(f"X has column indices outside [0, {X.shape[1]}): wrong shape "
+                         "for its CSR structure")
+
+
+def _check_X(X, check_input, indices=True):
+    """(kind, X) with kind "dense" or "csr"; X validated (not yet against W).
+
+    ``indices=False``: a CSR X's column indices are not scanned (the caller
+    scans them, or runs a kernel that checks them in its own pass:
+    ``_csr_kernel_checks``); an index outside [0, d) is still reported
+    before an unsorted row (the scan runs when the canonical check fails)."""
     exact = type(X) in _CSR_TYPES
     if exact or sp.issparse(X):
         if not exact and X.format != "csr":
@@ -182,23 +196,23 @@ def _check_X(X, check_input):
         shape = X.shape
         if len(shape) != 2:
             raise ValueError(f"X must be 2-D, got shape {shape}")
-        data, indices, indptr = X.data, X.indices, X.indptr
+        data, indptr = X.data, X.indptr
         if data.dtype.char not in "fd":
             raise TypeError(f"X must hold float32 or float64 values, got {X.dtype}")
-        nnz = indices.shape[0]
+        nnz = X.indices.shape[0]
         if indptr.shape[0] != shape[0] + 1 or indptr.ndim != 1 or indptr[-1] != nnz \
-                or data.shape != indices.shape:
+                or data.shape != X.indices.shape:
             raise ValueError(f"X is a malformed CSR matrix for shape {shape}: indptr has "
                              f"{indptr.shape[0]} entries, indices {nnz}, "
                              f"data {data.shape[0]}")
-        if indices.dtype.kind not in "iu":
-            raise TypeError(f"X has column indices of dtype {indices.dtype}; "
+        if X.indices.dtype.kind not in "iu":
+            raise TypeError(f"X has column indices of dtype {X.indices.dtype}; "
                             "expected integers")
-        lo, hi = _int_range(indices) if nnz else (0, -1)
-        if lo < 0 or hi >= shape[1]:
-            raise ValueError(f"X has column indices outside [0, {shape[1]}): wrong shape "
-                             "for its CSR structure")
+        if indices:
+            _check_indices(X)
         if not X.has_canonical_format:
+            if not indices:
+                _check_indices(X)
             raise ValueError("X is a CSR matrix with unsorted or duplicate column indices; "
                              "call X.sum_duplicates() (which also sorts) first")
         if check_input and not _all_finite(data):
@@ -534,10 +548,22 @@ def _raise_non_finite(X, W, b):
     _check_X(X, True)
 
 
+def _csr_kernel_checks(spec, kind, backend, k):
+    """Whether the kernel serving this call checks a CSR X's column indices
+    in its own pass (the Numba CSR kernels at one output, scalar rules:
+    templates/loss_row_scalar.py), so that loss_and_grad skips its scan of
+    them; it is then run only when the twin serves instead (_cpu_compute)."""
+    return kind == "csr" and k == 1 and spec.kind == "scalar" \
+        and backend in ("numba", "numba-parallel")
+
+
 def _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db, method,
-                 auto=False, serial=False, check=False):
+                 auto=False, serial=False, check=False, indices_checked=True):
     """The CPU kernels.  ``check`` (dense BLAS path only): raise ValueError
-    naming X, W or b when one holds NaN/inf, before dW and db are written."""
+    naming X, W or b when one holds NaN/inf, before dW and db are written.
+    ``indices_checked=False`` (_csr_kernel_checks): a CSR X's column indices
+    were not scanned; the Numba kernel returns NaN without writing dW or db
+    for one outside [0, d), and the scan then names it (ValueError)."""
     drv = _kernels("loss_drivers")
     dt = W.dtype
     n = X.shape[0]
@@ -616,9 +642,14 @@ def _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db, m
         # one thread, as the serial Numba kernel would run, and because the
         # compile server holds a core (an OpenMP barrier waiting for a
         # descheduled thread cost 14 ms a call on digits, against 1 ms)
+        if not indices_checked:
+            _check_indices(X)
         return _cpu_compute("cython", spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db,
                             method, serial=True)
-    return fn(*args)
+    value = fn(*args)
+    if not indices_checked and value != value:
+        _check_indices(X)       # raises when the NaN was an index outside [0, d)
+    return value
 
 
 def _launch(n):
@@ -709,7 +740,7 @@ def loss_and_grad(X, y, W, b, loss="softmax", alpha=0.0, penalty="l2", l1_ratio=
     # (before ``out`` is written).  A separate scan of X cost more than the
     # fused kernel itself (issue 13: 2.3-5.2 ms against 0.93 ms).
     probe = bool(check_input) and backend != "numpy" and backend != "cuda"
-    kind, X = _check_X(X, check_input and not probe)
+    kind, X = _check_X(X, check_input and not probe, indices=False)
     n, d = X.shape
     if n == 0:
         raise ValueError("X has 0 samples")
@@ -731,6 +762,9 @@ def loss_and_grad(X, y, W, b, loss="softmax", alpha=0.0, penalty="l2", l1_ratio=
     dW, db = _check_out(out, W, b, xs + (("y", y), ("sample_weight", sw), ("b", b)))
     auto = backend == "auto"
     backend = _resolve_backend(backend, kind, X, k)
+    indices_checked = not _csr_kernel_checks(spec, kind, backend, k)
+    if kind == "csr" and indices_checked:
+        _check_indices(X)
     # ---- validated: from here on the output buffers are written
     if dW is None:
         dW = np.empty_like(W)
@@ -749,7 +783,7 @@ def loss_and_grad(X, y, W, b, loss="softmax", alpha=0.0, penalty="l2", l1_ratio=
     m = choose_method(kind, X, k, method)
     if not probe or zcheck:
         value = _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db,
-                             m, auto, check=zcheck)
+                             m, auto, check=zcheck, indices_checked=indices_checked)
         return float(value), dW, db
     if out is None:
         pdW, pdb = dW, db           # our own arrays: nothing to protect
@@ -757,7 +791,7 @@ def loss_and_grad(X, y, W, b, loss="softmax", alpha=0.0, penalty="l2", l1_ratio=
         pdW = _buffer("probe_dW", W.shape, dt)
         pdb = None if db is None else _buffer("probe_db", (k,), dt)
     value = _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, pdW, pdb, m,
-                         auto)
+                         auto, indices_checked=indices_checked)
     if not (math.isfinite(value) and _all_finite(pdW) and (pdb is None or _all_finite(pdb))):
         # name the argument, as the scan before the call did; finite inputs
         # that overflow return their non-finite result, as before
