@@ -50,6 +50,33 @@ def _k1_score(data, indices, lo, hi, w1, z):
     return z
 
 
+@njit(inline="always")
+def _k1_four(data, indices, indptr, i, p0, p1, p2, p3, p4, w1, bz):
+    """The scores bz + X[r] w1 of rows i..i+3 (p0..p4: indptr[i..i+4],
+    unsigned): their four chains side by side over the rows' common
+    length, then each row's tail; each summed in nonzero order."""
+    # the common length, from signed differences (a decreasing indptr
+    # gives empty rows, as in the general loop, not a huge unsigned m)
+    n01 = min(indptr[i + 1] - indptr[i], indptr[i + 2] - indptr[i + 1])
+    n23 = min(indptr[i + 3] - indptr[i + 2], indptr[i + 4] - indptr[i + 3])
+    m = np.uint64(max(0, min(n01, n23)))
+    z0 = bz
+    z1 = bz
+    z2 = bz
+    z3 = bz
+    t = np.uint64(0)
+    while t < m:
+        z0 = fmuladd(data[p0 + t], w1[np.uint64(indices[p0 + t])], z0)
+        z1 = fmuladd(data[p1 + t], w1[np.uint64(indices[p1 + t])], z1)
+        z2 = fmuladd(data[p2 + t], w1[np.uint64(indices[p2 + t])], z2)
+        z3 = fmuladd(data[p3 + t], w1[np.uint64(indices[p3 + t])], z3)
+        t += np.uint64(1)
+    return (_k1_score(data, indices, p0 + m, p1, w1, z0),
+            _k1_score(data, indices, p1 + m, p2, w1, z1),
+            _k1_score(data, indices, p2 + m, p3, w1, z2),
+            _k1_score(data, indices, p3 + m, p4, w1, z3))
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _csr_chunk_k1(data, indices, indptr, y, sw, W, b, epsilon, inv_w, acc, accb,
                   start, stop):
@@ -70,26 +97,7 @@ def _csr_chunk_k1(data, indices, indptr, y, sw, W, b, epsilon, inv_w, acc, accb,
         p2 = np.uint64(indptr[i + 2])
         p3 = np.uint64(indptr[i + 3])
         p4 = np.uint64(indptr[i + 4])
-        # the common length, from signed differences (a decreasing indptr
-        # gives empty rows, as in the general loop, not a huge unsigned m)
-        n01 = min(indptr[i + 1] - indptr[i], indptr[i + 2] - indptr[i + 1])
-        n23 = min(indptr[i + 3] - indptr[i + 2], indptr[i + 4] - indptr[i + 3])
-        m = np.uint64(max(0, min(n01, n23)))
-        z0 = bz
-        z1 = bz
-        z2 = bz
-        z3 = bz
-        t = np.uint64(0)
-        while t < m:
-            z0 = fmuladd(data[p0 + t], w1[np.uint64(indices[p0 + t])], z0)
-            z1 = fmuladd(data[p1 + t], w1[np.uint64(indices[p1 + t])], z1)
-            z2 = fmuladd(data[p2 + t], w1[np.uint64(indices[p2 + t])], z2)
-            z3 = fmuladd(data[p3 + t], w1[np.uint64(indices[p3 + t])], z3)
-            t += np.uint64(1)
-        z0 = _k1_score(data, indices, p0 + m, p1, w1, z0)
-        z1 = _k1_score(data, indices, p1 + m, p2, w1, z1)
-        z2 = _k1_score(data, indices, p2 + m, p3, w1, z2)
-        z3 = _k1_score(data, indices, p3 + m, p4, w1, z3)
+        z0, z1, z2, z3 = _k1_four(data, indices, indptr, i, p0, p1, p2, p3, p4, w1, bz)
         w = 1.0 if sw is None else float(sw[i])
         l, g = _k1_rule_scatter(data, indices, p0, p1, z0, y[i, 0], w, eps, inv_w, a1)
         total += l
@@ -167,24 +175,8 @@ def _k1_scores(data, indices, indptr, w1, bz, zs, start, stop):
         if not _k1_in_range(indices, min(min(p0, p1), min(min(p2, p3), p4)),
                             max(max(p0, p1), max(max(p2, p3), p4)), d):
             return False
-        n01 = min(indptr[i + 1] - indptr[i], indptr[i + 2] - indptr[i + 1])
-        n23 = min(indptr[i + 3] - indptr[i + 2], indptr[i + 4] - indptr[i + 3])
-        m = np.uint64(max(0, min(n01, n23)))
-        z0 = bz
-        z1 = bz
-        z2 = bz
-        z3 = bz
-        t = np.uint64(0)
-        while t < m:
-            z0 = fmuladd(data[p0 + t], w1[np.uint64(indices[p0 + t])], z0)
-            z1 = fmuladd(data[p1 + t], w1[np.uint64(indices[p1 + t])], z1)
-            z2 = fmuladd(data[p2 + t], w1[np.uint64(indices[p2 + t])], z2)
-            z3 = fmuladd(data[p3 + t], w1[np.uint64(indices[p3 + t])], z3)
-            t += np.uint64(1)
-        zs[i] = _k1_score(data, indices, p0 + m, p1, w1, z0)
-        zs[i + 1] = _k1_score(data, indices, p1 + m, p2, w1, z1)
-        zs[i + 2] = _k1_score(data, indices, p2 + m, p3, w1, z2)
-        zs[i + 3] = _k1_score(data, indices, p3 + m, p4, w1, z3)
+        zs[i], zs[i + 1], zs[i + 2], zs[i + 3] = _k1_four(data, indices, indptr, i, p0, p1, p2,
+                                                                  p3, p4, w1, bz)
         i += 4
     while i < stop:
         p0 = np.uint64(indptr[i])
