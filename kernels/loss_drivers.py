@@ -259,6 +259,15 @@ def _penalty(W, dW, alpha, l1_ratio, add):
 
 @register_jitable(fastmath=_REDUCE_FLAGS)
 def _penalty_run(w_run, dw_run, alpha, l1_ratio, l1, l2, add):
+    """One run: dw_run gets the (sub)gradient, then the run's sums of |w| and
+    w^2 are added to l1, l2.  The two are separate loops on purpose: in one
+    loop the stores into dw_run make LLVM guard its vector form with a
+    run-time overlap check of dw_run against w_run, and when dW happens to
+    lie within a few vectors after W in memory the scalar form runs, whose
+    reassociated sums come out in another order -- the penalty (and so the
+    loss) would depend in its last bits on where NumPy put the two arrays.
+    The reduction loop stores nothing: one vector form, whatever the
+    addresses (tests/test_losses.py pins it)."""
     dt = w_run.dtype.type
     a1 = dt(_l1_strength(alpha, l1_ratio))
     a2 = dt(_l2_strength(alpha, l1_ratio))
@@ -272,6 +281,8 @@ def _penalty_run(w_run, dw_run, alpha, l1_ratio, l1, l2, add):
         for t in range(w_run.shape[0]):
             w = w_run[t]
             dw_run[t] = dw_run[t] + a2 * w if add else a2 * w
+        for t in range(w_run.shape[0]):
+            w = w_run[t]
             r2 += w * w
         return l1, l2 + r2
     for t in range(w_run.shape[0]):
@@ -279,6 +290,8 @@ def _penalty_run(w_run, dw_run, alpha, l1_ratio, l1, l2, add):
         s = (one if w > zero else zero) - (one if w < zero else zero)
         g = a1 * s + a2 * w
         dw_run[t] = dw_run[t] + g if add else g
+    for t in range(w_run.shape[0]):
+        w = w_run[t]
         r1 += abs(w)
         r2 += w * w
     return l1 + r1, l2 + r2
