@@ -37,19 +37,44 @@ attribute store tens of nanoseconds).  A field left unset fails loudly in
     of the two sparse epochs.
 """
 
+import reprlib
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
 import numpy as np
 
 
+class _Compared:
+    """``__eq__`` and ``__repr__`` as a dataclass writes them (the fields in
+    order, compared as a tuple with an object of the same class; shown as
+    ``Name(field=value, ...)``), written once here: ``dataclass`` writes and
+    compiles both for each class, ~2-3 ms at import for these six records,
+    on a warm process's first fit.  Defining ``__eq__`` makes the records
+    unhashable, as ``dataclass(eq=True)`` does."""
+
+    __slots__ = ()
+
+    def __eq__(self, other):
+        if other.__class__ is self.__class__:
+            names = self.__dataclass_fields__
+            return (tuple(getattr(self, n) for n in names)
+                    == tuple(getattr(other, n) for n in names))
+        return NotImplemented
+
+    @reprlib.recursive_repr()
+    def __repr__(self):
+        return (self.__class__.__qualname__ + "(" + ", ".join(
+            f"{n}={getattr(self, n)!r}" for n in self.__dataclass_fields__) + ")")
+
+
 def _record(cls):
-    """A slotted dataclass without __init__ (see the module's docstring)."""
-    return dataclass(slots=True, init=False)(cls)
+    """A slotted dataclass without __init__ (see the module's docstring);
+    ``cls`` derives from ``_Compared`` for its ``__eq__`` and ``__repr__``."""
+    return dataclass(slots=True, init=False, eq=False, repr=False)(cls)
 
 
 @_record
-class OptimizerArgs:
+class OptimizerArgs(_Compared):
     """The optimizer's, schedule's and penalty's arguments of an epoch."""
 
     sW: list                    # the W group's state arrays (None: not allocated)
@@ -106,7 +131,7 @@ def optimizer_args(ctx, gW, gB, userW, alpha, l1_ratio, epsilon):
 
 
 @_record
-class EpochScratch:
+class EpochScratch(_Compared):
     """The dense epoch's scratch, allocated once per fit (n_chunks partial sums)."""
 
     dWp: Any      # (n_chunks, d, k)
@@ -133,7 +158,7 @@ def epoch_scratch(n_chunks, d, k, dtype):
 
 
 @_record
-class DenseEpochArgs:
+class DenseEpochArgs(_Compared):
     """A call of ``epoch_serial``/``epoch_parallel`` (kernels/epoch_drivers.py)."""
 
     data: tuple             # (X,) dense; (data, indices, indptr) CSR
@@ -181,7 +206,7 @@ class DenseEpochArgs:
 
 
 @_record
-class RowsModeArgs:
+class RowsModeArgs(_Compared):
     """The tail of ``epoch_rows`` (the "lazy" and "linear" modes)."""
 
     inv_p: Optional[Any]    # the lazy penalty's 1/pi_f of each nonzero's feature; None: exact
@@ -201,7 +226,7 @@ class RowsModeArgs:
 
 
 @_record
-class ScaledModeArgs:
+class ScaledModeArgs(_Compared):
     """The tail of ``epoch_scaled`` (plain SGD's "scaled" mode)."""
 
     l1: float               # the L1 penalty's strength (alpha * l1_ratio)
@@ -213,7 +238,7 @@ class ScaledModeArgs:
 
 
 @_record
-class SparseEpochArgs:
+class SparseEpochArgs(_Compared):
     """A call of ``epoch_rows``/``epoch_scaled`` (kernels/sparse_epoch_drivers.py)."""
 
     data: tuple             # CSR data, indices, indptr

@@ -113,6 +113,9 @@ def ready(key, dispatcher, args):
     return ok
 
 
+_numba_warm = False
+
+
 def numba_warm():
     """Whether this process has paid Numba's one-time start-up: the target
     context's registries, imported when the first kernel is compiled or
@@ -122,13 +125,23 @@ def numba_warm():
     NumPy until then, so that a process whose kernels are the Cython ones
     (``backend="cython"``, or "auto" before the Numba kernel is ready) never
     pays that start-up for a helper.  True when the answer is unknown (a
-    Numba without this attribute): the compiled scan, as before."""
+    Numba without this attribute): the compiled scan, as before.
+
+    Once True it stays True (a started Numba does not stop): remembered, so
+    the scans' calls (one per ``loss_and_grad``) cost a global's read, not
+    an import and two attribute lookups."""
+    global _numba_warm
+    if _numba_warm:
+        return True
     try:
         from numba.core.registry import cpu_target
         regs = getattr(cpu_target.target_context, "_registries", None)
     except Exception:   # pragma: no cover - a Numba that moved these
-        return True
-    return True if regs is None else bool(regs)
+        regs = None
+    warm = True if regs is None else bool(regs)
+    if warm:
+        _numba_warm = True
+    return warm
 
 
 def _signature(dispatcher, args):

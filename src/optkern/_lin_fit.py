@@ -140,8 +140,14 @@ class FitLoop:
                        backend=opt.backend if self.backend != "numpy" else "numpy")
         if isinstance(ctx.schedule, _sched.ReduceOnPlateau):
             ctx.schedule.reset()
-        from optkern import sparse_epochs
-        ctx.sparse_mode = sparse_epochs.resolve_mode(self, X, opt, ctx.schedule, ctx.backend)
+        if sp.issparse(X):
+            from optkern import sparse_epochs
+            ctx.sparse_mode = sparse_epochs.resolve_mode(self, X, opt, ctx.schedule, ctx.backend)
+        else:
+            # resolve_mode's answer for dense X, without importing the sparse
+            # epochs' machinery a dense fit never runs (sparse_epochs, its
+            # compiled drivers: a warm first fit's import time)
+            ctx.sparse_mode = "dense"
         adaptive = schedule is None or schedule == "adaptive"
         history = list(self.history_) if (keep_state and hasattr(self, "history_")) else []
         stall = _Stall(self.tol, self._n_iter_no_change(), self._stall_rel_tol())
