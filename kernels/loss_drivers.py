@@ -835,6 +835,26 @@ def _ov_add_partial(dW, part):
     return flat
 
 
+def zero_partial(acc):
+    """acc[...] = 0 (the plain loop, for any layout)."""
+    acc[:, :] = 0
+
+
+@overload(zero_partial, inline="always")
+def _ov_zero_partial(acc):
+    if acc.layout != "C":
+        return zero_partial
+
+    # one flat loop (a memset): over a (d, 1) chunk partial ``acc[:, :] = 0``
+    # stored one element a step (2^18 x 1 float32: 0.24 ms against 0.03 ms,
+    # on the thread of the chunk that zeroes it while chunk 0's thread scatters)
+    def flat(acc):
+        a = acc.reshape(acc.size)
+        for t in range(a.shape[0]):
+            a[t] = 0
+    return flat
+
+
 @njit(cache=True, nogil=True)
 def reduce_chunks(scratch, n_chunks, dW, db):
     """CSR variant (csr_parallel): dW += the partials of chunks 1.. (in W's

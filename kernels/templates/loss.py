@@ -14,7 +14,7 @@ from optkern.kernels.loss_drivers import (
     _scores_block, _accumulate_block, _scores_tiles, _accumulate_tiles, _to_lanes, _csr_row_scores,
     _csr_row_scatter, _scale_lanes,
     inverse_weight, penalty_add, penalty_set, transpose_into, reduce_chunks_T, reduce_chunks,
-    add_bias_check, k1_room)
+    add_bias_check, k1_room, zero_partial)
 
 _rule = njit(inline="always", error_model="numpy")(_rule_py)
 HOLE_RULE_VEC
@@ -165,7 +165,7 @@ def csr_parallel(data, indices, indptr, y, sw, W, b, alpha, l1_ratio, epsilon, d
         if c == 0:
             acc = dW
         else:
-            acc[:, :] = 0
+            zero_partial(acc)
         slot[0] = _csr_rows(data, indices, indptr, y, sw, W, b, epsilon, inv_w,
                             acc, accb, Zb[0], Db[0], scratch, c,
                             c * n // n_chunks, (c + 1) * n // n_chunks)
@@ -197,14 +197,17 @@ def _csr_parallel_k1(data, indices, indptr, y, sw, W, b, alpha, l1_ratio, epsilo
         accT, accb, Zb, Db, slot = _chunk_views(scratch, c, d, k)
         if slot[0] != 0:
             return np.nan
-    pen = penalty_set(W, dW, alpha, l1_ratio)
+    # dW's start (the penalty's gradient) on chunk 0's thread while the others
+    # zero their partials; pen is a parallel reduction 0 + pen + 0 ...: exact
+    pen = 0.0
     for c in prange(n_chunks):
         accT, accb, Zb, Db, slot = _chunk_views(scratch, c, d, k)
         acc = accT.reshape((d, k))
         if c == 0:
+            pen += penalty_set(W, dW, alpha, l1_ratio)
             acc = dW
         else:
-            acc[:, :] = 0
+            zero_partial(acc)
         part, gb = _k1_rules_scatter(data, indices, indptr, y, sw, zs, epsilon, inv_w,
                                      acc.reshape(d), c * n // n_chunks,
                                      (c + 1) * n // n_chunks)
