@@ -22,7 +22,9 @@ Output, per rule ``name`` and per C type (``f32`` = float, ``f64`` = double):
     states, averaging and noise; OpenMP ``prange`` when ``parallel``) and
     ``def name(params, grads, *states, avg, hyper, avg_weight, key, offsets,
     parallel=False)`` with the calling convention of the Numba ``serial``
-    driver.
+    driver; ``prepare(rule, step, scalars, lr, user)``, the rules' prepare
+    in C (templates/prepare_host.pyx.tp, as in prepare.pyx): a Cython step's
+    kernel hyperparameters, equal to rules.py's prepare bit for bit.
 
 The code of both files is in the Tempita templates ``templates/_updates.pxd.tp``
 and ``templates/_updates.pyx.tp``; this file translates the rules and computes
@@ -166,10 +168,15 @@ def _mark_aliases(specs):
 _templates = _files.load_by_path("_optkern_cython_templates",
                                  os.path.join(HERE, "_templates.py"))
 TEMPLATES = (f"{MODULE}.pxd.tp", f"{MODULE}.pyx.tp")
+# the templates _updates.pyx.tp includes, and the generator of the C twins of
+# the rules' prepare it includes (the Cython step's host prepare)
+INCLUDED = ("prepare_host.pyx.tp", "prepare_twin.pyx.tp", "host_minmax.pyx.tp")
+GENERATE_EPOCHS = os.path.join(HERE, "generate_epochs.py")
 
 
-def _render(rules, specs, digest):
+def _render(rules, specs, digest, prepares):
     holes = dict(rules=specs, rule_names=tuple(r.name for r in specs), digest=digest,
+                 prepares=prepares,
                  ctypes=[(sfx, ct) for sfx, ct, _, _ in CTYPES],
                  typenums={sfx: tn for sfx, _, tn, _ in CTYPES})
     return {tp[:-3]: _templates.render(tp, **holes) for tp in TEMPLATES}
@@ -182,11 +189,13 @@ def _generate(rules_path):
     # (templates, this generator, the renderer, the rules, the rule language's
     # emitters) and the text itself, so a build older than any of them is
     # detectable.
-    sources = [__file__, _templates.__file__, rules_path,
-               *(_templates.template_path(tp) for tp in TEMPLATES),
+    prepares = _files.load_by_path("_optkern_generate_epochs_for_updates",
+                                   GENERATE_EPOCHS).prepare_functions(rules)
+    sources = [__file__, _templates.__file__, rules_path, GENERATE_EPOCHS,
+               *(_templates.template_path(tp) for tp in TEMPLATES + INCLUDED),
                *_templates.language_files()]
-    digest = _templates.source_digest(sources, _render(rules, specs, "").values())
-    return _render(rules, specs, digest), digest
+    digest = _templates.source_digest(sources, _render(rules, specs, "", prepares).values())
+    return _render(rules, specs, digest, prepares), digest
 
 
 def generate(rules_path=RULES_PATH):

@@ -73,19 +73,6 @@ def _version_number(part):
     return int(re.match(r"[0-9]+", part).group())
 
 
-def _prepare_functions(rules, gen_epochs):
-    """The C twins of the rules' prepare functions, as the compiled epoch's
-    (generate_epochs translates them) under their public names.  prepare.pyx's
-    ``_ipow`` is ``x ** step`` as Python computes it, pow(x, (double)step), so
-    these equal the optimizer classes' (which run rules.py's prepare in
-    Python); the compiled epoch keeps Numba's binary exponentiation, which can
-    differ in the last bit."""
-    out = []
-    for spec in rules.RULES.values():
-        out.append(gen_epochs._render_prepare(spec, f"{spec.name}_prepare").rstrip("\n"))
-    return out
-
-
 def generate():
     """{file name: text} of the public API files."""
     version = optkern_version()
@@ -96,7 +83,7 @@ def generate():
     holes = dict(version=version, API_VERSION=API_VERSION,
                  version_major=_version_number(major), version_minor=_version_number(minor),
                  rules=list(rules.RULES.values()), losses=list(losses.LOSS_RULES.values()),
-                 prepares=_prepare_functions(rules, gen_epochs))
+                 prepares=gen_epochs.prepare_functions(rules))
     return {tp[:-3]: _templates.render(tp, **holes) for tp in TEMPLATES}
 
 

@@ -119,6 +119,18 @@ def _render_prepare(spec, fname=None):
         body=tr.local_decls() + tr.stmts(tr.fdef.body, 4, ret))
 
 
+def prepare_functions(rules):
+    """The C twins of every rule's prepare under its public name
+    ``<rule>_prepare``, for templates/prepare_host.pyx.tp (prepare.pyx and
+    _updates.pyx).  There ``_ipow`` is ``x ** step`` as Python computes it,
+    pow(x, (double)step), so these equal rules.py's prepare, which the
+    optimizer classes run, bit for bit; this module's epoch keeps Numba's
+    binary exponentiation (its epoch's prepare), which can differ in the
+    last bit.  A rule without a prepare (a test's toy rules) has none."""
+    return [_render_prepare(spec, f"{spec.name}_prepare").rstrip("\n")
+            for spec in rules.RULES.values() if spec.prepare is not None]
+
+
 def _render_schedule(sched_mod):
     fn = sched_mod.schedule_factor
     tr = _HostTranslator(fn, int_first=False, globals_=vars(sched_mod))
