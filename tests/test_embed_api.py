@@ -16,6 +16,7 @@ import optkern.kernels as K
 from optkern.kernels.rules import RULES
 
 cython_prepare = pytest.importorskip("optkern.kernels.cython.prepare")
+cython_updates = pytest.importorskip("optkern.kernels.cython._updates")
 
 _FLAGS = {"amsgrad", "maximize", "nesterov", "bias_correction", "decoupled", "centered",
           "momentum_decay_flag"}
@@ -48,9 +49,38 @@ def test_prepare_in_c_and_njit_equals_the_python_prepare(name):
         want = spec.prepare(step, scalars, lr, *user)
         got_c = cython_prepare.prepare(name, step, scalars, lr, user)
         got_nb = njit_prepare(step, scalars, lr, *user)
-        for got in (got_c, got_nb):
+        # the same twin in the extension a Cython step runs (its host prepare)
+        got_u = cython_updates.prepare(name, step, scalars, lr, user)
+        for got in (got_c, got_nb, got_u):
             np.testing.assert_array_equal(np.array(got[0], float), np.array(want[0], float))
             np.testing.assert_array_equal(np.array(got[1], float), np.array(want[1], float))
+
+
+@pytest.mark.parametrize("name", ["adam", "nadam", "ftrl"])
+def test_a_cython_step_runs_the_c_prepare(name, monkeypatch):
+    """backend="cython" takes its hyperparameters from the C twin: with the
+    Python prepare broken it still steps, and equals the Numba step."""
+    rng = np.random.default_rng(3)
+    p0 = rng.standard_normal(50)
+    grads = [rng.standard_normal(50) for _ in range(3)]
+    want = p0.copy()
+    cls = getattr(optkern, RULES[name].classes[0].name)
+    opt = cls(want, backend="numba")
+    for g in grads:
+        opt.step(g)
+
+    def broken(*args):
+        raise AssertionError("the Python prepare ran")
+    got = p0.copy()
+    opt = cls(got, backend="cython")
+    monkeypatch.setattr(opt, "_spec", opt._spec._replace(prepare=broken))
+    for g in grads:
+        opt.step(g)
+    np.testing.assert_array_equal(got, want)
+    opt = cls(p0.copy(), backend="numba")     # the same patch reaches a Numba step
+    monkeypatch.setattr(opt, "_spec", opt._spec._replace(prepare=broken))
+    with pytest.raises(AssertionError, match="Python prepare ran"):
+        opt.step(grads[0])
 
 
 def test_prepare_rejects_wrong_arity():

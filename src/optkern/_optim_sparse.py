@@ -118,7 +118,7 @@ class SparseStepping:
         avg_weight = 1.0 / (g.avg_count + 1) if averaging else 0.0
         key = _helpers.step_key(self.seed, step) if (self._noisy and self._noise_on(user)) \
             else None
-        hyper, new_scalars = spec.prepare(step, g.scalars, *user)
+        hyper, new_scalars = self._host_prepare(step, g.scalars, user)
         for _, i, r, gr, _pos in args:
             flat = g.flat[i]
             states = [None if s is None else s[i] for s in g.state_list]
