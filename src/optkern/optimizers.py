@@ -100,7 +100,7 @@ class Optimizer(ParamGroups, OptimizerState, Stepping, SparseStepping, CudaArray
         self._next_offset = 0
         self.backend = None
         for group in self._normalise_groups(params):
-            self.add_param_group(group)
+            self._add_group(group, defaults_checked=True)
 
     def __repr__(self):
         opts = ", ".join(f"{k}={v!r}" for k, v in self.param_groups[0].items()
@@ -141,17 +141,46 @@ def _signature(spec, decl):
     return inspect.Signature(params + keyword)
 
 
+def _binder(sig):
+    """A fast ``sig.bind(self, *args, **kwargs)`` + ``apply_defaults`` for a
+    call that binds without error: the arguments by name, or None for any
+    other call (``inspect.Signature.bind`` then runs and words the error).
+    ``Signature.bind`` took 13 us of a 47 us constructor, 20 us on a first
+    call (asv FirstCall)."""
+    P = inspect.Parameter
+    params = list(sig.parameters.values())[1:]          # (not self)
+    positional = tuple(p.name for p in params if p.kind == P.POSITIONAL_OR_KEYWORD)
+    defaults = {p.name: p.default for p in params if p.default is not P.empty}
+    names = frozenset(p.name for p in params)
+    required = tuple(p.name for p in params if p.default is P.empty)
+
+    def bind(args, kwargs):
+        if len(args) > len(positional) or not names.issuperset(kwargs):
+            return None
+        given = dict(zip(positional, args))
+        if len(given) + len(kwargs) != len({**given, **kwargs}):
+            return None                     # a value by position and by name
+        for name in required:
+            if name not in given and name not in kwargs:
+                return None
+        return {**defaults, **given, **kwargs}
+    return bind
+
+
 def _install_api(cls, spec, decl):
     """Give ``cls`` the ``__init__`` its registry entry describes."""
     sig = _signature(spec, decl)
+    fast_bind = _binder(sig)
 
     def __init__(self, *args, **kwargs):
-        try:
-            bound = sig.bind(self, *args, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"{cls.__name__}(): {exc}") from None
-        bound.apply_defaults()
-        given = bound.arguments
+        given = fast_bind(args, kwargs)
+        if given is None:
+            try:
+                bound = sig.bind(self, *args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"{cls.__name__}(): {exc}") from None
+            bound.apply_defaults()
+            given = bound.arguments
         options = {}
         for o in spec.options:
             value = decl.fixed[o.name] if o.name in decl.fixed else given[o.name]
