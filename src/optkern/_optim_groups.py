@@ -204,11 +204,15 @@ class ParamGroups:
                                      "views); every parameter must be separate memory")
 
     def _check_grad_disjoint(self, gr, pos):
-        """A gradient that overlaps a parameter changes while it is read."""
-        for other, p in self._param_names():
-            if arrays_overlap(gr, p):
-                raise ValueError(f"grads[{pos}] shares memory with {other}; pass a gradient "
-                                 "in its own memory (the parameters are updated in place)")
+        """A gradient that overlaps a parameter changes while it is read.
+        (Every step asks: the parameters' names are spelt only for the error.)"""
+        for gi, grp in enumerate(self._groups):
+            for i, p in enumerate(grp.arrays):
+                if arrays_overlap(gr, p):
+                    other = f"params[{i}]" if gi == 0 else f"param_groups[{gi}]['params'][{i}]"
+                    raise ValueError(f"grads[{pos}] shares memory with {other}; pass a "
+                                     "gradient in its own memory (the parameters are "
+                                     "updated in place)")
 
     # --------------------------------------------------------- hyperparameters
     def _hyper_tuple(self, group):

@@ -16,6 +16,11 @@ from optkern.kernels import _helpers, drivers, reference
 from optkern.kernels.rules import allocated_states
 
 
+# [the C prepare of the Cython extension (``_updates.prepare``) or None], once
+# looked up (``Stepping._host_prepare``)
+_C_PREPARE = []
+
+
 class _ServedStep:
     """A group's step for backend="auto" on a Numba kernel: its Cython twin
     (the same rule, checked equal in tests/test_jit.py) serves the steps
@@ -260,7 +265,9 @@ class Stepping:
         prepare from its cached code (kernels/rules.py ``_build_prepare``,
         hashing its sources: 0.53 of a warm first Cython step's 0.58 ms)."""
         if self.backend == "cython":
-            twin = getattr(_backend.cython_module(), "prepare", None)
+            if not _C_PREPARE:      # looked up once a process
+                _C_PREPARE.append(getattr(_backend.cython_module(), "prepare", None))
+            twin = _C_PREPARE[0]
             if twin is not None:    # (an extension built before it had one: Python's)
                 return twin(self._spec.name, step, scalars, user[0], user[1:])
         return self._spec.prepare(step, scalars, *user)
