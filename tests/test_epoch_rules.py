@@ -201,6 +201,20 @@ def test_cython_epoch_loop_matches_the_golden_snapshot():
         "`python tests/test_epoch_rules.py` and commit tests/golden/epoch_cython_dense_f64.pyx")
 
 
+def test_the_cython_epoch_keeps_the_written_comments():
+    # every comment of the epoch's body as written stands in the Cython loop,
+    # in order, with the statement it precedes after it
+    import inspect
+    body = inspect.getsource(epoch_rules.minibatch_epoch).splitlines()
+    comments = [line.strip() for line in body if line.strip().startswith("#")]
+    assert len(comments) >= 4
+    loop = [line.strip() for line in _generated_loop().splitlines()]
+    at = [loop.index(c) for c in comments]
+    assert at == sorted(at)
+    estimate = loop.index(comments[0])
+    assert loop[estimate + 3].startswith("inv = ")
+
+
 def _read(*parts):
     with open(os.path.join(KERNELS, *parts), encoding="utf-8") as fh:
         return fh.read()

@@ -14,7 +14,9 @@ write and how each target spells them.
                 Numba code of kernels/templates/epoch_parts.py (epoch_drivers)
 ``CythonEpochEmitter``  the epoch as Cython (generate_epochs): typed locals,
                 the stepped range as a ``while`` whose ``continue`` steps
-                first, the return through the out-parameters
+                first, the return through the out-parameters; the comments
+                written between statements kept, above the statement they
+                precede (the reasons a reader of the generated .pyx needs)
 
 Each written epoch has its tables, an ``Epoch`` record: ``DENSE`` the
 dense/CSR minibatch epoch (kernels/epoch_rules.py), ``SPARSE`` the sparse
@@ -166,6 +168,10 @@ class CythonEpochEmitter(HostEmitter):
         self.types = {p: epoch.params[p] for p in self.params}
         self._infer()
         self.ints = {n for n, t in self.types.items() if t == "int"}
+        # the text the front end parsed (its line numbers are the nodes'), for
+        # the comments between statements; the last line emitted so far
+        self._lines = textwrap.dedent(inspect.getsource(self.rule.written)).splitlines()
+        self._done = self.fdef.body[0].lineno - 1
 
     # ---- types
 
@@ -292,6 +298,25 @@ class CythonEpochEmitter(HostEmitter):
         return super().call(node)
 
     # ---- statements
+
+    def stmts(self, body, indent):
+        out = []
+        for st in body:
+            out += self._comments_before(st, indent)
+            out += self.stmt(st, indent)
+            self._done = max(self._done, st.end_lineno)
+        return out or [" " * indent + self.SYNTAX["pass"]]
+
+    def _comments_before(self, st, indent):
+        """The comment lines written between the last statement emitted and
+        ``st``, at ``st``'s indentation (blank lines and a comment after code
+        on its line are not carried)."""
+        out = []
+        for line in self._lines[self._done:st.lineno - 1]:
+            if line.strip().startswith("#"):
+                out.append(" " * indent + line.strip())
+        self._done = max(self._done, st.lineno - 1)
+        return out
 
     def stmt(self, st, indent):
         pad = " " * indent

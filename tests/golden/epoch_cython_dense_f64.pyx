@@ -69,6 +69,9 @@
         if (wsum <= 0.0):
             start = start + batch_size
             continue
+        # unbiased minibatch estimate of sum(w L)/sum(w) over the whole data set:
+        # normalising by the batch's own weight sum would cancel the weights of a
+        # batch holding one class only
         inv = (1.0 / ((stop - start) * w_mean))
         pen = okx_grad_f64(dWT, W, dW, d, k, inv, alpha, l1_ratio)
         for j in range(k):
@@ -96,6 +99,8 @@
             scalarsW[s] = new_scalars[s]
         averaging = ((avg_start >= 0) and (step > avg_start))
         w_avg = ((1.0 / (avg_count + 1)) if averaging else 0.0)
+        # before averaging starts w_avg is 0 and the average is left as it is; one
+        # call signature (not two) keeps the compile time down
         update(W, dW, sW, avgW, dk, hyper, w_avg, has_seed, key, offW)
         if (b != NULL):
             prepare(step, scalarsB, lr, userB, hyper, new_scalars)

@@ -81,6 +81,7 @@
         inv = (1.0 / ((r1 - r0) * w_mean))
         batch_loss = (lsum * inv)
         if (not isfinite(batch_loss)):
+            # (the table is left free for the next call)
             if not direct:
                 for u in range(nt):
                     slot[2 * touched[cap + u]] = -1
@@ -126,6 +127,7 @@
             avg_count = (avg_count + 1)
         r0 = r0 + batch_size
     if (stop < n):
+        # a block of the epoch: the next call resumes at ``stop``
         pass
         steps_out[0] = (step - step0)
         avg_count_io[0] = avg_count
