@@ -280,6 +280,24 @@ def _lanes(loss, scalar):
     return form if form is not None else ("", 0, 0)
 
 
+def _calls(rule):
+    """Whether the rule's text calls a module's function (``math.exp``,
+    ``math.log1p``; ``abs`` and ``max`` compile to instructions): such a
+    rule's loop over the outputs stays scalar (libm has no vector form
+    here), so the CSR pass keeps its one loop (epoch_parts.scalar_loss_split
+    says why the others split it).  A rule whose source cannot be read counts
+    as call-free: the split is right for every rule, only slower with calls."""
+    import ast
+    import inspect
+    import textwrap
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(rule)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    return any(isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+               for node in ast.walk(tree))
+
+
 def _epoch_loop(name, primitives, written=None):
     """The epoch's loop as Numba compiles it (``epoch_rules.minibatch_epoch``,
     or ``written`` = (module, function name, rulelang.epoch's tables' name),
@@ -320,7 +338,8 @@ def _source(loss_name, rule_name, layout):
     n_user = len(spec.user_hyper)  # user_hyper[0] is always lr: the schedule sets it
     w_states = ", ".join(f"sW{j}" for j in range(n_states))
     b_states = ", ".join(f"sB{j}" for j in range(n_states))
-    loss_body = _part("scalar_loss" if scalar else "row_loss")
+    loss_body = _part(("scalar_loss_split" if layout == "csr" and not _calls(loss.rule)
+                       else "scalar_loss") if scalar else "row_loss")
     lanes = ""
     if layout == "dense":
         lanes, n_real, n_int = _lanes(loss, scalar)

@@ -9,7 +9,8 @@ its primitives replaced by the body of the function of its name here
 and ``batch_dense_lanes`` are the bodies of the two ``_batch_*`` passes of
 each layout (epoch_batch_csr.py, epoch_batch_dense.py); the rest are the
 alternatives of their holes.  ``scalar_loss`` and ``row_loss`` (the loss
-rule on one row) are pasted into sparse_epoch.py's epochs too.
+rule on one row) are pasted into sparse_epoch.py's epochs too;
+``scalar_loss_split`` is ``scalar_loss`` for the reassociated CSR pass.
 """
 from numba import prange  # noqa: F401
 
@@ -323,6 +324,26 @@ def scalar_loss():
         lj, dj = _loss(z[j], T[i, j], eps)
         l += lj
         dz[j] = dj
+
+
+def scalar_loss_split():
+    # The CSR pass's form of scalar_loss for a rule without calls: in the
+    # reassociated batch pass the one loop above vectorises (from 4 outputs),
+    # and its stores into dz make LLVM guard the vector form with a run-time
+    # check of dz against z and T[i]; a dz lying within 16 elements after
+    # either ran the scalar loop, whose in-order sum gave the row's loss
+    # other last bits.  So the derivatives in one loop, the loss in a loop
+    # that stores nothing (the rule again: its derivative is dropped), which
+    # has one vector form whatever the addresses -- the sum the vector form
+    # gave before.  A rule with calls (log: exp, log1p) does not vectorise
+    # and keeps the one loop (tests/test_epoch_placement.py pins both).
+    for j in range(k):
+        lj, dj = _loss(z[j], T[i, j], eps)
+        dz[j] = dj
+    l = 0.0
+    for j in range(k):
+        lj, dj = _loss(z[j], T[i, j], eps)
+        l += lj
 
 
 def row_loss():
