@@ -169,9 +169,13 @@ class CythonEpochEmitter(HostEmitter):
         self._infer()
         self.ints = {n for n, t in self.types.items() if t == "int"}
         # the text the front end parsed (its line numbers are the nodes'), for
-        # the comments between statements; the last line emitted so far
+        # the comments between statements; the last line emitted so far: the
+        # docstring's, else the signature's (a comment above the first
+        # statement is carried, a docstring line is not)
         self._lines = textwrap.dedent(inspect.getsource(self.rule.written)).splitlines()
-        self._done = self.fdef.body[0].lineno - 1
+        first = self.fdef.body[0]
+        self._done = first.end_lineno if _docstring(self.fdef) else \
+            max([self.fdef.lineno] + [a.end_lineno for a in self.fdef.args.args])
 
     # ---- types
 
