@@ -253,7 +253,7 @@ def test_partial_fit_bookkeeping_matches_numba():
 # rows, outputs and features that are not multiples of those, sample weights, both
 # dtypes, every vector width the CPU offers.
 
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 
@@ -294,14 +294,30 @@ def _dense_problem(seed, n, d, k, loss, dtype, weighted):
        loss=st.sampled_from(["softmax", "softmax", "multiclass_hinge", "squared"]),
        dtype=st.sampled_from([np.float32, np.float64]), weighted=st.booleans(),
        intercept=st.booleans())
+@example(seed=8, n=121, d=33, k=8, batch=200, loss="softmax", dtype=np.float32,
+         weighted=False, intercept=False)      # (CI's draw: an amplified ulp, below)
 def test_dense_blocks_and_tiles_train_the_numba_model(seed, n, d, k, batch, loss, dtype,
                                                       weighted, intercept):
     X, y, sw = _dense_problem(seed, n, d, k, loss, dtype, weighted)
     ref = _dense_fit("numba", X, y, sw, loss, batch, intercept)
     got = _dense_fit("cython", X, y, sw, loss, batch, intercept)
-    tol = dict(rtol=1e-9, atol=1e-11) if dtype == np.float64 else dict(rtol=2e-4, atol=2e-5)
-    np.testing.assert_allclose(got.coef_, ref.coef_, **tol)
-    np.testing.assert_allclose(got.intercept_, ref.intercept_, **tol)
+    if dtype == np.float64:
+        np.testing.assert_allclose(got.coef_, ref.coef_, rtol=1e-9, atol=1e-11)
+        np.testing.assert_allclose(got.intercept_, ref.intercept_, rtol=1e-9, atol=1e-11)
+    else:
+        # float32: to rounding, plus what float32 rounding itself does to this
+        # weight -- the Numba model's distance from the same fit in float64.
+        # Adam's normalised step can amplify an ulp of the gradient: CI drew
+        # seed=8, n=121, d=33, k=8, batch 200, softmax, where one weight is
+        # -0.005844 (numba) and -0.005938 (cython) in float32 and -0.006058 in
+        # float64 (NumPy backend, float32: -0.006052)
+        ref64 = _dense_fit("numba", X.astype(np.float64), y,
+                           None if sw is None else sw.astype(np.float64), loss, batch, intercept)
+        for a, b, c in ((got.coef_, ref.coef_, ref64.coef_),
+                        (got.intercept_, ref.intercept_, ref64.intercept_)):
+            noise = np.abs(np.asarray(b, np.float64) - c)
+            np.testing.assert_array_less(np.abs(np.asarray(a, np.float64) - b),
+                                         2e-5 + 2e-4 * np.abs(b) + 4 * noise + 1e-12)
     np.testing.assert_allclose([h["loss"] for h in got.history_],
                                [h["loss"] for h in ref.history_],
                                rtol=1e-9 if dtype == np.float64 else 2e-4)
