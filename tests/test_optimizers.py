@@ -103,12 +103,31 @@ def _all_fixed():
             yield pytest.param(name, kw, id=f"{name}-{j}")
 
 
+def _threaded_layout(kw):
+    """One tensor just below and one just above the size from which the
+    numba-parallel drivers thread a tensor's update (kernels/_helpers.py:
+    PARALLEL_GRAIN, PARALLEL_GRAIN_NOISE with noise); smaller tensors run the
+    serial loop inside the same call."""
+    from optkern.kernels._helpers import PARALLEL_GRAIN, PARALLEL_GRAIN_NOISE
+    noisy = kw.get("noise", 0) > 0 or kw.get("noise_scale", 0) > 0
+    grain = PARALLEL_GRAIN_NOISE if noisy else PARALLEL_GRAIN
+    return [((grain - 1,), "C"), ((2, (grain + 5) // 2), "F")]
+
+
+@pytest.mark.parametrize("size", ["small", "threaded"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("name, kw", list(_all_fixed()))
-def test_numba_parallel_bit_identical_to_serial(name, kw, dtype):
+def test_numba_parallel_bit_identical_to_serial(name, kw, dtype, size):
+    """numba-parallel equals numba bit for bit: small tensors (the serial loop
+    inside the parallel driver) and tensors either side of the threading
+    grain (the threaded loop above it)."""
     rng = np.random.default_rng(3)
-    params0 = layouts(rng, dtype, [((37,), "C"), ((5, 6), "C"), ((4, 7), "F")])
-    grads = _grad_sequence(rng, params0, 30, False)
+    if size == "small":
+        params0 = layouts(rng, dtype, [((37,), "C"), ((5, 6), "C"), ((4, 7), "F")])
+        grads = _grad_sequence(rng, params0, 30, False)
+    else:
+        params0 = layouts(rng, dtype, _threaded_layout(kw))
+        grads = _grad_sequence(rng, params0, 3, False)
     a, oa = run(name, kw, "numba", params0, grads)
     b, ob = run(name, kw, "numba-parallel", params0, grads)
     for x, y in zip(a, b):
@@ -533,9 +552,12 @@ def test_non_finite_gradient_leaves_params_and_state_bitwise_unchanged(backend, 
                                      if b in ("numba-parallel", "cython")])
 @pytest.mark.parametrize("where", ["first", "chunk-edge", "last"])
 def test_non_finite_gradient_found_by_the_parallel_chunked_scan(backend, where):
-    """From 4 chunks of 65536 elements the parallel backends scan a gradient in
-    parallel chunks: a bad value in any chunk, at a chunk edge too, is found."""
-    n = 4 * 65536 + 5
+    """Large gradients are scanned in parallel chunks of 65536 elements (the
+    Cython kernels from 4 chunks, the Numba ones from 4 chunks and
+    PARALLEL_GRAIN elements, where the update is threaded too): a bad value in
+    any chunk, at a chunk edge too, is found."""
+    from optkern.kernels._helpers import PARALLEL_GRAIN
+    n = max(4 * 65536, PARALLEL_GRAIN) + 5
     pos = {"first": 0, "chunk-edge": 2 * 65536 - 1, "last": n - 1}[where]
     rng = np.random.default_rng(pos)
     p = rng.standard_normal(n).astype(np.float32)
@@ -547,3 +569,34 @@ def test_non_finite_gradient_found_by_the_parallel_chunked_scan(backend, where):
     with pytest.raises(FloatingPointError, match=r"grads\[0\]"):
         opt.step([g])
     assert _bits(opt, [p]) == before
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("name, user, noisy", [
+    ("adam", (0.01, 0.9, 0.999, 1e-8, 0.01, True, False, True, False), False),
+    ("sgld", (0.01, 0.5, 0.0, False), True)], ids=["adam", "sgld"])
+def test_epoch_update_loop_parallel_equals_serial_either_side_of_the_grain(
+        name, user, noisy, dtype):
+    """The compiled epochs' one-tensor update (``_loop_parallel``, threaded
+    from the grain on, the serial loop below it) against ``_loop_serial``,
+    bit for bit, one size below the grain and one above, with Polyak
+    averaging and (SGLD) the noise stream."""
+    from optkern.kernels import _helpers, drivers, rules
+    spec = rules.RULES[name]
+    mod = drivers.module_for(name)
+    grain = _helpers.PARALLEL_GRAIN_NOISE if noisy else _helpers.PARALLEL_GRAIN
+    hyper, _ = spec.prepare(3, (), *user)
+    key = _helpers.step_key(11, 3) if noisy else None
+    for n in (grain - 1, grain + 7):
+        rng = np.random.default_rng(n)
+        p0 = rng.standard_normal(n).astype(dtype)
+        g = rng.standard_normal(n).astype(dtype)
+        states0 = [np.abs(rng.standard_normal(n)).astype(dtype) for _ in rules.state_names(spec)]
+        out = []
+        for loop in (mod._loop_serial, mod._loop_parallel):
+            p, states, avg = p0.copy(), [s.copy() for s in states0], p0.copy()
+            loop(p, g, *states, avg, hyper, 0.25, key, 5)
+            out.append([p, avg] + states)
+        for a, b in zip(*out):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name} n={n}")
+        assert not np.array_equal(out[0][0], p0)

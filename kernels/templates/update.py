@@ -5,7 +5,7 @@ from numba import njit, prange
 
 from optkern.kernels.templates.standins import *  # noqa: F401,F403  # template-only
 HOLE_RULE_IMPORT
-from optkern.kernels._helpers import load, store, pick, update_average, draw
+from optkern.kernels._helpers import load, store, pick, update_average, draw, parallel_grain
 from optkern.kernels.finite import any_nonfinite
 
 _rule = njit(inline="always")(_rule_py)
@@ -19,8 +19,12 @@ def _loop_serial(p, g, HOLE_STATE_ARGS, avg, hyper, avg_weight, key, offset):
 @njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def _loop_parallel(p, g, HOLE_STATE_ARGS, avg, hyper, avg_weight, key, offset):
     # one tensor, for the compiled epochs (kernels/epoch_drivers.py), whose
-    # parallel epoch is itself parallel=True (see ``parallel`` below)
-    HOLE_PARALLEL_ELEMENTS
+    # parallel epoch is itself parallel=True (see ``parallel`` below); threaded
+    # from parallel_grain(key) elements (kernels/_helpers.py), serial below
+    if p.shape[0] < parallel_grain(key):
+        HOLE_SERIAL_ELEMENTS
+    else:
+        HOLE_PARALLEL_ELEMENTS
 
 
 @njit(cache=True, nogil=True)
@@ -36,13 +40,18 @@ def parallel(params, grads, HOLE_STATE_ARGS_T, avg_t, hyper, avg_weight, key, of
     # function calling a cached parallel=True one segfaults once both are
     # loaded back from Numba's disk cache (numba/numba#8578; reproduced by
     # tests/test_optimizers.py::test_numba_parallel_survives_loading_from_numba_cache).
+    # A tensor runs threaded from parallel_grain(key) elements, the serial
+    # loop below that (a parallel region's wake-up costs more: _helpers.py).
     for k in range(len(params)):
         p = params[k]
         g = grads[k]
         HOLE_PICK_T
         avg = pick(avg_t, k)
         offset = offsets[k]
-        HOLE_PARALLEL_ELEMENTS
+        if p.shape[0] < parallel_grain(key):
+            HOLE_SERIAL_ELEMENTS
+        else:
+            HOLE_PARALLEL_ELEMENTS
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -66,8 +75,8 @@ def parallel_checked(params, grads, HOLE_STATE_ARGS_T, avg_t, hyper, avg_weight,
     # written out here: numba/numba#8578, see ``parallel``)
     for k in range(len(grads)):
         gk = grads[k]
-        if gk.shape[0] < 262144:
-            # below 4 chunks a second parallel region costs more than the scan
+        if gk.shape[0] < max(262144, parallel_grain(key)):
+            # threaded where the update is (parallel_grain) and from 4 chunks
             if any_nonfinite(gk):
                 return k
             continue
@@ -84,7 +93,10 @@ def parallel_checked(params, grads, HOLE_STATE_ARGS_T, avg_t, hyper, avg_weight,
         HOLE_PICK_T
         avg = pick(avg_t, k)
         offset = offsets[k]
-        HOLE_PARALLEL_ELEMENTS
+        if p.shape[0] < parallel_grain(key):
+            HOLE_SERIAL_ELEMENTS
+        else:
+            HOLE_PARALLEL_ELEMENTS
     return -1
 
 @njit(cache=True, nogil=True)

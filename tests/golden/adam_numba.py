@@ -4,7 +4,7 @@ import numpy as np
 from numba import njit, prange
 
 from optkern.kernels.rules import adam_rule as _rule_py, adam_prepare as _prepare_py
-from optkern.kernels._helpers import load, store, pick, update_average, draw
+from optkern.kernels._helpers import load, store, pick, update_average, draw, parallel_grain
 from optkern.kernels.finite import any_nonfinite
 
 _rule = njit(inline="always")(_rule_py)
@@ -39,52 +39,32 @@ def _loop_serial(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, avg, hyper, avg_weig
 @njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def _loop_parallel(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, avg, hyper, avg_weight, key, offset):
     # one tensor, for the compiled epochs (kernels/epoch_drivers.py), whose
-    # parallel epoch is itself parallel=True (see ``parallel`` below)
-    dt = p.dtype.type
-    zero = dt(0)
-    step_size = dt(hyper[0])
-    beta1 = dt(hyper[1])
-    beta2 = dt(hyper[2])
-    one_minus_beta1 = dt(hyper[3])
-    one_minus_beta2 = dt(hyper[4])
-    eps = dt(hyper[5])
-    weight_decay = dt(hyper[6])
-    decay_factor = dt(hyper[7])
-    bc2_sqrt = dt(hyper[8])
-    amsgrad = dt(hyper[9])
-    maximize = dt(hyper[10])
-    w = dt(avg_weight)
-    for i in prange(p.shape[0]):
-        z = dt(draw(key, offset + i, 0.0))
-        p_i, exp_avg_i, exp_avg_sq_i, max_exp_avg_sq_i = _rule(p[i], g[i], load(exp_avg, i, zero), load(exp_avg_sq, i, zero), load(max_exp_avg_sq, i, zero), step_size, beta1, beta2, one_minus_beta1, one_minus_beta2, eps, weight_decay, decay_factor, bc2_sqrt, amsgrad, maximize, z)
-        store(exp_avg, i, exp_avg_i)
-        store(exp_avg_sq, i, exp_avg_sq_i)
-        store(max_exp_avg_sq, i, max_exp_avg_sq_i)
-        update_average(avg, i, p_i, w)
-        p[i] = p_i
-
-
-@njit(cache=True, nogil=True)
-def serial(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, avg, hyper, avg_weight, key, offsets):
-    for k in range(len(params)):
-        _loop_serial(params[k], grads[k], pick(exp_avg, k), pick(exp_avg_sq, k), pick(max_exp_avg_sq, k), pick(avg, k), hyper,
-                     avg_weight, key, offsets[k])
-
-
-@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
-def parallel(params, grads, exp_avg_t, exp_avg_sq_t, max_exp_avg_sq_t, avg_t, hyper, avg_weight, key, offsets):
-    # The element loop is written out here, not called: a cached plain
-    # function calling a cached parallel=True one segfaults once both are
-    # loaded back from Numba's disk cache (numba/numba#8578; reproduced by
-    # tests/test_optimizers.py::test_numba_parallel_survives_loading_from_numba_cache).
-    for k in range(len(params)):
-        p = params[k]
-        g = grads[k]
-        exp_avg = pick(exp_avg_t, k)
-        exp_avg_sq = pick(exp_avg_sq_t, k)
-        max_exp_avg_sq = pick(max_exp_avg_sq_t, k)
-        avg = pick(avg_t, k)
-        offset = offsets[k]
+    # parallel epoch is itself parallel=True (see ``parallel`` below); threaded
+    # from parallel_grain(key) elements (kernels/_helpers.py), serial below
+    if p.shape[0] < parallel_grain(key):
+        dt = p.dtype.type
+        zero = dt(0)
+        step_size = dt(hyper[0])
+        beta1 = dt(hyper[1])
+        beta2 = dt(hyper[2])
+        one_minus_beta1 = dt(hyper[3])
+        one_minus_beta2 = dt(hyper[4])
+        eps = dt(hyper[5])
+        weight_decay = dt(hyper[6])
+        decay_factor = dt(hyper[7])
+        bc2_sqrt = dt(hyper[8])
+        amsgrad = dt(hyper[9])
+        maximize = dt(hyper[10])
+        w = dt(avg_weight)
+        for i in range(p.shape[0]):
+            z = dt(draw(key, offset + i, 0.0))
+            p_i, exp_avg_i, exp_avg_sq_i, max_exp_avg_sq_i = _rule(p[i], g[i], load(exp_avg, i, zero), load(exp_avg_sq, i, zero), load(max_exp_avg_sq, i, zero), step_size, beta1, beta2, one_minus_beta1, one_minus_beta2, eps, weight_decay, decay_factor, bc2_sqrt, amsgrad, maximize, z)
+            store(exp_avg, i, exp_avg_i)
+            store(exp_avg_sq, i, exp_avg_sq_i)
+            store(max_exp_avg_sq, i, max_exp_avg_sq_i)
+            update_average(avg, i, p_i, w)
+            p[i] = p_i
+    else:
         dt = p.dtype.type
         zero = dt(0)
         step_size = dt(hyper[0])
@@ -107,6 +87,77 @@ def parallel(params, grads, exp_avg_t, exp_avg_sq_t, max_exp_avg_sq_t, avg_t, hy
             store(max_exp_avg_sq, i, max_exp_avg_sq_i)
             update_average(avg, i, p_i, w)
             p[i] = p_i
+
+
+@njit(cache=True, nogil=True)
+def serial(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, avg, hyper, avg_weight, key, offsets):
+    for k in range(len(params)):
+        _loop_serial(params[k], grads[k], pick(exp_avg, k), pick(exp_avg_sq, k), pick(max_exp_avg_sq, k), pick(avg, k), hyper,
+                     avg_weight, key, offsets[k])
+
+
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
+def parallel(params, grads, exp_avg_t, exp_avg_sq_t, max_exp_avg_sq_t, avg_t, hyper, avg_weight, key, offsets):
+    # The element loop is written out here, not called: a cached plain
+    # function calling a cached parallel=True one segfaults once both are
+    # loaded back from Numba's disk cache (numba/numba#8578; reproduced by
+    # tests/test_optimizers.py::test_numba_parallel_survives_loading_from_numba_cache).
+    # A tensor runs threaded from parallel_grain(key) elements, the serial
+    # loop below that (a parallel region's wake-up costs more: _helpers.py).
+    for k in range(len(params)):
+        p = params[k]
+        g = grads[k]
+        exp_avg = pick(exp_avg_t, k)
+        exp_avg_sq = pick(exp_avg_sq_t, k)
+        max_exp_avg_sq = pick(max_exp_avg_sq_t, k)
+        avg = pick(avg_t, k)
+        offset = offsets[k]
+        if p.shape[0] < parallel_grain(key):
+            dt = p.dtype.type
+            zero = dt(0)
+            step_size = dt(hyper[0])
+            beta1 = dt(hyper[1])
+            beta2 = dt(hyper[2])
+            one_minus_beta1 = dt(hyper[3])
+            one_minus_beta2 = dt(hyper[4])
+            eps = dt(hyper[5])
+            weight_decay = dt(hyper[6])
+            decay_factor = dt(hyper[7])
+            bc2_sqrt = dt(hyper[8])
+            amsgrad = dt(hyper[9])
+            maximize = dt(hyper[10])
+            w = dt(avg_weight)
+            for i in range(p.shape[0]):
+                z = dt(draw(key, offset + i, 0.0))
+                p_i, exp_avg_i, exp_avg_sq_i, max_exp_avg_sq_i = _rule(p[i], g[i], load(exp_avg, i, zero), load(exp_avg_sq, i, zero), load(max_exp_avg_sq, i, zero), step_size, beta1, beta2, one_minus_beta1, one_minus_beta2, eps, weight_decay, decay_factor, bc2_sqrt, amsgrad, maximize, z)
+                store(exp_avg, i, exp_avg_i)
+                store(exp_avg_sq, i, exp_avg_sq_i)
+                store(max_exp_avg_sq, i, max_exp_avg_sq_i)
+                update_average(avg, i, p_i, w)
+                p[i] = p_i
+        else:
+            dt = p.dtype.type
+            zero = dt(0)
+            step_size = dt(hyper[0])
+            beta1 = dt(hyper[1])
+            beta2 = dt(hyper[2])
+            one_minus_beta1 = dt(hyper[3])
+            one_minus_beta2 = dt(hyper[4])
+            eps = dt(hyper[5])
+            weight_decay = dt(hyper[6])
+            decay_factor = dt(hyper[7])
+            bc2_sqrt = dt(hyper[8])
+            amsgrad = dt(hyper[9])
+            maximize = dt(hyper[10])
+            w = dt(avg_weight)
+            for i in prange(p.shape[0]):
+                z = dt(draw(key, offset + i, 0.0))
+                p_i, exp_avg_i, exp_avg_sq_i, max_exp_avg_sq_i = _rule(p[i], g[i], load(exp_avg, i, zero), load(exp_avg_sq, i, zero), load(max_exp_avg_sq, i, zero), step_size, beta1, beta2, one_minus_beta1, one_minus_beta2, eps, weight_decay, decay_factor, bc2_sqrt, amsgrad, maximize, z)
+                store(exp_avg, i, exp_avg_i)
+                store(exp_avg_sq, i, exp_avg_sq_i)
+                store(max_exp_avg_sq, i, max_exp_avg_sq_i)
+                update_average(avg, i, p_i, w)
+                p[i] = p_i
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -130,8 +181,8 @@ def parallel_checked(params, grads, exp_avg_t, exp_avg_sq_t, max_exp_avg_sq_t, a
     # written out here: numba/numba#8578, see ``parallel``)
     for k in range(len(grads)):
         gk = grads[k]
-        if gk.shape[0] < 262144:
-            # below 4 chunks a second parallel region costs more than the scan
+        if gk.shape[0] < max(262144, parallel_grain(key)):
+            # threaded where the update is (parallel_grain) and from 4 chunks
             if any_nonfinite(gk):
                 return k
             continue
@@ -150,28 +201,52 @@ def parallel_checked(params, grads, exp_avg_t, exp_avg_sq_t, max_exp_avg_sq_t, a
         max_exp_avg_sq = pick(max_exp_avg_sq_t, k)
         avg = pick(avg_t, k)
         offset = offsets[k]
-        dt = p.dtype.type
-        zero = dt(0)
-        step_size = dt(hyper[0])
-        beta1 = dt(hyper[1])
-        beta2 = dt(hyper[2])
-        one_minus_beta1 = dt(hyper[3])
-        one_minus_beta2 = dt(hyper[4])
-        eps = dt(hyper[5])
-        weight_decay = dt(hyper[6])
-        decay_factor = dt(hyper[7])
-        bc2_sqrt = dt(hyper[8])
-        amsgrad = dt(hyper[9])
-        maximize = dt(hyper[10])
-        w = dt(avg_weight)
-        for i in prange(p.shape[0]):
-            z = dt(draw(key, offset + i, 0.0))
-            p_i, exp_avg_i, exp_avg_sq_i, max_exp_avg_sq_i = _rule(p[i], g[i], load(exp_avg, i, zero), load(exp_avg_sq, i, zero), load(max_exp_avg_sq, i, zero), step_size, beta1, beta2, one_minus_beta1, one_minus_beta2, eps, weight_decay, decay_factor, bc2_sqrt, amsgrad, maximize, z)
-            store(exp_avg, i, exp_avg_i)
-            store(exp_avg_sq, i, exp_avg_sq_i)
-            store(max_exp_avg_sq, i, max_exp_avg_sq_i)
-            update_average(avg, i, p_i, w)
-            p[i] = p_i
+        if p.shape[0] < parallel_grain(key):
+            dt = p.dtype.type
+            zero = dt(0)
+            step_size = dt(hyper[0])
+            beta1 = dt(hyper[1])
+            beta2 = dt(hyper[2])
+            one_minus_beta1 = dt(hyper[3])
+            one_minus_beta2 = dt(hyper[4])
+            eps = dt(hyper[5])
+            weight_decay = dt(hyper[6])
+            decay_factor = dt(hyper[7])
+            bc2_sqrt = dt(hyper[8])
+            amsgrad = dt(hyper[9])
+            maximize = dt(hyper[10])
+            w = dt(avg_weight)
+            for i in range(p.shape[0]):
+                z = dt(draw(key, offset + i, 0.0))
+                p_i, exp_avg_i, exp_avg_sq_i, max_exp_avg_sq_i = _rule(p[i], g[i], load(exp_avg, i, zero), load(exp_avg_sq, i, zero), load(max_exp_avg_sq, i, zero), step_size, beta1, beta2, one_minus_beta1, one_minus_beta2, eps, weight_decay, decay_factor, bc2_sqrt, amsgrad, maximize, z)
+                store(exp_avg, i, exp_avg_i)
+                store(exp_avg_sq, i, exp_avg_sq_i)
+                store(max_exp_avg_sq, i, max_exp_avg_sq_i)
+                update_average(avg, i, p_i, w)
+                p[i] = p_i
+        else:
+            dt = p.dtype.type
+            zero = dt(0)
+            step_size = dt(hyper[0])
+            beta1 = dt(hyper[1])
+            beta2 = dt(hyper[2])
+            one_minus_beta1 = dt(hyper[3])
+            one_minus_beta2 = dt(hyper[4])
+            eps = dt(hyper[5])
+            weight_decay = dt(hyper[6])
+            decay_factor = dt(hyper[7])
+            bc2_sqrt = dt(hyper[8])
+            amsgrad = dt(hyper[9])
+            maximize = dt(hyper[10])
+            w = dt(avg_weight)
+            for i in prange(p.shape[0]):
+                z = dt(draw(key, offset + i, 0.0))
+                p_i, exp_avg_i, exp_avg_sq_i, max_exp_avg_sq_i = _rule(p[i], g[i], load(exp_avg, i, zero), load(exp_avg_sq, i, zero), load(max_exp_avg_sq, i, zero), step_size, beta1, beta2, one_minus_beta1, one_minus_beta2, eps, weight_decay, decay_factor, bc2_sqrt, amsgrad, maximize, z)
+                store(exp_avg, i, exp_avg_i)
+                store(exp_avg_sq, i, exp_avg_sq_i)
+                store(max_exp_avg_sq, i, max_exp_avg_sq_i)
+                update_average(avg, i, p_i, w)
+                p[i] = p_i
     return -1
 
 @njit(cache=True, nogil=True)
