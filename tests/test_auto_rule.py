@@ -36,6 +36,28 @@ def test_choose_auto_parallel_rule(work, cores, load, expected):
     assert _backend.parallel_pays(work, load=load, cores=cores) is (expected == "numba-parallel")
 
 
+@pytest.mark.parametrize("work, expected", [
+    (_backend.LOSS_PARALLEL_MIN_SIZE - 1, "numba"),
+    (_backend.LOSS_PARALLEL_MIN_SIZE, "numba-parallel"),
+    (_backend.PARALLEL_MIN_SIZE, "numba"),     # a step would go parallel here
+])
+def test_losses_go_parallel_from_their_own_threshold(work, expected, monkeypatch):
+    """The loss and prediction kernels count multiply-adds and go parallel
+    from LOSS_PARALLEL_MIN_SIZE (a parallel region's wake-up outweighs less
+    work); on a busy machine they stay serial."""
+    assert _backend.LOSS_PARALLEL_MIN_SIZE > _backend.PARALLEL_MIN_SIZE
+    assert _backend.choose_auto(work, kind="losses", load=0.0, cores=2) == expected
+    assert _backend.choose_auto(work, kind="losses", load=9.0, cores=2) == "numba"
+    # loss_and_grad counts two passes (scores, dW), predict_scores one
+    monkeypatch.setattr(_backend, "_CORES", 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    Xd = np.zeros((-(-work // 20), 2))           # 2 n d k >= work
+    assert losses._resolve_backend("auto", "dense", Xd, 10) == \
+        ("numba-parallel" if 2 * Xd.size * 10 >= _backend.LOSS_PARALLEL_MIN_SIZE else "numba")
+    assert losses._resolve_backend("auto", "dense", Xd, 10, passes=1) == \
+        ("numba-parallel" if Xd.size * 10 >= _backend.LOSS_PARALLEL_MIN_SIZE else "numba")
+
+
 @pytest.mark.skipif(not HAVE_CYTHON, reason="the Cython extension is not built")
 @pytest.mark.parametrize("load", [0.0, 50.0])
 def test_small_work_goes_to_cython_whatever_the_load(load):
@@ -71,12 +93,13 @@ def test_choose_auto_reads_the_load_average(monkeypatch):
 @pytest.mark.parametrize("fmt", ["dense", "csr"])
 def test_losses_follow_the_rule(monkeypatch, fmt):
     """loss_and_grad / predict_scores's auto: (4096, 784, 10) is parallel on a
-    quiet 2-core machine, serial on a busy one; results agree either way."""
+    quiet 2-core machine, serial on a busy one; results agree either way
+    (CSR at 5% density: 1.6 M multiply-adds, above LOSS_PARALLEL_MIN_SIZE)."""
     import scipy.sparse as sp
     monkeypatch.setattr(_backend, "_CORES", 2)
     rng = np.random.default_rng(0)
     n, d, k = 4096, 784, 10
-    X = sp.random(n, d, density=0.01, format="csr", dtype=np.float64, random_state=0) \
+    X = sp.random(n, d, density=0.05, format="csr", dtype=np.float64, random_state=0) \
         if fmt == "csr" else rng.standard_normal((n, d))
     y = rng.integers(0, k, n)
     W = rng.standard_normal((d, k)) * 0.01

@@ -486,8 +486,11 @@ def test_auto_csr_goes_parallel_only_with_enough_nonzeros_per_feature(monkeypatc
     from optkern import _backend, losses
     monkeypatch.setattr(_backend, "_CORES", 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    many = sp.random(4096, 784, density=0.01, format="csr", random_state=0)   # ~20 per feature
+    many = sp.random(4096, 784, density=0.05, format="csr", random_state=0)   # ~200 per feature
     few = sp.random(256, 4096, density=0.01, format="csr", random_state=0)    # ~2.6 per feature
+    # both above LOSS_PARALLEL_MIN_SIZE (2 x nonzeros x k multiply-adds)
+    for X, k in ((many, 10), (few, 100)):
+        assert 2 * X.nnz * k >= _backend.LOSS_PARALLEL_MIN_SIZE
     assert losses._resolve_backend("auto", "csr", many, 10) == "numba-parallel"
     assert losses._resolve_backend("auto", "csr", few, 100) == "numba"
     # the same work dense goes parallel: the rule is about the CSR partials

@@ -22,6 +22,16 @@ BACKENDS = ("numpy", "numba", "numba-parallel", "cython", "cuda", "auto")
 # "Choosing a backend": below PARALLEL_MIN_SIZE the thread start-up of a
 # parallel loop costs more than it saves.
 PARALLEL_MIN_SIZE = int(os.environ.get("OPTKERN_PARALLEL_MIN_SIZE", 200_000))
+# The loss and prediction kernels go parallel from LOSS_PARALLEL_MIN_SIZE
+# multiply-adds (2 n d k for a loss and its gradient, n d k for predictions;
+# nonzeros for n d with CSR): with passive OpenMP waits a parallel region's
+# wake-up costs ~70-80 us on a quiet 2-core VM.  Measured there,
+# loss_and_grad parallel / serial: 1.5-2.1x at 2 n d k = 0.6-1.0 M, 1.07x at
+# 1.3 M, 0.92-1.0x at 1.7-2 M, 0.55x from 20 M; predict_scores serial was
+# 1.75x faster at n d k = 0.86 M (docs/benchmarks.md, "The threading grain").
+# The optimizer steps keep PARALLEL_MIN_SIZE: their parallel kernels thread a
+# tensor only from kernels/_helpers.PARALLEL_GRAIN elements.
+LOSS_PARALLEL_MIN_SIZE = int(os.environ.get("OPTKERN_LOSS_PARALLEL_MIN_SIZE", 1_500_000))
 # Below CYTHON_MAX_SIZE the ahead-of-time kernels cost the same per call as
 # the serial Numba loop and need no JIT warm-up; above it they fall behind
 # (built for a generic x86-64, without the AVX-512 code Numba emits for the
@@ -110,10 +120,13 @@ def machine_busy(load=None, cores=None):
     return load > cores - BUSY_MARGIN
 
 
-def parallel_pays(work, load=None, cores=None):
+def parallel_pays(work, load=None, cores=None, min_size=None):
     """Whether a parallel kernel pays for its threads on ``work`` elements (or
-    multiply-adds): at least PARALLEL_MIN_SIZE of it, and a core to spare."""
-    return work >= PARALLEL_MIN_SIZE and not machine_busy(load, cores)
+    multiply-adds): at least ``min_size`` of it (PARALLEL_MIN_SIZE unless
+    given), and a core to spare."""
+    if min_size is None:
+        min_size = PARALLEL_MIN_SIZE
+    return work >= min_size and not machine_busy(load, cores)
 
 
 def validate_name(backend, argname="backend"):
@@ -246,6 +259,7 @@ def choose_auto(n_elements, on_device=False, kind="updates", load=None, cores=No
         return "cuda"
     if n_elements < CYTHON_MAX_SIZE and cython_module(kind) is not None:
         return "cython"
-    if not parallel_pays(n_elements, load, cores):
+    min_size = LOSS_PARALLEL_MIN_SIZE if kind == "losses" else PARALLEL_MIN_SIZE
+    if not parallel_pays(n_elements, load, cores, min_size):
         return "numba"
     return "numba-parallel"

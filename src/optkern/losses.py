@@ -479,11 +479,14 @@ def choose_method(kind, X, n_outputs, method="auto"):
     return "fused"
 
 
-def _resolve_backend(backend, kind, X, k):
+def _resolve_backend(backend, kind, X, k, passes=2):
+    """``passes``: 2 for a loss and its gradient (scores, then dW), 1 for
+    predictions; the work "auto" weighs is passes x (n d or nonzeros) x k
+    multiply-adds."""
     if backend != "auto":
         return _backend.require(backend, kind="losses")
     nnz = X.indices.shape[0] if kind == "csr" else 0    # X.nnz recounts
-    work = (nnz if kind == "csr" else X.size) * k
+    work = passes * (nnz if kind == "csr" else X.size) * k
     chosen = _backend.choose_auto(work, kind="losses")
     if kind == "csr" and chosen == "cython":
         # CSR stays on the serial Numba kernels even when small: the Cython CSR
@@ -610,9 +613,9 @@ def _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db, m
         # too: a tiny call (auto sends everything below 16,384 multiply-adds
         # here) waited up to milliseconds for a second thread, against 40 us
         # on one (the estimators' divergence threshold, 128 x 1 x 10)
-        work = (X.nnz if kind == "csr" else n * d) * k
+        work = 2 * (X.nnz if kind == "csr" else n * d) * k     # scores and dW
         threads = max(1, min(numba.get_num_threads(), n)) \
-            if cy.OPENMP and work >= _backend.PARALLEL_MIN_SIZE and not serial else 1
+            if cy.OPENMP and work >= _backend.LOSS_PARALLEL_MIN_SIZE and not serial else 1
         scratch = _buffer("scratch", (_scratch_size(threads, d, k),), dt)
         if kind == "csr":
             return cy.csr_loss_grad(spec.name, X.data, X.indices, X.indptr, y, sw, W, b,
@@ -882,7 +885,7 @@ def predict_scores(X, W, b=None, backend="auto", out=None, check_input=True):
         if not out.flags.c_contiguous or not out.flags.writeable:
             raise ValueError("out must be C-contiguous and writeable")
     auto = backend == "auto"
-    backend = _resolve_backend(backend, kind, X, k)
+    backend = _resolve_backend(backend, kind, X, k, passes=1)
     if out is None:
         out = np.empty((n, k), W.dtype)
     if n == 0:
