@@ -65,6 +65,14 @@ def _source(spec):
             common, range=range_fn,
             unpack="\n".join(f"{h} = dt(hyper[{j}])" for j, h in enumerate(hyper))))
 
+    def indented(text):
+        return "\n".join("    " + line if line else line for line in text.split("\n"))
+
+    # a tensor's loop in the parallel drivers: threaded from the grain
+    # (kernels/_helpers.parallel_grain), the serial loop below it
+    threaded = (f"if p.shape[0] < parallel_grain(key):\n{indented(loop('range'))}\n"
+                f"else:\n{indented(loop('prange'))}")
+
     return _templates.fill("update", dict(
         common,
         name=spec.name, name_repr=repr(spec.name),
@@ -77,7 +85,7 @@ def _source(spec):
         pick_t="\n".join(f"{s} = pick({s}_t, k)" for s in states),
         state_flat=", ".join(f"None if {s} is None else {s}.reshape(n)" for s in states),
         state_specs=", ".join(spec.states),
-        serial_elements=loop("range"), parallel_elements=loop("prange"),
+        serial_elements=loop("range"), threaded_elements=threaded,
         user_args=", ".join(spec.user_hyper),
         scalar_default=repr(tuple(v for _, v in spec.scalar_states)),
         unpack_cuda="\n".join(f"{h} = hyper[{j}]" for j, h in enumerate(hyper)),

@@ -21,10 +21,7 @@ def _loop_parallel(p, g, HOLE_STATE_ARGS, avg, hyper, avg_weight, key, offset):
     # one tensor, for the compiled epochs (kernels/epoch_drivers.py), whose
     # parallel epoch is itself parallel=True (see ``parallel`` below); threaded
     # from parallel_grain(key) elements (kernels/_helpers.py), serial below
-    if p.shape[0] < parallel_grain(key):
-        HOLE_SERIAL_ELEMENTS
-    else:
-        HOLE_PARALLEL_ELEMENTS
+    HOLE_THREADED_ELEMENTS
 
 
 @njit(cache=True, nogil=True)
@@ -48,10 +45,7 @@ def parallel(params, grads, HOLE_STATE_ARGS_T, avg_t, hyper, avg_weight, key, of
         HOLE_PICK_T
         avg = pick(avg_t, k)
         offset = offsets[k]
-        if p.shape[0] < parallel_grain(key):
-            HOLE_SERIAL_ELEMENTS
-        else:
-            HOLE_PARALLEL_ELEMENTS
+        HOLE_THREADED_ELEMENTS
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -93,10 +87,7 @@ def parallel_checked(params, grads, HOLE_STATE_ARGS_T, avg_t, hyper, avg_weight,
         HOLE_PICK_T
         avg = pick(avg_t, k)
         offset = offsets[k]
-        if p.shape[0] < parallel_grain(key):
-            HOLE_SERIAL_ELEMENTS
-        else:
-            HOLE_PARALLEL_ELEMENTS
+        HOLE_THREADED_ELEMENTS
     return -1
 
 @njit(cache=True, nogil=True)

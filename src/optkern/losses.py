@@ -479,14 +479,20 @@ def choose_method(kind, X, n_outputs, method="auto"):
     return "fused"
 
 
+def _work(kind, X, k, passes=2):
+    """The multiply-adds "auto" weighs (against LOSS_PARALLEL_MIN_SIZE):
+    ``passes`` x (n d, or the nonzeros of a CSR X) x k; 2 passes for a loss
+    and its gradient (scores, then dW), 1 for predictions."""
+    nnz = X.indices.shape[0] if kind == "csr" else 0    # X.nnz recounts
+    return passes * (nnz if kind == "csr" else X.size) * k
+
+
 def _resolve_backend(backend, kind, X, k, passes=2):
-    """``passes``: 2 for a loss and its gradient (scores, then dW), 1 for
-    predictions; the work "auto" weighs is passes x (n d or nonzeros) x k
-    multiply-adds."""
+    """The backend of a loss (``passes`` 2) or prediction (1) call."""
     if backend != "auto":
         return _backend.require(backend, kind="losses")
-    nnz = X.indices.shape[0] if kind == "csr" else 0    # X.nnz recounts
-    work = passes * (nnz if kind == "csr" else X.size) * k
+    nnz = X.indices.shape[0] if kind == "csr" else 0
+    work = _work(kind, X, k, passes)
     chosen = _backend.choose_auto(work, kind="losses")
     if kind == "csr" and chosen == "cython":
         # CSR stays on the serial Numba kernels even when small: the Cython CSR
@@ -613,9 +619,8 @@ def _cpu_compute(backend, spec, kind, X, y, sw, W, b, alpha, l1r, eps, dW, db, m
         # too: a tiny call (auto sends everything below 16,384 multiply-adds
         # here) waited up to milliseconds for a second thread, against 40 us
         # on one (the estimators' divergence threshold, 128 x 1 x 10)
-        work = 2 * (X.nnz if kind == "csr" else n * d) * k     # scores and dW
-        threads = max(1, min(numba.get_num_threads(), n)) \
-            if cy.OPENMP and work >= _backend.LOSS_PARALLEL_MIN_SIZE and not serial else 1
+        threads = max(1, min(numba.get_num_threads(), n)) if cy.OPENMP and not serial \
+            and _work(kind, X, k) >= _backend.LOSS_PARALLEL_MIN_SIZE else 1
         scratch = _buffer("scratch", (_scratch_size(threads, d, k),), dt)
         if kind == "csr":
             return cy.csr_loss_grad(spec.name, X.data, X.indices, X.indptr, y, sw, W, b,
