@@ -439,21 +439,168 @@ def test_auto_runs_the_cython_epoch_where_it_measured_faster(dtype):
 
     old = _jit.set_mode("sync")
     try:
-        for d, k, batch in ((20, 5, 32), (64, 8, 256), (65, 5, 32), (12, 3, 4097),
-                            (20, 11, 32), (20, 9, 64)):
-            X, y, _ = _dense_problem(d + k, 200 + batch, d, k, "softmax", dtype, False)
-            pays = _backend.cython_dense_epoch_pays(d, k, batch, dtype)
-            assert pays == (d <= 64 and batch <= 4096
-                            and k <= (10 if dtype == np.float32 else 8))
-            auto = fit("auto", X, y, batch)
-            want = fit("cython" if pays else "numba", X, y, batch)
-            np.testing.assert_array_equal(auto.coef_, want.coef_)
-            np.testing.assert_array_equal(auto.intercept_, want.intercept_)
+        for busy in (False, True):
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(_backend, "machine_busy", lambda load=None, cores=None: busy)
+                for d, k, batch in ((20, 5, 32), (64, 8, 256), (65, 5, 32), (12, 3, 4097),
+                                    (20, 11, 32), (20, 9, 64), (100, 8, 256), (65, 2, 96)):
+                    X, y, _ = _dense_problem(d + k, 200 + batch, d, k, "softmax", dtype, False)
+                    pays = _backend.cython_dense_epoch_pays(d, k, batch, dtype)
+                    one_thread = (d <= 64 and batch <= 4096
+                                  and k <= (10 if dtype == np.float32 else 8))
+                    # a helper thread: more than 48 rows, enough work, a core to spare
+                    threads = (batch > 48 and batch * (d * k + 64) >= 32_768 and not busy)
+                    assert pays == (one_thread or threads), (d, k, batch, busy)
+                    auto = fit("auto", X, y, batch)
+                    want = fit("cython" if pays else "numba", X, y, batch)
+                    np.testing.assert_array_equal(auto.coef_, want.coef_)
+                    np.testing.assert_array_equal(auto.intercept_, want.intercept_)
         # with the dot-product score tiles the twin is not preferred
         was = E.set_scores_across(False)
         try:
             assert not _backend.cython_dense_epoch_pays(20, 5, 32, dtype)
+            assert not _backend.cython_dense_epoch_pays(100, 8, 256, dtype, load=0.0, cores=2)
         finally:
             E.set_scores_across(was)
     finally:
         _jit.set_mode(old)
+
+
+# ---- the dense epoch's helper thread ------------------------------------------
+
+
+def _fit_threads(threads, X, y, sw, loss, rule, batch, intercept, average):
+    from optkern import _backend
+
+    cls = optkern.LinearRegressor if loss in REGRESSION else optkern.LinearClassifier
+    model = cls(loss=loss, optimizer=OPTIMIZER_FOR_RULE[rule], lr=0.05, max_epochs=2,
+                tol=None, random_state=3, batch_size=batch, fit_intercept=intercept,
+                average=average, backend="cython")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_backend, "cython_epoch_threads", lambda *a, **k: threads)
+        return model.fit(X, y, sample_weight=sw)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), n=st.integers(20, 400), d=st.integers(1, 41),
+       k=st.integers(2, 11), batch=st.sampled_from([7, 48, 49, 50, 97, 200, 256]),
+       loss=st.sampled_from(["softmax", "multiclass_hinge", "squared", "log", "huber"]),
+       rule=st.sampled_from(["adam", "sgd", "sgld", "rmsprop"]),
+       dtype=st.sampled_from([np.float32, np.float64]), weighted=st.booleans(),
+       intercept=st.booleans(), average=st.sampled_from([False, 2]))
+def test_helper_thread_trains_the_one_thread_model_bit_for_bit(
+        seed, n, d, k, batch, loss, rule, dtype, weighted, intercept, average):
+    # n_chunks = 2: a helper thread runs the second half of every minibatch of
+    # more than 48 rows; the halves are summed the same way on one thread, so
+    # the weights, the optimizer's trajectory and the losses are the same bits
+    if loss in ("log", "huber"):
+        k = 1 if loss == "log" else k
+    X, y, sw = _dense_problem(seed, n, d, max(k, 2), loss, dtype, weighted)
+    if loss == "log":
+        y = (y > 0).astype(int)
+    one = _fit_threads(1, X, y, sw, loss, rule, batch, intercept, average)
+    was = E.helper_stats()
+    two = _fit_threads(2, X, y, sw, loss, rule, batch, intercept, average)
+    now = E.helper_stats()
+    # every minibatch of more than 48 rows ran its second half on the helper
+    # or, where the helper had not reached it, on the epoch's thread
+    sizes = [min(batch, n - s) for s in range(0, n, batch)]
+    pairs = 2 * sum(m > 48 for m in sizes)
+    ran = now["helper"] + now["caller"] - was["helper"] - was["caller"]
+    assert ran == pairs or (ran < pairs and now["stopped"] > was["stopped"])
+    np.testing.assert_array_equal(two.coef_, one.coef_)
+    np.testing.assert_array_equal(two.intercept_, one.intercept_)
+    assert [h["loss"] for h in two.history_] == [h["loss"] for h in one.history_]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_helper_thread_epoch_trains_the_numba_model(dtype):
+    # the two-half sums against the Numba epoch's one running sum: to rounding
+    X, y, _ = _dense_problem(11, 3000, 30, 6, "softmax", dtype, False)
+    got = _fit_threads(2, X, y, None, "softmax", "adam", 256, True, False)
+    ref = _dense_fit("numba", X, y, None, "softmax", 256, True)
+    tol = dict(rtol=1e-9, atol=1e-11) if dtype == np.float64 else dict(rtol=2e-3, atol=2e-5)
+    np.testing.assert_allclose(got.coef_, ref.coef_, **tol)
+    np.testing.assert_allclose(got.intercept_, ref.intercept_, **tol)
+
+
+def test_helper_thread_stops_with_a_diverging_epoch(monkeypatch):
+    # a NaN loss mid-epoch leaves through the epoch's one exit, which joins the
+    # helper: the epoch returns NaN after the same steps, with the same
+    # weights of its last good step, on one thread or two
+    from optkern import _backend
+
+    X, y, _ = _dense_problem(2, 2000, 9, 3, "squared", np.float64, False)
+    got = {}
+    for threads in (1, 2):
+        calls = []
+
+        class Spy(E.Epoch):
+            def __call__(self, *args):
+                out = super().__call__(*args)
+                calls.append((args[5], out[0], out[1], args[6].copy()))
+                return out
+
+        monkeypatch.setattr(_backend, "cython_epoch_threads", lambda *a, t=threads, **k: t)
+        monkeypatch.setattr(E, "epoch_for", lambda loss, rule, layout: Spy(loss, rule, layout))
+        model = optkern.LinearRegressor(loss="squared", optimizer="sgd", lr=1e20, max_epochs=5,
+                                        tol=None, batch_size=100, random_state=0,
+                                        backend="cython", on_divergence="warn")
+        with pytest.warns(RuntimeWarning, match="diverged"):
+            model.fit(X, y)
+        n_chunks, mean, steps, W = calls[-1]
+        assert n_chunks == threads and math.isnan(mean) and 0 < steps < 20
+        got[threads] = (steps, W)
+    assert got[1][0] == got[2][0]
+    np.testing.assert_array_equal(got[1][1], got[2][1])
+
+
+def test_epoch_threads_rule():
+    from optkern import _backend as B
+
+    quiet = dict(load=0.0, cores=2)
+    assert B.cython_epoch_threads(64, 8, 256, **quiet) == 2
+    assert B.cython_epoch_threads(64, 8, 48, **quiet) == 1          # one block: not split
+    assert B.cython_epoch_threads(32, 10, 64, **quiet) == 1         # 24,576 < 32,768
+    assert B.cython_epoch_threads(64, 8, 64, **quiet) == 2          # 36,864
+    assert B.cython_epoch_threads(64, 8, 256, load=1.8, cores=2) == 1   # busy
+    assert B.cython_epoch_threads(64, 8, 256, load=0.0, cores=1) == 1   # one core
+
+
+def test_a_slow_helper_leaves_the_epoch_on_one_thread():
+    # a helper that keeps the epoch waiting (here: delayed 3 ms before every
+    # half it claims, as a busy machine's scheduler would) stops after two
+    # slow waits; the epoch goes on with one thread, the fit's next epoch
+    # asks for none (then 2, 4, ... after further stops), and the model is
+    # the one-thread model bit for bit
+    X, y, _ = _dense_problem(4, 6000, 24, 5, "softmax", np.float64, False)
+    one = _fit_threads(1, X, y, None, "softmax", "adam", 200, True, False)
+    was = E.helper_stats()
+    old = E.set_helper_delay(3e-3)
+    try:
+        two = _fit_threads(2, X, y, None, "softmax", "adam", 200, True, False)
+    finally:
+        E.set_helper_delay(old)
+    now = E.helper_stats()
+    assert now["stopped"] - was["stopped"] == 1          # epoch 1; epoch 2 on one thread
+    assert now["helper"] - was["helper"] <= 3
+    np.testing.assert_array_equal(two.coef_, one.coef_)
+    np.testing.assert_array_equal(two.intercept_, one.intercept_)
+
+
+def test_the_helper_thread_runs_second_halves():
+    # the helper does reach second halves when it gets a core: minibatches of
+    # 4096 rows (about a millisecond a half), a few fits, as the test machine
+    # may be busy with other tests; every split minibatch is run once, by the
+    # helper or by the epoch's thread
+    X, y, _ = _dense_problem(6, 40960, 128, 8, "softmax", np.float32, False)
+    pairs = 2 * 10   # 2 epochs of 10 minibatches
+    for _ in range(5):
+        was = E.helper_stats()
+        _fit_threads(2, X, y, None, "softmax", "adam", 4096, True, False)
+        now = E.helper_stats()
+        ran = now["helper"] + now["caller"] - was["helper"] - was["caller"]
+        assert ran == pairs or (ran < pairs and now["stopped"] > was["stopped"])
+        if now["helper"] > was["helper"]:
+            break
+    assert now["helper"] > was["helper"]

@@ -263,7 +263,8 @@ def _c_text(lanes):
 # adapters of templates/epoch_adapters.pyx.tp, shared with _sparse_epochs)
 # --------------------------------------------------------------------------
 
-DENSE_BUFFERS = ("WT", "dWT", "ZT", "DT", "S", "SI", "LS", "YB")  # freed on every exit
+DENSE_BUFFERS = ("WT", "dWT", "ZT", "DT", "S", "SI", "LS", "YB", "PBf", "PBi",
+                 "PBd")  # freed on every exit (after the helper thread stops)
 
 
 def check_buffers(rules):

@@ -218,30 +218,61 @@ def require(backend, kind="updates", argname="backend"):
 
 
 # The dense serial epoch of backend="auto" runs the Cython twin (not only
-# while Numba's is cold) where its C kernels -- the scores of small k with
-# vectors across the outputs -- measured faster than the Numba epoch:
-# d <= 64 features and up to 10 outputs in float32 (8 in float64), minibatches
-# of at most 4096 rows (asv_benchmarks/epoch_across.py, docs/epochs.md "Ninth
-# round": 0.59-0.96x the Numba epoch at d 32-64, k 2-10, batch 32-4096; at
-# d 256 and 784 with k 8-10 it was not faster).  The whole fit runs one kernel.
+# while Numba's is cold) where its C kernels measured faster than the Numba
+# epoch: one thread -- the scores of small k with vectors across the outputs
+# -- at d <= 64 features and up to 10 outputs in float32 (8 in float64),
+# minibatches of at most 4096 rows (asv_benchmarks/epoch_across.py,
+# docs/epochs.md "Ninth round": 0.59-0.96x the Numba epoch at d 32-64, k 2-10,
+# batch 32-4096; at d 256 and 784 with k 8-10 it was not faster); and
+# wherever it runs a helper thread (cython_epoch_threads, below: 0.47-0.94x
+# the Numba epoch at every d, k and batch 64-4096 measured, docs/epochs.md
+# "Thirteenth round").  The whole fit runs one kernel.
 CYTHON_DENSE_EPOCH_MAX_D = 64
 CYTHON_DENSE_EPOCH_MAX_K = {"float32": 10, "float64": 8}
 CYTHON_DENSE_EPOCH_MAX_BATCH = 4096
 
 
-def cython_dense_epoch_pays(d, k, batch_size, dtype):
+def cython_dense_epoch_pays(d, k, batch_size, dtype, load=None, cores=None):
     """Whether backend="auto"'s serial dense epoch of a (d, k) model in
     ``dtype`` at this minibatch size runs the Cython twin (measured faster
     than the Numba epoch there); False when the twin runs the dot-product
     score tiles (``_epochs.set_scores_across(False)``)."""
     import numpy as np
 
-    max_k = CYTHON_DENSE_EPOCH_MAX_K.get(np.dtype(dtype).name)
-    if max_k is None or not (d <= CYTHON_DENSE_EPOCH_MAX_D and k <= max_k
-                             and batch_size <= CYTHON_DENSE_EPOCH_MAX_BATCH):
-        return False
     mod = cython_module("epochs")
-    return mod is not None and bool(getattr(mod, "scores_across", lambda: False)())
+    if mod is None or not bool(getattr(mod, "scores_across", lambda: False)()):
+        return False
+    max_k = CYTHON_DENSE_EPOCH_MAX_K.get(np.dtype(dtype).name)
+    if max_k is not None and d <= CYTHON_DENSE_EPOCH_MAX_D and k <= max_k \
+            and batch_size <= CYTHON_DENSE_EPOCH_MAX_BATCH:
+        return True
+    return cython_epoch_threads(d, k, batch_size, load, cores) == 2
+
+
+# The Cython dense epoch runs the second half of each minibatch's rows on a
+# helper thread (kernels/cython/templates/_epochs_dense.c.tp, okx_pool; the
+# same arithmetic as one thread) when a minibatch holds more than one block
+# of rows (DENSE_ROWS: smaller ones are not split) and at least
+# CYTHON_EPOCH_THREAD_MIN_WORK of work, counted as batch x (d k +
+# CYTHON_EPOCH_ROW_WORK): a row costs about as much as 64 multiply-adds
+# besides its scores (its gather, label, loss rule).  Measured, 2 threads /
+# 1 (docs/epochs.md, "Thirteenth round"): 0.93-1.01 at 20,000-25,000
+# (d 32, k 10, batch 64; d 32, k 2, batch 96), 0.82 at 36,864 (d 64, k 8,
+# batch 64), 0.56-0.66 from batch 128.  The threads hand work over by
+# spinning, not sleeping; with the machine busy the epoch stays serial.
+CYTHON_EPOCH_THREAD_MIN_WORK = int(os.environ.get("OPTKERN_EPOCH_THREAD_MIN_WORK", 32_768))
+CYTHON_EPOCH_ROW_WORK = 64
+CYTHON_EPOCH_BLOCK_ROWS = 48   # kernels/cython/generate_epochs.py DENSE_ROWS
+
+
+def cython_epoch_threads(d, k, batch_size, load=None, cores=None):
+    """The threads (1 or 2) the Cython dense epoch runs a minibatch on."""
+    if batch_size <= CYTHON_EPOCH_BLOCK_ROWS:
+        return 1
+    work = int(batch_size) * (int(d) * int(k) + CYTHON_EPOCH_ROW_WORK)
+    if work < CYTHON_EPOCH_THREAD_MIN_WORK:
+        return 1
+    return 1 if machine_busy(load, cores) else 2
 
 
 def choose_auto(n_elements, on_device=False, kind="updates", load=None, cores=None):

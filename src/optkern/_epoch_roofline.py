@@ -204,6 +204,32 @@ def roofline_seconds(n, d, k, dtype, bytes_per_s, fmas_per_s):
     return (t_mem, "memory") if t_mem >= t_fma else (t_fma, "arithmetic")
 
 
+def blas_pair_seconds(X, k, repeats=5, seed=0):
+    """The best time of the epoch's multiply-adds in the form the machine's
+    BLAS runs fastest: the scores ``X @ W`` and the gradient ``X.T @ P``
+    over the whole of ``X`` in order -- two GEMMs through NumPy with all of
+    its BLAS threads, no shuffle, no softmax, no optimizer, and none of the
+    dependency of one minibatch on the last.  Strictly less work than an
+    epoch, so a reference for what the roofline's ``2 n d k`` multiply-adds
+    cost in practice at this shape (skinny GEMMs with few outputs use a small
+    part of the FMA units: the probe's peak assumes every lane busy).
+    OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, where set, slow it: the report's
+    command unsets them."""
+    X = np.ascontiguousarray(X)
+    n, d = X.shape
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((d, k)).astype(X.dtype)
+    P = rng.standard_normal((n, k)).astype(X.dtype)
+    Z = np.empty((n, k), X.dtype)
+    G = np.empty((d, k), X.dtype)
+
+    def pair():
+        np.matmul(X, W, out=Z)
+        np.matmul(X.T, P, out=G)
+
+    return _best_seconds(pair, repeats)
+
+
 class Probes:
     """Both probe rates, measured once (per dtype on demand) in this process.
 

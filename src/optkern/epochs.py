@@ -96,6 +96,8 @@ class _Runner:
                 # a rule registered at run time has no Cython twin: Numba alone
                 if epochs_mod is not None and opt._has_cython_twin():
                     self.twin = epochs_mod.epoch_for(loss_name, opt._spec.name, layout)
+        self.dense = layout == "dense"
+        self.helper_skip, self.helper_backoff = 0, 1
         self.key = ("epoch", loss_name, opt._spec.name, layout, parallel, W.dtype.char)
         self.n_chunks = numba.get_num_threads() if parallel else 1
         dt = W.dtype
@@ -138,7 +140,25 @@ class _Runner:
                     not _jit.ready(self.key + (o.seed is None, o.avgW is None), self.fn, args):
                 self.fn = self.twin
             self.twin = None
+        stopped = None
+        if self.helper_skip:
+            self.helper_skip -= 1
+        elif self.dense and isinstance(self.fn, _backend.cython_module("epochs").Epoch):
+            # the Cython epoch: a helper thread for each minibatch's second
+            # half of rows where that pays (the same arithmetic either way)
+            W = ctx.W
+            a.n_chunks = _backend.cython_epoch_threads(W.shape[0], W.shape[1], a.batch_size)
+            if a.n_chunks > 1:
+                args = a.positional()
+                stopped = _backend.cython_module("epochs").helper_stats()["stopped"]
         result = self.fn(*args)
+        if stopped is not None and \
+                _backend.cython_module("epochs").helper_stats()["stopped"] > stopped:
+            # the helper kept the epoch waiting (the machine is shared, or a
+            # hiccup of it): the next 1, 2, 4, ... epochs of this fit run on
+            # one thread, the same arithmetic
+            self.helper_skip = self.helper_backoff
+            self.helper_backoff *= 2
         mean, steps, avg_count, scalarsW, scalarsB = result
         for g, scalars in ((gW, scalarsW), (gB, scalarsB)):
             if g is None:
