@@ -10,62 +10,36 @@
     start = 0
     while start < n:
         stop = (n if n < (start + batch_size) else (start + batch_size))
-        # ---- the fused pass over rows order[start:stop], in blocks of R rows
+        # ---- the fused pass over rows order[start:stop], in blocks of R rows.  A
+        # minibatch of more than R rows runs as two parts, its first ceil(m / 2) rows
+        # (PA) and the rest (PB), each summed from zero and then added (PA + PB);
+        # with a helper thread PB runs on it (or here, if it has not reached PB when
+        # PA is done), else here after PA: the same arithmetic either way.
         okx_transpose_f64(W, WT, d, k)
-        memset(dWT, 0, dk * sizeof(double))
-        memset(db, 0, k * sizeof(double))
-        lsum = 0.0
-        wsum = 0.0
-        r0 = start
-        while r0 < stop:
-            m = stop - r0
-            if m > R:
-                m = R
-            # the next block's rows, across the minibatch's end
-            m_next = n - r0 - m
-            if m_next > m:
-                m_next = m
-            # the next block's labels and weights: like its rows (prefetched by
-            # okx_scores), they sit at random places of arrays larger than L1
-            for q in range(m_next):
-                i = order[r0 + m + q]
-                OKX_PREFETCH(sw + i)
-                if Ti != NULL:
-                    OKX_PREFETCH(Ti + i)
-                elif Tf != NULL:
-                    OKX_PREFETCH(Tf + i * k)
-            okx_scores_f64(X, d, order + r0, m, order + r0 + m, m_next, WT, b, ZT, k, R)
-            if lanes != NULL:
-                for q in range(m):
-                    YB[q] = Ti[order[r0 + q]]
-                lanes(ZT, YB, eps, DT, LS, m, S, SI, k, R)
+        PA.r0 = start
+        PA.r1 = stop
+        if stop - start > R:
+            PA.r1 = start + (stop - start + 1) // 2
+        PB.r0 = PA.r1
+        PB.r1 = stop
+        if PB.r0 >= stop:
+            _part_f64(&PA)
+        else:
+            if threaded:
+                okx_pool_pair(&pool, _part_f64, &PA, &PB)
+                # a slow helper (the machine shared) stops the pool: one thread on
+                threaded = pool.running != 0
             else:
-                for q in range(m):
-                    i = order[r0 + q]
-                    for j in range(k):
-                        z[j] = ZT[j * R + q]
-                    LS[q] = loss(z, Tf + i * k if Tf != NULL else NULL,
-                                 Ti[i] if Ti != NULL else 0, eps, dz, k)
-                    for j in range(k):
-                        DT[j * R + q] = dz[j]
-            weighted = False
-            for q in range(m):
-                w = sw[order[r0 + q]]
-                lsum += w * LS[q]
-                wsum += w
-                if w != 1.0:
-                    weighted = True
-            if weighted:
-                for j in range(k):
-                    for q in range(m):
-                        DT[j * R + q] = DT[j * R + q] * sw[order[r0 + q]]
+                _part_f64(&PA)
+                _part_f64(&PB)
+            for idx in range(dk):
+                dWT[idx] = dWT[idx] + PB.dWT[idx]
             for j in range(k):
-                acc_s = db[j]
-                for q in range(m):
-                    acc_s = acc_s + DT[j * R + q]
-                db[j] = acc_s
-            okx_accumulate_f64(X, d, order + r0, m, DT, dWT, k, R)
-            r0 += m
+                db[j] = db[j] + PB.db[j]
+            PA.lsum = PA.lsum + PB.lsum
+            PA.wsum = PA.wsum + PB.wsum
+        lsum = PA.lsum
+        wsum = PA.wsum
         if (wsum <= 0.0):
             start = start + batch_size
             continue
@@ -80,6 +54,7 @@
         if (not isfinite(batch_loss)):
             steps_out[0] = (step - step0)
             avg_count_io[0] = avg_count
+            okx_pool_stop(&pool)
             free(WT)
             free(dWT)
             free(ZT)
@@ -88,6 +63,9 @@
             free(SI)
             free(LS)
             free(YB)
+            free(PBf)
+            free(PBi)
+            free(PBd)
             return NAN
         total = (total + (batch_loss * (stop - start)))
         weight = (weight + (stop - start))
@@ -113,6 +91,7 @@
     mean = ((total / weight) if (weight > 0.0) else 0.0)
     steps_out[0] = (step - step0)
     avg_count_io[0] = avg_count
+    okx_pool_stop(&pool)
     free(WT)
     free(dWT)
     free(ZT)
@@ -121,4 +100,7 @@
     free(SI)
     free(LS)
     free(YB)
+    free(PBf)
+    free(PBi)
+    free(PBd)
     return mean
