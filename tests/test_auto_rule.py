@@ -188,3 +188,38 @@ def test_lbfgs_fit_reads_the_load_once(monkeypatch):
     clf = optkern.LinearClassifier(solver="lbfgs", max_epochs=30).fit(X / 16.0, y)
     assert clf.n_iter_ > 5                        # many loss calls ...
     assert len(calls) == 1                        # ... one reading
+
+
+def test_the_load_leaves_out_this_process_own_threads(monkeypatch):
+    """The 1-minute load average counts this process's threads too: a process
+    that has trained with two threads for minutes reads ~2 on a quiet 2-core
+    machine and must not take that for a busy neighbour (own_load: its CPU
+    time per second, averaged over a minute as the kernel averages the load);
+    a neighbour's load on top still makes the machine busy."""
+    clock = {"t": 1000.0, "cpu": 50.0}
+    monkeypatch.setattr(_backend.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(_backend.time, "process_time", lambda: clock["cpu"])
+    monkeypatch.setitem(_backend._OWN, "t", clock["t"])
+    monkeypatch.setitem(_backend._OWN, "cpu", clock["cpu"])
+    monkeypatch.setitem(_backend._OWN, "rate", 0.0)
+    monkeypatch.setattr(_backend, "_CORES", 2)
+    for _ in range(300):                       # 5 minutes at two busy threads
+        clock["t"] += 1.0
+        clock["cpu"] += 2.0
+        _backend.own_load()
+    assert _backend.own_load() == pytest.approx(2.0, rel=1e-2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.05, 2.0, 2.0))   # ours alone
+    assert _backend._measured_load() == pytest.approx(0.05, abs=0.05)
+    assert not _backend.machine_busy()
+    assert _backend.choose_auto(BIG) == "numba-parallel"
+    monkeypatch.setattr(os, "getloadavg", lambda: (4.0, 4.0, 4.0))    # plus two neighbours
+    assert _backend.machine_busy()
+    assert _backend.choose_auto(BIG) == "numba"
+    # an idle process reads the whole load average as the others'
+    for _ in range(600):
+        clock["t"] += 1.0
+        _backend.own_load()
+    assert _backend.own_load() < 0.01
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.6, 1.6, 1.6))
+    assert _backend._measured_load() == pytest.approx(1.6, abs=0.02)
+    assert _backend.machine_busy()

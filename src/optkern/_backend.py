@@ -12,8 +12,10 @@ auto            chosen by size and availability, see ``choose_auto``
 
 import contextlib
 import difflib
+import math
 import os
 import threading
+import time
 
 BACKENDS = ("numpy", "numba", "numba-parallel", "cython", "cuda", "auto")
 
@@ -42,8 +44,8 @@ CYTHON_MAX_SIZE = int(os.environ.get("OPTKERN_CYTHON_MAX_SIZE", 16_384))
 # spare: with another process keeping every core busy, a parallel region waits
 # for a descheduled thread (a scheduler time slice, milliseconds) and at best
 # splits the same core time two ways.  "auto" therefore stays serial while the
-# 1-minute load average (which counts this process too) exceeds the usable
-# cores minus BUSY_MARGIN; os.getloadavg() costs ~0.4 us and is read only
+# 1-minute load average, less this process's own share (own_load), exceeds
+# the usable cores minus BUSY_MARGIN; os.getloadavg() costs ~0.4 us and is read only
 # for calls at or above PARALLEL_MIN_SIZE.  docs/benchmarks.md, '"auto" under
 # load' (asv_benchmarks/auto_under_load.py).
 BUSY_MARGIN = float(os.environ.get("OPTKERN_BUSY_MARGIN", 0.5))
@@ -74,15 +76,45 @@ _CORES = usable_cores()
 
 _decided = threading.local()
 
+# This process's own share of the load average: its CPU time per second of
+# wall time, averaged as the kernel averages the 1-minute load (exponentially,
+# 60 s), updated at each reading.  The load average counts this process's
+# running threads too, so without it a process that trains with two threads
+# for a minute reads a load of ~2 and "auto" turns its own threads off
+# (the Cython epoch's helper thread did, in asv_benchmarks/epoch_roofline.py
+# --grid: docs/epochs.md, "Thirteenth round").
+_OWN = {"t": time.monotonic(), "cpu": time.process_time(), "rate": 0.0}
+_OWN_LOCK = threading.Lock()
+
+
+def own_load():
+    """This process's contribution to the 1-minute load average (estimated)."""
+    with _OWN_LOCK:
+        now, cpu = time.monotonic(), time.process_time()
+        dt = now - _OWN["t"]
+        if dt > 0:
+            a = math.exp(-dt / 60.0)
+            _OWN["rate"] = a * _OWN["rate"] + (1.0 - a) * max(0.0, cpu - _OWN["cpu"]) / dt
+            _OWN["t"], _OWN["cpu"] = now, cpu
+        return _OWN["rate"]
+
+
+def _measured_load():
+    """The load "auto" weighs (machine_busy's ``load``): the other processes'
+    share of the 1-minute load average (it less own_load()), or None without
+    a load average."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    return max(0.0, load - own_load())
+
 
 def _load_average():
     frozen = getattr(_decided, "load", None)
     if frozen is not None:
         return frozen
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
+    return _measured_load()
 
 
 @contextlib.contextmanager
@@ -95,9 +127,8 @@ def decide_once():
     if getattr(_decided, "load", None) is not None:
         yield
         return
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
+    load = _measured_load()
+    if load is None:
         load = -1.0                       # no load average: never "busy"
     _decided.load = load
     try:
@@ -108,7 +139,9 @@ def decide_once():
 
 def machine_busy(load=None, cores=None):
     """True when other processes leave no core to spare for a second thread:
-    the 1-minute load average above ``cores - BUSY_MARGIN``."""
+    their share of the 1-minute load average (``load``, by default
+    _measured_load: the load average less this process's own) above
+    ``cores - BUSY_MARGIN``."""
     if cores is None:
         cores = _CORES
     if cores < 2:
