@@ -604,3 +604,19 @@ def test_the_helper_thread_runs_second_halves():
         if now["helper"] > was["helper"]:
             break
     assert now["helper"] > was["helper"]
+
+
+def test_dense_fits_without_the_cython_extension(monkeypatch):
+    # a machine without a C compiler has no _epochs module: dense fits run the
+    # Numba epoch ("numba" and "auto"), the helper-thread branch untouched
+    from optkern import _backend
+
+    X, y, _ = _dense_problem(9, 600, 12, 4, "softmax", np.float64, False)
+    ref = _dense_fit("numba", X, y, None, "softmax", 100, True)
+    real = _backend.cython_module
+    monkeypatch.setattr(_backend, "cython_module",
+                        lambda kind="updates": None if kind == "epochs" else real(kind))
+    for backend in ("numba", "auto"):
+        got = _dense_fit(backend, X, y, None, "softmax", 100, True)
+        np.testing.assert_array_equal(got.coef_, ref.coef_)
+        np.testing.assert_array_equal(got.intercept_, ref.intercept_)

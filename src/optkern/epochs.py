@@ -141,19 +141,19 @@ class _Runner:
                 self.fn = self.twin
             self.twin = None
         stopped = None
+        cy = _backend.cython_module("epochs") if self.dense else None
         if self.helper_skip:
             self.helper_skip -= 1
-        elif self.dense and isinstance(self.fn, _backend.cython_module("epochs").Epoch):
+        elif cy is not None and isinstance(self.fn, cy.Epoch):
             # the Cython epoch: a helper thread for each minibatch's second
             # half of rows where that pays (the same arithmetic either way)
             W = ctx.W
             a.n_chunks = _backend.cython_epoch_threads(W.shape[0], W.shape[1], a.batch_size)
             if a.n_chunks > 1:
                 args = a.positional()
-                stopped = _backend.cython_module("epochs").helper_stats()["stopped"]
+                stopped = cy.helper_stats()["stopped"]
         result = self.fn(*args)
-        if stopped is not None and \
-                _backend.cython_module("epochs").helper_stats()["stopped"] > stopped:
+        if stopped is not None and cy.helper_stats()["stopped"] > stopped:
             # the helper kept the epoch waiting (the machine is shared, or a
             # hiccup of it): the next 1, 2, 4, ... epochs of this fit run on
             # one thread, the same arithmetic
