@@ -569,23 +569,32 @@ def test_epoch_threads_rule():
 
 def test_a_slow_helper_leaves_the_epoch_on_one_thread():
     # a helper that keeps the epoch waiting (here: delayed 3 ms before every
-    # half it claims, as a busy machine's scheduler would) stops after two
-    # slow waits; the epoch goes on with one thread, the fit's next epoch
-    # asks for none (then 2, 4, ... after further stops), and the model is
-    # the one-thread model bit for bit
-    X, y, _ = _dense_problem(4, 6000, 24, 5, "softmax", np.float64, False)
+    # part it claims, as a busy machine's scheduler would) is stopped at its
+    # second slow wait in an epoch; the epoch goes on with one thread, the
+    # fit's next epoch asks for none, and the model is the one-thread model
+    # bit for bit.  A new helper thread may not be scheduled at all while a
+    # busy test machine runs a short fit: up to five fits, until one stops it.
+    X, y, _ = _dense_problem(4, 60000, 24, 5, "softmax", np.float64, False)
     one = _fit_threads(1, X, y, None, "softmax", "adam", 200, True, False)
-    was = E.helper_stats()
-    old = E.set_helper_delay(3e-3)
-    try:
-        two = _fit_threads(2, X, y, None, "softmax", "adam", 200, True, False)
-    finally:
-        E.set_helper_delay(old)
-    now = E.helper_stats()
-    assert now["stopped"] - was["stopped"] == 1          # epoch 1; epoch 2 on one thread
-    assert now["helper"] - was["helper"] <= 3
-    np.testing.assert_array_equal(two.coef_, one.coef_)
-    np.testing.assert_array_equal(two.intercept_, one.intercept_)
+    for _ in range(5):
+        was = E.helper_stats()
+        old = E.set_helper_delay(3e-3)
+        try:
+            two = _fit_threads(2, X, y, None, "softmax", "adam", 200, True, False)
+        finally:
+            E.set_helper_delay(old)
+        now = E.helper_stats()
+        np.testing.assert_array_equal(two.coef_, one.coef_)
+        np.testing.assert_array_equal(two.intercept_, one.intercept_)
+        stops, parts = now["stopped"] - was["stopped"], now["helper"] - was["helper"]
+        # two epochs: a stop in one skips the other; each claimed part is a
+        # slow wait, so at most 3 parts (2 in the stopped epoch, 1 in the
+        # other); on a busy machine a helper starved of its core is stopped
+        # for the parts it misses instead
+        assert stops <= 1 and parts <= 3, (stops, parts)
+        if stops:
+            break
+    assert stops == 1
 
 
 def test_the_helper_thread_runs_second_halves():
