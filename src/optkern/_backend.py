@@ -80,9 +80,8 @@ _decided = threading.local()
 # wall time, averaged as the kernel averages the 1-minute load (exponentially,
 # 60 s), updated at each reading.  The load average counts this process's
 # running threads too, so without it a process that trains with two threads
-# for a minute reads a load of ~2 and "auto" turns its own threads off
-# (the Cython epoch's helper thread did, in asv_benchmarks/epoch_roofline.py
-# --grid: docs/epochs.md, "Thirteenth round").
+# for minutes reads a load of ~2 and "auto" turns its own threads off
+# (docs/epochs.md, "Thirteenth round").
 _OWN = {"t": time.monotonic(), "cpu": time.process_time(), "rate": 0.0}
 _OWN_LOCK = threading.Lock()
 
